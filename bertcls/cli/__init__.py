@@ -1,0 +1,1 @@
+"""The command layer: parse flags, build settings, call the core, render with rich."""

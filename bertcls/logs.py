@@ -1,0 +1,32 @@
+"""Per-command debug log files under ``<output_root>/logs/``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+
+VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
+NOISY_LIBRARIES = ("transformers", "sentence_transformers", "urllib3", "filelock", "matplotlib", "PIL", "optuna", "huggingface_hub")
+
+
+def log_file_path(output_root: Path, command: str) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
+    return Path(output_root) / "logs" / f"{command}_{stamp}.log"
+
+
+def attach_file_log(output_root: Path, command: str) -> Path:
+    """Log everything from bertcls at debug level to a timestamped file; returns its path."""
+    path = log_file_path(output_root, command)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.set_name("bertcls-file")
+    package = logging.getLogger("bertcls")
+    for old in [h for h in package.handlers if h.get_name() == "bertcls-file"]:
+        package.removeHandler(old)
+        old.close()
+    package.addHandler(handler)
+    package.setLevel(logging.DEBUG)
+    return path

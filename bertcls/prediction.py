@@ -1,0 +1,200 @@
+"""Streaming batch prediction: CSV chunks in, CSV chunks out, one output row per input row, in order."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, TextIO
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bertcls.checkpoint import Checkpoint, build_classifier
+from bertcls.data import require_columns
+from bertcls.errors import DataError
+from bertcls.fileio import atomic_path
+from bertcls.metrics import accuracy, macro_f1
+
+logger = logging.getLogger(__name__)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+STDIO = "-"
+
+
+def escape_formula(cell: str) -> str:
+    """Neutralise a text cell a spreadsheet would run as a formula; numbers are never altered."""
+    if cell and cell.startswith(FORMULA_START) and not _NUMBER.match(cell.strip()):
+        return "'" + cell
+    return cell
+
+
+def escape_frame(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    for column in columns:
+        frame[column] = frame[column].map(escape_formula)
+    return frame
+
+
+@dataclass
+class PredictOptions:
+    text_column: str = "text"
+    label_column: str = "category"
+    encoding: str = "utf-8"
+    batch_size: int = 64
+    chunk_rows: int = 10_000
+    top_k: int | None = None
+    escape_formulas: bool = True
+
+
+@dataclass
+class PredictSummary:
+    rows: int = 0
+    empty_rows: int = 0
+    true_labels: list[int] = field(default_factory=list)
+    predicted: list[int] = field(default_factory=list)
+    unseen_labels: dict[str, int] = field(default_factory=dict)
+    has_labels: bool = False
+
+    def metrics(self, num_classes: int) -> dict[str, float] | None:
+        """Accuracy and macro F1 over labelled rows; labels the model never saw count as errors."""
+        if not self.has_labels or not self.true_labels:
+            return None
+        y_true, y_pred = np.array(self.true_labels), np.array(self.predicted)
+        return {
+            "accuracy": accuracy(y_true, y_pred),
+            "f1": macro_f1(y_true, y_pred, num_classes),
+            "rows": int(len(y_true)),
+        }
+
+
+class Predictor:
+    """Loads a checkpoint once and turns texts into class probabilities."""
+
+    def __init__(self, ckpt: Checkpoint, output_root: str | Path, device: torch.device):
+        self.ckpt = ckpt
+        self.labels = ckpt.labels
+        self.device = device
+        self.model, self.encoder = build_classifier(ckpt, output_root)
+        self.model.to(device)
+
+    @torch.inference_mode()
+    def predict_proba(self, texts: list[str], batch_size: int) -> np.ndarray:
+        """Probabilities in input order; batches are sorted by token length to minimise padding."""
+        probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        for indices, features in self.encoder.length_sorted_batches(texts, batch_size):
+            features = {k: v.to(self.device) for k, v in features.items()}
+            probs[indices] = torch.softmax(self.model(features).float(), dim=-1).cpu().numpy()
+        return probs
+
+
+def read_chunks(source: TextIO | Path, options: PredictOptions) -> Iterator[pd.DataFrame]:
+    """CSV chunks with every cell as a string; bad bytes become one clear error."""
+    name = "standard input" if not isinstance(source, Path) else str(source)
+    try:
+        reader = pd.read_csv(source, dtype=str, keep_default_na=False, chunksize=options.chunk_rows,
+                             encoding=options.encoding if isinstance(source, Path) else None)
+        for number, chunk in enumerate(reader):
+            if number == 0:
+                require_columns(chunk, [options.text_column], f"Input {name}")
+            yield chunk
+    except UnicodeDecodeError:
+        raise DataError(f"Input {name} has bytes that are not valid {options.encoding}; pass the file's encoding with --encoding.") from None
+    except LookupError:
+        raise DataError(f"Unknown encoding {options.encoding!r}; pass a valid one with --encoding.") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"Input {name} is empty.") from None
+    except pd.errors.ParserError as exc:
+        raise DataError(f"Input {name} is not a valid CSV file: {str(exc).strip()}.") from None
+
+
+def prediction_columns(probs: np.ndarray, labels: list[str], top_k: int | None, empty: np.ndarray) -> pd.DataFrame:
+    """predicted_label, confidence and prob_<label> (or the top K labels); empty texts get empty cells."""
+    best = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
+    out = {"predicted_label": np.array(labels, dtype=object)[best], "confidence": probs.max(axis=1) if len(probs) else []}
+    if top_k:
+        order = np.argsort(-probs, axis=1)[:, :top_k]
+        for rank in range(top_k):
+            out[f"top{rank + 1}_label"] = np.array(labels, dtype=object)[order[:, rank]]
+            out[f"top{rank + 1}_prob"] = probs[np.arange(len(probs)), order[:, rank]]
+    else:
+        for i, label in enumerate(labels):
+            out[f"prob_{label}"] = probs[:, i]
+    frame = pd.DataFrame(out).astype(object)
+    frame.loc[empty, :] = ""
+    return frame
+
+
+ProgressFn = Callable[[int], None]
+
+
+class _Sink:
+    """Where output goes: an atomic temp file, or standard output."""
+
+    def __init__(self, target: str):
+        self.target = target
+        self._context = None
+        self.handle: TextIO | None = None
+
+    def __enter__(self) -> TextIO:
+        if self.target == STDIO:
+            self.handle = sys.stdout
+        else:
+            self._context = atomic_path(self.target)
+            tmp = self._context.__enter__()
+            self.handle = open(tmp, "w", encoding="utf-8", newline="")
+        return self.handle
+
+    def __exit__(self, *exc_info) -> None:
+        if self._context is None:
+            self.handle.flush()
+            return
+        self.handle.close()
+        self._context.__exit__(*exc_info)
+
+
+def _labelled_indices(chunk: pd.DataFrame, options: PredictOptions, index: dict[str, int], keep: np.ndarray,
+                      summary: PredictSummary) -> list[int]:
+    truth = chunk[options.label_column].to_numpy()[keep]
+    for label in truth:
+        if label not in index:
+            summary.unseen_labels[label] = summary.unseen_labels.get(label, 0) + 1
+    return [index.get(label, -1) for label in truth]
+
+
+def predict_csv(predictor: Predictor, source: str, target: str, options: PredictOptions,
+                progress: ProgressFn | None = None) -> PredictSummary:
+    """Stream ``source`` (a path or ``-``) to ``target`` (a path or ``-``) chunk by chunk."""
+    summary = PredictSummary()
+    index = {label: i for i, label in enumerate(predictor.labels)}
+    input_source: TextIO | Path = sys.stdin if source == STDIO else Path(source)
+    if isinstance(input_source, Path) and not input_source.is_file():
+        raise DataError(f"Input file {source} does not exist.")
+    with _Sink(target) as handle:
+        for number, chunk in enumerate(read_chunks(input_source, options)):
+            if number == 0:
+                summary.has_labels = options.label_column in chunk.columns
+            texts = chunk[options.text_column].to_numpy()
+            empty = np.array([not t.strip() for t in texts], dtype=bool)
+            keep = ~empty
+            probs = np.zeros((len(chunk), len(predictor.labels)), dtype=np.float32)
+            if keep.any():
+                probs[keep] = predictor.predict_proba(texts[keep].tolist(), options.batch_size)
+            columns = prediction_columns(probs, predictor.labels, options.top_k, empty)
+            if summary.has_labels and keep.any():
+                summary.true_labels += _labelled_indices(chunk, options, index, keep, summary)
+                summary.predicted += probs[keep].argmax(axis=1).tolist()
+            original = chunk.drop(columns=[c for c in columns.columns if c in chunk.columns])
+            if options.escape_formulas:
+                original = escape_frame(original, list(original.columns))
+            out = pd.concat([original.reset_index(drop=True), columns.reset_index(drop=True)], axis=1)
+            out.to_csv(handle, header=number == 0, index=False)
+            summary.rows += len(chunk)
+            summary.empty_rows += int(empty.sum())
+            if progress:
+                progress(len(chunk))
+    if summary.empty_rows:
+        logger.warning("%d row(s) have empty text; they are kept with an empty prediction.", summary.empty_rows)
+    return summary

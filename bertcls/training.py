@@ -1,0 +1,272 @@
+"""The training loop. Progress and steering go through callbacks; nothing here knows about the console."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from bertcls.callbacks import TrainerCallback
+from bertcls.config import EarlyStoppingSection, ModelSection, OptimizerSection
+from bertcls.early_stopping import EarlyStopping
+from bertcls.memory import MemoryManager, is_out_of_memory
+from bertcls.metrics import accuracy, macro_f1
+from bertcls.model import TextClassifier
+
+logger = logging.getLogger(__name__)
+
+
+class BatchSource(Protocol):
+    """Turns row indices into model inputs; knows how to order rows for an epoch."""
+
+    labels: np.ndarray
+
+    def __len__(self) -> int: ...
+
+    def batch(self, indices: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]: ...
+
+    def epoch_order(self, rng: np.random.Generator, batch_size: int) -> np.ndarray: ...
+
+
+class EmbeddingBatches:
+    """Precomputed embeddings (frozen encoder)."""
+
+    def __init__(self, embeddings: np.ndarray, labels: np.ndarray):
+        self.embeddings = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, indices: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+        return {"embeddings": self.embeddings[torch.from_numpy(np.asarray(indices))].to(device)}
+
+    def epoch_order(self, rng: np.random.Generator, batch_size: int) -> np.ndarray:
+        return rng.permutation(len(self))
+
+
+class TextBatches:
+    """Raw texts tokenised per batch (fine-tuning): dynamic padding, batches grouped by length."""
+
+    def __init__(self, encoder, texts: list[str], labels: np.ndarray, lengths: np.ndarray):
+        self.encoder = encoder
+        self.texts = texts
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.lengths = np.asarray(lengths)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, indices: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+        features = self.encoder.tokenize([self.texts[i] for i in indices])
+        return {k: v.to(device) for k, v in features.items()}
+
+    def epoch_order(self, rng: np.random.Generator, batch_size: int) -> np.ndarray:
+        """Shuffle, then sort within pools of 50 batches so each batch holds texts of similar length."""
+        order = rng.permutation(len(self))
+        pool = batch_size * 50
+        chunks = [order[i:i + pool] for i in range(0, len(order), pool)]
+        return np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks])
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    accuracy: float
+    f1: float
+    lr: float
+    batch_size: int
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    history: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = 0
+    best_metric: float = float("-inf")
+    stop_reason: str = "completed all epochs"
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def history_dicts(self) -> list[dict]:
+        return [asdict(r) for r in self.history]
+
+
+def build_optimizer(model: TextClassifier, cfg: OptimizerSection, encoder_lr: float) -> torch.optim.Optimizer:
+    """Separate parameter groups (and learning rates) for the head and a trainable encoder."""
+    groups = [{"params": list(model.head.parameters()), "lr": cfg.lr, "name": "head"}]
+    if model.encoder is not None:
+        trainable = [p for p in model.encoder.parameters() if p.requires_grad]
+        if trainable:
+            groups.append({"params": trainable, "lr": encoder_lr, "name": "encoder"})
+    for group in groups:
+        group["initial_lr"] = group["lr"]
+    kinds = {
+        "adamw": lambda: torch.optim.AdamW(groups, betas=cfg.betas, weight_decay=cfg.weight_decay),
+        "adam": lambda: torch.optim.Adam(groups, betas=cfg.betas, weight_decay=cfg.weight_decay),
+        "sgd": lambda: torch.optim.SGD(groups, momentum=cfg.betas[0], weight_decay=cfg.weight_decay),
+        "rmsprop": lambda: torch.optim.RMSprop(groups, weight_decay=cfg.weight_decay),
+    }
+    return kinds[cfg.optimizer_choice]()
+
+
+def schedule_factor(progress: float, warmup_ratio: float) -> float:
+    """Linear warmup to 1, then linear decay to 0, as a function of the fraction of training done."""
+    if warmup_ratio > 0 and progress < warmup_ratio:
+        return progress / warmup_ratio
+    return max(0.0, (1.0 - progress) / max(1e-12, 1.0 - warmup_ratio))
+
+
+def trainable_state(model: TextClassifier) -> dict[str, torch.Tensor]:
+    """A detached copy of the weights worth saving (head, plus a fine-tuned encoder)."""
+    fine_tuned = model.encoder is not None and any(p.requires_grad for p in model.encoder.parameters())
+    state = {f"head.{k}": v for k, v in model.head.state_dict().items()}
+    if fine_tuned:
+        state.update({f"encoder.{k}": v for k, v in model.encoder.state_dict().items()})
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+@torch.inference_mode()
+def predict_proba(model: TextClassifier, source: BatchSource, device: torch.device, batch_size: int = 256) -> np.ndarray:
+    model.eval()
+    chunks = []
+    for start in range(0, len(source), batch_size):
+        indices = np.arange(start, min(start + batch_size, len(source)))
+        chunks.append(torch.softmax(model(source.batch(indices, device)).float(), dim=-1).cpu().numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
+
+
+def score(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
+    predicted = probs.argmax(axis=1)
+    picked = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
+    return {
+        "loss": float(-np.log(picked).mean()),
+        "accuracy": accuracy(labels, predicted),
+        "f1": macro_f1(labels, predicted, num_classes),
+    }
+
+
+class Trainer:
+    """Runs epochs over a :class:`BatchSource`, evaluates, stops early and keeps the best weights."""
+
+    def __init__(self, model: TextClassifier, train: BatchSource, val: BatchSource, num_classes: int,
+                 model_cfg: ModelSection, optim_cfg: OptimizerSection, stopping_cfg: EarlyStoppingSection,
+                 memory: MemoryManager, device: torch.device, encoder_lr: float = 2e-5, patience: int | None = None):
+        self.model, self.train_data, self.val_data = model.to(device), train, val
+        self.num_classes, self.model_cfg, self.optim_cfg = num_classes, model_cfg, optim_cfg
+        self.memory, self.device = memory, device
+        self.optimizer = build_optimizer(model, optim_cfg, encoder_lr)
+        self.stopper = EarlyStopping(stopping_cfg, patience)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.callbacks: list[TrainerCallback] = []
+        self.should_stop = False
+        self.stop_reason = ""
+        self.samples_seen = 0
+        self.epoch = 0
+        self.rng = np.random.default_rng(model_cfg.seed)
+        self.result = TrainResult()
+
+    def add_callback(self, callback: TrainerCallback) -> None:
+        self.callbacks.append(callback)
+
+    def trigger(self, event: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(self, *args)
+
+    def _apply_schedule(self) -> None:
+        progress = self.samples_seen / max(1, self.model_cfg.num_epochs * len(self.train_data))
+        factor = schedule_factor(progress, self.optim_cfg.warmup_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+
+    def _step(self, indices: np.ndarray) -> float:
+        self._apply_schedule()
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = self.model(self.train_data.batch(indices, self.device))
+        labels = torch.from_numpy(self.train_data.labels[indices]).to(self.device)
+        loss = self.loss_fn(logits, labels)
+        loss.backward()
+        if self.optim_cfg.max_grad_norm:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.max_grad_norm)
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def train_epoch(self) -> float:
+        """One pass over the training rows; an out-of-memory step is retried with a halved batch."""
+        self.model.train()
+        order = self.train_data.epoch_order(self.rng, self.memory.batch_size)
+        position, losses = 0, []
+        while position < len(order):
+            indices = order[position:position + self.memory.batch_size]
+            try:
+                losses.append(self._step(indices) * len(indices))
+            except (RuntimeError, torch.OutOfMemoryError) as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                self.optimizer.zero_grad(set_to_none=True)
+                self.memory.on_out_of_memory()
+                continue
+            position += len(indices)
+            self.samples_seen += len(indices)
+            self.memory.after_step()
+            self.trigger("on_batch_end", position, len(order), losses[-1] / len(indices))
+        return float(sum(losses) / max(1, len(order)))
+
+    def evaluate(self) -> dict[str, float]:
+        return score(predict_proba(self.model, self.val_data, self.device), self.val_data.labels, self.num_classes)
+
+    def run_epoch(self) -> EpochRecord:
+        """Train and evaluate one epoch, keep the best weights, apply early stopping."""
+        self.epoch += 1
+        started = time.perf_counter()
+        self.trigger("on_epoch_begin", self.epoch)
+        train_loss = self.train_epoch()
+        metrics = self.evaluate()
+        record = EpochRecord(self.epoch, train_loss, metrics["loss"], metrics["accuracy"], metrics["f1"],
+                             self.optimizer.param_groups[0]["lr"], self.memory.batch_size, time.perf_counter() - started)
+        self.result.history.append(record)
+        monitored = metrics[self.model_cfg.metric]
+        if monitored > self.result.best_metric:
+            self.result.best_metric, self.result.best_epoch = monitored, self.epoch
+            self.result.best_state = trainable_state(self.model)
+        if self.stopper.update(monitored):
+            self.should_stop, self.stop_reason = True, self.stopper.reason
+        logger.debug("epoch %d: %s", self.epoch, record)
+        self.trigger("on_epoch_end", record)
+        return record
+
+    def fit(self) -> TrainResult:
+        torch.manual_seed(self.model_cfg.seed)
+        self.trigger("on_train_begin")
+        while self.epoch < self.model_cfg.num_epochs and not self.should_stop:
+            self.run_epoch()
+        if self.should_stop:
+            self.result.stop_reason = self.stop_reason or "stopped by a callback"
+        logger.info("Training stopped: %s (best epoch %d)", self.result.stop_reason, self.result.best_epoch)
+        self.restore_best()
+        self.trigger("on_train_end", self.result)
+        return self.result
+
+    def restore_best(self) -> None:
+        if self.result.best_state:
+            load_trainable_state(self.model, self.result.best_state)
+
+
+def load_trainable_state(model: TextClassifier, state: dict[str, torch.Tensor]) -> None:
+    head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
+    model.head.load_state_dict(head)
+    encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    if encoder and model.encoder is not None:
+        model.encoder.load_state_dict(encoder)
+
+
+def steps_per_epoch(rows: int, batch_size: int) -> int:
+    return math.ceil(rows / max(1, batch_size))
