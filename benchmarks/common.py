@@ -50,3 +50,18 @@ def save_result(name: str, data: dict) -> Path:
     path.write_text(json.dumps(data, indent=2) + "\n")
     print(json.dumps(data, indent=2))
     return path
+
+
+def peak_rss_mb(cmd: list[str], cwd: Path | None = None) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of a command, measured by a fresh wrapper process."""
+    wrapper = (
+        "import resource, subprocess, sys, time\n"
+        "t = time.perf_counter()\n"
+        "code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
+        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, code)\n"
+    )
+    _, done = timed([sys.executable, "-c", wrapper, *cmd], cwd=cwd)
+    wall, rss, code = done.stdout.split()
+    if code != "0":
+        raise SystemExit(f"command failed: {' '.join(cmd)}")
+    return float(wall), float(rss)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import pickle
+import zipfile
 import platform
 from dataclasses import dataclass
 from importlib import metadata
@@ -77,6 +78,8 @@ class Checkpoint:
 
 
 def _read_payload(path: Path) -> Any:
+    if not zipfile.is_zipfile(path):  # every checkpoint torch.save writes is a zip archive
+        raise CheckpointError(f"{path} is corrupt, truncated or not a checkpoint (not a PyTorch archive).")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

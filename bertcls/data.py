@@ -22,8 +22,10 @@ MAX_ROWS_LISTED = 10
 def resolve_data_path(path: str, output_root: str | Path) -> Path:
     """A relative path resolves against the working directory first, then ``<output_root>/data/``."""
     candidate = Path(path)
-    if candidate.is_absolute() or candidate.exists():
+    if candidate.exists():
         return candidate
+    if candidate.is_absolute():
+        raise DataError(f"Data file {path} does not exist.")
     under_root = Path(output_root) / "data" / candidate
     if under_root.exists():
         return under_root

@@ -190,17 +190,26 @@ class Encoder(nn.Module):
             for param in layer.parameters():
                 param.requires_grad = True
 
+    def length_sorted_batches(self, texts: list[str], batch_size: int):
+        """Tokenise once, sort by token length, and yield ``(row indices, padded features)`` per batch."""
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_seq_len, padding=False)
+        ids = encoded["input_ids"]
+        order = np.argsort([-len(x) for x in ids], kind="stable")
+        for start in range(0, len(texts), batch_size):
+            indices = order[start:start + batch_size]
+            rows = [{key: encoded[key][i] for key in encoded.keys()} for i in indices]
+            yield indices, dict(self.tokenizer.pad(rows, padding=True, return_tensors="pt"))
+
     @torch.inference_mode()
     def embed(self, texts: list[str], batch_size: int, device: torch.device, progress: ProgressFn | None = None) -> np.ndarray:
-        """Embed texts in batches sorted by length; rows come back in input order."""
+        """Embed texts in batches sorted by token length; rows come back in input order."""
         self.eval()
         self.to(device)
-        order = np.argsort([-len(t) for t in texts], kind="stable")
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for start in range(0, len(texts), batch_size):
-            idx = order[start:start + batch_size]
-            features = {k: v.to(device) for k, v in self.tokenize([texts[i] for i in idx]).items()}
-            out[idx] = self(features).float().cpu().numpy()
+        done = 0
+        for indices, features in self.length_sorted_batches(texts, batch_size):
+            out[indices] = self({k: v.to(device) for k, v in features.items()}).float().cpu().numpy()
+            done += len(indices)
             if progress:
-                progress(min(start + batch_size, len(texts)), len(texts))
+                progress(done, len(texts))
         return out

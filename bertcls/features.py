@@ -35,6 +35,11 @@ class EmbeddingService:
             self._encoder = Encoder(self.folder, self.max_seq_len, self.cfg.pooling)
         return self._encoder
 
+    def reload_encoder(self) -> Encoder:
+        """Drop the (possibly fine-tuned) encoder and load the pretrained one again."""
+        self._encoder = None
+        return self.encoder
+
     @property
     def encoder_loaded(self) -> bool:
         return self._encoder is not None

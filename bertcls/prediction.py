@@ -82,12 +82,13 @@ class Predictor:
 
     @torch.inference_mode()
     def predict_proba(self, texts: list[str], batch_size: int) -> np.ndarray:
-        """Probabilities in input order; batches are sorted by token length to minimise padding."""
-        probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-        for indices, features in self.encoder.length_sorted_batches(texts, batch_size):
+        """Probabilities in input order. Identical texts are run once; batches are sorted by token length."""
+        distinct, position = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+        probs = np.zeros((len(distinct), len(self.labels)), dtype=np.float32)
+        for indices, features in self.encoder.length_sorted_batches(distinct.tolist(), batch_size):
             features = {k: v.to(self.device) for k, v in features.items()}
             probs[indices] = torch.softmax(self.model(features).float(), dim=-1).cpu().numpy()
-        return probs
+        return probs[position]
 
 
 def read_chunks(source: TextIO | Path, options: PredictOptions) -> Iterator[pd.DataFrame]:

@@ -1,9 +1,73 @@
 """``bertcls evaluate``."""
 
-import typer
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+from rich.table import Table
+
+from bertcls.cli.common import (
+    ConfigFile, DataFile, Device, Encoding, OutputRoot, Verbosity, build_config, err_console, option, out_console,
+    setup_logging,
+)
 
 
-def evaluate() -> None:
-    """Not implemented yet."""
-    typer.echo("bertcls evaluate: not implemented yet", err=True)
-    raise typer.Exit(1)
+def evaluate(
+    output_root: OutputRoot = None,
+    best_model: Annotated[Optional[str], option("--best-model", "--model", help="Checkpoint (bare names resolve under <output_root>/best_trials/).")] = None,
+    data_file: DataFile = None,
+    cv_folds: Annotated[Optional[int], option("--cv-folds", help="Cross-validation folds (default 7; 0 skips).", min=0)] = None,
+    encoding: Encoding = None,
+    device: Device = None,
+    config: ConfigFile = None,
+    verbosity: Verbosity = None,
+) -> None:
+    """Metrics, k-fold cross-validation, error analysis, plots and report.html in <output_root>/evaluation_results/."""
+    import pandas as pd
+
+    from bertcls.checkpoint import load_checkpoint, resolve_checkpoint_path
+    from bertcls.data import read_labelled_csv, resolve_data_path
+    from bertcls.encoder import pick_device
+    from bertcls.evaluation.runner import evaluate as run_evaluation
+    from bertcls.evaluation.runner import settings_from_checkpoint
+
+    resolved = build_config(config, {
+        "output_root": output_root, "verbosity": verbosity, "evaluation.cv_folds": cv_folds,
+        "data.encoding": encoding, "model.device": device,
+    })
+    settings = resolved.settings
+    setup_logging(resolved, "evaluate")
+    root = settings.root
+    ckpt = load_checkpoint(resolve_checkpoint_path(best_model or "best_model.pt", root))
+    data_cfg = settings_from_checkpoint(ckpt, root).data.model_copy(update={"encoding": settings.data.encoding})
+    if data_file:
+        data = read_labelled_csv(resolve_data_path(data_file, root), data_cfg)
+        cv_data = data
+    else:
+        split = lambda name: read_labelled_csv(resolve_data_path(f"{name}.csv", root), data_cfg)  # noqa: E731
+        data = split("test")
+        cv_data = pd.concat([split("train"), split("val")], ignore_index=True)
+    data = data[data[data_cfg.text_column].str.strip() != ""].reset_index(drop=True)
+    cv_data = cv_data[cv_data[data_cfg.text_column].str.strip() != ""].reset_index(drop=True)
+    show = (lambda msg: err_console.print(f"[cyan]{msg}[/]")) if settings.verbosity >= 1 else (lambda msg: None)
+    outcome = run_evaluation(ckpt, data, cv_data, settings, settings.evaluation.cv_folds, pick_device(settings.model.device), show)
+    render(outcome)
+
+
+def render(outcome) -> None:
+    table = Table(title=f"Evaluation ({outcome.rows} rows)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in outcome.summary.items():
+        table.add_row(name, f"{value:.4f}")
+    table.add_row("expected calibration error", f"{outcome.ece:.4f}")
+    if outcome.cv is not None:
+        mean, std = outcome.cv.iloc[-2], outcome.cv.iloc[-1]
+        folds = len(outcome.cv) - 2
+        table.add_row(f"CV macro F1 ({folds} folds)", f"{mean['macro_f1']:.4f} ± {std['macro_f1']:.4f}")
+        table.add_row(f"CV accuracy ({folds} folds)", f"{mean['accuracy']:.4f} ± {std['accuracy']:.4f}")
+    out_console.print(table)
+    if outcome.unseen_labels:
+        unseen = ", ".join(f"{k!r} ({v})" for k, v in outcome.unseen_labels.items())
+        out_console.print(f"[yellow]Labels the model never saw (scored as errors):[/] {unseen}")
+    out_console.print(f"Wrote {len(outcome.files)} files to {outcome.folder} (open report.html in a browser).", highlight=False)

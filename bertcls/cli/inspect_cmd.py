@@ -1,9 +1,115 @@
 """``bertcls inspect``."""
 
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Optional
+
 import typer
+from rich.columns import Columns
+from rich.panel import Panel
+from rich.table import Table
+
+from bertcls.cli.common import ConfigFile, OutputRoot, Verbosity, build_config, option, out_console, setup_logging
 
 
-def inspect() -> None:
-    """Not implemented yet."""
-    typer.echo("bertcls inspect: not implemented yet", err=True)
-    raise typer.Exit(1)
+def _kv_table(rows: dict[str, Any]) -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for key, value in rows.items():
+        table.add_row(key, "" if value is None else str(value))
+    return table
+
+
+def _count(value: int | None) -> str:
+    return "unknown" if value is None else f"{value:,}"
+
+
+def architecture_panel(info: dict) -> Panel:
+    arch = info["architecture"]
+    rows = {k: arch[k] for k in ("encoder", "model_type", "layers", "hidden_size", "pooling", "normalize", "max_seq_len", "fine_tuned")}
+    head = Table(title="MLP head", show_edge=False)
+    for column in ("layer", "in", "out", "activation", "dropout"):
+        head.add_column(column)
+    for i, layer in enumerate(arch["head"], start=1):
+        head.add_row(f"Linear {i}", str(layer["in"]), str(layer["out"]), layer["activation"] or "-",
+                     "-" if layer["dropout"] is None else f"{layer['dropout']:.2f}")
+    grid = Table.grid()
+    grid.add_row(_kv_table(rows))
+    grid.add_row(head)
+    return Panel(grid, title="Architecture")
+
+
+def history_table(history: list[dict]) -> Table:
+    table = Table(title="Training history")
+    for column in ("epoch", "train loss", "val loss", "accuracy", "macro F1", "lr", "batch"):
+        table.add_column(column, justify="right")
+    for r in history:
+        table.add_row(str(r["epoch"]), f"{r['train_loss']:.4f}", f"{r['val_loss']:.4f}", f"{r['accuracy']:.4f}",
+                      f"{r['f1']:.4f}", f"{r['lr']:.2e}", str(r["batch_size"]))
+    return table
+
+
+def results_panel(info: dict) -> Panel:
+    rows = {f"{split} {name}": f"{value:.4f}" for split, values in info["metrics"].items() for name, value in values.items()
+            if isinstance(value, (int, float))}
+    rows["best epoch"] = info["best_epoch"]
+    rows["stopped"] = info["stop_reason"]
+    return Panel(_kv_table(rows), title="Final metrics")
+
+
+def provenance_panel(info: dict) -> Panel:
+    fp = info["encoder_fingerprint"]
+    status = "[green]matches[/]" if fp["matches"] else "[red]does NOT match[/]" if fp["local"] else "[red]encoder missing[/]"
+    rows = {"file": info["file"]["path"], "size": f"{info['file']['size_bytes'] / 1e6:.1f} MB",
+            "created": info["file"]["created_at"], "encoder sha256": fp["recorded"], "local encoder": status}
+    rows.update({f"{name}": version for name, version in info["versions"].items()})
+    return Panel(_kv_table(rows), title="File, fingerprint and versions")
+
+
+def config_table(config: dict) -> Table:
+    from bertcls.config import flatten
+
+    table = Table(title="Training configuration", show_lines=False)
+    table.add_column("setting")
+    table.add_column("value", overflow="fold")
+    for key, value in flatten(config).items():
+        if not key.startswith(("tuning.", "evaluation.")):
+            table.add_row(key, str(value))
+    return table
+
+
+def render(info: dict) -> None:
+    params = info["parameters"]
+    counts = {"total": _count(params["total"]), "trainable": _count(params["trainable"]),
+              "frozen": _count(params["frozen"]), "head": _count(params["head"])}
+    out_console.print(architecture_panel(info))
+    out_console.print(Columns([Panel(_kv_table(counts), title="Parameters"),
+                               Panel(", ".join(info["labels"]), title=f"Labels ({len(info['labels'])})")]))
+    out_console.print(history_table(info["history"]))
+    out_console.print(results_panel(info))
+    out_console.print(config_table(info["config"]))
+    out_console.print(provenance_panel(info))
+
+
+def inspect(
+    output_root: OutputRoot = None,
+    model: Annotated[Optional[str], option("--model", "--best-model", help="Checkpoint (bare names resolve under <output_root>/best_trials/).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the same content as JSON.")] = False,
+    config: ConfigFile = None,
+    verbosity: Verbosity = None,
+) -> None:
+    """Show what a saved model is: architecture, parameters, labels, config, history, metrics, provenance."""
+    from bertcls.checkpoint import load_checkpoint, resolve_checkpoint_path
+    from bertcls.inspection import describe_checkpoint
+
+    resolved = build_config(config, {"output_root": output_root, "verbosity": verbosity})
+    setup_logging(resolved, "inspect")
+    root = resolved.settings.root
+    ckpt = load_checkpoint(resolve_checkpoint_path(model or "best_model.pt", root))
+    info = describe_checkpoint(ckpt, root)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+    else:
+        render(info)

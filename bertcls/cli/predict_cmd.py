@@ -1,9 +1,110 @@
 """``bertcls predict``."""
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bertcls.cli.common import (
+    BatchSize, ConfigFile, Device, Encoding, LabelColumn, OutputRoot, TextColumn as TextColumnOption, Verbosity,
+    build_config, err_console, option, out_console, setup_logging,
+)
+
+STDIO = "-"
 
 
-def predict() -> None:
-    """Not implemented yet."""
-    typer.echo("bertcls predict: not implemented yet", err=True)
-    raise typer.Exit(1)
+def count_rows(path: Path) -> int | None:
+    """Approximate data rows (line count minus the header), for the progress bar."""
+    lines = 0
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            lines += block.count(b"\n")
+    return max(0, lines - 1)
+
+
+def resolve_output(name: str, root: Path) -> str:
+    """``-`` is stdout; a bare file name goes under ``<output_root>/predictions/``."""
+    if name == STDIO:
+        return STDIO
+    path = Path(name)
+    return str(root / "predictions" / path if len(path.parts) == 1 else path)
+
+
+def rows_per_second(task) -> str:
+    speed = task.finished_speed or task.speed
+    return f"{speed:,.0f} rows/s" if speed else ""
+
+
+def predict(
+    output_root: OutputRoot = None,
+    best_model: Annotated[Optional[str], option("--best-model", "--model", help="Checkpoint (bare names resolve under <output_root>/best_trials/).")] = None,
+    data_file: Annotated[Optional[str], option("--data-file", help="CSV to label, or - for standard input.")] = None,
+    output_file: Annotated[Optional[str], option("--output-file", help="Output CSV (bare names go under <output_root>/predictions/), or - for standard output.")] = None,
+    batch_size: BatchSize = None,
+    top_k: Annotated[Optional[int], option("--top-k", help="Write the top K labels and probabilities instead of one column per class.", min=1)] = None,
+    escape_formulas: Annotated[bool, typer.Option("--escape-formulas/--no-escape-formulas", help="Neutralise text cells a spreadsheet would run as formulas.")] = True,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", help="Rows read and predicted at a time.", min=1)] = 10_000,
+    text_column: TextColumnOption = None,
+    label_column: LabelColumn = None,
+    encoding: Encoding = None,
+    device: Device = None,
+    config: ConfigFile = None,
+    verbosity: Verbosity = None,
+) -> None:
+    """Label a CSV with a trained model: every input column kept, plus predicted_label, confidence, probabilities."""
+    from bertcls.checkpoint import load_checkpoint, resolve_checkpoint_path
+    from bertcls.data import resolve_data_path
+    from bertcls.encoder import pick_device
+    from bertcls.errors import DataError
+    from bertcls.prediction import PredictOptions, Predictor, predict_csv
+
+    resolved = build_config(config, {
+        "output_root": output_root, "verbosity": verbosity, "data.text_column": text_column,
+        "data.label_column": label_column, "data.encoding": encoding, "model.device": device,
+    })
+    settings = resolved.settings
+    setup_logging(resolved, "predict")
+    if not data_file:
+        raise DataError("No input given; pass --data-file FILE (or - for standard input).")
+    root = settings.root
+    ckpt = load_checkpoint(resolve_checkpoint_path(best_model or "best_model.pt", root))
+    trained = ckpt.meta["config"]["data"]
+    pick = lambda key: trained[key] if resolved.sources[f"data.{key}"] == "default" else getattr(settings.data, key)  # noqa: E731
+    options = PredictOptions(text_column=pick("text_column"), label_column=pick("label_column"),
+                             encoding=settings.data.encoding, batch_size=batch_size or settings.encoder.encode_batch_size,
+                             chunk_rows=chunk_size, top_k=top_k and min(top_k, len(ckpt.labels)),
+                             escape_formulas=escape_formulas)
+    source = data_file if data_file == STDIO else str(resolve_data_path(data_file, root))
+    target = resolve_output(output_file or "predictions.csv", root)
+    predictor = Predictor(ckpt, root, pick_device(settings.model.device))
+    progress = Progress(SpinnerColumn(), TextColumn("[bold]Predicting"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), console=err_console,
+                        disable=settings.verbosity < 1)
+    with progress:
+        task = progress.add_task("predict", total=None if source == STDIO else count_rows(Path(source)), speed="")
+        advance = lambda n: progress.update(task, advance=n, speed=rows_per_second(progress.tasks[task]))  # noqa: E731
+        summary = predict_csv(predictor, source, target, options, advance)
+    report(summary, len(ckpt.labels), target, err_console if target == STDIO else out_console)
+
+
+def report(summary, num_classes: int, target: str, console) -> None:
+    table = Table(title="Predictions")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("rows", f"{summary.rows:,}")
+    table.add_row("empty texts (kept, no prediction)", f"{summary.empty_rows:,}")
+    metrics = summary.metrics(num_classes)
+    if metrics:
+        table.add_row("labelled rows scored", f"{metrics['rows']:,}")
+        table.add_row("accuracy", f"{metrics['accuracy']:.4f}")
+        table.add_row("macro F1", f"{metrics['f1']:.4f}")
+    console.print(table)
+    if summary.unseen_labels:
+        unseen = ", ".join(f"{label!r} ({count})" for label, count in sorted(summary.unseen_labels.items()))
+        console.print(f"[yellow]Labels the model never saw (scored as errors):[/] {unseen}")
+    if target != STDIO:
+        console.print(f"Wrote {target}", highlight=False)

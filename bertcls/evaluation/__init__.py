@@ -1,0 +1,1 @@
+"""Evaluation: metrics, cross-validation, error analysis, plots and an HTML report."""

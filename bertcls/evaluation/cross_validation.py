@@ -1,0 +1,88 @@
+"""Stratified k-fold cross-validation that retrains with a checkpoint's config; identical texts share a fold."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from bertcls.config import Settings
+from bertcls.errors import DataError
+from bertcls.features import EmbeddingService
+from bertcls.training import BatchSource, EmbeddingBatches, TextBatches, predict_proba
+from bertcls.workflow import FeatureSet, make_trainer
+
+logger = logging.getLogger(__name__)
+FoldCallback = Callable[[int, int], None]
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    test_index: np.ndarray
+    probs: np.ndarray
+    labels: list[str]
+    stop_reason: str
+    epochs: int
+
+
+def check_folds(frame: pd.DataFrame, text_column: str, label_column: str, folds: int) -> None:
+    distinct = frame.drop_duplicates(subset=[text_column])[label_column].value_counts()
+    small = distinct[distinct < folds]
+    if len(small):
+        listed = ", ".join(f"{k!r} ({v})" for k, v in small.items())
+        raise DataError(
+            f"Cross-validation with {folds} folds needs at least {folds} distinct texts per class, but {listed} "
+            f"have fewer; use a smaller --cv-folds (at most {int(distinct.min())}) or --cv-folds 0 to skip it."
+        )
+
+
+def fold_indices(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(labels)), labels, groups))
+
+
+def _inner_validation(train_idx: np.ndarray, labels: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out about 10% of a fold's training rows (grouped by text) for early stopping."""
+    n_inner = max(2, min(10, int(np.bincount(labels[train_idx]).min())))
+    inner_train, inner_val = fold_indices(labels[train_idx], groups[train_idx], n_inner, seed)[0]
+    return train_idx[inner_train], train_idx[inner_val]
+
+
+def _source(service: EmbeddingService, texts: list[str], labels: np.ndarray, vectors: np.ndarray | None) -> BatchSource:
+    if vectors is not None:
+        return EmbeddingBatches(vectors, labels)
+    return TextBatches(service.encoder, texts, labels, service.encoder.token_lengths(texts))
+
+
+def cross_validate(settings: Settings, frame: pd.DataFrame, service: EmbeddingService, folds: int,
+                   on_fold: FoldCallback | None = None) -> list[FoldResult]:
+    """Retrain on K-1 folds and predict the held-out fold, K times."""
+    text_col, label_col = settings.data.text_column, settings.data.label_column
+    check_folds(frame, text_col, label_col, folds)
+    names = sorted(frame[label_col].unique().tolist())
+    labels = frame[label_col].map({n: i for i, n in enumerate(names)}).to_numpy(dtype=np.int64)
+    texts = frame[text_col].tolist()
+    groups = pd.factorize(frame[text_col])[0]
+    fine_tune = not settings.encoder.freeze
+    vectors = None if fine_tune else service.embed(texts)[0]
+    results = []
+    for fold, (train_idx, test_idx) in enumerate(fold_indices(labels, groups, folds, settings.model.seed), start=1):
+        if on_fold:
+            on_fold(fold, folds)
+        inner_train, inner_val = _inner_validation(train_idx, labels, groups, settings.model.seed)
+        if fine_tune:
+            service.reload_encoder()  # each fold starts from the pretrained weights
+        pick = lambda idx: _source(service, [texts[i] for i in idx], labels[idx], None if vectors is None else vectors[idx])  # noqa: E731
+        features = FeatureSet({"train": pick(inner_train), "val": pick(inner_val)}, {}, fine_tune)
+        trainer = make_trainer(settings, features, service, len(names))
+        result = trainer.fit()
+        probs = predict_proba(trainer.model, pick(test_idx), service.device)
+        logger.info("Fold %d/%d: %d train, %d val, %d test rows; %s", fold, folds, len(inner_train), len(inner_val),
+                    len(test_idx), result.stop_reason)
+        results.append(FoldResult(fold, test_idx, probs, names, result.stop_reason, len(result.history)))
+    return results

@@ -1,0 +1,188 @@
+"""``evaluate``: score a checkpoint on labelled data, cross-validate its config, write every result file."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bertcls.checkpoint import Checkpoint, build_classifier
+from bertcls.config import EncoderSection, EvaluationSection, Settings
+from bertcls.errors import CheckpointError
+from bertcls.evaluation import plots
+from bertcls.evaluation.cross_validation import FoldResult, cross_validate
+from bertcls.evaluation.html_report import build_report
+from bertcls.evaluation.scoring import (
+    classification_report_frame, confidence_frame, confusion_frame, confusion_pairs, cv_summary_frame,
+    error_frame, error_metrics_frame, prediction_frames, report_labels, summary_metrics,
+)
+from bertcls.features import EmbeddingService
+from bertcls.fileio import write_csv_atomic, write_text_atomic
+from bertcls.prediction import Predictor
+from bertcls.training import EmbeddingBatches, predict_proba
+
+logger = logging.getLogger(__name__)
+RESULTS_DIR = "evaluation_results"
+StageFn = Callable[[str], None]
+
+
+def settings_from_checkpoint(ckpt: Checkpoint, output_root: Path) -> Settings:
+    """The checkpoint's training config (no environment or YAML involved), with the current output root."""
+    return Settings.model_validate({**ckpt.meta["config"], "output_root": str(output_root)})
+
+
+def frozen_service(ckpt: Checkpoint, output_root: Path, device: torch.device) -> EmbeddingService:
+    """The cached-embedding service for a frozen checkpoint; refuses an encoder whose fingerprint changed."""
+    meta = ckpt.meta
+    service = EmbeddingService(EncoderSection(**meta["config"]["encoder"]), meta["encoder"]["max_seq_len"], output_root, device)
+    if service.fingerprint != meta["encoder"]["fingerprint"]:
+        raise CheckpointError(f"The encoder at {service.folder} does not match the one {ckpt.path.name} was trained with; restore it or retrain.")
+    return service
+
+
+def score_texts(ckpt: Checkpoint, texts: list[str], output_root: Path, device: torch.device, batch_size: int) -> np.ndarray:
+    """Class probabilities: through the embedding cache for a frozen model, the full model otherwise."""
+    if ckpt.fine_tuned:
+        return Predictor(ckpt, output_root, device).predict_proba(texts, batch_size)
+    vectors, _ = frozen_service(ckpt, output_root, device).embed(texts)
+    model, _ = build_classifier(ckpt, output_root, need_encoder=False)
+    return predict_proba(model.to(device), EmbeddingBatches(vectors, np.zeros(len(texts), dtype=np.int64)), device)
+
+
+@dataclass
+class EvaluationOutcome:
+    folder: Path
+    summary: dict[str, float]
+    rows: int
+    unseen_labels: dict[str, int]
+    ece: float
+    cv: pd.DataFrame | None = None
+    files: list[str] = field(default_factory=list)
+
+
+class ResultWriter:
+    """Writes into a staging folder that replaces ``evaluation_results/`` in one step at the end."""
+
+    def __init__(self, output_root: Path):
+        self.final = output_root / RESULTS_DIR
+        self.staging = output_root / f".{RESULTS_DIR}.{uuid.uuid4().hex[:8]}"
+        self.staging.mkdir(parents=True)
+        self.plots: list[Path] = []
+
+    def csv(self, name: str, frame: pd.DataFrame, index: bool = False) -> None:
+        write_csv_atomic(self.staging / name, frame.reset_index() if index else frame)
+
+    def plot(self, name: str, draw: Callable[[Path], Path], register: bool = True) -> None:
+        path = draw(self.staging / name)
+        if register:
+            self.plots.append(path)
+
+    def commit(self) -> Path:
+        old = self.final.with_name(f".{RESULTS_DIR}.old.{uuid.uuid4().hex[:8]}")
+        if self.final.exists():
+            self.final.rename(old)
+        self.staging.rename(self.final)
+        shutil.rmtree(old, ignore_errors=True)
+        return self.final
+
+    def abort(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def write_analysis(writer: ResultWriter, prefix: str, texts: list[str], truth: list[str], probs: np.ndarray,
+                   labels: list[str], cfg: EvaluationSection, full: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """predictions, error analysis and confusion matrix (and, when ``full``, every other table and plot)."""
+    predictions, all_predictions = prediction_frames(texts, truth, probs, labels)
+    axis = report_labels(labels, truth)
+    confusion = confusion_frame(truth, list(predictions.predicted_label), axis)
+    writer.csv(f"{prefix}predictions.csv", predictions)
+    writer.csv(f"{prefix}error_analysis.csv", error_frame(predictions, probs))
+    writer.plot(f"{prefix}confusion_matrix.png", lambda p: plots.confusion_matrix_plot(confusion, p), register=full)
+    if full:
+        report = classification_report_frame(truth, list(predictions.predicted_label), axis)
+        writer.csv("sklearn_classification_report.csv", report)
+        writer.csv("confusion_matrix.csv", confusion, index=True)
+        correct = (predictions.true_label == predictions.predicted_label).to_numpy()
+        calibration, _ = confidence_frame(predictions.confidence.to_numpy(), correct, cfg.confidence_bins)
+        writer.csv("confidence_analysis.csv", calibration)
+        writer.csv("error_metrics.csv", error_metrics_frame(predictions, axis, cfg.top_confusions))
+        pairs = confusion_pairs(predictions, cfg.top_confusions)
+        writer.plot("classification_report_heatmap.png", lambda p: plots.report_heatmap(report[report.label.isin(axis)], p))
+        writer.plot("error_confidence_dist.png", lambda p: plots.confidence_plot(predictions, p))
+        writer.plot("error_confusion_patterns.png", lambda p: plots.confusion_pairs_plot(pairs, p))
+        writer.plot("error_length_dist.png", lambda p: plots.length_plot(predictions, p))
+        writer.plot("error_wordclouds.png", lambda p: plots.wordcloud_plot(predictions, axis, p))
+    return predictions, all_predictions
+
+
+def run_cv(writer: ResultWriter, settings: Settings, frame: pd.DataFrame, service: EmbeddingService, folds: int,
+           cfg: EvaluationSection, on_stage: StageFn) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Cross-validate, write fold_K/ folders and cv_metrics.csv; returns (cv table, out-of-fold predictions)."""
+    text_col, label_col = settings.data.text_column, settings.data.label_column
+    results: list[FoldResult] = cross_validate(settings, frame, service, folds, lambda f, k: on_stage(f"Cross-validation fold {f}/{k}"))
+    fold_metrics, out_of_fold = [], []
+    for result in results:
+        texts = frame[text_col].iloc[result.test_index].tolist()
+        truth = frame[label_col].iloc[result.test_index].tolist()
+        predictions, all_predictions = write_analysis(writer, f"fold_{result.fold}/", texts, truth, result.probs, result.labels, cfg, full=False)
+        fold_metrics.append(summary_metrics(truth, list(predictions.predicted_label), result.labels))
+        out_of_fold.append(all_predictions.assign(source="cross_validation", fold=result.fold))
+    cv = cv_summary_frame(fold_metrics)
+    writer.csv("cv_metrics.csv", cv)
+    return cv, pd.concat(out_of_fold, ignore_index=True)
+
+
+def evaluate(ckpt: Checkpoint, data: pd.DataFrame, cv_data: pd.DataFrame | None, settings_now: Settings,
+             folds: int, device: torch.device, on_stage: StageFn = lambda _: None) -> EvaluationOutcome:
+    """Score ``data``, cross-validate on ``cv_data`` (if folds > 0), and write ``<output_root>/evaluation_results/``."""
+    root, cfg = settings_now.root, settings_now.evaluation
+    trained = settings_from_checkpoint(ckpt, root)
+    text_col, label_col = trained.data.text_column, trained.data.label_column
+    labels = ckpt.labels
+    texts, truth = data[text_col].tolist(), data[label_col].tolist()
+    writer = ResultWriter(root)
+    try:
+        on_stage("Scoring")
+        probs = score_texts(ckpt, texts, root, device, settings_now.encoder.encode_batch_size)
+        on_stage("Writing tables and plots")
+        predictions, all_predictions = write_analysis(writer, "", texts, truth, probs, labels, cfg, full=True)
+        summary = summary_metrics(truth, list(predictions.predicted_label), report_labels(labels, truth))
+        _, ece = confidence_frame(predictions.confidence.to_numpy(), (predictions.true_label == predictions.predicted_label).to_numpy())
+        unseen = {k: int(v) for k, v in data[~data[label_col].isin(labels)][label_col].value_counts().items()}
+        cv, everything = None, [all_predictions.assign(source="evaluation", fold="")]
+        if folds > 0 and cv_data is not None:
+            trained.model.device = settings_now.model.device
+            service = frozen_service(ckpt, root, device) if not ckpt.fine_tuned else EmbeddingService(
+                trained.encoder, trained.model.max_seq_len, root, device)
+            cv, out_of_fold = run_cv(writer, trained, cv_data, service, folds, cfg, on_stage)
+            everything.append(out_of_fold)
+        writer.csv("all_predictions.csv", pd.concat(everything, ignore_index=True))
+        notes = [f"Checkpoint: {ckpt.path}", f"Rows evaluated: {len(data)}"]
+        if unseen:
+            notes.append("Labels the model never saw (scored as errors): " + ", ".join(f"{k} ({v})" for k, v in unseen.items()))
+        tables = {
+            "Classification report": (pd.read_csv(writer.staging / "sklearn_classification_report.csv"), False),
+            "Confusion matrix": (pd.read_csv(writer.staging / "confusion_matrix.csv"), False),
+            "Confidence analysis": (pd.read_csv(writer.staging / "confidence_analysis.csv"), False),
+            "Error metrics": (pd.read_csv(writer.staging / "error_metrics.csv"), False),
+        }
+        if cv is not None:
+            tables[f"Cross-validation ({folds} folds)"] = (cv, False)
+        errors = pd.read_csv(writer.staging / "error_analysis.csv", dtype={"text": str}, keep_default_na=False)
+        errors["text"] = errors["text"].str.slice(0, 160)
+        tables["Most confident errors (first 25)"] = (errors.head(25), False)
+        page = build_report("bertcls evaluation", {**summary, "ECE": ece}, tables, writer.plots, notes)
+        write_text_atomic(writer.staging / "report.html", page)
+        files = sorted(str(p.relative_to(writer.staging)) for p in writer.staging.rglob("*") if p.is_file())
+        folder = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return EvaluationOutcome(folder, summary, len(data), unseen, ece, cv, files)

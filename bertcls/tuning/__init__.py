@@ -1,0 +1,1 @@
+"""Hyperparameter optimisation: Optuna studies (TPE) and Population Based Training."""

@@ -1,0 +1,74 @@
+"""Optuna storage and study set-up: SQLite by default, journal files, or any database URL."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from bertcls.config import TuningSection
+from bertcls.errors import BertclsError
+
+logger = logging.getLogger(__name__)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+JOURNAL_PREFIX = "journal:"
+
+
+def default_storage_url(output_root: Path, study_name: str) -> str:
+    path = (Path(output_root) / "optuna" / f"{study_name}.db").resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def make_storage(url: str, cfg: TuningSection) -> optuna.storages.BaseStorage:
+    """``journal:PATH`` is a journal file (several processes on one disk); anything else is a database URL
+    (SQLite, PostgreSQL, MySQL) with heartbeats so that trials of a dead worker are marked failed."""
+    if url.startswith(JOURNAL_PREFIX):
+        path = Path(url[len(JOURNAL_PREFIX):].removeprefix("//"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(str(path)))
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period,
+        )
+    except ImportError as exc:
+        raise BertclsError(
+            f"The storage {url.split(':', 1)[0]} needs a driver that is not installed ({exc.name}); "
+            "for PostgreSQL install bertcls[postgres]."
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - connection errors come in many types
+        raise BertclsError(f"Cannot open the Optuna storage {redact(url)}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+
+
+def redact(url: str) -> str:
+    """Hide a password in a database URL."""
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
+
+def open_study(storage: optuna.storages.BaseStorage, name: str, seed: int, direction: str = "maximize") -> optuna.Study:
+    """Create the study or load it if it exists (resume); TPE seeded, median pruner."""
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
+    try:
+        return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
+                                   direction=direction, load_if_exists=True)
+    except optuna.exceptions.DuplicatedStudyError:  # another worker created it at the same moment
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+
+
+def count_trials(study: optuna.Study, states=FINISHED + (TrialState.RUNNING,), exclude: int | None = None) -> int:
+    return sum(1 for t in study.get_trials(deepcopy=False, states=states) if t.number != exclude)
+
+
+def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=FINISHED)

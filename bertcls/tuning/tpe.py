@@ -1,0 +1,136 @@
+"""Strategy ``tpe``: an Optuna study; every trial trains through the same loop and saves the same checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import optuna
+from optuna.samplers import TPESampler
+
+from bertcls.callbacks import TrainerCallback, WorkflowHooks
+from bertcls.checkpoint import save_checkpoint
+from bertcls.config import Settings
+from bertcls.features import EmbeddingService
+from bertcls.training import predict_proba, score
+from bertcls.tuning.search_space import apply, original_early_stopping, suggest
+from bertcls.tuning.study import count_trials
+from bertcls.workflow import FeatureSet, build_features, checkpoint_meta, make_trainer
+
+logger = logging.getLogger(__name__)
+
+
+class SurplusTrial(Exception):
+    """Another worker already started the last trial the study needs."""
+
+
+class TrialSeededTPESampler(TPESampler):
+    """TPE whose random state is reset from (seed, trial number) before each trial: one worker is
+    reproducible, and workers sharing a study never draw the same random values."""
+
+    def __init__(self, seed: int, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        self._base_seed = seed
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        super().before_trial(study, trial)
+        trial_seed = (self._base_seed * 1_000_003 + trial.number) % 2**32
+        self._rng.rng.seed(trial_seed)
+        self._random_sampler._rng.rng.seed(trial_seed)
+
+
+class PruningCallback(TrainerCallback):
+    """Reports each epoch's metric to the trial and stops the loop when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial, metric: str):
+        self.trial = trial
+        self.metric = metric
+        self.pruned_at: int | None = None
+
+    def on_epoch_end(self, trainer, record) -> None:
+        self.trial.report(getattr(record, self.metric), record.epoch)
+        if self.trial.should_prune():
+            self.pruned_at = record.epoch
+            trainer.should_stop = True
+            trainer.stop_reason = f"pruned by the median pruner after epoch {record.epoch}"
+
+
+@dataclass
+class TuningContext:
+    """What every trial of this process shares: settings, encoder service, features (embeddings computed once)."""
+
+    settings: Settings
+    service: EmbeddingService
+    features: FeatureSet
+    splits: object
+    names: list[str]
+    trials_dir: Path
+    study_name: str
+    hooks: WorkflowHooks = field(default_factory=WorkflowHooks)
+
+    def trial_features(self) -> FeatureSet:
+        if not self.features.fine_tune:
+            return self.features
+        self.service.reload_encoder()  # every fine-tuning trial starts from the pretrained encoder
+        return build_features(self.service, self.splits, self.names, self.settings.data, fine_tune=True)
+
+
+def train_trial(ctx: TuningContext, trial: optuna.Trial, params: dict) -> float:
+    """Train one configuration; save its checkpoint; return its best validation metric."""
+    settings = ctx.settings
+    stopping = original_early_stopping(trial.number, settings.model.num_epochs, settings.early_stopping)
+    trial_settings = apply(settings, params, stopping)
+    features = ctx.trial_features()
+    trainer = make_trainer(trial_settings, features, ctx.service, len(ctx.names))
+    pruning = PruningCallback(trial, settings.model.metric)
+    trainer.add_callback(pruning)
+    trainer.add_callback(ctx.hooks)
+    started = time.perf_counter()
+    result = trainer.fit()
+    trial.set_user_attr("epochs", len(result.history))
+    trial.set_user_attr("stop_reason", result.stop_reason)
+    if pruning.pruned_at is not None:
+        raise optuna.TrialPruned(result.stop_reason)
+    device = ctx.service.device
+    metrics = {split: score(predict_proba(trainer.model, features.sources[split], device), features.sources[split].labels,
+                            len(ctx.names)) for split in ("val", "test")}
+    extra = {"study": ctx.study_name, "trial": trial.number, "params": params, "strategy": "tpe",
+             "seconds": time.perf_counter() - started}
+    meta = checkpoint_meta(trial_settings, ctx.service, ctx.names, result, metrics, trainer.model, features.fine_tune, extra)
+    path = save_checkpoint(ctx.trials_dir / f"trial_{trial.number}.pt", result.best_state, meta)
+    trial.set_user_attr("checkpoint", str(path))
+    trial.set_user_attr("test_f1", metrics["test"]["f1"])
+    trial.set_user_attr("test_accuracy", metrics["test"]["accuracy"])
+    return result.best_metric
+
+
+def make_objective(ctx: TuningContext, study: optuna.Study, target: int) -> Callable[[optuna.Trial], float]:
+    def objective(trial: optuna.Trial) -> float:
+        if count_trials(study, exclude=trial.number) >= target:
+            raise SurplusTrial(f"trial {trial.number} is not needed: the study already has {target} trials")
+        params = suggest(trial, ctx.settings.tuning.search_space)
+        return train_trial(ctx, trial, params)
+
+    return objective
+
+
+def run_trials(ctx: TuningContext, study: optuna.Study, target: int, timeout: float | None,
+               on_trial_end: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None) -> int:
+    """Run trials until the study holds ``target`` finished or running trials (all workers together)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    ran = 0
+    objective = make_objective(ctx, study, target)
+    callbacks = [on_trial_end] if on_trial_end else []
+    optuna.storages.fail_stale_trials(study)  # a dead worker's RUNNING trials must not count towards the target
+    while count_trials(study) < target:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            logger.info("Timeout reached after %d trial(s) in this process", ran)
+            break
+        study.optimize(objective, n_trials=1, timeout=remaining, catch=(SurplusTrial,), callbacks=callbacks,
+                       gc_after_trial=False, show_progress_bar=False)
+        ran += 1
+    return ran
