@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
+import warnings
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
 from bertcls.config import TuningSection
+
+try:
+    import fcntl
+except ImportError:  # Windows: fall back to retries
+    fcntl = None
 from bertcls.errors import BertclsError
 
 logger = logging.getLogger(__name__)
@@ -31,11 +39,8 @@ def make_storage(url: str, cfg: TuningSection) -> optuna.storages.BaseStorage:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         return JournalStorage(JournalFileBackend(str(path)))
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period,
-        )
+        return _rdb_storage(url, cfg)
     except ImportError as exc:
         raise BertclsError(
             f"The storage {url.split(':', 1)[0]} needs a driver that is not installed ({exc.name}); "
@@ -43,6 +48,40 @@ def make_storage(url: str, cfg: TuningSection) -> optuna.storages.BaseStorage:
         ) from None
     except Exception as exc:  # noqa: BLE001 - connection errors come in many types
         raise BertclsError(f"Cannot open the Optuna storage {redact(url)}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+
+
+@contextlib.contextmanager
+def _sqlite_creation_lock(url: str):
+    """Serialise schema creation of one SQLite file across processes (a lock file beside it)."""
+    if not url.startswith("sqlite:///") or fcntl is None:
+        yield
+        return
+    lock_path = Path(url[len("sqlite:///"):] + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _rdb_storage(url: str, cfg: TuningSection, attempts: int = 8) -> optuna.storages.RDBStorage:
+    """RDBStorage, retried while another worker is creating the same schema (optuna#5385)."""
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    for attempt in range(attempts):
+        try:
+            with _sqlite_creation_lock(url), warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=cfg.heartbeat_interval,
+                                                  grace_period=cfg.grace_period)
+        except Exception as exc:  # noqa: BLE001 - sqlalchemy's OperationalError, without importing sqlalchemy here
+            racing = any(p in str(exc) for p in ("already exists", "locked", "duplicate key", "UNIQUE constraint"))
+            if not racing or attempt == attempts - 1:
+                raise
+            logger.debug("Storage is being created by another worker (%s); retrying", str(exc).splitlines()[0])
+            time.sleep(0.25 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def redact(url: str) -> str:
@@ -55,9 +94,9 @@ def redact(url: str) -> str:
     return url
 
 
-def open_study(storage: optuna.storages.BaseStorage, name: str, seed: int, direction: str = "maximize") -> optuna.Study:
-    """Create the study or load it if it exists (resume); TPE seeded, median pruner."""
-    sampler = optuna.samplers.TPESampler(seed=seed)
+def open_study(storage: optuna.storages.BaseStorage, name: str, sampler: optuna.samplers.BaseSampler,
+               direction: str = "maximize") -> optuna.Study:
+    """Create the study or load it if it exists (resume), with a median pruner."""
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
     try:
         return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -124,7 +125,9 @@ def run_trials(ctx: TuningContext, study: optuna.Study, target: int, timeout: fl
     ran = 0
     objective = make_objective(ctx, study, target)
     callbacks = [on_trial_end] if on_trial_end else []
-    optuna.storages.fail_stale_trials(study)  # a dead worker's RUNNING trials must not count towards the target
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # a dead worker's RUNNING trials must not count towards the target
     while count_trials(study) < target:
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:

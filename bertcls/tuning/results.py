@@ -1,0 +1,116 @@
+"""Study results: trials.csv, plots, the PBT lineage, and the best model in the shared checkpoint format."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import optuna
+
+from bertcls.errors import BertclsError
+from bertcls.fileio import atomic_path, write_csv_atomic, write_text_atomic
+from bertcls.tuning.study import finished_trials
+
+logger = logging.getLogger(__name__)
+
+
+def write_trials_csv(study: optuna.Study, folder: Path) -> Path:
+    frame = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration", "user_attrs"))
+    return write_csv_atomic(folder / "trials.csv", frame)
+
+
+def _save_axes(axes, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def write_study_plots(study: optuna.Study, folder: Path) -> list[Path]:
+    """Optimization history and parameter importances (skipped, with a note, when there is too little data)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from optuna.visualization import matplotlib as optuna_plots
+
+    written = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message=".*(too small to compute importances|quantiles select the same).*")
+        for name, draw in (("optimization_history.png", optuna_plots.plot_optimization_history),
+                           ("param_importances.png", optuna_plots.plot_param_importances)):
+            try:
+                written.append(_save_axes(draw(study), folder / name))
+            except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+                logger.info("Skipped %s: %s", name, exc)
+    return written
+
+
+def write_pbt_results(members, lineage: list[dict], folder: Path) -> list[Path]:
+    """pbt_lineage.json and a plot of each member's metric and learning rate over epochs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    write_text_atomic(folder / "pbt_lineage.json", json.dumps(lineage, indent=2))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for member in members:
+        epochs = [c["epoch"] for c in member.curve]
+        top.plot(epochs, [c["metric"] for c in member.curve], marker="o", label=f"member {member.index}")
+        bottom.plot(epochs, [c["lr"] for c in member.curve], marker="o")
+    for event in lineage:
+        if event["action"] == "exploit":
+            top.axvline(event["epoch"], color="gray", alpha=0.3, linestyle="--")
+    top.set_ylabel("validation metric")
+    top.legend()
+    top.set_title("PBT population (dashed: an exploit)")
+    bottom.set_ylabel("learning rate")
+    bottom.set_yscale("log")
+    bottom.set_xlabel("epoch")
+    fig.tight_layout()
+    path = folder / "pbt_members.png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return [folder / "pbt_lineage.json", path]
+
+
+def best_local_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The best complete trial whose checkpoint is on this machine (another worker's may live elsewhere)."""
+    complete = [t for t in finished_trials(study) if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
+    if not complete:
+        raise BertclsError(f"Study {study.study_name!r} has no completed trial yet; run more trials (--n-trials).")
+    ranked = sorted(complete, key=lambda t: t.value, reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)
+    for trial in ranked:
+        if Path(trial.user_attrs.get("checkpoint", "")).is_file():
+            if trial.number != ranked[0].number:
+                logger.warning("The best trial (%d) was run by another worker; its checkpoint is %s there. Using trial %d.",
+                               ranked[0].number, ranked[0].user_attrs.get("checkpoint"), trial.number)
+            return trial
+    raise BertclsError("No completed trial of this study has its checkpoint on this machine.")
+
+
+def next_experiment_path(best_dir: Path, study_name: str) -> Path:
+    """best_model_<study>_exp<N>.pt, N counting the earlier exports of that study name."""
+    pattern = re.compile(rf"best_model_{re.escape(study_name)}_exp(\d+)\.pt$")
+    taken = [int(m.group(1)) for p in best_dir.glob(f"best_model_{study_name}_exp*.pt") if (m := pattern.match(p.name))]
+    return best_dir / f"best_model_{study_name}_exp{max(taken) + 1 if taken else 0}.pt"
+
+
+def export_best(checkpoint: Path, output_root: Path, study_name: str) -> tuple[Path, Path]:
+    """Copy the best checkpoint to best_trials/best_model_<study>_exp<N>.pt and best_trials/best_model.pt."""
+    best_dir = output_root / "best_trials"
+    best_dir.mkdir(parents=True, exist_ok=True)
+    exp_path = next_experiment_path(best_dir, study_name)
+    for target in (exp_path, best_dir / "best_model.pt"):
+        with atomic_path(target) as tmp:
+            shutil.copyfile(checkpoint, tmp)
+    return exp_path, best_dir / "best_model.pt"

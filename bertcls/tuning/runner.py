@@ -1,0 +1,100 @@
+"""``optimize``: run a TPE study or a PBT population and export the best model."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from bertcls.callbacks import WorkflowHooks
+from bertcls.checkpoint import save_checkpoint
+from bertcls.config import SearchSpace, Settings
+from bertcls.training import predict_proba, score
+from bertcls.tuning import results
+from bertcls.tuning.pbt import PBTOutcome, run_population
+from bertcls.tuning.study import count_trials, default_storage_url, make_storage, open_study, redact
+from bertcls.tuning.tpe import TrialSeededTPESampler, TuningContext, run_trials
+from bertcls.workflow import checkpoint_meta, prepare
+
+logger = logging.getLogger(__name__)
+
+
+class OptimizeHooks(WorkflowHooks):
+    def on_trial_end(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None: ...
+
+    def on_pbt_epoch(self, epoch: int, members: list) -> None: ...
+
+
+@dataclass
+class OptimizeOutcome:
+    study: optuna.Study
+    storage: str
+    best_trial: int
+    best_value: float
+    params: dict[str, Any]
+    test_metrics: dict[str, float]
+    exp_path: Path
+    best_path: Path
+    folder: Path
+    ran_here: int
+
+
+def distributions(space: SearchSpace) -> dict[str, Any]:
+    return {
+        "batch_size": CategoricalDistribution(list(space.batch_size)),
+        "num_hidden_layers": IntDistribution(*space.num_hidden_layers),
+        "dropout_rate": FloatDistribution(*space.dropout_rate),
+        "lr": FloatDistribution(*space.lr, log=True),
+        "weight_decay": FloatDistribution(*space.weight_decay, log=True),
+        "warmup_ratio": FloatDistribution(*space.warmup_ratio),
+        "activation": CategoricalDistribution(list(space.activation)),
+    }
+
+
+def record_population(ctx: TuningContext, study: optuna.Study, outcome: PBTOutcome) -> None:
+    """Save every member's checkpoint and add each member to the study as a finished trial."""
+    space = distributions(ctx.settings.tuning.search_space)
+    for member in outcome.members:
+        trainer, sources = member.trainer, ctx.features.sources
+        metrics = {s: score(predict_proba(trainer.model, sources[s], ctx.service.device), sources[s].labels, len(ctx.names))
+                   for s in ("val", "test")}
+        extra = {"study": ctx.study_name, "params": member.params, "strategy": "pbt", "member": member.index,
+                 "lineage": [e for e in outcome.lineage if e["member"] == member.index]}
+        meta = checkpoint_meta(ctx.settings, ctx.service, ctx.names, trainer.result, metrics, trainer.model, False, extra)
+        path = save_checkpoint(ctx.trials_dir / f"pbt_member_{member.index}.pt", trainer.result.best_state, meta)
+        study.add_trial(optuna.trial.create_trial(
+            params=member.params, distributions=space, value=trainer.result.best_metric,
+            user_attrs={"checkpoint": str(path), "member": member.index, "strategy": "pbt", "epochs": len(trainer.result.history),
+                        "test_f1": metrics["test"]["f1"], "test_accuracy": metrics["test"]["accuracy"]},
+        ))
+
+
+def run_optimize(settings: Settings, hooks: OptimizeHooks | None = None) -> OptimizeOutcome:
+    hooks = hooks or OptimizeHooks()
+    tuning, root = settings.tuning, settings.root
+    splits, _, names, service, features = prepare(settings, hooks)  # embeddings computed once for the study
+    folder = root / "optuna" / tuning.study_name
+    folder.mkdir(parents=True, exist_ok=True)
+    url = tuning.storage or default_storage_url(root, tuning.study_name)
+    hooks.on_stage(f"Study {tuning.study_name!r} in {redact(url)}")
+    study = open_study(make_storage(url, tuning), tuning.study_name, TrialSeededTPESampler(settings.model.seed))
+    ctx = TuningContext(settings, service, features, splits, names, folder / "trials", tuning.study_name, hooks)
+    if tuning.strategy == "pbt":
+        outcome = run_population(ctx, hooks.on_pbt_epoch)
+        record_population(ctx, study, outcome)
+        results.write_pbt_results(outcome.members, outcome.lineage, folder)
+        ran = len(outcome.members)
+    else:
+        before = count_trials(study)
+        ran = run_trials(ctx, study, tuning.n_trials, tuning.timeout, hooks.on_trial_end)
+        logger.info("This process ran %d trial(s); the study had %d before", ran, before)
+    results.write_trials_csv(study, folder)
+    results.write_study_plots(study, folder)
+    best = results.best_local_trial(study)
+    exp_path, best_path = results.export_best(Path(best.user_attrs["checkpoint"]), root, tuning.study_name)
+    test = {"f1": best.user_attrs.get("test_f1"), "accuracy": best.user_attrs.get("test_accuracy")}
+    return OptimizeOutcome(study, redact(url), best.number, best.value, best.params, test, exp_path, best_path, folder, ran)

@@ -1,0 +1,199 @@
+"""bertcls optimize: TPE studies, pruning, resume, several workers, heartbeats, PBT mechanics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from bertcls.callbacks import WorkflowHooks
+from bertcls.config import resolve_settings
+from bertcls.tuning.pbt import Member, build_member, exploit, set_hyperparameters, take_snapshot
+from bertcls.tuning.runner import run_optimize
+from bertcls.tuning.search_space import hidden_dims
+from bertcls.tuning.study import default_storage_url, make_storage, open_study
+from bertcls.tuning.tpe import TrialSeededTPESampler, TuningContext
+from bertcls.workflow import prepare
+
+GOOD = {"batch_size": 32, "num_hidden_layers": 1, "dropout_rate": 0.2, "lr": 3e-3, "weight_decay": 1e-4,
+        "warmup_ratio": 0.0, "activation": "gelu"}
+
+
+def tuning_settings(root: Path, data: Path, name: str = "s", **flags):
+    base = {"output_root": str(root), "data.data_file": str(data), "model.max_seq_len": 128, "verbosity": 0,
+            "model.num_epochs": 6, "tuning.study_name": name}
+    return resolve_settings({**base, **flags}).settings
+
+
+def study_of(root: Path, name: str = "s") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=default_storage_url(root, name))
+
+
+def test_hidden_width_rule():
+    assert [hidden_dims(n) for n in (1, 2, 4)] == [[512], [512, 256], [512, 256, 128, 64]]
+
+
+def test_tpe_study_finishes_and_best_model_predicts(cli, workspace, bbc_small, tmp_path):
+    root = workspace / "tuning"
+    code, out, err = cli("optimize", "--output-root", root, "--data-file", bbc_small, "--study-name", "bert_opt",
+                         "--n-trials", "3", "--max-seq-len", "128", "--num-epochs", "6", "--verbosity", "0")
+    assert code == 0, err
+    study = study_of(root, "bert_opt")
+    assert len([t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 3
+    assert (root / "best_trials" / "best_model_bert_opt_exp0.pt").is_file()
+    assert (root / "optuna" / "bert_opt" / "trials.csv").is_file()
+    assert (root / "optuna" / "bert_opt" / "optimization_history.png").is_file()
+    from bertcls.checkpoint import load_checkpoint
+
+    meta = load_checkpoint(root / "best_trials" / "best_model.pt").meta
+    assert meta["extra"]["study"] == "bert_opt" and meta["extra"]["trial"] == study.best_trial.number
+    assert meta["extra"]["params"] == study.best_trial.params
+    code, out, err = cli("predict", "--output-root", root, "--best-model", "best_model_bert_opt_exp0.pt",
+                         "--data-file", root / "data" / "test.csv", "--output-file", tmp_path / "p.csv", "--verbosity", "0")
+    assert code == 0 and "macro F1" in out, err
+
+
+def test_hopeless_trial_is_pruned(workspace, bbc_small):
+    root = workspace / "tuning"
+    settings = tuning_settings(root, bbc_small, "prune", **{"tuning.n_trials": 4, "model.num_epochs": 8})
+    study = open_study(make_storage(default_storage_url(root, "prune"), settings.tuning), "prune", TrialSeededTPESampler(0))
+    for _ in range(3):
+        study.enqueue_trial(GOOD)
+    study.enqueue_trial({**GOOD, "lr": 1e-6, "warmup_ratio": 0.3})
+    run_optimize(settings)
+    states = [t.state for t in study_of(root, "prune").trials]
+    assert states[:3] == [TrialState.COMPLETE] * 3 and states[3] == TrialState.PRUNED
+    assert "pruned" in study_of(root, "prune").trials[3].user_attrs["stop_reason"]
+
+
+def test_second_run_resumes_and_adds_trials(workspace, bbc_small):
+    root = workspace / "tuning"
+    run_optimize(tuning_settings(root, bbc_small, "resume", **{"tuning.n_trials": 2}))
+    first = [(t.number, t.value, t.params) for t in study_of(root, "resume").trials]
+    outcome = run_optimize(tuning_settings(root, bbc_small, "resume", **{"tuning.n_trials": 3}))
+    trials = study_of(root, "resume").trials
+    assert len(trials) == 3 and outcome.ran_here == 1
+    assert [(t.number, t.value, t.params) for t in trials[:2]] == first
+    assert (root / "best_trials" / "best_model_resume_exp1.pt").is_file()
+
+
+def test_same_seed_same_suggestions(workspace, bbc_small):
+    values = []
+    root = workspace / "tuning"
+    for name in ("seed-a", "seed-b"):
+        run_optimize(tuning_settings(root, bbc_small, name, **{"tuning.n_trials": 2, "model.num_epochs": 2}))
+        values.append([t.params for t in study_of(root, name).trials])
+    assert values[0] == values[1]
+
+
+def bertcls_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "bertcls", *[str(a) for a in args]]
+
+
+def env() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith("BERTCLS_")} | {"HF_HUB_OFFLINE": "1"}
+
+
+def test_two_processes_share_one_study(workspace, bbc_small, tmp_path):
+    root = workspace / "tuning"
+    run_optimize(tuning_settings(root, bbc_small, "warm", **{"tuning.n_trials": 1, "model.num_epochs": 2}))  # fill the cache
+    args = ("optimize", "--output-root", root, "--data-file", bbc_small, "--study-name", "workers", "--n-trials", "6",
+            "--num-epochs", "4", "--max-seq-len", "128", "--verbosity", "0")
+    workers = [subprocess.Popen(bertcls_cmd(*args), cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               for _ in range(2)]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    trials = study_of(root, "workers").trials
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 6
+    assert len({t.number for t in trials}) == len(trials)
+    assert len({tuple(sorted(t.params.items())) for t in finished}) == len(finished)  # no duplicate configuration
+    ran = [int(line.split("│")[2]) for out, _ in outputs for line in out.decode().splitlines() if "run by this process" in line]
+    assert sorted(ran)[0] >= 1 and sum(ran) >= 5  # both workers contributed
+
+
+def test_dead_workers_running_trial_is_marked_failed(workspace, bbc_small, tmp_path):
+    root = workspace / "tuning"
+    config = tmp_path / "hb.yml"
+    config.write_text("tuning:\n  heartbeat_interval: 1\n  grace_period: 2\n")
+    run_optimize(tuning_settings(root, bbc_small, "hb", **{"tuning.n_trials": 1, "model.num_epochs": 2}))
+    args = ("optimize", "--config", config, "--output-root", root, "--data-file", bbc_small, "--study-name", "hb",
+            "--n-trials", "3", "--num-epochs", "200", "--max-seq-len", "128", "--verbosity", "0")
+    worker = subprocess.Popen(bertcls_cmd(*args), cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(t.state == TrialState.RUNNING for t in study_of(root, "hb").trials):
+        time.sleep(0.5)
+    time.sleep(1.5)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    stale = [t.number for t in study_of(root, "hb").trials if t.state == TrialState.RUNNING]
+    assert stale, "the killed worker left no running trial"
+    time.sleep(2.5)
+    settings = resolve_settings({"output_root": str(root), "data.data_file": str(bbc_small), "model.max_seq_len": 128,
+                                 "verbosity": 0, "model.num_epochs": 3, "tuning.study_name": "hb", "tuning.n_trials": 3},
+                                str(config)).settings
+    run_optimize(settings)
+    trials = {t.number: t for t in study_of(root, "hb").trials}
+    assert all(trials[n].state == TrialState.FAIL for n in stale)
+    assert len([t for t in trials.values() if t.state == TrialState.COMPLETE]) == 3
+
+
+@pytest.fixture(scope="module")
+def pbt_context(workspace, bbc_small):
+    settings = tuning_settings(workspace / "tuning", bbc_small, "pbt-unit", **{"tuning.pbt.population_size": 2})
+    splits, _, names, service, features = prepare(settings, WorkflowHooks())
+    return TuningContext(settings, service, features, splits, names, workspace / "tuning" / "pbt-unit", "pbt-unit")
+
+
+def test_exploit_copies_weights_optimizer_state_and_parameters(pbt_context):
+    donor_params = {**GOOD, "num_hidden_layers": 2, "lr": 2e-3}
+    donor = Member(0, donor_params, build_member(pbt_context, 0, donor_params))
+    member = Member(1, GOOD, build_member(pbt_context, 1, GOOD))
+    for m in (donor, member):
+        m.trainer.run_epoch()
+        take_snapshot(m)
+    exploit(pbt_context, member, donor)
+    assert member.params == donor_params
+    donor_state, member_state = donor.trainer.model.state_dict(), member.trainer.model.state_dict()
+    assert donor_state.keys() == member_state.keys()
+    assert all(torch.equal(donor_state[k], member_state[k]) for k in donor_state)
+    donor_opt, member_opt = donor.trainer.optimizer.state_dict(), member.trainer.optimizer.state_dict()
+    for key, state in donor_opt["state"].items():
+        assert torch.equal(state["exp_avg"], member_opt["state"][key]["exp_avg"])
+    assert member.trainer.optimizer.param_groups[0]["initial_lr"] == 2e-3
+    member.trainer.run_epoch()  # training goes on from the copied state
+    assert member.trainer.epoch == 2
+
+
+def test_explore_changes_the_running_optimizer_and_dropout(pbt_context):
+    member = Member(0, GOOD, build_member(pbt_context, 0, GOOD))
+    member.trainer.run_epoch()
+    set_hyperparameters(member.trainer, {**GOOD, "lr": 1e-3, "weight_decay": 0.01, "dropout_rate": 0.5, "warmup_ratio": 0.2})
+    group = member.trainer.optimizer.param_groups[0]
+    assert group["initial_lr"] == 1e-3 and group["weight_decay"] == 0.01
+    dropouts = [m.p for m in member.trainer.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(p == 0.5 for p in dropouts)
+    assert member.trainer.optim_cfg.warmup_ratio == 0.2
+
+
+def test_pbt_command_saves_best_member_and_lineage(cli, workspace, bbc_small):
+    root = workspace / "tuning"
+    code, out, err = cli("optimize", "--output-root", root, "--data-file", bbc_small, "--study-name", "pbt",
+                         "--strategy", "pbt", "--num-epochs", "6", "--max-seq-len", "128", "--verbosity", "0")
+    assert code == 0, err
+    folder = root / "optuna" / "pbt"
+    assert (folder / "pbt_lineage.json").is_file() and (folder / "pbt_members.png").is_file()
+    study = study_of(root, "pbt")
+    assert len(study.trials) == 4 and all(t.user_attrs["strategy"] == "pbt" for t in study.trials)
+    from bertcls.checkpoint import load_checkpoint
+
+    meta = load_checkpoint(root / "best_trials" / "best_model_pbt_exp0.pt").meta
+    assert meta["extra"]["strategy"] == "pbt" and meta["extra"]["params"] == study.best_trial.params
