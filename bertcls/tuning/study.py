@@ -40,7 +40,7 @@ def make_storage(url: str, cfg: TuningSection) -> optuna.storages.BaseStorage:
 
         return JournalStorage(JournalFileBackend(str(path)))
     try:
-        return _rdb_storage(url, cfg)
+        return _rdb_storage(with_available_driver(url), cfg)
     except ImportError as exc:
         raise BertclsError(
             f"The storage {url.split(':', 1)[0]} needs a driver that is not installed ({exc.name}); "
@@ -82,6 +82,16 @@ def _rdb_storage(url: str, cfg: TuningSection, attempts: int = 8) -> optuna.stor
             logger.debug("Storage is being created by another worker (%s); retrying", str(exc).splitlines()[0])
             time.sleep(0.25 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def with_available_driver(url: str) -> str:
+    """``postgresql://`` means psycopg2 to SQLAlchemy; use psycopg 3 (the ``postgres`` extra) when only it is installed."""
+    if url.startswith("postgresql://"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None:
+            return "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
 
 
 def redact(url: str) -> str:
