@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from bertcls.config import DataSection
 from bertcls.data import check_labelled, read_labelled_csv, split_by_text
-from bertcls.errors import DataError
 
 from conftest import bbc_frame
 

@@ -36,6 +36,7 @@ DataFile = Annotated[Optional[str], option("--data-file", help="Labelled CSV (te
 Encoding = Annotated[Optional[str], option("--encoding", help="Text encoding of the CSV files (default utf-8).")]
 TextColumn = Annotated[Optional[str], option("--text-column", help="Name of the text column (default text).")]
 LabelColumn = Annotated[Optional[str], option("--label-column", help="Name of the label column (default category).")]
+BestModel = Annotated[Optional[str], option("--best-model", "--model", help="Checkpoint (bare names resolve under <output_root>/best_trials/; default best_model.pt).")]
 Device = Annotated[Optional[str], option("--device", help="auto, cpu, cuda or mps.")]
 
 

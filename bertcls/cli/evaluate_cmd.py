@@ -7,14 +7,14 @@ from typing import Annotated, Optional
 from rich.table import Table
 
 from bertcls.cli.common import (
-    ConfigFile, DataFile, Device, Encoding, OutputRoot, Verbosity, build_config, err_console, option, out_console,
+    BestModel,     ConfigFile, DataFile, Device, Encoding, OutputRoot, Verbosity, build_config, err_console, option, out_console,
     setup_logging,
 )
 
 
 def evaluate(
     output_root: OutputRoot = None,
-    best_model: Annotated[Optional[str], option("--best-model", "--model", help="Checkpoint (bare names resolve under <output_root>/best_trials/).")] = None,
+    best_model: BestModel = None,
     data_file: DataFile = None,
     cv_folds: Annotated[Optional[int], option("--cv-folds", help="Cross-validation folds (default 7; 0 skips).", min=0)] = None,
     encoding: Encoding = None,

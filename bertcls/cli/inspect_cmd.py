@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.columns import Columns
 from rich.panel import Panel
 from rich.table import Table
 
-from bertcls.cli.common import ConfigFile, OutputRoot, Verbosity, build_config, option, out_console, setup_logging
+from bertcls.cli.common import BestModel, ConfigFile, OutputRoot, Verbosity, build_config, out_console, setup_logging
 
 
 def _kv_table(rows: dict[str, Any]) -> Table:
@@ -95,7 +95,7 @@ def render(info: dict) -> None:
 
 def inspect(
     output_root: OutputRoot = None,
-    model: Annotated[Optional[str], option("--model", "--best-model", help="Checkpoint (bare names resolve under <output_root>/best_trials/).")] = None,
+    model: BestModel = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the same content as JSON.")] = False,
     config: ConfigFile = None,
     verbosity: Verbosity = None,

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from bertcls.cli.common import (
-    BatchSize, ConfigFile, Device, Encoding, LabelColumn, OutputRoot, TextColumn as TextColumnOption, Verbosity,
+    BestModel,     BatchSize, ConfigFile, Device, Encoding, LabelColumn, OutputRoot, TextColumn as TextColumnOption, Verbosity,
     build_config, err_console, option, out_console, setup_logging,
 )
 
@@ -41,7 +41,7 @@ def rows_per_second(task) -> str:
 
 def predict(
     output_root: OutputRoot = None,
-    best_model: Annotated[Optional[str], option("--best-model", "--model", help="Checkpoint (bare names resolve under <output_root>/best_trials/).")] = None,
+    best_model: BestModel = None,
     data_file: Annotated[Optional[str], option("--data-file", help="CSV to label, or - for standard input.")] = None,
     output_file: Annotated[Optional[str], option("--output-file", help="Output CSV (bare names go under <output_root>/predictions/), or - for standard output.")] = None,
     batch_size: BatchSize = None,
