@@ -6,7 +6,9 @@ Reports: cold run / plain SentenceTransformer.encode (target <= 1.15), warm-cach
 
 from __future__ import annotations
 
+import argparse
 import shutil
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -35,27 +37,34 @@ def logistic_regression_f1(root: Path) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved baseline/cold/warm rounds (medians reported)")
+    args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     try:
-        baseline_wall, done = timed([sys.executable, "-c", st_encode_script(BBC, MAX_SEQ_LEN)])
-        encode_only = float(done.stdout.strip().splitlines()[-1])
-        args = ("train", "--output-root", str(work / "out"), "--data-file", str(BBC),
-                "--max-seq-len", str(MAX_SEQ_LEN), "--verbosity", "0")
-        cold, _ = timed(bertcls(*args), cwd=work)
-        warm, _ = timed(bertcls(*args), cwd=work)
+        baseline, encode_only, cold, warm = [], [], [], []
+        for round_number in range(args.repeats):
+            wall, done = timed([sys.executable, "-c", st_encode_script(BBC, MAX_SEQ_LEN)])
+            baseline.append(wall)
+            encode_only.append(float(done.stdout.strip().splitlines()[-1]))
+            root = work / f"out{round_number}"
+            train = ("train", "--output-root", str(root), "--data-file", str(BBC), "--max-seq-len", str(MAX_SEQ_LEN), "--verbosity", "0")
+            cold.append(timed(bertcls(*train), cwd=work)[0])
+            warm.append(timed(bertcls(*train), cwd=work)[0])
         from bertcls.checkpoint import load_checkpoint
 
-        meta = load_checkpoint(work / "out" / "best_trials" / "best_model.pt").meta
-        reference_f1 = logistic_regression_f1(work / "out")
+        meta = load_checkpoint(root / "best_trials" / "best_model.pt").meta
+        reference_f1 = logistic_regression_f1(root)
         save_result("train", {
             "texts": 2225,
             "max_seq_len": MAX_SEQ_LEN,
-            "st_encode_process_s": round(baseline_wall, 2),
-            "st_encode_only_s": round(encode_only, 2),
-            "train_cold_s": round(cold, 2),
-            "train_warm_s": round(warm, 2),
-            "cold_over_st_encode": round(cold / baseline_wall, 3),
-            "warm_over_cold": round(warm / cold, 3),
+            "rounds": args.repeats,
+            "st_encode_process_s": [round(x, 2) for x in baseline],
+            "st_encode_only_s": [round(x, 2) for x in encode_only],
+            "train_cold_s": [round(x, 2) for x in cold],
+            "train_warm_s": [round(x, 2) for x in warm],
+            "cold_over_st_encode_median": round(statistics.median(c / b for c, b in zip(cold, baseline)), 3),
+            "warm_over_cold_median": round(statistics.median(w / c for w, c in zip(warm, cold)), 3),
             "test_macro_f1": round(meta["metrics"]["test"]["f1"], 4),
             "test_accuracy": round(meta["metrics"]["test"]["accuracy"], 4),
             "logistic_regression_same_split_f1": round(reference_f1, 4),

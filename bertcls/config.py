@@ -243,6 +243,13 @@ class EvaluationSection(StrictModel):
     confidence_bins: int = Field(10, ge=2)
     top_confusions: int = Field(10, ge=1)
 
+    @field_validator("cv_folds")
+    @classmethod
+    def _folds(cls, folds: int) -> int:
+        if folds == 1:
+            raise ValueError("cross-validation needs at least 2 folds (0 skips it)")
+        return folds
+
 
 class Settings(BaseSettings):
     """The whole resolved configuration."""

@@ -196,6 +196,8 @@ def predict_csv(predictor: Predictor, source: str, target: str, options: Predict
             summary.empty_rows += int(empty.sum())
             if progress:
                 progress(len(chunk))
+        if summary.rows == 0:
+            raise DataError(f"Input {source} has no data rows.")
     if summary.empty_rows:
         logger.warning("%d row(s) have empty text; they are kept with an empty prediction.", summary.empty_rows)
     return summary

@@ -158,12 +158,12 @@ class Trainer:
 
     def __init__(self, model: TextClassifier, train: BatchSource, val: BatchSource, num_classes: int,
                  model_cfg: ModelSection, optim_cfg: OptimizerSection, stopping_cfg: EarlyStoppingSection,
-                 memory: MemoryManager, device: torch.device, encoder_lr: float = 2e-5, patience: int | None = None):
+                 memory: MemoryManager, device: torch.device, encoder_lr: float = 2e-5):
         self.model, self.train_data, self.val_data = model.to(device), train, val
         self.num_classes, self.model_cfg, self.optim_cfg = num_classes, model_cfg, optim_cfg
         self.memory, self.device = memory, device
         self.optimizer = build_optimizer(model, optim_cfg, encoder_lr)
-        self.stopper = EarlyStopping(stopping_cfg, patience)
+        self.stopper = EarlyStopping(stopping_cfg)
         self.loss_fn = nn.CrossEntropyLoss()
         self.callbacks: list[TrainerCallback] = []
         self.should_stop = False

@@ -95,8 +95,7 @@ def build_model(cfg: ClassifierSection, dim: int, num_classes: int, encoder=None
     return TextClassifier(MLPHead(dim, cfg, num_classes), encoder)
 
 
-def make_trainer(settings: Settings, features: FeatureSet, service: EmbeddingService, num_classes: int,
-                 classifier: ClassifierSection | None = None, patience: int | None = None) -> Trainer:
+def make_trainer(settings: Settings, features: FeatureSet, service: EmbeddingService, num_classes: int) -> Trainer:
     """A fresh model and trainer for one run (a fold, a trial or a population member share this)."""
     device = service.device
     seed_everything(settings.model.seed)  # here, so a cold run (which loads the encoder) equals a warm one
@@ -104,10 +103,10 @@ def make_trainer(settings: Settings, features: FeatureSet, service: EmbeddingSer
     if features.fine_tune:
         encoder = service.encoder
         encoder.set_trainable(freeze=False, unfreeze_last_n_layers=settings.encoder.unfreeze_last_n_layers)
-    model = build_model(classifier or settings.classifier, service.describe()["dim"], num_classes, encoder)
+    model = build_model(settings.classifier, service.describe()["dim"], num_classes, encoder)
     memory = MemoryManager(settings.memory, settings.model.batch_size, default_probe(device))
     return Trainer(model, features.sources["train"], features.sources["val"], num_classes, settings.model,
-                   settings.optimizer, settings.early_stopping, memory, device, settings.encoder.encoder_lr, patience)
+                   settings.optimizer, settings.early_stopping, memory, device, settings.encoder.encoder_lr)
 
 
 def checkpoint_meta(settings: Settings, service: EmbeddingService, names: list[str], result: TrainResult,

@@ -126,6 +126,17 @@ def test_class_smaller_than_folds_suggests_fewer_folds(cli, trained_model):
     assert code == 2 and "--cv-folds" in err and "Traceback" not in err
 
 
+def test_one_fold_and_missing_splits_are_clear_errors(cli, trained_model, tmp_path):
+    code, _, err = cli("evaluate", "--output-root", trained_model, "--cv-folds", "1")
+    assert code == 2 and "at least 2 folds" in err
+    (tmp_path / "test.csv").write_text("text,category\nstray file in the working directory,sport\n")
+    empty_root = tmp_path / "fresh"
+    (empty_root / "best_trials").mkdir(parents=True)
+    (empty_root / "best_trials" / "best_model.pt").symlink_to(trained_model / "best_trials" / "best_model.pt")
+    code, _, err = cli("evaluate", "--output-root", empty_root)
+    assert code == 2 and "No test split" in err and str(empty_root / "data") in err.replace("\n", "")
+
+
 def test_missing_checkpoint_or_data_is_exit_2_with_path(cli, trained_model, tmp_path):
     code, _, err = cli("evaluate", "--output-root", trained_model, "--best-model", "absent.pt")
     assert code == 2 and "absent.pt" in err

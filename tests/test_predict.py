@@ -138,7 +138,10 @@ def test_bad_input_files_exit_2_and_keep_existing_output(cli, trained_model, tmp
     no_text.write_text("body,category\nhello,sport\n")
     bad_bytes = tmp_path / "bad_bytes.csv"
     bad_bytes.write_bytes(b"text\n" + b"fine\n" * 20 + b"caf\xe9\n")
-    for path, message in ((no_text, "no column 'text'"), (bad_bytes, "--encoding"), (tmp_path / "nope.csv", "nope.csv")):
+    header_only = tmp_path / "header_only.csv"
+    header_only.write_text("text,category\n")
+    for path, message in ((no_text, "no column 'text'"), (bad_bytes, "--encoding"), (tmp_path / "nope.csv", "nope.csv"),
+                          (header_only, "no data rows")):
         code, _, err = run_predict(cli, trained_model, "--data-file", path, "--output-file", target)
         assert code == 2 and message in err and "Traceback" not in err
         assert target.read_text() == "previous results\n"

@@ -44,14 +44,24 @@ def evaluate(
         data = read_labelled_csv(resolve_data_path(data_file, root), data_cfg)
         cv_data = data
     else:
-        split = lambda name: read_labelled_csv(resolve_data_path(f"{name}.csv", root), data_cfg)  # noqa: E731
-        data = split("test")
-        cv_data = pd.concat([split("train"), split("val")], ignore_index=True)
+        data = read_split(root, "test", data_cfg)
+        cv_data = pd.concat([read_split(root, "train", data_cfg), read_split(root, "val", data_cfg)], ignore_index=True)
     data = data[data[data_cfg.text_column].str.strip() != ""].reset_index(drop=True)
     cv_data = cv_data[cv_data[data_cfg.text_column].str.strip() != ""].reset_index(drop=True)
     show = (lambda msg: err_console.print(f"[cyan]{msg}[/]")) if settings.verbosity >= 1 else (lambda msg: None)
     outcome = run_evaluation(ckpt, data, cv_data, settings, settings.evaluation.cv_folds, pick_device(settings.model.device), show)
     render(outcome)
+
+
+def read_split(root, name: str, data_cfg):
+    """A split that ``train`` wrote under ``<output_root>/data/``."""
+    from bertcls.data import read_labelled_csv
+    from bertcls.errors import DataError
+
+    path = root / "data" / f"{name}.csv"
+    if not path.is_file():
+        raise DataError(f"No {name} split at {path}; run bertcls train with this --output-root first, or pass --data-file.")
+    return read_labelled_csv(path, data_cfg)
 
 
 def render(outcome) -> None:
