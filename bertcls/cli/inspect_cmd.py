@@ -64,6 +64,10 @@ def provenance_panel(info: dict) -> Panel:
     status = "[green]matches[/]" if fp["matches"] else "[red]does NOT match[/]" if fp["local"] else "[red]encoder missing[/]"
     rows = {"file": info["file"]["path"], "size": f"{info['file']['size_bytes'] / 1e6:.1f} MB",
             "created": info["file"]["created_at"], "encoder sha256": fp["recorded"], "local encoder": status}
+    extra = info.get("extra", {})
+    for key in ("study", "strategy", "trial", "member"):
+        if key in extra:
+            rows[key] = extra[key]
     rows.update({f"{name}": version for name, version in info["versions"].items()})
     return Panel(_kv_table(rows), title="File, fingerprint and versions")
 
