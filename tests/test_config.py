@@ -142,3 +142,11 @@ def test_repo_config_is_valid():
     settings = resolve_settings({}, str(repo_config)).settings
     assert settings.optimizer.betas == (0.656, 0.999)
     assert settings.classifier.dropout_rate == 0.35
+
+
+def test_bad_flag_values_are_one_sentence_and_exit_2(cli):
+    for args, expected in ((("train", "--num-epochs", "abc"), "--num-epochs"), (("train", "--bogus"), "--bogus"),
+                           (("predict", "--top-k", "0"), "--top-k")):
+        code, out, err = cli(*args)
+        assert code == 2 and expected in err and "Traceback" not in err + out
+        assert len(err.strip().splitlines()) == 1

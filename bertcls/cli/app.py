@@ -43,22 +43,27 @@ def report_error(exc: BertclsError) -> None:
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code: user errors print one sentence and give 2, never a traceback."""
-    import click
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         result = app(args=argv, standalone_mode=False)
     except BertclsError as exc:
         report_error(exc)
         return 2
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except KeyboardInterrupt:
         sys.stderr.write("Interrupted.\n")
         return 130
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
+    except Exception as exc:
+        # Typer vendors its own click: match its usage errors, Exit and Abort by shape, not by class.
+        if type(exc).__name__ == "Abort":
+            sys.stderr.write("Interrupted.\n")
+            return 130
+        exit_code = getattr(exc, "exit_code", None)
+        if exit_code is None:
+            raise
+        if hasattr(exc, "format_message"):
+            command = getattr(getattr(exc, "ctx", None), "command_path", "bertcls")
+            sys.stderr.write(f"Error: {exc.format_message()} (see {command} --help)\n")
+        return exit_code
     return result if isinstance(result, int) else 0
 
 
