@@ -53,6 +53,11 @@ def resolve_checkpoint_path(name: str, output_root: str | Path) -> Path:
     return path
 
 
+def load_named_checkpoint(name: str | None, output_root: str | Path) -> "Checkpoint":
+    """``--best-model``/``--model`` as given (default ``best_model.pt``), resolved and loaded."""
+    return load_checkpoint(resolve_checkpoint_path(name or "best_model.pt", output_root))
+
+
 def save_checkpoint(path: Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
     """Write atomically (temp file in the same folder + rename)."""
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "state": state, "meta": meta}

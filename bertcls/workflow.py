@@ -109,6 +109,12 @@ def make_trainer(settings: Settings, features: FeatureSet, service: EmbeddingSer
                    settings.optimizer, settings.early_stopping, memory, device, settings.encoder.encoder_lr)
 
 
+def split_metrics(model: TextClassifier, features: FeatureSet, device: torch.device, num_classes: int) -> dict[str, dict[str, float]]:
+    """Loss, accuracy and macro F1 of a trained model on the val and test splits."""
+    return {split: score(predict_proba(model, features.sources[split], device), features.sources[split].labels, num_classes)
+            for split in ("val", "test")}
+
+
 def checkpoint_meta(settings: Settings, service: EmbeddingService, names: list[str], result: TrainResult,
                     metrics: dict[str, Any], model: TextClassifier, fine_tune: bool, extra: dict | None = None) -> dict:
     return {
@@ -161,10 +167,7 @@ def run_training(settings: Settings, hooks: WorkflowHooks | None = None) -> Trai
     trainer.add_callback(hooks)
     hooks.on_stage("Training")
     result = trainer.fit()
-    metrics = {
-        split: score(predict_proba(trainer.model, features.sources[split], service.device), features.sources[split].labels, len(names))
-        for split in ("val", "test")
-    }
+    metrics = split_metrics(trainer.model, features, service.device, len(names))
     meta = checkpoint_meta(settings, service, names, result, metrics, trainer.model, features.fine_tune,
                            {"truncation": features.truncation, "data_warnings": report.warnings})
     path = save_checkpoint(settings.root / "best_trials" / "best_model.pt", result.best_state, meta)

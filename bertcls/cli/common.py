@@ -40,6 +40,13 @@ BestModel = Annotated[Optional[str], option("--best-model", "--model", help="Che
 Device = Annotated[Optional[str], option("--device", help="auto, cpu, cuda or mps.")]
 
 
+def print_unseen_labels(console: Console, counts: dict[str, int]) -> None:
+    """Name the labels a model never saw, with their counts (they are scored as errors)."""
+    if counts:
+        listed = ", ".join(f"{label!r} ({count})" for label, count in sorted(counts.items()))
+        console.print(f"[yellow]Labels the model never saw (scored as errors):[/] {listed}")
+
+
 def build_config(config_file: str | None, flags: dict[str, Any]) -> ResolvedConfig:
     return resolve_settings(flags, config_file)
 

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 from rich.table import Table
 
 from bertcls.cli.common import (
-    BestModel,     ConfigFile, DataFile, Device, Encoding, OutputRoot, Verbosity, build_config, err_console, option, out_console,
-    setup_logging,
+    BestModel, ConfigFile, DataFile, Device, Encoding, OutputRoot, Verbosity, build_config, err_console, option, out_console,
+    print_unseen_labels, setup_logging,
 )
 
 
@@ -25,7 +25,7 @@ def evaluate(
     """Metrics, k-fold cross-validation, error analysis, plots and report.html in <output_root>/evaluation_results/."""
     import pandas as pd
 
-    from bertcls.checkpoint import load_checkpoint, resolve_checkpoint_path
+    from bertcls.checkpoint import load_named_checkpoint
     from bertcls.data import read_labelled_csv, resolve_data_path
     from bertcls.encoder import pick_device
     from bertcls.evaluation.runner import evaluate as run_evaluation
@@ -38,7 +38,7 @@ def evaluate(
     settings = resolved.settings
     setup_logging(resolved, "evaluate")
     root = settings.root
-    ckpt = load_checkpoint(resolve_checkpoint_path(best_model or "best_model.pt", root))
+    ckpt = load_named_checkpoint(best_model, root)
     data_cfg = settings_from_checkpoint(ckpt, root).data.model_copy(update={"encoding": settings.data.encoding})
     if data_file:
         data = read_labelled_csv(resolve_data_path(data_file, root), data_cfg)
@@ -77,7 +77,5 @@ def render(outcome) -> None:
         table.add_row(f"CV macro F1 ({folds} folds)", f"{mean['macro_f1']:.4f} ± {std['macro_f1']:.4f}")
         table.add_row(f"CV accuracy ({folds} folds)", f"{mean['accuracy']:.4f} ± {std['accuracy']:.4f}")
     out_console.print(table)
-    if outcome.unseen_labels:
-        unseen = ", ".join(f"{k!r} ({v})" for k, v in outcome.unseen_labels.items())
-        out_console.print(f"[yellow]Labels the model never saw (scored as errors):[/] {unseen}")
+    print_unseen_labels(out_console, outcome.unseen_labels)
     out_console.print(f"Wrote {len(outcome.files)} files to {outcome.folder} (open report.html in a browser).", highlight=False)

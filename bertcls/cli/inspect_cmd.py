@@ -105,13 +105,13 @@ def inspect(
     verbosity: Verbosity = None,
 ) -> None:
     """Show what a saved model is: architecture, parameters, labels, config, history, metrics, provenance."""
-    from bertcls.checkpoint import load_checkpoint, resolve_checkpoint_path
+    from bertcls.checkpoint import load_named_checkpoint
     from bertcls.inspection import describe_checkpoint
 
     resolved = build_config(config, {"output_root": output_root, "verbosity": verbosity})
     setup_logging(resolved, "inspect")
     root = resolved.settings.root
-    ckpt = load_checkpoint(resolve_checkpoint_path(model or "best_model.pt", root))
+    ckpt = load_named_checkpoint(model, root)
     info = describe_checkpoint(ckpt, root)
     if as_json:
         typer.echo(json.dumps(info, indent=2))

@@ -10,8 +10,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from bertcls.cli.common import (
-    BestModel,     BatchSize, ConfigFile, Device, Encoding, LabelColumn, OutputRoot, TextColumn as TextColumnOption, Verbosity,
-    build_config, err_console, option, out_console, setup_logging,
+    BestModel, BatchSize, ConfigFile, Device, Encoding, LabelColumn, OutputRoot, TextColumn as TextColumnOption, Verbosity,
+    build_config, err_console, option, out_console, print_unseen_labels, setup_logging,
 )
 
 STDIO = "-"
@@ -56,7 +56,7 @@ def predict(
     verbosity: Verbosity = None,
 ) -> None:
     """Label a CSV with a trained model: every input column kept, plus predicted_label, confidence, probabilities."""
-    from bertcls.checkpoint import load_checkpoint, resolve_checkpoint_path
+    from bertcls.checkpoint import load_named_checkpoint
     from bertcls.data import resolve_data_path
     from bertcls.encoder import pick_device
     from bertcls.errors import DataError
@@ -71,7 +71,7 @@ def predict(
     if not data_file:
         raise DataError("No input given; pass --data-file FILE (or - for standard input).")
     root = settings.root
-    ckpt = load_checkpoint(resolve_checkpoint_path(best_model or "best_model.pt", root))
+    ckpt = load_named_checkpoint(best_model, root)
     trained = ckpt.meta["config"]["data"]
     pick = lambda key: trained[key] if resolved.sources[f"data.{key}"] == "default" else getattr(settings.data, key)  # noqa: E731
     options = PredictOptions(text_column=pick("text_column"), label_column=pick("label_column"),
@@ -103,8 +103,6 @@ def report(summary, num_classes: int, target: str, console) -> None:
         table.add_row("accuracy", f"{metrics['accuracy']:.4f}")
         table.add_row("macro F1", f"{metrics['f1']:.4f}")
     console.print(table)
-    if summary.unseen_labels:
-        unseen = ", ".join(f"{label!r} ({count})" for label, count in sorted(summary.unseen_labels.items()))
-        console.print(f"[yellow]Labels the model never saw (scored as errors):[/] {unseen}")
+    print_unseen_labels(console, summary.unseen_labels)
     if target != STDIO:
         console.print(f"Wrote {target}", highlight=False)

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from bertcls.checkpoint import Checkpoint, build_classifier
-from bertcls.config import EncoderSection, EvaluationSection, Settings
+from bertcls.config import EvaluationSection, Settings
 from bertcls.errors import CheckpointError
 from bertcls.evaluation import plots
 from bertcls.evaluation.cross_validation import FoldResult, cross_validate
@@ -38,20 +38,20 @@ def settings_from_checkpoint(ckpt: Checkpoint, output_root: Path) -> Settings:
     return Settings.model_validate({**ckpt.meta["config"], "output_root": str(output_root)})
 
 
-def frozen_service(ckpt: Checkpoint, output_root: Path, device: torch.device) -> EmbeddingService:
-    """The cached-embedding service for a frozen checkpoint; refuses an encoder whose fingerprint changed."""
-    meta = ckpt.meta
-    service = EmbeddingService(EncoderSection(**meta["config"]["encoder"]), meta["encoder"]["max_seq_len"], output_root, device)
-    if service.fingerprint != meta["encoder"]["fingerprint"]:
+def checkpoint_service(ckpt: Checkpoint, trained: Settings, device: torch.device) -> EmbeddingService:
+    """The encoder service of the checkpoint's config; a frozen checkpoint refuses an encoder whose fingerprint changed."""
+    service = EmbeddingService(trained.encoder, trained.model.max_seq_len, trained.root, device)
+    if not ckpt.fine_tuned and service.fingerprint != ckpt.meta["encoder"]["fingerprint"]:
         raise CheckpointError(f"The encoder at {service.folder} does not match the one {ckpt.path.name} was trained with; restore it or retrain.")
     return service
 
 
-def score_texts(ckpt: Checkpoint, texts: list[str], output_root: Path, device: torch.device, batch_size: int) -> np.ndarray:
+def score_texts(ckpt: Checkpoint, texts: list[str], service: EmbeddingService, output_root: Path, batch_size: int) -> np.ndarray:
     """Class probabilities: through the embedding cache for a frozen model, the full model otherwise."""
+    device = service.device
     if ckpt.fine_tuned:
         return Predictor(ckpt, output_root, device).predict_proba(texts, batch_size)
-    vectors, _ = frozen_service(ckpt, output_root, device).embed(texts)
+    vectors, _ = service.embed(texts)
     model, _ = build_classifier(ckpt, output_root, need_encoder=False)
     return predict_proba(model.to(device), EmbeddingBatches(vectors, np.zeros(len(texts), dtype=np.int64)), device)
 
@@ -150,7 +150,8 @@ def evaluate(ckpt: Checkpoint, data: pd.DataFrame, cv_data: pd.DataFrame | None,
     writer = ResultWriter(root)
     try:
         on_stage("Scoring")
-        probs = score_texts(ckpt, texts, root, device, settings_now.encoder.encode_batch_size)
+        service = checkpoint_service(ckpt, trained, device)
+        probs = score_texts(ckpt, texts, service, root, settings_now.encoder.encode_batch_size)
         on_stage("Writing tables and plots")
         predictions, all_predictions = write_analysis(writer, "", texts, truth, probs, labels, cfg, full=True)
         summary = summary_metrics(truth, list(predictions.predicted_label), report_labels(labels, truth))
@@ -158,9 +159,6 @@ def evaluate(ckpt: Checkpoint, data: pd.DataFrame, cv_data: pd.DataFrame | None,
         unseen = {k: int(v) for k, v in data[~data[label_col].isin(labels)][label_col].value_counts().items()}
         cv, everything = None, [all_predictions.assign(source="evaluation", fold="")]
         if folds > 0 and cv_data is not None:
-            trained.model.device = settings_now.model.device
-            service = frozen_service(ckpt, root, device) if not ckpt.fine_tuned else EmbeddingService(
-                trained.encoder, trained.model.max_seq_len, root, device)
             cv, out_of_fold = run_cv(writer, trained, cv_data, service, folds, cfg, on_stage)
             everything.append(out_of_fold)
         writer.csv("all_predictions.csv", pd.concat(everything, ignore_index=True))

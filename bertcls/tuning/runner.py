@@ -8,17 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from bertcls.callbacks import WorkflowHooks
 from bertcls.checkpoint import save_checkpoint
-from bertcls.config import SearchSpace, Settings
-from bertcls.training import predict_proba, score
+from bertcls.config import Settings
 from bertcls.tuning import results
 from bertcls.tuning.pbt import PBTOutcome, run_population
+from bertcls.tuning.search_space import distributions
 from bertcls.tuning.study import count_trials, default_storage_url, make_storage, open_study, redact
 from bertcls.tuning.tpe import TrialSeededTPESampler, TuningContext, run_trials
-from bertcls.workflow import checkpoint_meta, prepare
+from bertcls.workflow import checkpoint_meta, prepare, split_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -43,25 +42,12 @@ class OptimizeOutcome:
     ran_here: int
 
 
-def distributions(space: SearchSpace) -> dict[str, Any]:
-    return {
-        "batch_size": CategoricalDistribution(list(space.batch_size)),
-        "num_hidden_layers": IntDistribution(*space.num_hidden_layers),
-        "dropout_rate": FloatDistribution(*space.dropout_rate),
-        "lr": FloatDistribution(*space.lr, log=True),
-        "weight_decay": FloatDistribution(*space.weight_decay, log=True),
-        "warmup_ratio": FloatDistribution(*space.warmup_ratio),
-        "activation": CategoricalDistribution(list(space.activation)),
-    }
-
-
 def record_population(ctx: TuningContext, study: optuna.Study, outcome: PBTOutcome) -> None:
     """Save every member's checkpoint and add each member to the study as a finished trial."""
     space = distributions(ctx.settings.tuning.search_space)
     for member in outcome.members:
-        trainer, sources = member.trainer, ctx.features.sources
-        metrics = {s: score(predict_proba(trainer.model, sources[s], ctx.service.device), sources[s].labels, len(ctx.names))
-                   for s in ("val", "test")}
+        trainer = member.trainer
+        metrics = split_metrics(trainer.model, ctx.features, ctx.service.device, len(ctx.names))
         extra = {"study": ctx.study_name, "params": member.params, "strategy": "pbt", "member": member.index,
                  "lineage": [e for e in outcome.lineage if e["member"] == member.index]}
         meta = checkpoint_meta(ctx.settings, ctx.service, ctx.names, trainer.result, metrics, trainer.model, False, extra)

@@ -28,6 +28,21 @@ def suggest(trial, space: SearchSpace) -> dict[str, Any]:
     }
 
 
+def distributions(space: SearchSpace) -> dict[str, Any]:
+    """The same space as :func:`suggest`, as Optuna distributions (for trials recorded after the fact, e.g. PBT)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    return {
+        "batch_size": CategoricalDistribution(list(space.batch_size)),
+        "num_hidden_layers": IntDistribution(*space.num_hidden_layers),
+        "dropout_rate": FloatDistribution(*space.dropout_rate),
+        "lr": FloatDistribution(*space.lr, log=True),
+        "weight_decay": FloatDistribution(*space.weight_decay, log=True),
+        "warmup_ratio": FloatDistribution(*space.warmup_ratio),
+        "activation": CategoricalDistribution(list(space.activation)),
+    }
+
+
 def sample(rng, space: SearchSpace) -> dict[str, Any]:
     """Draw a random point (PBT's initial population), log-uniform where Optuna searches on a log scale."""
     import numpy as np

@@ -16,10 +16,9 @@ from bertcls.callbacks import TrainerCallback, WorkflowHooks
 from bertcls.checkpoint import save_checkpoint
 from bertcls.config import Settings
 from bertcls.features import EmbeddingService
-from bertcls.training import predict_proba, score
 from bertcls.tuning.search_space import apply, original_early_stopping, suggest
 from bertcls.tuning.study import count_trials
-from bertcls.workflow import FeatureSet, build_features, checkpoint_meta, make_trainer
+from bertcls.workflow import FeatureSet, build_features, checkpoint_meta, make_trainer, split_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -95,9 +94,7 @@ def train_trial(ctx: TuningContext, trial: optuna.Trial, params: dict) -> float:
     trial.set_user_attr("stop_reason", result.stop_reason)
     if pruning.pruned_at is not None:
         raise optuna.TrialPruned(result.stop_reason)
-    device = ctx.service.device
-    metrics = {split: score(predict_proba(trainer.model, features.sources[split], device), features.sources[split].labels,
-                            len(ctx.names)) for split in ("val", "test")}
+    metrics = split_metrics(trainer.model, features, ctx.service.device, len(ctx.names))
     extra = {"study": ctx.study_name, "trial": trial.number, "params": params, "strategy": "tpe",
              "seconds": time.perf_counter() - started}
     meta = checkpoint_meta(trial_settings, ctx.service, ctx.names, result, metrics, trainer.model, features.fine_tune, extra)
