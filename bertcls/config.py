@@ -435,7 +435,7 @@ class ResolvedConfig:
         return [(key, value, self.sources.get(key, "default")) for key, value in flat.items()]
 
 
-def _format_problems(exc: ValidationError, doc: YamlDocument, yaml_flat: dict) -> list[str]:
+def _format_problems(exc: ValidationError, doc: YamlDocument, yaml_flat: dict, flags: dict, env: dict) -> list[str]:
     problems = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"] if not str(p).isdigit()]
@@ -445,9 +445,9 @@ def _format_problems(exc: ValidationError, doc: YamlDocument, yaml_flat: dict) -
             message = "unknown setting (check the spelling)"
         where = ""
         line = doc.line_of(dotted)
-        if doc.path is not None and line is not None and any(
-            k == dotted or k.startswith(dotted + ".") or dotted.startswith(k + ".") for k in yaml_flat
-        ):
+        source = _source_of(dotted, flags, env, yaml_flat)  # a flag or env value is not the file's fault
+        from_yaml = source == "yaml" or (source == "default" and any(k.startswith(dotted + ".") for k in yaml_flat))
+        if doc.path is not None and line is not None and from_yaml:
             where = f" ({doc.path} line {line})"
         problems.append(f"{dotted}: {message}{where}")
     return problems
@@ -467,7 +467,7 @@ def resolve_settings(
     try:
         settings = _settings_class(doc.data)(**_nest(flag_values))
     except ValidationError as exc:
-        problems = _format_problems(exc, doc, yaml_flat)
+        problems = _format_problems(exc, doc, yaml_flat, flag_values, env)
         raise ConfigError(f"The configuration has {len(problems)} problem(s).", problems) from None
     flat = flatten(settings.model_dump(mode="json"))
     sources = {key: _source_of(key, flag_values, env, yaml_flat) for key in flat}

@@ -150,3 +150,12 @@ def test_bad_flag_values_are_one_sentence_and_exit_2(cli):
         code, out, err = cli(*args)
         assert code == 2 and expected in err and "Traceback" not in err + out
         assert len(err.strip().splitlines()) == 1
+
+
+def test_bad_flag_value_is_not_blamed_on_the_yaml_file(tmp_path):
+    config = write(tmp_path / "c.yml", "evaluation:\n  cv_folds: 7\nmodel:\n  batch_size: 0\n")
+    with pytest.raises(ConfigError) as info:
+        resolve_settings({"evaluation.cv_folds": 1}, str(config))
+    folds, batch = sorted(info.value.problems)
+    assert folds.startswith("evaluation.cv_folds") and "line" not in folds
+    assert batch.startswith("model.batch_size") and "line 4" in batch
