@@ -27,8 +27,19 @@ def main() -> None:
     try:
         common = ("--data-file", str(BBC), "--max-seq-len", str(MAX_SEQ_LEN), "--verbosity", "0")
         train_wall, _ = timed(bertcls("train", "--output-root", str(work / "train"), *common), cwd=work)
-        opt_wall, _ = timed(bertcls("optimize", "--output-root", str(work / "opt"), "--study-name", "bench",
-                                    "--n-trials", str(args.trials), *common), cwd=work)
+        opt_wall, _ = timed(
+            bertcls(
+                "optimize",
+                "--output-root",
+                str(work / "opt"),
+                "--study-name",
+                "bench",
+                "--n-trials",
+                str(args.trials),
+                *common,
+            ),
+            cwd=work,
+        )
         import optuna
 
         from bertcls.checkpoint import load_checkpoint
@@ -37,19 +48,22 @@ def main() -> None:
         best = load_checkpoint(work / "opt" / "best_trials" / "best_model.pt").meta
         study = optuna.load_study(study_name="bench", storage=f"sqlite:///{work / 'opt' / 'optuna' / 'bench.db'}")
         states = [t.state.name for t in study.trials]
-        save_result("optimize", {
-            "trials": args.trials,
-            "train_cold_s": round(train_wall, 2),
-            "optimize_cold_s": round(opt_wall, 2),
-            "optimize_over_train": round(opt_wall / train_wall, 3),
-            "complete": states.count("COMPLETE"),
-            "pruned": states.count("PRUNED"),
-            "default_train_test_f1": round(default["metrics"]["test"]["f1"], 4),
-            "best_trial": best["extra"]["trial"],
-            "best_trial_val_f1": round(study.best_value, 4),
-            "best_trial_test_f1": round(best["metrics"]["test"]["f1"], 4),
-            "best_params": best["extra"]["params"],
-        })
+        save_result(
+            "optimize",
+            {
+                "trials": args.trials,
+                "train_cold_s": round(train_wall, 2),
+                "optimize_cold_s": round(opt_wall, 2),
+                "optimize_over_train": round(opt_wall / train_wall, 3),
+                "complete": states.count("COMPLETE"),
+                "pruned": states.count("PRUNED"),
+                "default_train_test_f1": round(default.metrics["test"]["f1"], 4),
+                "best_trial": best.tuning.trial,
+                "best_trial_val_f1": round(study.best_value, 4),
+                "best_trial_test_f1": round(best.metrics["test"]["f1"], 4),
+                "best_params": best.tuning.params,
+            },
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

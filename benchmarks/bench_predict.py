@@ -54,38 +54,67 @@ def main() -> None:
         with open(subset, "w", newline="", encoding="utf-8") as dst:
             csv.writer(dst).writerows([lines[0]] + lines[1:][::7])
         root = str(work / "out")
-        timed(bertcls("train", "--output-root", root, "--data-file", str(subset), "--max-seq-len", str(MAX_SEQ_LEN),
-                      "--verbosity", "0"), cwd=work)
-        predict = lambda data, out: bertcls("predict", "--output-root", root, "--best-model", "best_model.pt",  # noqa: E731
-                                            "--data-file", str(data), "--output-file", str(out), "--verbosity", "0")
+        timed(
+            bertcls(
+                "train",
+                "--output-root",
+                root,
+                "--data-file",
+                str(subset),
+                "--max-seq-len",
+                str(MAX_SEQ_LEN),
+                "--verbosity",
+                "0",
+            ),
+            cwd=work,
+        )
+
+        def predict(data, out):
+            return bertcls(
+                "predict",
+                "--output-root",
+                root,
+                "--best-model",
+                "best_model.pt",
+                "--data-file",
+                str(data),
+                "--output-file",
+                str(out),
+                "--verbosity",
+                "0",
+            )
+
         st_walls, predict_walls = [], []
         for _ in range(args.repeats):
             st_walls.append(timed([sys.executable, "-c", st_encode_script(BBC, MAX_SEQ_LEN)])[0])
             predict_walls.append(timed(predict(BBC, work / "bbc_pred.csv"), cwd=work)[0])
-        ratios = [s / p for s, p in zip(st_walls, predict_walls)]
+        ratios = [s / p for s, p in zip(st_walls, predict_walls, strict=True)]
         tiny = work / "tiny.csv"
         write_short_rows(tiny, 10)
         _, model_rss = peak_rss_mb(predict(tiny, work / "tiny_pred.csv"), cwd=work)
         big = work / "big.csv"
         write_short_rows(big, args.rows)
         big_wall, big_rss = peak_rss_mb(predict(big, work / "big_pred.csv"), cwd=work)
-        save_result("predict", {
-            "bbc_texts": 2225,
-            "max_seq_len": MAX_SEQ_LEN,
-            "rounds": args.repeats,
-            "st_encode_process_s": [round(x, 2) for x in st_walls],
-            "predict_process_s": [round(x, 2) for x in predict_walls],
-            "predict_texts_per_s_median": round(2225 / statistics.median(predict_walls), 1),
-            "st_encode_texts_per_s_median": round(2225 / statistics.median(st_walls), 1),
-            "predict_over_st_texts_per_s_median": round(statistics.median(ratios), 3),
-            "note": "BBC has 100 duplicate texts; predict runs each distinct text once",
-            "big_rows": args.rows,
-            "big_wall_s": round(big_wall, 1),
-            "big_rows_per_s": round(args.rows / big_wall, 1),
-            "model_only_peak_rss_mb": round(model_rss, 1),
-            "big_peak_rss_mb": round(big_rss, 1),
-            "big_rss_above_model_mb": round(big_rss - model_rss, 1),
-        })
+        save_result(
+            "predict",
+            {
+                "bbc_texts": 2225,
+                "max_seq_len": MAX_SEQ_LEN,
+                "rounds": args.repeats,
+                "st_encode_process_s": [round(x, 2) for x in st_walls],
+                "predict_process_s": [round(x, 2) for x in predict_walls],
+                "predict_texts_per_s_median": round(2225 / statistics.median(predict_walls), 1),
+                "st_encode_texts_per_s_median": round(2225 / statistics.median(st_walls), 1),
+                "predict_over_st_texts_per_s_median": round(statistics.median(ratios), 3),
+                "note": "BBC has 100 duplicate texts; predict runs each distinct text once",
+                "big_rows": args.rows,
+                "big_wall_s": round(big_wall, 1),
+                "big_rows_per_s": round(args.rows / big_wall, 1),
+                "model_only_peak_rss_mb": round(model_rss, 1),
+                "big_peak_rss_mb": round(big_rss, 1),
+                "big_rss_above_model_mb": round(big_rss - model_rss, 1),
+            },
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -1,7 +1,9 @@
 """One checkpoint format for train, optimize, evaluate, predict and inspect.
 
-A checkpoint is a dict of tensors plus plain metadata, written atomically and read only with
-``torch.load(weights_only=True)``: no pickle, no joblib.
+A checkpoint is a dict of tensors plus typed metadata (:class:`CheckpointMeta`), written atomically and read only
+with ``torch.load(weights_only=True)``: no pickle, no joblib. The metadata holds an :class:`Architecture` record,
+the description of the weights beside it, and the model is rebuilt from that record alone; the full resolved
+settings are kept for provenance (and for retraining the same configuration in cross-validation).
 """
 
 from __future__ import annotations
@@ -9,26 +11,86 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import pickle
-import zipfile
 import platform
+import zipfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bertcls.config import ClassifierSection
+from bertcls.config import Settings
 from bertcls.encoder import BUNDLED_ALIASES, Encoder, export_default_encoder, fingerprint
 from bertcls.errors import CheckpointError
 from bertcls.fileio import atomic_path
-from bertcls.model import MLPHead, TextClassifier
-from bertcls.training import load_trainable_state
+from bertcls.metrics import EpochRecord
+from bertcls.model import HeadSpec, MLPHead, TextClassifier, load_trainable_state
 
 logger = logging.getLogger(__name__)
 FORMAT = "bertcls-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 VERSIONED_PACKAGES = ("bertcls", "torch", "transformers", "sentence-transformers", "optuna", "scikit-learn", "numpy")
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EncoderRef(_Record):
+    """Which encoder the head sits on, and how its embeddings are made."""
+
+    name_or_path: str
+    folder: str
+    fingerprint: str
+    dim: int
+    num_layers: int = 0
+    model_type: str = "unknown"
+    pooling: Literal["mean", "cls", "max"]
+    normalize: bool = False
+    max_seq_len: int
+    fine_tuned: bool = False
+
+
+class Architecture(_Record):
+    """What the saved weights are: the loader builds the model from this record, never from the settings."""
+
+    encoder: EncoderRef
+    head: HeadSpec
+
+
+class TuningProvenance(_Record):
+    """Where a tuned model came from: the study, the strategy, the trial or PBT member, and its parameters."""
+
+    study: str
+    strategy: Literal["tpe", "pbt"]
+    trial: int | None = None
+    member: int | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    lineage: list[dict[str, Any]] = Field(default_factory=list)
+    seconds: float | None = None
+
+
+class DataProvenance(_Record):
+    truncation: dict[str, float] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)
+
+
+class CheckpointMeta(_Record):
+    format_version: int = FORMAT_VERSION
+    architecture: Architecture
+    settings: dict[str, Any]
+    labels: list[str]
+    history: list[EpochRecord] = Field(default_factory=list)
+    best_epoch: int = 0
+    stop_reason: str = ""
+    metrics: dict[str, dict[str, float]] = Field(default_factory=dict)
+    parameters: dict[str, int] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+    created_at: str = ""
+    tuning: TuningProvenance | None = None
+    data: DataProvenance = Field(default_factory=DataProvenance)
 
 
 def library_versions() -> dict[str, str]:
@@ -53,14 +115,14 @@ def resolve_checkpoint_path(name: str, output_root: str | Path) -> Path:
     return path
 
 
-def load_named_checkpoint(name: str | None, output_root: str | Path) -> "Checkpoint":
+def load_named_checkpoint(name: str | None, output_root: str | Path) -> Checkpoint:
     """``--best-model``/``--model`` as given (default ``best_model.pt``), resolved and loaded."""
     return load_checkpoint(resolve_checkpoint_path(name or "best_model.pt", output_root))
 
 
-def save_checkpoint(path: Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+def save_checkpoint(path: Path, state: dict[str, torch.Tensor], meta: CheckpointMeta) -> Path:
     """Write atomically (temp file in the same folder + rename)."""
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "state": state, "meta": meta}
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "state": state, "meta": meta.model_dump(mode="json")}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     logger.info("Saved checkpoint %s", path)
@@ -71,15 +133,28 @@ def save_checkpoint(path: Path, state: dict[str, torch.Tensor], meta: dict[str, 
 class Checkpoint:
     path: Path
     state: dict[str, torch.Tensor]
-    meta: dict[str, Any]
+    meta: CheckpointMeta
 
     @property
     def labels(self) -> list[str]:
-        return list(self.meta["labels"])
+        return list(self.meta.labels)
+
+    @property
+    def architecture(self) -> Architecture:
+        return self.meta.architecture
 
     @property
     def fine_tuned(self) -> bool:
-        return bool(self.meta["encoder"]["fine_tuned"])
+        return self.meta.architecture.encoder.fine_tuned
+
+    def trained_settings(self, output_root: str | Path) -> Settings:
+        """The settings the model was trained with (no environment or YAML involved), at ``output_root``."""
+        try:
+            return Settings.model_validate({**self.meta.settings, "output_root": str(output_root)})
+        except ValidationError as exc:
+            raise CheckpointError(
+                f"{self.path} holds settings this bertcls cannot read ({_first_error(exc)})."
+            ) from None
 
 
 def _read_payload(path: Path) -> Any:
@@ -95,6 +170,46 @@ def _read_payload(path: Path) -> Any:
         raise CheckpointError(f"{path} is corrupt, truncated or not a checkpoint ({type(exc).__name__}).") from None
 
 
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+
+
+def upgrade_v1(meta: dict[str, Any]) -> dict[str, Any]:
+    """Format 1 kept no architecture record: rebuild it from the settings it saved, as format 1's loader did."""
+    config, encoder, extra = meta["config"], dict(meta["encoder"]), meta.get("extra") or {}
+    classifier = config["classifier"]
+    head = {
+        "in_dim": encoder["dim"],
+        "hidden_dims": classifier["hidden_dims"],
+        "activation": classifier["activation"],
+        "dropout_rate": classifier["dropout_rate"],
+        "num_classes": len(meta["labels"]),
+    }
+    tuning = None
+    if "study" in extra:
+        tuning = {
+            key: extra[key]
+            for key in ("study", "strategy", "trial", "member", "params", "lineage", "seconds")
+            if key in extra
+        }
+    return {
+        "format_version": 1,
+        "architecture": {"encoder": encoder, "head": head},
+        "settings": config,
+        "labels": meta["labels"],
+        "history": meta.get("history", []),
+        "best_epoch": meta.get("best_epoch") or 0,
+        "stop_reason": meta.get("stop_reason", ""),
+        "metrics": meta.get("metrics", {}),
+        "parameters": meta.get("parameters", {}),
+        "versions": meta.get("versions", {}),
+        "created_at": meta.get("created_at", ""),
+        "tuning": tuning,
+        "data": {"truncation": extra.get("truncation", {}), "warnings": extra.get("data_warnings", [])},
+    }
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
@@ -105,44 +220,69 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     version = payload.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{path} has checkpoint format version {version}, newer than this bertcls reads ({FORMAT_VERSION}); upgrade bertcls."
+            f"{path} has checkpoint format version {version}, newer than this bertcls reads ({FORMAT_VERSION}); "
+            "upgrade bertcls."
         )
-    return Checkpoint(path, payload["state"], payload["meta"])
+    raw_meta, state = payload.get("meta"), payload.get("state")
+    if not isinstance(raw_meta, dict) or not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a bertcls checkpoint (no metadata or weights).")
+    try:
+        meta = CheckpointMeta.model_validate(upgrade_v1(raw_meta) if version == 1 else raw_meta)
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} has incomplete format-{version} metadata (missing {exc}).") from None
+    except ValidationError as exc:
+        raise CheckpointError(f"{path} has invalid metadata ({_first_error(exc)}).") from None
+    return Checkpoint(path, state, meta)
 
 
-def encoder_folder_for(meta: dict[str, Any], output_root: str | Path) -> Path:
+def encoder_folder_for(ref: EncoderRef, output_root: str | Path) -> Path:
     """The local encoder a checkpoint refers to (the bundled default is re-exported if missing)."""
-    encoder_meta = meta["encoder"]
-    if encoder_meta["name_or_path"].lower() in BUNDLED_ALIASES:
-        stored = Path(encoder_meta["folder"])
+    if ref.name_or_path.lower() in BUNDLED_ALIASES:
+        stored = Path(ref.folder)
         return stored if stored.is_dir() else export_default_encoder(Path(output_root))
-    return Path(encoder_meta["folder"])
+    return Path(ref.folder)
 
 
-def verify_encoder(meta: dict[str, Any], folder: Path) -> tuple[bool, str]:
+def verify_encoder(ref: EncoderRef, folder: Path) -> tuple[bool, str]:
     """Whether the local encoder still has the fingerprint recorded in the checkpoint."""
     if not folder.is_dir():
         return False, "missing"
     actual = fingerprint(folder)
-    return actual == meta["encoder"]["fingerprint"], actual
+    return actual == ref.fingerprint, actual
 
 
-def build_classifier(ckpt: Checkpoint, output_root: str | Path, need_encoder: bool = True) -> tuple[TextClassifier, Encoder | None]:
-    """Rebuild the model; a frozen checkpoint refuses an encoder whose weights changed."""
-    meta = ckpt.meta
-    head_cfg = ClassifierSection(**meta["config"]["classifier"])
-    head = MLPHead(meta["encoder"]["dim"], head_cfg, len(ckpt.labels))
+def _mismatch_reason(exc: RuntimeError) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__).rstrip(".")
+
+
+def load_weights(model: TextClassifier, ckpt: Checkpoint) -> None:
+    """Load the checkpoint's weights into a model built from its architecture record."""
+    try:
+        load_trainable_state(model, ckpt.state)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"The weights in {ckpt.path} do not fit the architecture it records ({_mismatch_reason(exc)}); "
+            "the file is damaged or was written by a faulty tool, so retrain or re-export it."
+        ) from None
+
+
+def build_classifier(
+    ckpt: Checkpoint, output_root: str | Path, need_encoder: bool = True
+) -> tuple[TextClassifier, Encoder | None]:
+    """Rebuild the model from its architecture record; a frozen checkpoint refuses an encoder whose weights changed."""
+    arch = ckpt.architecture
     encoder = None
     if need_encoder or ckpt.fine_tuned:
-        folder = encoder_folder_for(meta, output_root)
-        matches, actual = verify_encoder(meta, folder)
+        folder = encoder_folder_for(arch.encoder, output_root)
+        matches, actual = verify_encoder(arch.encoder, folder)
         if not matches and not ckpt.fine_tuned:
             raise CheckpointError(
                 f"The encoder at {folder} does not match the one {ckpt.path.name} was trained with "
-                f"(fingerprint {meta['encoder']['fingerprint'][:12]}, found {actual[:12]}); restore that encoder or retrain."
+                f"(fingerprint {arch.encoder.fingerprint[:12]}, found {actual[:12]}); restore that encoder or retrain."
             )
-        encoder = Encoder(folder, meta["encoder"]["max_seq_len"], meta["encoder"]["pooling"])
-    model = TextClassifier(head, encoder)
-    load_trainable_state(model, ckpt.state)
+        encoder = Encoder(folder, arch.encoder.max_seq_len, arch.encoder.pooling)
+    model = TextClassifier(MLPHead(arch.head), encoder)
+    load_weights(model, ckpt)
     model.eval()
     return model, encoder

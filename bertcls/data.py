@@ -92,7 +92,6 @@ class DataReport:
     rows: int = 0
     dropped_rows: list[int] = field(default_factory=list)
     duplicate_rows: int = 0
-    duplicate_texts: int = 0
     class_counts: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -108,7 +107,9 @@ def _conflicting_texts(frame: pd.DataFrame, cfg: DataSection) -> pd.Series:
     return labels_per_text[labels_per_text > 1]
 
 
-def check_labelled(frame: pd.DataFrame, cfg: DataSection, source: str, min_per_class: int = 3) -> tuple[pd.DataFrame, DataReport]:
+def check_labelled(
+    frame: pd.DataFrame, cfg: DataSection, source: str, min_per_class: int = 3
+) -> tuple[pd.DataFrame, DataReport]:
     """Run every data check; returns the frame to use (bad rows dropped only if ``on_bad_rows: drop``)."""
     report = DataReport(rows=len(frame))
     bad = _bad_rows(frame, cfg)
@@ -130,7 +131,6 @@ def check_labelled(frame: pd.DataFrame, cfg: DataSection, source: str, min_per_c
             "give each text one label."
         )
     report.duplicate_rows = int(frame.duplicated(subset=[cfg.text_column, cfg.label_column]).sum())
-    report.duplicate_texts = int(frame.duplicated(subset=[cfg.text_column]).sum())
     if report.duplicate_rows:
         report.warnings.append(
             f"{report.duplicate_rows} exact duplicate row(s) found; they are kept and always share a split."
@@ -187,24 +187,27 @@ def split_by_text(frame: pd.DataFrame, cfg: DataSection, seed: int) -> Splits:
         texts = group[cfg.text_column].to_numpy()[rng.permutation(len(group))]
         n_val, n_test = _split_counts(len(texts), cfg.val_fraction, cfg.test_fraction)
         assignment.update({t: "test" for t in texts[:n_test]})
-        assignment.update({t: "val" for t in texts[n_test:n_test + n_val]})
-        assignment.update({t: "train" for t in texts[n_test + n_val:]})
+        assignment.update({t: "val" for t in texts[n_test : n_test + n_val]})
+        assignment.update({t: "train" for t in texts[n_test + n_val :]})
     where = frame[cfg.text_column].map(assignment)
     parts = {name: frame[where == name].reset_index(drop=True) for name in SPLIT_NAMES}
     return Splits(**parts)
 
 
 def write_splits(splits: Splits, output_root: str | Path) -> dict[str, Path]:
+    """``<output_root>/data/{train,val,test}.csv``: the rows a model was trained, validated and tested on."""
     folder = Path(output_root) / "data"
-    return {name: write_csv_atomic(folder / f"{name}.csv", part) for name, part in splits.items()}
+    paths = {name: write_csv_atomic(folder / f"{name}.csv", part) for name, part in splits.items()}
+    logger.info("Wrote the splits to %s", folder)
+    return paths
 
 
 def load_splits(cfg: DataSection, output_root: str | Path, seed: int) -> tuple[Splits, DataReport]:
-    """Explicit train/val/test files skip the split; otherwise split ``data_file`` and write the parts."""
+    """Explicit train/val/test files skip the split; otherwise split ``data_file`` (nothing is written here)."""
     if cfg.train_file:
         parts = {}
         report = DataReport()
-        for name, path in zip(SPLIT_NAMES, (cfg.train_file, cfg.val_file, cfg.test_file)):
+        for name, path in zip(SPLIT_NAMES, (cfg.train_file, cfg.val_file, cfg.test_file), strict=True):
             resolved = resolve_data_path(path, output_root)
             frame, part_report = check_labelled(
                 read_labelled_csv(resolved, cfg), cfg, f"Data file {resolved}", min_per_class=1
@@ -219,7 +222,5 @@ def load_splits(cfg: DataSection, output_root: str | Path, seed: int) -> tuple[S
     resolved = resolve_data_path(cfg.data_file, output_root)
     frame, report = check_labelled(read_labelled_csv(resolved, cfg), cfg, f"Data file {resolved}")
     splits = split_by_text(frame, cfg, seed)
-    paths = write_splits(splits, output_root)
-    logger.info("Wrote splits %s", ", ".join(f"{k}={len(v)}" for k, v in splits.items()))
-    logger.debug("Split files: %s", {k: str(v) for k, v in paths.items()})
+    logger.info("Split %s", ", ".join(f"{k}={len(v)}" for k, v in splits.items()))
     return splits, report

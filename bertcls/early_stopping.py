@@ -11,7 +11,7 @@ from bertcls.config import EarlyStoppingSection
 
 def smooth(values: list[float], window: int) -> list[float]:
     """Trailing moving average (the first values average over what exists so far)."""
-    return [float(np.mean(values[max(0, i + 1 - window): i + 1])) for i in range(len(values))]
+    return [float(np.mean(values[max(0, i + 1 - window) : i + 1])) for i in range(len(values))]
 
 
 def trend_slope(values: list[float]) -> float:
@@ -32,12 +32,20 @@ def evaluate_stopping(history: list[float], cfg: EarlyStoppingSection, patience:
             best_index, best = i, value
     current = smoothed[-1]
     if best > 0 and current < best * (1 - cfg.regression_threshold):
-        return True, f"regression: smoothed metric {current:.4f} is more than {cfg.regression_threshold:.0%} below the best {best:.4f}"
+        return (
+            True,
+            f"regression: smoothed metric {current:.4f} is more than {cfg.regression_threshold:.0%} below "
+            f"the best {best:.4f}",
+        )
     stale = len(smoothed) - 1 - best_index
     if stale >= patience:
-        return True, f"no improvement above {cfg.improvement_threshold} in the smoothed metric for {stale} epochs (patience {patience})"
+        return (
+            True,
+            f"no improvement above {cfg.improvement_threshold} in the smoothed metric for {stale} epochs "
+            f"(patience {patience})",
+        )
     if len(smoothed) >= cfg.trend_window:
-        slope = trend_slope(smoothed[-cfg.trend_window:])
+        slope = trend_slope(smoothed[-cfg.trend_window :])
         if slope < -cfg.improvement_threshold:
             return True, f"negative trend: slope {slope:.4f} per epoch over the last {cfg.trend_window} epochs"
     return False, ""

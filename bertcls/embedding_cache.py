@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -20,6 +23,11 @@ HASH_BYTES = 16
 
 def text_hash(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=HASH_BYTES).digest()
+
+
+def shard_name() -> str:
+    """A name no other process can pick (time, process id, random part), so writers never overwrite each other."""
+    return f"shard_{time.time_ns():020d}_{os.getpid()}_{uuid.uuid4().hex[:8]}.safetensors"
 
 
 @dataclass
@@ -54,28 +62,29 @@ class EmbeddingCache:
         if not hashes:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        number = len(list(self.folder.glob("shard_*.safetensors")))
         tensors = {
             "hashes": torch.from_numpy(np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(-1, HASH_BYTES).copy()),
             "embeddings": torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)),
             "lengths": torch.from_numpy(np.asarray(lengths, dtype=np.int64)),
         }
-        with atomic_path(self.folder / f"shard_{number:05d}.safetensors") as tmp:
+        with atomic_path(self.folder / shard_name()) as tmp:
             save_file(tensors, str(tmp))
         index = self._load()
-        for key, vector, length in zip(hashes, vectors, lengths):
+        for key, vector, length in zip(hashes, vectors, lengths, strict=True):
             index[key] = (vector, int(length))
 
 
 EncodeFn = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]
 
 
-def embed_cached(texts: list[str], cache: EmbeddingCache, encode: EncodeFn, stats: CacheStats) -> tuple[np.ndarray, np.ndarray]:
+def embed_cached(
+    texts: list[str], cache: EmbeddingCache, encode: EncodeFn, stats: CacheStats
+) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings and untruncated token lengths for ``texts``; only unseen texts reach ``encode``."""
     hashes = [text_hash(t) for t in texts]
     found = cache.lookup(hashes)
     missing: dict[bytes, str] = {}
-    for h, text, hit in zip(hashes, texts, found):
+    for h, text, hit in zip(hashes, texts, found, strict=True):
         if hit is None:
             missing.setdefault(h, text)
     stats.hits += len(texts) - sum(1 for f in found if f is None)

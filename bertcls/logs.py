@@ -7,7 +7,16 @@ import logging
 from pathlib import Path
 
 VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
-NOISY_LIBRARIES = ("transformers", "sentence_transformers", "urllib3", "filelock", "matplotlib", "PIL", "optuna", "huggingface_hub")
+NOISY_LIBRARIES = (
+    "transformers",
+    "sentence_transformers",
+    "urllib3",
+    "filelock",
+    "matplotlib",
+    "PIL",
+    "optuna",
+    "huggingface_hub",
+)
 
 
 def log_file_path(output_root: Path, command: str) -> Path:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import psutil
 import torch
@@ -30,7 +30,9 @@ def default_probe(device: torch.device) -> MemoryProbe:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
 
 
 class MemoryManager:
@@ -58,7 +60,10 @@ class MemoryManager:
         used = self.probe()
         if used > self.cfg.threshold:
             self.calm_steps = 0
-            self._set(max(self.cfg.min_batch_size, self.batch_size // 2), f"memory use {used:.0%} above {self.cfg.threshold:.0%}")
+            self._set(
+                max(self.cfg.min_batch_size, self.batch_size // 2),
+                f"memory use {used:.0%} above {self.cfg.threshold:.0%}",
+            )
         elif used < self.cfg.low_threshold:
             self.calm_steps += 1
             if self.calm_steps >= self.cfg.grow_after_steps:

@@ -1,8 +1,24 @@
-"""Accuracy and macro F1 in numpy (identical to scikit-learn's with ``zero_division=0``), without its import cost."""
+"""Accuracy and macro F1 in numpy (identical to scikit-learn's with ``zero_division=0``), and the epoch record."""
 
 from __future__ import annotations
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+
+class EpochRecord(BaseModel):
+    """One epoch of training: losses, validation metrics, learning rate, batch size and time (kept in checkpoints)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    accuracy: float
+    f1: float
+    lr: float
+    batch_size: int
+    seconds: float
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:

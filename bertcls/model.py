@@ -1,11 +1,14 @@
-"""The classifier: encoder -> MLP head -> logits."""
+"""The classifier: encoder -> MLP head -> logits, and the typed record of a head's architecture."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from bertcls.config import ClassifierSection
+from bertcls.config import ACTIVATIONS, ClassifierSection
 
 ACTIVATION_LAYERS = {
     "relu": nn.ReLU,
@@ -18,17 +21,49 @@ ACTIVATION_LAYERS = {
 }
 
 
+class HeadSpec(BaseModel):
+    """Everything needed to rebuild an MLP head before loading its weights (saved in every checkpoint)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    in_dim: int = Field(ge=1)
+    hidden_dims: list[int]
+    activation: Literal[ACTIVATIONS]  # type: ignore[valid-type]
+    dropout_rate: float = Field(ge=0.0, lt=1.0)
+    num_classes: int = Field(ge=1)
+
+    @classmethod
+    def from_config(cls, cfg: ClassifierSection, in_dim: int, num_classes: int) -> HeadSpec:
+        return cls(
+            in_dim=in_dim,
+            hidden_dims=list(cfg.hidden_dims),
+            activation=cfg.activation,
+            dropout_rate=cfg.dropout_rate,
+            num_classes=num_classes,
+        )
+
+    def layers(self) -> list[dict]:
+        """One entry per Linear layer: widths, activation and dropout (None for the output layer)."""
+        rows, width = [], self.in_dim
+        for hidden in self.hidden_dims:
+            rows.append({"in": width, "out": hidden, "activation": self.activation, "dropout": self.dropout_rate})
+            width = hidden
+        rows.append({"in": width, "out": self.num_classes, "activation": None, "dropout": None})
+        return rows
+
+
 class MLPHead(nn.Module):
     """``hidden_dims`` blocks of Linear -> activation -> Dropout, then a Linear to the classes."""
 
-    def __init__(self, in_dim: int, cfg: ClassifierSection, num_classes: int):
+    def __init__(self, spec: HeadSpec):
         super().__init__()
+        self.spec = spec
         layers: list[nn.Module] = []
-        width = in_dim
-        for hidden in cfg.hidden_dims:
-            layers += [nn.Linear(width, hidden), ACTIVATION_LAYERS[cfg.activation](), nn.Dropout(cfg.dropout_rate)]
+        width = spec.in_dim
+        for hidden in spec.hidden_dims:
+            layers += [nn.Linear(width, hidden), ACTIVATION_LAYERS[spec.activation](), nn.Dropout(spec.dropout_rate)]
             width = hidden
-        layers.append(nn.Linear(width, num_classes))
+        layers.append(nn.Linear(width, spec.num_classes))
         self.net = nn.Sequential(*layers)
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
@@ -62,3 +97,21 @@ def count_parameters(module: nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     return {"total": total, "trainable": trainable, "frozen": total - trainable}
+
+
+def trainable_state(model: TextClassifier) -> dict[str, torch.Tensor]:
+    """A detached copy of the weights worth saving (head, plus a fine-tuned encoder)."""
+    fine_tuned = model.encoder is not None and any(p.requires_grad for p in model.encoder.parameters())
+    state = {f"head.{k}": v for k, v in model.head.state_dict().items()}
+    if fine_tuned:
+        state.update({f"encoder.{k}": v for k, v in model.encoder.state_dict().items()})
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def load_trainable_state(model: TextClassifier, state: dict[str, torch.Tensor]) -> None:
+    """Load what :func:`trainable_state` saved; raises ``RuntimeError`` when shapes or keys do not fit."""
+    head = {k[len("head.") :]: v for k, v in state.items() if k.startswith("head.")}
+    model.head.load_state_dict(head)
+    encoder = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+    if encoder and model.encoder is not None:
+        model.encoder.load_state_dict(encoder)

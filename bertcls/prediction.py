@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, TextIO
+from typing import TextIO
 
 import numpy as np
 import pandas as pd
@@ -95,14 +96,21 @@ def read_chunks(source: TextIO | Path, options: PredictOptions) -> Iterator[pd.D
     """CSV chunks with every cell as a string; bad bytes become one clear error."""
     name = "standard input" if not isinstance(source, Path) else str(source)
     try:
-        reader = pd.read_csv(source, dtype=str, keep_default_na=False, chunksize=options.chunk_rows,
-                             encoding=options.encoding if isinstance(source, Path) else None)
+        reader = pd.read_csv(
+            source,
+            dtype=str,
+            keep_default_na=False,
+            chunksize=options.chunk_rows,
+            encoding=options.encoding if isinstance(source, Path) else None,
+        )
         for number, chunk in enumerate(reader):
             if number == 0:
                 require_columns(chunk, [options.text_column], f"Input {name}")
             yield chunk
     except UnicodeDecodeError:
-        raise DataError(f"Input {name} has bytes that are not valid {options.encoding}; pass the file's encoding with --encoding.") from None
+        raise DataError(
+            f"Input {name} has bytes that are not valid {options.encoding}; pass the file's encoding with --encoding."
+        ) from None
     except LookupError:
         raise DataError(f"Unknown encoding {options.encoding!r}; pass a valid one with --encoding.") from None
     except pd.errors.EmptyDataError:
@@ -114,7 +122,10 @@ def read_chunks(source: TextIO | Path, options: PredictOptions) -> Iterator[pd.D
 def prediction_columns(probs: np.ndarray, labels: list[str], top_k: int | None, empty: np.ndarray) -> pd.DataFrame:
     """predicted_label, confidence and prob_<label> (or the top K labels); empty texts get empty cells."""
     best = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
-    out = {"predicted_label": np.array(labels, dtype=object)[best], "confidence": probs.max(axis=1) if len(probs) else []}
+    out = {
+        "predicted_label": np.array(labels, dtype=object)[best],
+        "confidence": probs.max(axis=1) if len(probs) else [],
+    }
     if top_k:
         order = np.argsort(-probs, axis=1)[:, :top_k]
         for rank in range(top_k):
@@ -156,8 +167,9 @@ class _Sink:
         self._context.__exit__(*exc_info)
 
 
-def _labelled_indices(chunk: pd.DataFrame, options: PredictOptions, index: dict[str, int], keep: np.ndarray,
-                      summary: PredictSummary) -> list[int]:
+def _labelled_indices(
+    chunk: pd.DataFrame, options: PredictOptions, index: dict[str, int], keep: np.ndarray, summary: PredictSummary
+) -> list[int]:
     truth = chunk[options.label_column].to_numpy()[keep]
     for label in truth:
         if label not in index:
@@ -165,8 +177,9 @@ def _labelled_indices(chunk: pd.DataFrame, options: PredictOptions, index: dict[
     return [index.get(label, -1) for label in truth]
 
 
-def predict_csv(predictor: Predictor, source: str, target: str, options: PredictOptions,
-                progress: ProgressFn | None = None) -> PredictSummary:
+def predict_csv(
+    predictor: Predictor, source: str, target: str, options: PredictOptions, progress: ProgressFn | None = None
+) -> PredictSummary:
     """Stream ``source`` (a path or ``-``) to ``target`` (a path or ``-``) chunk by chunk."""
     summary = PredictSummary()
     index = {label: i for i, label in enumerate(predictor.labels)}

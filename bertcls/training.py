@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import logging
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -16,8 +16,8 @@ from bertcls.callbacks import TrainerCallback
 from bertcls.config import EarlyStoppingSection, ModelSection, OptimizerSection
 from bertcls.early_stopping import EarlyStopping
 from bertcls.memory import MemoryManager, is_out_of_memory
-from bertcls.metrics import accuracy, macro_f1
-from bertcls.model import TextClassifier
+from bertcls.metrics import EpochRecord, accuracy, macro_f1
+from bertcls.model import TextClassifier, load_trainable_state, trainable_state
 
 logger = logging.getLogger(__name__)
 
@@ -71,20 +71,8 @@ class TextBatches:
         """Shuffle, then sort within pools of 50 batches so each batch holds texts of similar length."""
         order = rng.permutation(len(self))
         pool = batch_size * 50
-        chunks = [order[i:i + pool] for i in range(0, len(order), pool)]
+        chunks = [order[i : i + pool] for i in range(0, len(order), pool)]
         return np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks])
-
-
-@dataclass
-class EpochRecord:
-    epoch: int
-    train_loss: float
-    val_loss: float
-    accuracy: float
-    f1: float
-    lr: float
-    batch_size: int
-    seconds: float
 
 
 @dataclass
@@ -96,7 +84,7 @@ class TrainResult:
     best_state: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def history_dicts(self) -> list[dict]:
-        return [asdict(r) for r in self.history]
+        return [r.model_dump() for r in self.history]
 
 
 def build_optimizer(model: TextClassifier, cfg: OptimizerSection, encoder_lr: float) -> torch.optim.Optimizer:
@@ -124,17 +112,10 @@ def schedule_factor(progress: float, warmup_ratio: float) -> float:
     return max(0.0, (1.0 - progress) / max(1e-12, 1.0 - warmup_ratio))
 
 
-def trainable_state(model: TextClassifier) -> dict[str, torch.Tensor]:
-    """A detached copy of the weights worth saving (head, plus a fine-tuned encoder)."""
-    fine_tuned = model.encoder is not None and any(p.requires_grad for p in model.encoder.parameters())
-    state = {f"head.{k}": v for k, v in model.head.state_dict().items()}
-    if fine_tuned:
-        state.update({f"encoder.{k}": v for k, v in model.encoder.state_dict().items()})
-    return {k: v.detach().cpu().clone() for k, v in state.items()}
-
-
 @torch.inference_mode()
-def predict_proba(model: TextClassifier, source: BatchSource, device: torch.device, batch_size: int = 256) -> np.ndarray:
+def predict_proba(
+    model: TextClassifier, source: BatchSource, device: torch.device, batch_size: int = 256
+) -> np.ndarray:
     model.eval()
     chunks = []
     for start in range(0, len(source), batch_size):
@@ -156,9 +137,19 @@ def score(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, 
 class Trainer:
     """Runs epochs over a :class:`BatchSource`, evaluates, stops early and keeps the best weights."""
 
-    def __init__(self, model: TextClassifier, train: BatchSource, val: BatchSource, num_classes: int,
-                 model_cfg: ModelSection, optim_cfg: OptimizerSection, stopping_cfg: EarlyStoppingSection,
-                 memory: MemoryManager, device: torch.device, encoder_lr: float = 2e-5):
+    def __init__(
+        self,
+        model: TextClassifier,
+        train: BatchSource,
+        val: BatchSource,
+        num_classes: int,
+        model_cfg: ModelSection,
+        optim_cfg: OptimizerSection,
+        stopping_cfg: EarlyStoppingSection,
+        memory: MemoryManager,
+        device: torch.device,
+        encoder_lr: float = 2e-5,
+    ):
         self.model, self.train_data, self.val_data = model.to(device), train, val
         self.num_classes, self.model_cfg, self.optim_cfg = num_classes, model_cfg, optim_cfg
         self.memory, self.device = memory, device
@@ -204,7 +195,7 @@ class Trainer:
         order = self.train_data.epoch_order(self.rng, self.memory.batch_size)
         position, losses = 0, []
         while position < len(order):
-            indices = order[position:position + self.memory.batch_size]
+            indices = order[position : position + self.memory.batch_size]
             try:
                 losses.append(self._step(indices) * len(indices))
             except (RuntimeError, torch.OutOfMemoryError) as exc:
@@ -229,8 +220,16 @@ class Trainer:
         self.trigger("on_epoch_begin", self.epoch)
         train_loss = self.train_epoch()
         metrics = self.evaluate()
-        record = EpochRecord(self.epoch, train_loss, metrics["loss"], metrics["accuracy"], metrics["f1"],
-                             self.optimizer.param_groups[0]["lr"], self.memory.batch_size, time.perf_counter() - started)
+        record = EpochRecord(
+            epoch=self.epoch,
+            train_loss=train_loss,
+            val_loss=metrics["loss"],
+            accuracy=metrics["accuracy"],
+            f1=metrics["f1"],
+            lr=self.optimizer.param_groups[0]["lr"],
+            batch_size=self.memory.batch_size,
+            seconds=time.perf_counter() - started,
+        )
         self.result.history.append(record)
         monitored = metrics[self.model_cfg.metric]
         if monitored > self.result.best_metric:
@@ -254,18 +253,26 @@ class Trainer:
         self.trigger("on_train_end", self.result)
         return self.result
 
+    def state_dict(self) -> dict:
+        """A copy of what training has learned so far: weights, optimizer state and the schedule's position."""
+        return {
+            "model": copy.deepcopy(self.model.state_dict()),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "samples_seen": self.samples_seen,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict` of a trainer with the same architecture (PBT's exploit)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.samples_seen = state["samples_seen"]
+
+    def carry_on_from(self, previous: Trainer) -> None:
+        """Take over another trainer's run (epoch count, history, best so far, RNG, callbacks): PBT's exploit gives a
+        member another architecture without starting its run again."""
+        self.epoch, self.result, self.rng = previous.epoch, previous.result, previous.rng
+        self.callbacks = previous.callbacks
+
     def restore_best(self) -> None:
         if self.result.best_state:
             load_trainable_state(self.model, self.result.best_state)
-
-
-def load_trainable_state(model: TextClassifier, state: dict[str, torch.Tensor]) -> None:
-    head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
-    model.head.load_state_dict(head)
-    encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
-    if encoder and model.encoder is not None:
-        model.encoder.load_state_dict(encoder)
-
-
-def steps_per_epoch(rows: int, batch_size: int) -> int:
-    return math.ceil(rows / max(1, batch_size))

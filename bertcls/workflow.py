@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +16,24 @@ import pandas as pd
 import torch
 
 from bertcls.callbacks import WorkflowHooks
-from bertcls.checkpoint import library_versions, now_iso, save_checkpoint
+from bertcls.checkpoint import (
+    Architecture,
+    CheckpointMeta,
+    DataProvenance,
+    EncoderRef,
+    TuningProvenance,
+    library_versions,
+    now_iso,
+    save_checkpoint,
+)
 from bertcls.config import ClassifierSection, DataSection, Settings
-from bertcls.data import DataReport, Splits, load_splits
+from bertcls.data import DataReport, Splits, load_splits, write_splits
 from bertcls.encoder import pick_device
 from bertcls.errors import ConfigError, DataError
 from bertcls.features import EmbeddingService, truncation_summary
 from bertcls.memory import MemoryManager, default_probe
-from bertcls.model import MLPHead, TextClassifier, count_parameters
-from bertcls.training import (
-    BatchSource,
-    EmbeddingBatches,
-    TextBatches,
-    Trainer,
-    TrainResult,
-    predict_proba,
-    score,
-)
+from bertcls.model import HeadSpec, MLPHead, TextClassifier, count_parameters, load_trainable_state
+from bertcls.training import BatchSource, EmbeddingBatches, TextBatches, Trainer, TrainResult, predict_proba, score
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,9 @@ def encode_labels(frame: pd.DataFrame, cfg: DataSection, names: list[str], sourc
     index = {name: i for i, name in enumerate(names)}
     unseen = sorted(set(frame[cfg.label_column]) - set(index))
     if unseen:
-        raise DataError(f"The {source} split has label(s) {', '.join(map(repr, unseen))} that the training split lacks.")
+        raise DataError(
+            f"The {source} split has label(s) {', '.join(map(repr, unseen))} that the training split lacks."
+        )
     return frame[cfg.label_column].map(index).to_numpy(dtype=np.int64)
 
 
@@ -64,7 +67,9 @@ class FeatureSet:
     fine_tune: bool
 
 
-def build_features(service: EmbeddingService, splits: Splits, names: list[str], cfg: DataSection, fine_tune: bool) -> FeatureSet:
+def build_features(
+    service: EmbeddingService, splits: Splits, names: list[str], cfg: DataSection, fine_tune: bool
+) -> FeatureSet:
     sources: dict[str, BatchSource] = {}
     all_lengths = []
     for split_name, frame in splits.items():
@@ -81,18 +86,22 @@ def build_features(service: EmbeddingService, splits: Splits, names: list[str], 
     if truncation["truncated"]:
         logger.warning(
             "%d of %d texts (%.1f%%) are longer than max_seq_len %d tokens and are truncated.",
-            truncation["truncated"], truncation["total"], 100 * truncation["fraction"], service.max_seq_len,
+            truncation["truncated"],
+            truncation["total"],
+            100 * truncation["fraction"],
+            service.max_seq_len,
         )
     return FeatureSet(sources, truncation, fine_tune)
 
 
-def build_model(cfg: ClassifierSection, dim: int, num_classes: int, encoder=None) -> TextClassifier:
+def head_spec(cfg: ClassifierSection, dim: int, num_classes: int) -> HeadSpec:
     if cfg.bert_hidden_size != dim:
         raise ConfigError(
-            f"classifier.bert_hidden_size is {cfg.bert_hidden_size} but the encoder gives {dim}-dimensional embeddings; "
+            f"classifier.bert_hidden_size is {cfg.bert_hidden_size} but the encoder gives {dim}-dimensional "
+            "embeddings; "
             f"set classifier.bert_hidden_size: {dim}."
         )
-    return TextClassifier(MLPHead(dim, cfg, num_classes), encoder)
+    return HeadSpec.from_config(cfg, dim, num_classes)
 
 
 def make_trainer(settings: Settings, features: FeatureSet, service: EmbeddingService, num_classes: int) -> Trainer:
@@ -103,33 +112,73 @@ def make_trainer(settings: Settings, features: FeatureSet, service: EmbeddingSer
     if features.fine_tune:
         encoder = service.encoder
         encoder.set_trainable(freeze=False, unfreeze_last_n_layers=settings.encoder.unfreeze_last_n_layers)
-    model = build_model(settings.classifier, service.describe()["dim"], num_classes, encoder)
+    model = TextClassifier(MLPHead(head_spec(settings.classifier, service.dim, num_classes)), encoder)
     memory = MemoryManager(settings.memory, settings.model.batch_size, default_probe(device))
-    return Trainer(model, features.sources["train"], features.sources["val"], num_classes, settings.model,
-                   settings.optimizer, settings.early_stopping, memory, device, settings.encoder.encoder_lr)
+    return Trainer(
+        model,
+        features.sources["train"],
+        features.sources["val"],
+        num_classes,
+        settings.model,
+        settings.optimizer,
+        settings.early_stopping,
+        memory,
+        device,
+        settings.encoder.encoder_lr,
+    )
 
 
-def split_metrics(model: TextClassifier, features: FeatureSet, device: torch.device, num_classes: int) -> dict[str, dict[str, float]]:
+def rebuild_model(
+    settings: Settings, service: EmbeddingService, num_classes: int, state: dict[str, torch.Tensor]
+) -> TextClassifier:
+    """The model ``settings`` describe, holding ``state`` (a fine-tuned state brings the service's encoder along)."""
+    encoder = service.encoder if any(k.startswith("encoder.") for k in state) else None
+    model = TextClassifier(MLPHead(head_spec(settings.classifier, service.dim, num_classes)), encoder)
+    load_trainable_state(model, state)
+    return model.to(service.device).eval()
+
+
+def split_metrics(
+    model: TextClassifier, features: FeatureSet, device: torch.device, num_classes: int
+) -> dict[str, dict[str, float]]:
     """Loss, accuracy and macro F1 of a trained model on the val and test splits."""
-    return {split: score(predict_proba(model, features.sources[split], device), features.sources[split].labels, num_classes)
-            for split in ("val", "test")}
-
-
-def checkpoint_meta(settings: Settings, service: EmbeddingService, names: list[str], result: TrainResult,
-                    metrics: dict[str, Any], model: TextClassifier, fine_tune: bool, extra: dict | None = None) -> dict:
     return {
-        "config": settings.model_dump(mode="json"),
-        "labels": names,
-        "history": result.history_dicts(),
-        "best_epoch": result.best_epoch,
-        "stop_reason": result.stop_reason,
-        "metrics": metrics,
-        "encoder": {**service.describe(), "fine_tuned": fine_tune},
-        "parameters": count_parameters(model),
-        "versions": library_versions(),
-        "created_at": now_iso(),
-        "extra": extra or {},
+        split: score(predict_proba(model, features.sources[split], device), features.sources[split].labels, num_classes)
+        for split in ("val", "test")
     }
+
+
+def checkpoint_meta(
+    settings: Settings,
+    service: EmbeddingService,
+    names: list[str],
+    result: TrainResult,
+    metrics: dict[str, Any],
+    model: TextClassifier,
+    tuning: TuningProvenance | None = None,
+    data: DataProvenance | None = None,
+) -> CheckpointMeta:
+    """The typed metadata of a model trained with ``settings``: its architecture comes from these settings, so a
+    caller must pass the settings that built the saved weights (a PBT member's own, not the study's)."""
+    fine_tuned = model.encoder is not None and any(p.requires_grad for p in model.encoder.parameters())
+    encoder = EncoderRef(**service.describe(), fine_tuned=fine_tuned)
+    head = head_spec(settings.classifier, encoder.dim, len(names))
+    if head != model.head.spec:
+        raise ValueError(f"the settings describe head {head}, but the model has {model.head.spec}")
+    return CheckpointMeta(
+        architecture=Architecture(encoder=encoder, head=head),
+        settings=settings.model_dump(mode="json"),
+        labels=names,
+        history=result.history_dicts(),
+        best_epoch=result.best_epoch,
+        stop_reason=result.stop_reason,
+        metrics=metrics,
+        parameters=count_parameters(model),
+        versions=library_versions(),
+        created_at=now_iso(),
+        tuning=tuning,
+        data=data or DataProvenance(),
+    )
 
 
 @dataclass
@@ -142,34 +191,57 @@ class TrainOutcome:
     cache_hits: int
     cache_misses: int
     encoder_loaded: bool
-    split_sizes: dict[str, int] = field(default_factory=dict)
 
 
-def prepare(settings: Settings, hooks: WorkflowHooks) -> tuple[Splits, DataReport, list[str], EmbeddingService, FeatureSet]:
-    """Everything before the training loop: data checks and split, encoder, cached features."""
+@dataclass
+class PreparedRun:
+    """Everything before the training loop: checked splits, label names, the encoder service and the features."""
+
+    splits: Splits
+    report: DataReport
+    names: list[str]
+    service: EmbeddingService
+    features: FeatureSet
+
+
+def prepare(settings: Settings, hooks: WorkflowHooks) -> PreparedRun:
+    """Data checks and split, encoder, cached features. Nothing is written to ``data/`` here: the splits are saved
+    beside the model once it exists, so a failed run leaves an earlier model and its splits together."""
     seed_everything(settings.model.seed)
     hooks.on_stage("Checking and splitting data")
     splits, report = load_splits(settings.data, settings.root, settings.model.seed)
     names = label_names(splits.train, settings.data)
     hooks.on_stage("Preparing encoder")
-    service = EmbeddingService(settings.encoder, settings.model.max_seq_len, settings.root, pick_device(settings.model.device))
+    service = EmbeddingService(
+        settings.encoder, settings.model.max_seq_len, settings.root, pick_device(settings.model.device)
+    )
     service.progress = hooks.on_encode_progress
     hooks.on_stage("Encoding texts")
     features = build_features(service, splits, names, settings.data, fine_tune=not settings.encoder.freeze)
-    return splits, report, names, service, features
+    return PreparedRun(splits, report, names, service, features)
 
 
 def run_training(settings: Settings, hooks: WorkflowHooks | None = None) -> TrainOutcome:
-    """Train one model as configured and save ``best_trials/best_model.pt``."""
+    """Train one model as configured, save ``best_trials/best_model.pt`` and the splits it used under ``data/``."""
     hooks = hooks or WorkflowHooks()
-    splits, report, names, service, features = prepare(settings, hooks)
-    trainer = make_trainer(settings, features, service, len(names))
+    run = prepare(settings, hooks)
+    trainer = make_trainer(settings, run.features, run.service, len(run.names))
     trainer.add_callback(hooks)
     hooks.on_stage("Training")
     result = trainer.fit()
-    metrics = split_metrics(trainer.model, features, service.device, len(names))
-    meta = checkpoint_meta(settings, service, names, result, metrics, trainer.model, features.fine_tune,
-                           {"truncation": features.truncation, "data_warnings": report.warnings})
+    metrics = split_metrics(trainer.model, run.features, run.service.device, len(run.names))
+    data = DataProvenance(truncation=run.features.truncation, warnings=run.report.warnings)
+    meta = checkpoint_meta(settings, run.service, run.names, result, metrics, trainer.model, data=data)
     path = save_checkpoint(settings.root / "best_trials" / "best_model.pt", result.best_state, meta)
-    return TrainOutcome(path, result, metrics, report, features.truncation, service.stats.hits,
-                        service.stats.misses, service.encoder_loaded, {k: len(v) for k, v in splits.items()})
+    write_splits(run.splits, settings.root)
+    service = run.service
+    return TrainOutcome(
+        path,
+        result,
+        metrics,
+        run.report,
+        run.features.truncation,
+        service.stats.hits,
+        service.stats.misses,
+        service.encoder_loaded,
+    )

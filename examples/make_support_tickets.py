@@ -11,8 +11,25 @@ import csv
 import random
 from pathlib import Path
 
-OPENERS = ["", "Hi, ", "Hello team, ", "Hey, ", "Good morning. ", "Quick question: ", "Urgent: ", "Sorry to bother you, "]
-CLOSERS = ["", " Thanks.", " Please help.", " Any update?", " Cheers.", " This is frustrating.", " Thank you in advance!"]
+OPENERS = [
+    "",
+    "Hi, ",
+    "Hello team, ",
+    "Hey, ",
+    "Good morning. ",
+    "Quick question: ",
+    "Urgent: ",
+    "Sorry to bother you, ",
+]
+CLOSERS = [
+    "",
+    " Thanks.",
+    " Please help.",
+    " Any update?",
+    " Cheers.",
+    " This is frustrating.",
+    " Thank you in advance!",
+]
 
 CLASSES: dict[str, dict[str, list[str]]] = {
     "billing": {
@@ -70,7 +87,14 @@ CLASSES: dict[str, dict[str, list[str]]] = {
             "video playback stutters since version {v}",
             "the payment screen freezes and the app restarts",
         ],
-        "detail": ["", " on Android", " on my iPhone", " since version {v}", " on Windows 11", " after I reinstalled it"],
+        "detail": [
+            "",
+            " on Android",
+            " on my iPhone",
+            " since version {v}",
+            " on Windows 11",
+            " after I reinstalled it",
+        ],
     },
     "account": {
         "core": [
@@ -114,23 +138,68 @@ CLASSES: dict[str, dict[str, list[str]]] = {
 
 # Terse or vague messages: few cue words, the intent still clear to a person.
 SHORT = {
-    "billing": ["Money taken twice??", "Where is my refund", "Why was I charged", "Overcharged again",
-                "Receipt please", "Cancel and refund", "Wrong amount on invoice", "Paid but nothing happened"],
-    "shipping": ["Where is my stuff", "Still waiting", "Box came broken", "Wrong address on the label",
-                 "Not here yet", "Missing item", "Courier lost it", "Can it come sooner"],
-    "technical": ["It won't load", "Keeps crashing", "Blank screen again", "Button broken",
-                  "Error when saving", "Nothing happens when I tap pay", "Stuck on the spinner", "Upload fails"],
-    "account": ["Can't get in", "Locked out", "Reset link expired", "Not my email on the profile",
-                "Remove my data", "Code never comes", "Who changed my login", "Forgot which email I used"],
-    "feedback": ["Nice job", "Not a fan of the update", "Love it", "Too expensive now",
-                 "Add more colours please", "Best shop online", "The old app was better", "Keep it up"],
+    "billing": [
+        "Money taken twice??",
+        "Where is my refund",
+        "Why was I charged",
+        "Overcharged again",
+        "Receipt please",
+        "Cancel and refund",
+        "Wrong amount on invoice",
+        "Paid but nothing happened",
+    ],
+    "shipping": [
+        "Where is my stuff",
+        "Still waiting",
+        "Box came broken",
+        "Wrong address on the label",
+        "Not here yet",
+        "Missing item",
+        "Courier lost it",
+        "Can it come sooner",
+    ],
+    "technical": [
+        "It won't load",
+        "Keeps crashing",
+        "Blank screen again",
+        "Button broken",
+        "Error when saving",
+        "Nothing happens when I tap pay",
+        "Stuck on the spinner",
+        "Upload fails",
+    ],
+    "account": [
+        "Can't get in",
+        "Locked out",
+        "Reset link expired",
+        "Not my email on the profile",
+        "Remove my data",
+        "Code never comes",
+        "Who changed my login",
+        "Forgot which email I used",
+    ],
+    "feedback": [
+        "Nice job",
+        "Not a fan of the update",
+        "Love it",
+        "Too expensive now",
+        "Add more colours please",
+        "Best shop online",
+        "The old app was better",
+        "Keep it up",
+    ],
 }
 
 # Context that mentions another topic without changing the intent of the message.
 CONTEXT = [
-    "I ordered a phone case last week and ", "After updating the app, ", "When I paid for my order, ",
-    "I logged in this morning and ", "My parcel finally came, but ", "Since I changed my card, ",
-    "I wrote to you on the chat and ", "Before I leave a review: ",
+    "I ordered a phone case last week and ",
+    "After updating the app, ",
+    "When I paid for my order, ",
+    "I logged in this morning and ",
+    "My parcel finally came, but ",
+    "Since I changed my card, ",
+    "I wrote to you on the chat and ",
+    "Before I leave a review: ",
 ]
 
 FILLERS = {

@@ -68,14 +68,14 @@ def cli(capsys):
 @pytest.fixture(scope="session")
 def trained_model(workspace, bbc_small) -> Path:
     """A frozen-encoder model trained once on the 200-article subset; returns its output root."""
-    from bertcls.config import resolve_settings
+    from bertcls.config_sources import resolve_settings
     from bertcls.workflow import run_training
 
     root = workspace / "trained"
     with pytest.MonkeyPatch.context() as patch:  # session fixtures run before the per-test chdir
         patch.chdir(workspace)
-        settings = resolve_settings({
-            "output_root": str(root), "data.data_file": str(bbc_small), "model.max_seq_len": 128, "verbosity": 0,
-        }).settings
+        settings = resolve_settings(
+            {"output_root": str(root), "data.data_file": str(bbc_small), "model.max_seq_len": 128, "verbosity": 0}
+        ).settings
         run_training(settings)
     return root

@@ -9,8 +9,21 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bertcls"
-CORE = ["config", "data", "encoder", "embedding_cache", "features", "model", "training", "early_stopping", "metrics", "callbacks",
-        "checkpoint", "memory", "workflow"]
+CORE = [
+    "config",
+    "data",
+    "encoder",
+    "embedding_cache",
+    "features",
+    "model",
+    "training",
+    "early_stopping",
+    "metrics",
+    "callbacks",
+    "checkpoint",
+    "memory",
+    "workflow",
+]
 
 
 FORBIDDEN = ("typer", "rich", "matplotlib", "optuna")

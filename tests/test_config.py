@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bertcls.config import expand_path_value, resolve_settings
+from bertcls.config import expand_path_value
+from bertcls.config_sources import resolve_settings
 from bertcls.errors import ConfigError
 
 
@@ -22,7 +23,9 @@ def test_precedence_matrix(tmp_path, monkeypatch, flag, env, yaml_value):
     if env:
         monkeypatch.setenv("BERTCLS_MODEL__BATCH_SIZE", str(env))
     resolved = resolve_settings({"model.batch_size": flag}, str(config))
-    expected, source = next(((v, s) for v, s in ((flag, "flag"), (env, "env"), (yaml_value, "yaml")) if v), (32, "default"))
+    expected, source = next(
+        ((v, s) for v, s in ((flag, "flag"), (env, "env"), (yaml_value, "yaml")) if v), (32, "default")
+    )
     assert resolved.settings.model.batch_size == expected
     assert resolved.sources["model.batch_size"] == source
 
@@ -34,11 +37,14 @@ def test_flag_on_one_nested_key_keeps_yaml_siblings(tmp_path):
 
 
 def test_anchors_aliases_and_merge_keys(tmp_path):
-    config = write(tmp_path / "c.yml", (
-        "x-head: &head\n  dropout_rate: 0.2\n  activation: silu\n"
-        "x-dims: &dims [64, 32]\n"
-        "classifier:\n  <<: *head\n  hidden_dims: *dims\n  activation: tanh\n"
-    ))
+    config = write(
+        tmp_path / "c.yml",
+        (
+            "x-head: &head\n  dropout_rate: 0.2\n  activation: silu\n"
+            "x-dims: &dims [64, 32]\n"
+            "classifier:\n  <<: *head\n  hidden_dims: *dims\n  activation: tanh\n"
+        ),
+    )
     cls = resolve_settings({}, str(config)).settings.classifier
     assert (cls.dropout_rate, cls.activation, cls.hidden_dims) == (0.2, "tanh", [64, 32])
 
@@ -46,10 +52,13 @@ def test_anchors_aliases_and_merge_keys(tmp_path):
 def test_env_expansion_in_paths(tmp_path, monkeypatch):
     monkeypatch.setenv("DATA_HOME", "/srv/data")
     monkeypatch.setenv("HOME", "/home/ada")
-    config = write(tmp_path / "c.yml", (
-        "output_root: ${RUNS:-/tmp/runs}/x\n"
-        "data:\n  data_file: ${DATA_HOME}/bbc.csv\n  train_file: ~/t.csv\n  val_file: v.csv\n  test_file: t.csv\n"
-    ))
+    config = write(
+        tmp_path / "c.yml",
+        (
+            "output_root: ${RUNS:-/tmp/runs}/x\n"
+            "data:\n  data_file: ${DATA_HOME}/bbc.csv\n  train_file: ~/t.csv\n  val_file: v.csv\n  test_file: t.csv\n"
+        ),
+    )
     settings = resolve_settings({}, str(config)).settings
     assert settings.output_root == "/tmp/runs/x"
     assert settings.data.data_file == "/srv/data/bbc.csv"
@@ -65,11 +74,12 @@ def test_unset_variable_is_an_error_naming_it(tmp_path):
         expand_path_value("${NOT_SET_ANYWHERE}")
 
 
-@pytest.mark.parametrize("text", ["[0.9, 0.999]", "(0.656, 0.999)", "'(0.656, 0.999)'"])
-def test_betas_both_forms(tmp_path, text):
+@pytest.mark.parametrize(
+    ("text", "expected"), [("[0.9, 0.98]", (0.9, 0.98)), ("(0.7, 0.99)", (0.7, 0.99)), ("'(0.8, 0.95)'", (0.8, 0.95))]
+)
+def test_betas_both_forms(tmp_path, text, expected):
     config = write(tmp_path / "c.yml", f"optimizer:\n  betas: {text}\n")
-    betas = resolve_settings({}, str(config)).settings.optimizer.betas
-    assert betas in ((0.9, 0.999), (0.656, 0.999))
+    assert resolve_settings({}, str(config)).settings.optimizer.betas == expected
 
 
 def test_betas_garbage_is_rejected(tmp_path):
@@ -105,16 +115,27 @@ def test_validate_prints_sources(cli, tmp_path, monkeypatch):
 
 
 def test_validate_lists_every_problem_with_lines(cli, tmp_path):
-    config = write(tmp_path / "bad.yml", (
-        "model:\n  max_seq_len: 2\n  metric: auc\n"
-        "classifier:\n  activation: swish\n"
-        "tuning:\n  search_space:\n    lr: [0.1, 0.001]\n"
-    ))
+    config = write(
+        tmp_path / "bad.yml",
+        (
+            "model:\n  max_seq_len: 2\n  metric: auc\n"
+            "classifier:\n  activation: swish\n"
+            "tuning:\n  search_space:\n    lr: [0.1, 0.001]\n"
+        ),
+    )
     code, _, err = cli("config", "validate", "--config", config)
     assert code == 2
     assert "4 problem" in err
-    for expected in ("model.max_seq_len", "line 2", "model.metric", "line 3", "classifier.activation", "line 5",
-                     "tuning.search_space", "line 8"):
+    for expected in (
+        "model.max_seq_len",
+        "line 2",
+        "model.metric",
+        "line 3",
+        "classifier.activation",
+        "line 5",
+        "tuning.search_space",
+        "line 8",
+    ):
         assert expected in err
     assert "Traceback" not in err
 
@@ -145,8 +166,11 @@ def test_repo_config_is_valid():
 
 
 def test_bad_flag_values_are_one_sentence_and_exit_2(cli):
-    for args, expected in ((("train", "--num-epochs", "abc"), "--num-epochs"), (("train", "--bogus"), "--bogus"),
-                           (("predict", "--top-k", "0"), "--top-k")):
+    for args, expected in (
+        (("train", "--num-epochs", "abc"), "--num-epochs"),
+        (("train", "--bogus"), "--bogus"),
+        (("predict", "--top-k", "0"), "--top-k"),
+    ):
         code, out, err = cli(*args)
         assert code == 2 and expected in err and "Traceback" not in err + out
         assert len(err.strip().splitlines()) == 1

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from conftest import bbc_frame
 
 from bertcls.config import DataSection
 from bertcls.data import check_labelled, read_labelled_csv, split_by_text
-
-from conftest import bbc_frame
 
 
 def rows(n_per_class: int = 4, classes=("a", "b", "c")) -> list[tuple[str, str]]:

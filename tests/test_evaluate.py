@@ -8,10 +8,23 @@ import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 FOLDS = 3
-TOP_FILES = ["all_predictions.csv", "predictions.csv", "sklearn_classification_report.csv", "confusion_matrix.csv",
-             "confusion_matrix.png", "classification_report_heatmap.png", "confidence_analysis.csv",
-             "error_analysis.csv", "error_metrics.csv", "error_confidence_dist.png", "error_confusion_patterns.png",
-             "error_length_dist.png", "error_wordclouds.png", "cv_metrics.csv", "report.html"]
+TOP_FILES = [
+    "all_predictions.csv",
+    "predictions.csv",
+    "sklearn_classification_report.csv",
+    "confusion_matrix.csv",
+    "confusion_matrix.png",
+    "classification_report_heatmap.png",
+    "confidence_analysis.csv",
+    "error_analysis.csv",
+    "error_metrics.csv",
+    "error_confidence_dist.png",
+    "error_confusion_patterns.png",
+    "error_length_dist.png",
+    "error_wordclouds.png",
+    "cv_metrics.csv",
+    "report.html",
+]
 PLOTS = [f for f in TOP_FILES if f.endswith(".png")]
 
 
@@ -25,8 +38,19 @@ def evaluated(trained_model, tmp_path_factory):
         stale = trained_model / "evaluation_results" / "stale.txt"
         stale.parent.mkdir(exist_ok=True)
         stale.write_text("from an earlier run")
-        code = run(["evaluate", "--output-root", str(trained_model), "--best-model", "best_model.pt",
-                    "--cv-folds", str(FOLDS), "--verbosity", "0"])
+        code = run(
+            [
+                "evaluate",
+                "--output-root",
+                str(trained_model),
+                "--best-model",
+                "best_model.pt",
+                "--cv-folds",
+                str(FOLDS),
+                "--verbosity",
+                "0",
+            ]
+        )
     assert code == 0
     return trained_model / "evaluation_results"
 
@@ -36,8 +60,11 @@ def read(path) -> pd.DataFrame:
 
 
 def test_every_file_exists_and_is_not_empty(evaluated):
-    for name in TOP_FILES + [f"fold_{k}/{f}" for k in range(1, FOLDS + 1)
-                             for f in ("confusion_matrix.png", "error_analysis.csv", "predictions.csv")]:
+    for name in TOP_FILES + [
+        f"fold_{k}/{f}"
+        for k in range(1, FOLDS + 1)
+        for f in ("confusion_matrix.png", "error_analysis.csv", "predictions.csv")
+    ]:
         assert (evaluated / name).is_file(), name
         assert (evaluated / name).stat().st_size > 0, name
     assert not (evaluated / "stale.txt").exists()  # the folder was replaced cleanly
@@ -74,8 +101,11 @@ def test_confidence_analysis_and_ece(evaluated):
     correct = (predictions.true_label == predictions.predicted_label).to_numpy()
     conf = predictions.confidence.to_numpy()
     edges = np.linspace(0, 1, 11)
-    expected = sum(abs(correct[m].mean() - conf[m].mean()) * m.sum() / len(conf)
-                   for m in ((conf > lo) & (conf <= hi) for lo, hi in zip(edges[:-1], edges[1:])) if m.any())
+    expected = sum(
+        abs(correct[m].mean() - conf[m].mean()) * m.sum() / len(conf)
+        for m in ((conf > lo) & (conf <= hi) for lo, hi in zip(edges[:-1], edges[1:], strict=True))
+        if m.any()
+    )
     assert np.isclose(float(table[table.bin_low == "ECE"].accuracy.iloc[0]), expected)
 
 
@@ -84,8 +114,9 @@ def test_cross_validation_rows_and_out_of_fold_predictions(evaluated, trained_mo
     assert len(cv) == FOLDS + 2 and list(cv.fold[-2:]) == ["mean", "std"]
     assert set(cv.columns) >= {"accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall"}
     assert np.isclose(cv.accuracy[:FOLDS].mean(), cv.accuracy.iloc[FOLDS])
-    train_val = pd.concat([pd.read_csv(trained_model / "data" / f"{s}.csv", dtype=str, keep_default_na=False)
-                           for s in ("train", "val")])
+    train_val = pd.concat(
+        [pd.read_csv(trained_model / "data" / f"{s}.csv", dtype=str, keep_default_na=False) for s in ("train", "val")]
+    )
     everything = read(evaluated / "all_predictions.csv")
     oof = everything[everything.source == "cross_validation"]
     assert len(oof) == len(train_val) and sorted(oof.text) == sorted(train_val.text)

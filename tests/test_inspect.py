@@ -10,8 +10,17 @@ from bertcls.checkpoint import load_checkpoint
 def test_panels_show_parameters_and_labels(cli, trained_model):
     code, out, err = cli("inspect", "--output-root", trained_model, "--model", "best_model.pt")
     assert code == 0, err
-    for text in ("Architecture", "Parameters", "trainable", "frozen", "business, entertainment, politics, sport, tech",
-                 "Training history", "Final metrics", "matches", "all-MiniLM-L6-v2"):
+    for text in (
+        "Architecture",
+        "Parameters",
+        "trainable",
+        "frozen",
+        "business, entertainment, politics, sport, tech",
+        "Training history",
+        "Final metrics",
+        "matches",
+        "all-MiniLM-L6-v2",
+    ):
         assert text in out
 
 
@@ -19,10 +28,11 @@ def test_json_matches_checkpoint_metadata(cli, trained_model):
     code, out, _ = cli("inspect", "--output-root", trained_model, "--model", "best_model.pt", "--json")
     info = json.loads(out)
     meta = load_checkpoint(trained_model / "best_trials" / "best_model.pt").meta
-    assert info["labels"] == meta["labels"] and info["history"] == meta["history"]
-    assert info["metrics"] == meta["metrics"] and info["config"] == meta["config"]
-    assert info["encoder_fingerprint"] == {"recorded": meta["encoder"]["fingerprint"],
-                                           "local": meta["encoder"]["fingerprint"], "matches": True}
+    assert info["labels"] == meta.labels and info["history"] == [e.model_dump() for e in meta.history]
+    assert info["metrics"] == meta.metrics and info["config"] == meta.settings
+    fingerprint = meta.architecture.encoder.fingerprint
+    assert info["encoder_fingerprint"] == {"recorded": fingerprint, "local": fingerprint, "matches": True}
+    assert info["architecture"]["head"] == meta.architecture.head.layers()
     params = info["parameters"]
     head = (384 * 512 + 512) + (512 * 256 + 256) + (256 * 5 + 5)
     assert params["trainable"] == params["head"] == head

@@ -8,7 +8,7 @@ import torch
 
 from bertcls.config import ClassifierSection, EarlyStoppingSection, MemorySection, ModelSection, OptimizerSection
 from bertcls.memory import MemoryManager
-from bertcls.model import MLPHead, TextClassifier
+from bertcls.model import HeadSpec, MLPHead, TextClassifier
 from bertcls.training import EmbeddingBatches, Trainer
 
 
@@ -66,10 +66,20 @@ def test_trainer_recovers_from_out_of_memory_by_halving():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(96, 8)).astype(np.float32), rng.integers(0, 3, size=96)
     train = FlakyBatches(x, y, limit=16)
-    model = TextClassifier(MLPHead(8, ClassifierSection(bert_hidden_size=8, hidden_dims=[8]), 3))
+    spec = HeadSpec.from_config(ClassifierSection(bert_hidden_size=8, hidden_dims=[8]), in_dim=8, num_classes=3)
+    model = TextClassifier(MLPHead(spec))
     memory = MemoryManager(MemorySection(), 64, Readings([0.5]))
-    trainer = Trainer(model, train, EmbeddingBatches(x, y), 3, ModelSection(num_epochs=2, batch_size=64),
-                      OptimizerSection(), EarlyStoppingSection(), memory, torch.device("cpu"))
+    trainer = Trainer(
+        model,
+        train,
+        EmbeddingBatches(x, y),
+        3,
+        ModelSection(num_epochs=2, batch_size=64),
+        OptimizerSection(),
+        EarlyStoppingSection(),
+        memory,
+        torch.device("cpu"),
+    )
     result = trainer.fit()
     assert len(result.history) == 2 and train.failures == 2 and memory.batch_size == 16
     assert [c[:2] for c in memory.changes] == [(64, 32), (32, 16)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,26 +11,40 @@ import time
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import torch
 from optuna.trial import TrialState
 
 from bertcls.callbacks import WorkflowHooks
-from bertcls.config import resolve_settings
-from bertcls.tuning.pbt import Member, build_member, exploit, set_hyperparameters, take_snapshot
+from bertcls.config_sources import resolve_settings
+from bertcls.tuning.pbt import exploit, new_member, run_population, set_hyperparameters, take_snapshot
 from bertcls.tuning.runner import run_optimize
 from bertcls.tuning.search_space import hidden_dims
 from bertcls.tuning.study import default_storage_url, make_storage, open_study
-from bertcls.tuning.tpe import TrialSeededTPESampler, TuningContext
+from bertcls.tuning.tpe import TrialSeededSampler, TuningContext
 from bertcls.workflow import prepare
 
-GOOD = {"batch_size": 32, "num_hidden_layers": 1, "dropout_rate": 0.2, "lr": 3e-3, "weight_decay": 1e-4,
-        "warmup_ratio": 0.0, "activation": "gelu"}
+GOOD = {
+    "batch_size": 32,
+    "num_hidden_layers": 1,
+    "dropout_rate": 0.2,
+    "lr": 3e-3,
+    "weight_decay": 1e-4,
+    "warmup_ratio": 0.0,
+    "activation": "gelu",
+}
 
 
 def tuning_settings(root: Path, data: Path, name: str = "s", **flags):
-    base = {"output_root": str(root), "data.data_file": str(data), "model.max_seq_len": 128, "verbosity": 0,
-            "model.num_epochs": 6, "tuning.study_name": name}
+    base = {
+        "output_root": str(root),
+        "data.data_file": str(data),
+        "model.max_seq_len": 128,
+        "verbosity": 0,
+        "model.num_epochs": 6,
+        "tuning.study_name": name,
+    }
     return resolve_settings({**base, **flags}).settings
 
 
@@ -43,8 +58,23 @@ def test_hidden_width_rule():
 
 def test_tpe_study_finishes_and_best_model_predicts(cli, workspace, bbc_small, tmp_path):
     root = workspace / "tuning"
-    code, out, err = cli("optimize", "--output-root", root, "--data-file", bbc_small, "--study-name", "bert_opt",
-                         "--n-trials", "3", "--max-seq-len", "128", "--num-epochs", "6", "--verbosity", "0")
+    code, out, err = cli(
+        "optimize",
+        "--output-root",
+        root,
+        "--data-file",
+        bbc_small,
+        "--study-name",
+        "bert_opt",
+        "--n-trials",
+        "3",
+        "--max-seq-len",
+        "128",
+        "--num-epochs",
+        "6",
+        "--verbosity",
+        "0",
+    )
     assert code == 0, err
     study = study_of(root, "bert_opt")
     assert len([t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 3
@@ -54,17 +84,32 @@ def test_tpe_study_finishes_and_best_model_predicts(cli, workspace, bbc_small, t
     from bertcls.checkpoint import load_checkpoint
 
     meta = load_checkpoint(root / "best_trials" / "best_model.pt").meta
-    assert meta["extra"]["study"] == "bert_opt" and meta["extra"]["trial"] == study.best_trial.number
-    assert meta["extra"]["params"] == study.best_trial.params
-    code, out, err = cli("predict", "--output-root", root, "--best-model", "best_model_bert_opt_exp0.pt",
-                         "--data-file", root / "data" / "test.csv", "--output-file", tmp_path / "p.csv", "--verbosity", "0")
+    assert meta.tuning.study == "bert_opt" and meta.tuning.trial == study.best_trial.number
+    assert meta.tuning.params == study.best_trial.params
+    assert meta.architecture.head.activation == study.best_trial.params["activation"]
+    assert len(meta.architecture.head.hidden_dims) == study.best_trial.params["num_hidden_layers"]
+    code, out, err = cli(
+        "predict",
+        "--output-root",
+        root,
+        "--best-model",
+        "best_model_bert_opt_exp0.pt",
+        "--data-file",
+        root / "data" / "test.csv",
+        "--output-file",
+        tmp_path / "p.csv",
+        "--verbosity",
+        "0",
+    )
     assert code == 0 and "macro F1" in out, err
 
 
 def test_hopeless_trial_is_pruned(workspace, bbc_small):
     root = workspace / "tuning"
     settings = tuning_settings(root, bbc_small, "prune", **{"tuning.n_trials": 4, "model.num_epochs": 8})
-    study = open_study(make_storage(default_storage_url(root, "prune"), settings.tuning), "prune", TrialSeededTPESampler(0))
+    study = open_study(
+        make_storage(default_storage_url(root, "prune"), settings.tuning), "prune", TrialSeededSampler(0)
+    )
     for _ in range(3):
         study.enqueue_trial(GOOD)
     study.enqueue_trial({**GOOD, "lr": 1e-6, "warmup_ratio": 0.3})
@@ -104,11 +149,30 @@ def env() -> dict:
 
 def test_two_processes_share_one_study(workspace, bbc_small, tmp_path):
     root = workspace / "tuning"
-    run_optimize(tuning_settings(root, bbc_small, "warm", **{"tuning.n_trials": 1, "model.num_epochs": 2}))  # fill the cache
-    args = ("optimize", "--output-root", root, "--data-file", bbc_small, "--study-name", "workers", "--n-trials", "6",
-            "--num-epochs", "4", "--max-seq-len", "128", "--verbosity", "0")
-    workers = [subprocess.Popen(bertcls_cmd(*args), cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-               for _ in range(2)]
+    run_optimize(
+        tuning_settings(root, bbc_small, "warm", **{"tuning.n_trials": 1, "model.num_epochs": 2})
+    )  # fill the cache
+    args = (
+        "optimize",
+        "--output-root",
+        root,
+        "--data-file",
+        bbc_small,
+        "--study-name",
+        "workers",
+        "--n-trials",
+        "6",
+        "--num-epochs",
+        "4",
+        "--max-seq-len",
+        "128",
+        "--verbosity",
+        "0",
+    )
+    workers = [
+        subprocess.Popen(bertcls_cmd(*args), cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
     outputs = [w.communicate(timeout=300) for w in workers]
     assert all(w.returncode == 0 for w in workers), outputs
     trials = study_of(root, "workers").trials
@@ -116,7 +180,12 @@ def test_two_processes_share_one_study(workspace, bbc_small, tmp_path):
     assert len(finished) == 6
     assert len({t.number for t in trials}) == len(trials)
     assert len({tuple(sorted(t.params.items())) for t in finished}) == len(finished)  # no duplicate configuration
-    ran = [int(line.split("│")[2]) for out, _ in outputs for line in out.decode().splitlines() if "run by this process" in line]
+    ran = [
+        int(line.split("│")[2])
+        for out, _ in outputs
+        for line in out.decode().splitlines()
+        if "run by this process" in line
+    ]
     assert len(ran) == 2 and sum(ran) >= 6  # every finished trial was run by one of the two workers
 
 
@@ -125,9 +194,28 @@ def test_dead_workers_running_trial_is_marked_failed(workspace, bbc_small, tmp_p
     config = tmp_path / "hb.yml"
     config.write_text("tuning:\n  heartbeat_interval: 1\n  grace_period: 2\n")
     run_optimize(tuning_settings(root, bbc_small, "hb", **{"tuning.n_trials": 1, "model.num_epochs": 2}))
-    args = ("optimize", "--config", config, "--output-root", root, "--data-file", bbc_small, "--study-name", "hb",
-            "--n-trials", "3", "--num-epochs", "200", "--max-seq-len", "128", "--verbosity", "0")
-    worker = subprocess.Popen(bertcls_cmd(*args), cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = (
+        "optimize",
+        "--config",
+        config,
+        "--output-root",
+        root,
+        "--data-file",
+        bbc_small,
+        "--study-name",
+        "hb",
+        "--n-trials",
+        "3",
+        "--num-epochs",
+        "200",
+        "--max-seq-len",
+        "128",
+        "--verbosity",
+        "0",
+    )
+    worker = subprocess.Popen(
+        bertcls_cmd(*args), cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not any(t.state == TrialState.RUNNING for t in study_of(root, "hb").trials):
         time.sleep(0.5)
@@ -137,9 +225,18 @@ def test_dead_workers_running_trial_is_marked_failed(workspace, bbc_small, tmp_p
     stale = [t.number for t in study_of(root, "hb").trials if t.state == TrialState.RUNNING]
     assert stale, "the killed worker left no running trial"
     time.sleep(2.5)
-    settings = resolve_settings({"output_root": str(root), "data.data_file": str(bbc_small), "model.max_seq_len": 128,
-                                 "verbosity": 0, "model.num_epochs": 3, "tuning.study_name": "hb", "tuning.n_trials": 3},
-                                str(config)).settings
+    settings = resolve_settings(
+        {
+            "output_root": str(root),
+            "data.data_file": str(bbc_small),
+            "model.max_seq_len": 128,
+            "verbosity": 0,
+            "model.num_epochs": 3,
+            "tuning.study_name": "hb",
+            "tuning.n_trials": 3,
+        },
+        str(config),
+    ).settings
     run_optimize(settings)
     trials = {t.number: t for t in study_of(root, "hb").trials}
     assert all(trials[n].state == TrialState.FAIL for n in stale)
@@ -149,19 +246,21 @@ def test_dead_workers_running_trial_is_marked_failed(workspace, bbc_small, tmp_p
 @pytest.fixture(scope="module")
 def pbt_context(workspace, bbc_small):
     settings = tuning_settings(workspace / "tuning", bbc_small, "pbt-unit", **{"tuning.pbt.population_size": 2})
-    splits, _, names, service, features = prepare(settings, WorkflowHooks())
-    return TuningContext(settings, service, features, splits, names, workspace / "tuning" / "pbt-unit", "pbt-unit")
+    run = prepare(settings, WorkflowHooks())
+    return TuningContext(
+        settings, run.service, run.features, run.splits, run.names, workspace / "tuning" / "pbt-unit", "pbt-unit"
+    )
 
 
 def test_exploit_copies_weights_optimizer_state_and_parameters(pbt_context):
     donor_params = {**GOOD, "num_hidden_layers": 2, "lr": 2e-3}
-    donor = Member(0, donor_params, build_member(pbt_context, 0, donor_params))
-    member = Member(1, GOOD, build_member(pbt_context, 1, GOOD))
+    donor = new_member(pbt_context, 0, donor_params)
+    member = new_member(pbt_context, 1, GOOD)
     for m in (donor, member):
         m.trainer.run_epoch()
         take_snapshot(m)
     exploit(pbt_context, member, donor)
-    assert member.params == donor_params
+    assert member.params == donor_params and member.settings.classifier.hidden_dims == [512, 256]
     donor_state, member_state = donor.trainer.model.state_dict(), member.trainer.model.state_dict()
     assert donor_state.keys() == member_state.keys()
     assert all(torch.equal(donor_state[k], member_state[k]) for k in donor_state)
@@ -174,20 +273,36 @@ def test_exploit_copies_weights_optimizer_state_and_parameters(pbt_context):
 
 
 def test_explore_changes_the_running_optimizer_and_dropout(pbt_context):
-    member = Member(0, GOOD, build_member(pbt_context, 0, GOOD))
+    member = new_member(pbt_context, 0, GOOD)
     member.trainer.run_epoch()
-    set_hyperparameters(member.trainer, {**GOOD, "lr": 1e-3, "weight_decay": 0.01, "dropout_rate": 0.5, "warmup_ratio": 0.2})
+    set_hyperparameters(member, {**GOOD, "lr": 1e-3, "weight_decay": 0.01, "dropout_rate": 0.5, "warmup_ratio": 0.2})
     group = member.trainer.optimizer.param_groups[0]
     assert group["initial_lr"] == 1e-3 and group["weight_decay"] == 0.01
     dropouts = [m.p for m in member.trainer.model.modules() if isinstance(m, torch.nn.Dropout)]
     assert dropouts and all(p == 0.5 for p in dropouts)
     assert member.trainer.optim_cfg.warmup_ratio == 0.2
+    assert member.settings.optimizer.lr == 1e-3 and member.settings.classifier.dropout_rate == 0.5
 
 
 def test_pbt_command_saves_best_member_and_lineage(cli, workspace, bbc_small):
     root = workspace / "tuning"
-    code, out, err = cli("optimize", "--output-root", root, "--data-file", bbc_small, "--study-name", "pbt",
-                         "--strategy", "pbt", "--num-epochs", "6", "--max-seq-len", "128", "--verbosity", "0")
+    code, out, err = cli(
+        "optimize",
+        "--output-root",
+        root,
+        "--data-file",
+        bbc_small,
+        "--study-name",
+        "pbt",
+        "--strategy",
+        "pbt",
+        "--num-epochs",
+        "6",
+        "--max-seq-len",
+        "128",
+        "--verbosity",
+        "0",
+    )
     assert code == 0, err
     folder = root / "optuna" / "pbt"
     assert (folder / "pbt_lineage.json").is_file() and (folder / "pbt_members.png").is_file()
@@ -196,4 +311,105 @@ def test_pbt_command_saves_best_member_and_lineage(cli, workspace, bbc_small):
     from bertcls.checkpoint import load_checkpoint
 
     meta = load_checkpoint(root / "best_trials" / "best_model_pbt_exp0.pt").meta
-    assert meta["extra"]["strategy"] == "pbt" and meta["extra"]["params"] == study.best_trial.params
+    assert meta.tuning.strategy == "pbt" and meta.tuning.params == study.best_trial.params
+
+
+def test_a_member_that_exploits_a_deeper_donor_keeps_its_best_with_its_own_architecture(pbt_context, tmp_path):
+    """The best epoch came before the exploit: the saved best weights are the 1-layer ones, and load as such."""
+    from bertcls.checkpoint import build_classifier, load_checkpoint
+    from bertcls.tuning.runner import save_member
+
+    donor = new_member(pbt_context, 0, {**GOOD, "num_hidden_layers": 3, "activation": "tanh"})
+    member = new_member(pbt_context, 1, GOOD)
+    for m in (donor, member):
+        m.trainer.run_epoch()
+        m.note_epoch()
+        take_snapshot(m)
+    exploit(pbt_context, member, donor)
+    assert member.settings.classifier.hidden_dims == [512, 256, 128] and member.trainer.epoch == 1
+    assert member.best_settings.classifier.hidden_dims == [512]
+    ctx = TuningContext(**{**pbt_context.__dict__, "trials_dir": tmp_path})
+    path, metrics = save_member(ctx, member, [])
+    ckpt = load_checkpoint(path)
+    assert ckpt.architecture.head.hidden_dims == [512] and ckpt.architecture.head.activation == "gelu"
+    build_classifier(ckpt, pbt_context.settings.root, need_encoder=False)
+    assert 0 <= metrics["test"]["f1"] <= 1
+
+
+def test_pbt_population_initial_points_come_from_the_search_space(pbt_context):
+    from bertcls.tuning.search_space import distributions
+
+    space = distributions(pbt_context.settings.tuning.search_space)
+    outcome = run_population(
+        TuningContext(
+            **{
+                **pbt_context.__dict__,
+                "settings": pbt_context.settings.model_copy(
+                    update={"model": pbt_context.settings.model.model_copy(update={"num_epochs": 1})}
+                ),
+            }
+        )
+    )
+    for member in outcome.members:
+        assert set(member.params) == set(space)
+        for name, dist in space.items():
+            value = member.params[name]
+            assert value in dist.choices if hasattr(dist, "choices") else dist.low <= value <= dist.high
+
+
+def test_pbt_best_model_from_the_repo_config_goes_through_predict_evaluate_and_inspect(cli, tmp_path, bbc_small):
+    """The issue's report: with config.yml's [412, 220, 118] head in effect, PBT's export must be usable."""
+    (tmp_path / "config.yml").write_text(
+        "classifier:\n  hidden_dims: [412, 220, 118]\n  activation: relu\n"
+        "tuning:\n  search_space:\n    num_hidden_layers: [1, 3]\n    activation: [tanh, gelu, silu]\n"
+        "  pbt:\n    population_size: 4\n    perturbation_interval: 1\n    exploit_probability: 1.0\n"
+    )
+    root = tmp_path / "runs" / "pbt"
+    code, out, err = cli(
+        "optimize",
+        "--output-root",
+        root,
+        "--data-file",
+        bbc_small,
+        "--strategy",
+        "pbt",
+        "--study-name",
+        "pbtv",
+        "--n-trials",
+        "4",
+        "--num-epochs",
+        "4",
+        "--max-seq-len",
+        "128",
+        "--verbosity",
+        "0",
+    )
+    assert code == 0, err
+    from bertcls.checkpoint import load_checkpoint
+
+    for path in sorted((root / "optuna" / "pbtv" / "trials").glob("pbt_member_*.pt")):
+        ckpt = load_checkpoint(path)
+        assert ckpt.architecture.head.activation in ("tanh", "gelu", "silu")
+        assert ckpt.architecture.head.hidden_dims == ckpt.trained_settings(root).classifier.hidden_dims
+        assert ckpt.architecture.head.hidden_dims != [412, 220, 118]
+    code, out, err = cli(
+        "predict",
+        "--output-root",
+        root,
+        "--data-file",
+        bbc_small,
+        "--output-file",
+        tmp_path / "p.csv",
+        "--verbosity",
+        "0",
+    )
+    assert code == 0, err
+    assert len(pd.read_csv(tmp_path / "p.csv")) == len(pd.read_csv(bbc_small))
+    code, out, err = cli("evaluate", "--output-root", root, "--cv-folds", "3", "--verbosity", "0")
+    assert code == 0 and "CV macro F1 (3 folds)" in out, err
+    code, out, err = cli("inspect", "--output-root", root, "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    best = load_checkpoint(root / "best_trials" / "best_model_pbtv_exp0.pt")
+    assert info["architecture"]["head"] == best.architecture.head.layers()
+    assert info["tuning"]["strategy"] == "pbt" and info["tuning"]["member"] is not None

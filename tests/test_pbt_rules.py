@@ -11,8 +11,15 @@ SPACE = SearchSpace()
 
 
 def params(i: int) -> dict:
-    return {"lr": 1e-4 * (i + 1), "weight_decay": 1e-5, "dropout_rate": 0.3, "warmup_ratio": 0.1,
-            "batch_size": 16, "num_hidden_layers": 2, "activation": "gelu"}
+    return {
+        "lr": 1e-4 * (i + 1),
+        "weight_decay": 1e-5,
+        "dropout_rate": 0.3,
+        "warmup_ratio": 0.1,
+        "batch_size": 16,
+        "num_hidden_layers": 2,
+        "activation": "gelu",
+    }
 
 
 def test_quantile_size_is_ceil_capped_at_half():
@@ -37,7 +44,9 @@ def test_explore_stays_in_bounds_and_within_factors():
 
 def test_bottom_member_exploits_a_top_member_with_state():
     cfg = PBTSection(exploit_probability=1.0)
-    decisions = decide([0.9, 0.5, 0.7, 0.2], [params(i) for i in range(4)], [True] * 4, np.random.default_rng(0), cfg, SPACE)
+    decisions = decide(
+        [0.9, 0.5, 0.7, 0.2], [params(i) for i in range(4)], [True] * 4, np.random.default_rng(0), cfg, SPACE
+    )
     assert len(decisions) == 1
     d = decisions[0]
     assert (d.member, d.action, d.source) == (3, "exploit", 0) and d.params == params(0)
@@ -46,14 +55,22 @@ def test_bottom_member_exploits_a_top_member_with_state():
 
 def test_member_without_saved_state_is_never_copied():
     cfg = PBTSection(exploit_probability=1.0)
-    decisions = decide([0.9, 0.5, 0.7, 0.2], [params(i) for i in range(4)], [False, True, True, True],
-                       np.random.default_rng(0), cfg, SPACE)
+    decisions = decide(
+        [0.9, 0.5, 0.7, 0.2],
+        [params(i) for i in range(4)],
+        [False, True, True, True],
+        np.random.default_rng(0),
+        cfg,
+        SPACE,
+    )
     assert decisions[0].action == "explore" and decisions[0].source is None
 
 
 def test_explore_only_when_probability_zero():
     cfg = PBTSection(exploit_probability=0.0, quantile_fraction=0.5)
-    decisions = decide([0.1, 0.2, 0.3, 0.4], [params(i) for i in range(4)], [True] * 4, np.random.default_rng(1), cfg, SPACE)
+    decisions = decide(
+        [0.1, 0.2, 0.3, 0.4], [params(i) for i in range(4)], [True] * 4, np.random.default_rng(1), cfg, SPACE
+    )
     assert {d.member for d in decisions} == {0, 1} and all(d.action == "explore" for d in decisions)
 
 

@@ -19,20 +19,51 @@ pytestmark = pytest.mark.skipif(not URL, reason="no PostgreSQL server: TEST_POST
 
 
 def test_two_workers_share_a_postgres_study(workspace, bbc_small, tmp_path):
-    from bertcls.config import resolve_settings
+    from bertcls.config_sources import resolve_settings
     from bertcls.tuning.runner import run_optimize
 
     root = workspace / "tuning"
-    run_optimize(resolve_settings({"output_root": str(root), "data.data_file": str(bbc_small), "model.max_seq_len": 128,
-                                   "verbosity": 0, "model.num_epochs": 2, "tuning.study_name": "pg-warm",
-                                   "tuning.n_trials": 1}).settings)  # fills the embedding cache
+    run_optimize(
+        resolve_settings(
+            {
+                "output_root": str(root),
+                "data.data_file": str(bbc_small),
+                "model.max_seq_len": 128,
+                "verbosity": 0,
+                "model.num_epochs": 2,
+                "tuning.study_name": "pg-warm",
+                "tuning.n_trials": 1,
+            }
+        ).settings
+    )  # fills the embedding cache
     name = f"pg-{uuid.uuid4().hex[:8]}"
     plain_url = URL.replace("postgresql+psycopg://", "postgresql://")  # the driver is picked automatically
-    args = [sys.executable, "-m", "bertcls", "optimize", "--output-root", str(root), "--data-file", str(bbc_small),
-            "--study-name", name, "--storage", plain_url, "--n-trials", "5", "--num-epochs", "4",
-            "--max-seq-len", "128", "--verbosity", "0"]
+    args = [
+        sys.executable,
+        "-m",
+        "bertcls",
+        "optimize",
+        "--output-root",
+        str(root),
+        "--data-file",
+        str(bbc_small),
+        "--study-name",
+        name,
+        "--storage",
+        plain_url,
+        "--n-trials",
+        "5",
+        "--num-epochs",
+        "4",
+        "--max-seq-len",
+        "128",
+        "--verbosity",
+        "0",
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTCLS_")} | {"HF_HUB_OFFLINE": "1"}
-    workers = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    workers = [
+        subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)
+    ]
     outputs = [w.communicate(timeout=300) for w in workers]
     assert all(w.returncode == 0 for w in workers), outputs
     trials = optuna.load_study(study_name=name, storage=URL).trials

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bertcls.checkpoint import FORMAT, save_checkpoint
+from bertcls.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from bertcls.prediction import escape_formula
 
 
@@ -65,7 +65,9 @@ def test_bare_output_name_goes_under_predictions(cli, trained_model, labelled_in
 
 def test_top_k_columns(cli, trained_model, labelled_input, tmp_path):
     path, _ = labelled_input
-    code, _, _ = run_predict(cli, trained_model, "--data-file", path, "--output-file", tmp_path / "k.csv", "--top-k", "2")
+    code, _, _ = run_predict(
+        cli, trained_model, "--data-file", path, "--output-file", tmp_path / "k.csv", "--top-k", "2"
+    )
     result = read(tmp_path / "k.csv")
     assert code == 0 and {"top1_label", "top1_prob", "top2_label", "top2_prob"} <= set(result.columns)
     assert not any(c.startswith("prob_") for c in result.columns)
@@ -84,14 +86,19 @@ def test_stdin_to_stdout(cli, trained_model, labelled_input, monkeypatch):
 
 def test_formula_escaping_on_and_off(cli, trained_model, tmp_path):
     path = tmp_path / "f.csv"
-    pd.DataFrame({"text": ["=HYPERLINK(\"http://x\")", "+cmd", "plain text about football"],
-                  "note": ["@SUM(A1)", "-12", "ok"], "amount": ["-5", "+3.2", "7"]}).to_csv(path, index=False)
+    pd.DataFrame(
+        {
+            "text": ['=HYPERLINK("http://x")', "+cmd", "plain text about football"],
+            "note": ["@SUM(A1)", "-12", "ok"],
+            "amount": ["-5", "+3.2", "7"],
+        }
+    ).to_csv(path, index=False)
     run_predict(cli, trained_model, "--data-file", path, "--output-file", tmp_path / "safe.csv")
     safe = read(tmp_path / "safe.csv")
-    assert list(safe.text[:2]) == ["'=HYPERLINK(\"http://x\")", "'+cmd"]
+    assert list(safe.text[:2]) == ['\'=HYPERLINK("http://x")', "'+cmd"]
     assert list(safe.note) == ["'@SUM(A1)", "-12", "ok"] and list(safe.amount) == ["-5", "+3.2", "7"]
     run_predict(cli, trained_model, "--data-file", path, "--output-file", tmp_path / "raw.csv", "--no-escape-formulas")
-    assert read(tmp_path / "raw.csv").text[0] == "=HYPERLINK(\"http://x\")"
+    assert read(tmp_path / "raw.csv").text[0] == '=HYPERLINK("http://x")'
     assert [escape_formula(c) for c in ("\tx", "\rx", "1e5", "-0.5")] == ["'\tx", "'\rx", "1e5", "-0.5"]
 
 
@@ -101,14 +108,19 @@ def test_chunked_prediction_equals_one_chunk(cli, trained_model, labelled_input,
     run_predict(cli, trained_model, "--data-file", path, "--output-file", tmp_path / "b.csv", "--chunk-size", "7")
     a, b = read(tmp_path / "a.csv"), read(tmp_path / "b.csv")
     assert list(a.predicted_label) == list(b.predicted_label)
-    assert np.allclose(a.confidence.replace("", "nan").astype(float), b.confidence.replace("", "nan").astype(float),
-                       atol=1e-5, equal_nan=True)
+    assert np.allclose(
+        a.confidence.replace("", "nan").astype(float),
+        b.confidence.replace("", "nan").astype(float),
+        atol=1e-5,
+        equal_nan=True,
+    )
 
 
-def bad_checkpoints(tmp_path):
+def bad_checkpoints(tmp_path, trained_root):
     pickled = tmp_path / "pickled.pt"
     torch.save({"format": FORMAT, "format_version": 1, "state": {}, "meta": {"cb": np.float64}}, pickled)
-    truncated = save_checkpoint(tmp_path / "truncated.pt", {"w": torch.ones(500)}, {})
+    meta = load_checkpoint(trained_root / "best_trials" / "best_model.pt").meta
+    truncated = save_checkpoint(tmp_path / "truncated.pt", {"w": torch.ones(500)}, meta)
     truncated.write_bytes(truncated.read_bytes()[:300])
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
@@ -116,18 +128,44 @@ def bad_checkpoints(tmp_path):
     torch.save({"format": FORMAT, "format_version": 7, "state": {}, "meta": {}}, newer)
     text = tmp_path / "text.pt"
     text.write_text("not a model")
-    return {"pickled": pickled, "truncated": truncated, "foreign": foreign, "newer": newer, "text": text,
-            "missing": tmp_path / "missing.pt"}
+    return {
+        "pickled": pickled,
+        "truncated": truncated,
+        "foreign": foreign,
+        "newer": newer,
+        "text": text,
+        "missing": tmp_path / "missing.pt",
+    }
 
 
-@pytest.mark.parametrize("kind,message", [("pickled", "pickled"), ("truncated", "corrupt"), ("foreign", "not a bertcls"),
-                                          ("newer", "newer"), ("text", "corrupt"), ("missing", "does not exist")])
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("pickled", "pickled"),
+        ("truncated", "corrupt"),
+        ("foreign", "not a bertcls"),
+        ("newer", "newer"),
+        ("text", "corrupt"),
+        ("missing", "does not exist"),
+    ],
+)
 def test_bad_checkpoints_exit_2_without_output(cli, trained_model, labelled_input, tmp_path, kind, message):
     path, _ = labelled_input
-    checkpoint = bad_checkpoints(tmp_path)[kind]
+    checkpoint = bad_checkpoints(tmp_path, trained_model)[kind]
     target = tmp_path / "never.csv"
-    code, _, err = cli("predict", "--output-root", trained_model, "--best-model", checkpoint, "--data-file", path,
-                       "--output-file", target, "--verbosity", "0")
+    code, _, err = cli(
+        "predict",
+        "--output-root",
+        trained_model,
+        "--best-model",
+        checkpoint,
+        "--data-file",
+        path,
+        "--output-file",
+        target,
+        "--verbosity",
+        "0",
+    )
     assert code == 2 and message in err and "Traceback" not in err and not target.exists()
 
 
@@ -140,8 +178,12 @@ def test_bad_input_files_exit_2_and_keep_existing_output(cli, trained_model, tmp
     bad_bytes.write_bytes(b"text\n" + b"fine\n" * 20 + b"caf\xe9\n")
     header_only = tmp_path / "header_only.csv"
     header_only.write_text("text,category\n")
-    for path, message in ((no_text, "no column 'text'"), (bad_bytes, "--encoding"), (tmp_path / "nope.csv", "nope.csv"),
-                          (header_only, "no data rows")):
+    for path, message in (
+        (no_text, "no column 'text'"),
+        (bad_bytes, "--encoding"),
+        (tmp_path / "nope.csv", "nope.csv"),
+        (header_only, "no data rows"),
+    ):
         code, _, err = run_predict(cli, trained_model, "--data-file", path, "--output-file", target)
         assert code == 2 and message in err and "Traceback" not in err
         assert target.read_text() == "previous results\n"

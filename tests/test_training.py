@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import bbc_subset
 
 from bertcls.checkpoint import load_checkpoint
-from bertcls.config import resolve_settings
+from bertcls.config_sources import resolve_settings
 from bertcls.training import predict_proba, score
 from bertcls.workflow import WorkflowHooks, make_trainer, prepare, run_training
-
-from conftest import bbc_subset
 
 
 def settings_for(root, data_file, **flags):
@@ -21,16 +20,16 @@ def settings_for(root, data_file, **flags):
 
 def test_frozen_training_reaches_f1_09_on_bbc_subset(trained_model):
     ckpt = load_checkpoint(trained_model / "best_trials" / "best_model.pt")
-    assert ckpt.meta["metrics"]["test"]["f1"] >= 0.9
+    assert ckpt.meta.metrics["test"]["f1"] >= 0.9
     assert ckpt.labels == ["business", "entertainment", "politics", "sport", "tech"]
-    assert ckpt.meta["stop_reason"] and ckpt.meta["history"][0]["epoch"] == 1
+    assert ckpt.meta.stop_reason and ckpt.meta.history[0].epoch == 1
     assert all((trained_model / "data" / f"{s}.csv").is_file() for s in ("train", "val", "test"))
-    assert ckpt.meta["extra"]["truncation"]["fraction"] > 0.9  # BBC articles are long
+    assert ckpt.meta.data.truncation["fraction"] > 0.9  # BBC articles are long
 
 
 def test_second_run_hits_the_cache_and_is_reproducible(trained_model, bbc_small):
     settings = settings_for(trained_model, bbc_small)
-    first = load_checkpoint(trained_model / "best_trials" / "best_model.pt").meta["history"]
+    first = [e.model_dump() for e in load_checkpoint(trained_model / "best_trials" / "best_model.pt").meta.history]
     outcome = run_training(settings)
     assert outcome.cache_misses == 0 and outcome.cache_hits == 300
     assert not outcome.encoder_loaded  # no encoder forward pass at all
@@ -53,16 +52,26 @@ def test_embeddings_equal_sentence_transformers(trained_model):
 
 def test_fine_tuning_lowers_the_loss_and_round_trips(workspace, tmp_path):
     from bertcls.checkpoint import build_classifier, save_checkpoint
-    from bertcls.training import trainable_state
+    from bertcls.model import trainable_state
     from bertcls.workflow import checkpoint_meta
 
     data = tmp_path / "ft.csv"
     bbc_subset(8, seed=1).to_csv(data, index=False)
-    settings = settings_for(workspace / "ft", data, **{
-        "encoder.freeze": False, "encoder.unfreeze_last_n_layers": 1, "model.max_seq_len": 32,
-        "model.num_epochs": 3, "model.batch_size": 8, "optimizer.lr": 3e-3, "optimizer.warmup_ratio": 0.0,
-    })
-    _, _, names, service, features = prepare(settings, WorkflowHooks())
+    settings = settings_for(
+        workspace / "ft",
+        data,
+        **{
+            "encoder.freeze": False,
+            "encoder.unfreeze_last_n_layers": 1,
+            "model.max_seq_len": 32,
+            "model.num_epochs": 3,
+            "model.batch_size": 8,
+            "optimizer.lr": 3e-3,
+            "optimizer.warmup_ratio": 0.0,
+        },
+    )
+    run = prepare(settings, WorkflowHooks())
+    names, service, features = run.names, run.service, run.features
     trainer = make_trainer(settings, features, service, len(names))
     train = features.sources["train"]
     before = score(predict_proba(trainer.model, train, service.device), train.labels, len(names))["loss"]
@@ -71,8 +80,11 @@ def test_fine_tuning_lowers_the_loss_and_round_trips(workspace, tmp_path):
     result = trainer.fit()
     after = score(predict_proba(trainer.model, train, service.device), train.labels, len(names))["loss"]
     assert after < before
-    path = save_checkpoint(tmp_path / "ft.pt", trainable_state(trainer.model),
-                           checkpoint_meta(settings, service, names, result, {}, trainer.model, True))
+    path = save_checkpoint(
+        tmp_path / "ft.pt",
+        trainable_state(trainer.model),
+        checkpoint_meta(settings, service, names, result, {}, trainer.model),
+    )
     ckpt = load_checkpoint(path)
     assert any(k.startswith("encoder.") for k in ckpt.state)
     restored, _ = build_classifier(ckpt, settings.root)
@@ -82,24 +94,38 @@ def test_fine_tuning_lowers_the_loss_and_round_trips(workspace, tmp_path):
         assert torch.equal(trainer.model(batch), restored(batch))
 
 
-def test_frozen_checkpoint_round_trip_gives_identical_logits(trained_model):
-    from bertcls.checkpoint import build_classifier
+def test_frozen_checkpoint_round_trip_gives_identical_logits(trained_model, tmp_path):
+    from bertcls.checkpoint import build_classifier, save_checkpoint
 
     ckpt = load_checkpoint(trained_model / "best_trials" / "best_model.pt")
     model_a, _ = build_classifier(ckpt, trained_model, need_encoder=False)
-    model_b, _ = build_classifier(load_checkpoint(ckpt.path), trained_model, need_encoder=False)
+    copy = save_checkpoint(tmp_path / "copy.pt", {k: v.clone() for k, v in ckpt.state.items()}, ckpt.meta)
+    model_b, _ = build_classifier(load_checkpoint(copy), trained_model, need_encoder=False)
     batch = {"embeddings": torch.randn(6, 384, generator=torch.Generator().manual_seed(0))}
     with torch.inference_mode():
         logits = model_a(batch)
         assert torch.equal(logits, model_b(batch))
-    head_state = {k[len("head."):]: v for k, v in ckpt.state.items()}
+    head_state = {k[len("head.") :]: v for k, v in ckpt.state.items()}
     assert all(torch.equal(model_a.head.state_dict()[k], v) for k, v in head_state.items())
 
 
 def test_train_command_end_to_end(cli, workspace, bbc_small):
     root = workspace / "cli-train"
-    code, out, err = cli("train", "--output-root", root, "--data-file", bbc_small, "--num-epochs", "3",
-                         "--batch-size", "32", "--verbosity", "1", "--max-seq-len", "128")
+    code, out, err = cli(
+        "train",
+        "--output-root",
+        root,
+        "--data-file",
+        bbc_small,
+        "--num-epochs",
+        "3",
+        "--batch-size",
+        "32",
+        "--verbosity",
+        "1",
+        "--max-seq-len",
+        "128",
+    )
     assert code == 0, err
     assert "macro F1" in out and "test" in out and "best_model.pt" in out
     assert (root / "best_trials" / "best_model.pt").is_file()
@@ -111,8 +137,19 @@ def test_hidden_size_mismatch_is_a_clear_error(cli, workspace, bbc_small):
     code, _, err = cli("train", "--output-root", workspace / "trained", "--data-file", bbc_small, "--verbosity", "0")
     assert code == 0
     (workspace / "mm.yml").write_text("classifier:\n  bert_hidden_size: 768\n")
-    code, _, err = cli("train", "--config", workspace / "mm.yml", "--output-root", workspace / "trained",
-                       "--data-file", bbc_small, "--verbosity", "0", "--max-seq-len", "128")
+    code, _, err = cli(
+        "train",
+        "--config",
+        workspace / "mm.yml",
+        "--output-root",
+        workspace / "trained",
+        "--data-file",
+        bbc_small,
+        "--verbosity",
+        "0",
+        "--max-seq-len",
+        "128",
+    )
     assert code == 2 and "bert_hidden_size: 384" in err
 
 

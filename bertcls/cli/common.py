@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from bertcls.config import ResolvedConfig, resolve_settings
+from bertcls.config_sources import ResolvedConfig, resolve_settings
 from bertcls.logs import NOISY_LIBRARIES, VERBOSITY_LEVELS, attach_file_log
 
 err_console = Console(stderr=True)
@@ -27,8 +27,12 @@ def option(*names: str, help: str, **kwargs) -> Any:
     return typer.Option(*spellings, help=help, **kwargs)
 
 
-OutputRoot = Annotated[Optional[str], option("--output-root", help="Folder for models, data splits, caches, logs and results.")]
-ConfigFile = Annotated[Optional[str], option("--config", help="YAML config (default: ./config.yml, then <output_root>/config.yml).")]
+OutputRoot = Annotated[
+    Optional[str], option("--output-root", help="Folder for models, data splits, caches, logs and results.")
+]
+ConfigFile = Annotated[
+    Optional[str], option("--config", help="YAML config (default: ./config.yml, then <output_root>/config.yml).")
+]
 Verbosity = Annotated[Optional[int], option("--verbosity", "-v", help="0 warnings only, 1 info and progress, 2 debug.")]
 MaxSeqLen = Annotated[Optional[int], option("--max-seq-len", help="Tokens per text; longer texts are truncated.")]
 BatchSize = Annotated[Optional[int], option("--batch-size", help="Batch size.")]
@@ -36,7 +40,14 @@ DataFile = Annotated[Optional[str], option("--data-file", help="Labelled CSV (te
 Encoding = Annotated[Optional[str], option("--encoding", help="Text encoding of the CSV files (default utf-8).")]
 TextColumn = Annotated[Optional[str], option("--text-column", help="Name of the text column (default text).")]
 LabelColumn = Annotated[Optional[str], option("--label-column", help="Name of the label column (default category).")]
-BestModel = Annotated[Optional[str], option("--best-model", "--model", help="Checkpoint (bare names resolve under <output_root>/best_trials/; default best_model.pt).")]
+BestModel = Annotated[
+    Optional[str],
+    option(
+        "--best-model",
+        "--model",
+        help="Checkpoint (bare names resolve under <output_root>/best_trials/; default best_model.pt).",
+    ),
+]
 Device = Annotated[Optional[str], option("--device", help="auto, cpu, cuda or mps.")]
 
 

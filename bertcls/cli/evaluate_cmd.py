@@ -7,8 +7,19 @@ from typing import Annotated, Optional
 from rich.table import Table
 
 from bertcls.cli.common import (
-    BestModel, ConfigFile, DataFile, Device, Encoding, OutputRoot, Verbosity, build_config, err_console, option, out_console,
-    print_unseen_labels, setup_logging,
+    BestModel,
+    ConfigFile,
+    DataFile,
+    Device,
+    Encoding,
+    OutputRoot,
+    Verbosity,
+    build_config,
+    err_console,
+    option,
+    out_console,
+    print_unseen_labels,
+    setup_logging,
 )
 
 
@@ -16,7 +27,9 @@ def evaluate(
     output_root: OutputRoot = None,
     best_model: BestModel = None,
     data_file: DataFile = None,
-    cv_folds: Annotated[Optional[int], option("--cv-folds", help="Cross-validation folds (default 7; 0 skips).", min=0)] = None,
+    cv_folds: Annotated[
+        Optional[int], option("--cv-folds", help="Cross-validation folds (default 7; 0 skips).", min=0)
+    ] = None,
     encoding: Encoding = None,
     device: Device = None,
     config: ConfigFile = None,
@@ -29,17 +42,22 @@ def evaluate(
     from bertcls.data import read_labelled_csv, resolve_data_path
     from bertcls.encoder import pick_device
     from bertcls.evaluation.runner import evaluate as run_evaluation
-    from bertcls.evaluation.runner import settings_from_checkpoint
 
-    resolved = build_config(config, {
-        "output_root": output_root, "verbosity": verbosity, "evaluation.cv_folds": cv_folds,
-        "data.encoding": encoding, "model.device": device,
-    })
+    resolved = build_config(
+        config,
+        {
+            "output_root": output_root,
+            "verbosity": verbosity,
+            "evaluation.cv_folds": cv_folds,
+            "data.encoding": encoding,
+            "model.device": device,
+        },
+    )
     settings = resolved.settings
     setup_logging(resolved, "evaluate")
     root = settings.root
     ckpt = load_named_checkpoint(best_model, root)
-    data_cfg = settings_from_checkpoint(ckpt, root).data.model_copy(update={"encoding": settings.data.encoding})
+    data_cfg = ckpt.trained_settings(root).data.model_copy(update={"encoding": settings.data.encoding})
     if data_file:
         data = read_labelled_csv(resolve_data_path(data_file, root), data_cfg)
         cv_data = data
@@ -49,7 +67,9 @@ def evaluate(
     data = data[data[data_cfg.text_column].str.strip() != ""].reset_index(drop=True)
     cv_data = cv_data[cv_data[data_cfg.text_column].str.strip() != ""].reset_index(drop=True)
     show = (lambda msg: err_console.print(f"[cyan]{msg}[/]")) if settings.verbosity >= 1 else (lambda msg: None)
-    outcome = run_evaluation(ckpt, data, cv_data, settings, settings.evaluation.cv_folds, pick_device(settings.model.device), show)
+    outcome = run_evaluation(
+        ckpt, data, cv_data, settings, settings.evaluation.cv_folds, pick_device(settings.model.device), show
+    )
     render(outcome)
 
 
@@ -60,7 +80,9 @@ def read_split(root, name: str, data_cfg):
 
     path = root / "data" / f"{name}.csv"
     if not path.is_file():
-        raise DataError(f"No {name} split at {path}; run bertcls train with this --output-root first, or pass --data-file.")
+        raise DataError(
+            f"No {name} split at {path}; run bertcls train with this --output-root first, or pass --data-file."
+        )
     return read_labelled_csv(path, data_cfg)
 
 
@@ -78,4 +100,6 @@ def render(outcome) -> None:
         table.add_row(f"CV accuracy ({folds} folds)", f"{mean['accuracy']:.4f} ± {std['accuracy']:.4f}")
     out_console.print(table)
     print_unseen_labels(out_console, outcome.unseen_labels)
-    out_console.print(f"Wrote {len(outcome.files)} files to {outcome.folder} (open report.html in a browser).", highlight=False)
+    out_console.print(
+        f"Wrote {len(outcome.files)} files to {outcome.folder} (open report.html in a browser).", highlight=False
+    )

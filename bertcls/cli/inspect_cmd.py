@@ -28,13 +28,21 @@ def _count(value: int | None) -> str:
 
 def architecture_panel(info: dict) -> Panel:
     arch = info["architecture"]
-    rows = {k: arch[k] for k in ("encoder", "model_type", "layers", "hidden_size", "pooling", "normalize", "max_seq_len", "fine_tuned")}
-    head = Table(title="MLP head", show_edge=False)
+    rows = {
+        k: arch[k]
+        for k in ("encoder", "model_type", "layers", "hidden_size", "pooling", "normalize", "max_seq_len", "fine_tuned")
+    }
+    head = Table(title="MLP head (as saved in the checkpoint)", show_edge=False)
     for column in ("layer", "in", "out", "activation", "dropout"):
         head.add_column(column)
     for i, layer in enumerate(arch["head"], start=1):
-        head.add_row(f"Linear {i}", str(layer["in"]), str(layer["out"]), layer["activation"] or "-",
-                     "-" if layer["dropout"] is None else f"{layer['dropout']:.2f}")
+        head.add_row(
+            f"Linear {i}",
+            str(layer["in"]),
+            str(layer["out"]),
+            layer["activation"] or "-",
+            "-" if layer["dropout"] is None else f"{layer['dropout']:.2f}",
+        )
     grid = Table.grid()
     grid.add_row(_kv_table(rows))
     grid.add_row(head)
@@ -46,14 +54,25 @@ def history_table(history: list[dict]) -> Table:
     for column in ("epoch", "train loss", "val loss", "accuracy", "macro F1", "lr", "batch"):
         table.add_column(column, justify="right")
     for r in history:
-        table.add_row(str(r["epoch"]), f"{r['train_loss']:.4f}", f"{r['val_loss']:.4f}", f"{r['accuracy']:.4f}",
-                      f"{r['f1']:.4f}", f"{r['lr']:.2e}", str(r["batch_size"]))
+        table.add_row(
+            str(r["epoch"]),
+            f"{r['train_loss']:.4f}",
+            f"{r['val_loss']:.4f}",
+            f"{r['accuracy']:.4f}",
+            f"{r['f1']:.4f}",
+            f"{r['lr']:.2e}",
+            str(r["batch_size"]),
+        )
     return table
 
 
 def results_panel(info: dict) -> Panel:
-    rows = {f"{split} {name}": f"{value:.4f}" for split, values in info["metrics"].items() for name, value in values.items()
-            if isinstance(value, (int, float))}
+    rows = {
+        f"{split} {name}": f"{value:.4f}"
+        for split, values in info["metrics"].items()
+        for name, value in values.items()
+        if isinstance(value, (int, float))
+    }
     rows["best epoch"] = info["best_epoch"]
     rows["stopped"] = info["stop_reason"]
     return Panel(_kv_table(rows), title="Final metrics")
@@ -61,19 +80,31 @@ def results_panel(info: dict) -> Panel:
 
 def provenance_panel(info: dict) -> Panel:
     fp = info["encoder_fingerprint"]
-    status = "[green]matches[/]" if fp["matches"] else "[red]does NOT match[/]" if fp["local"] else "[red]encoder missing[/]"
-    rows = {"file": info["file"]["path"], "size": f"{info['file']['size_bytes'] / 1e6:.1f} MB",
-            "created": info["file"]["created_at"], "encoder sha256": fp["recorded"], "local encoder": status}
-    extra = info.get("extra", {})
+    status = (
+        "[green]matches[/]" if fp["matches"] else "[red]does NOT match[/]" if fp["local"] else "[red]encoder missing[/]"
+    )
+    rows = {
+        "file": info["file"]["path"],
+        "size": f"{info['file']['size_bytes'] / 1e6:.1f} MB",
+        "created": info["file"]["created_at"],
+        "encoder sha256": fp["recorded"],
+        "local encoder": status,
+    }
+    rows["format version"] = info["file"]["format_version"]
+    tuning = info.get("tuning") or {}
     for key in ("study", "strategy", "trial", "member"):
-        if key in extra:
-            rows[key] = extra[key]
+        if tuning.get(key) is not None:
+            rows[key] = tuning[key]
+    if tuning.get("params"):
+        rows["parameters"] = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in tuning["params"].items()
+        )
     rows.update({f"{name}": version for name, version in info["versions"].items()})
     return Panel(_kv_table(rows), title="File, fingerprint and versions")
 
 
 def config_table(config: dict) -> Table:
-    from bertcls.config import flatten
+    from bertcls.config_sources import flatten
 
     table = Table(title="Training configuration", show_lines=False)
     table.add_column("setting")
@@ -86,11 +117,21 @@ def config_table(config: dict) -> Table:
 
 def render(info: dict) -> None:
     params = info["parameters"]
-    counts = {"total": _count(params["total"]), "trainable": _count(params["trainable"]),
-              "frozen": _count(params["frozen"]), "head": _count(params["head"])}
+    counts = {
+        "total": _count(params["total"]),
+        "trainable": _count(params["trainable"]),
+        "frozen": _count(params["frozen"]),
+        "head": _count(params["head"]),
+    }
     out_console.print(architecture_panel(info))
-    out_console.print(Columns([Panel(_kv_table(counts), title="Parameters"),
-                               Panel(", ".join(info["labels"]), title=f"Labels ({len(info['labels'])})")]))
+    out_console.print(
+        Columns(
+            [
+                Panel(_kv_table(counts), title="Parameters"),
+                Panel(", ".join(info["labels"]), title=f"Labels ({len(info['labels'])})"),
+            ]
+        )
+    )
     out_console.print(history_table(info["history"]))
     out_console.print(results_panel(info))
     out_console.print(config_table(info["config"]))

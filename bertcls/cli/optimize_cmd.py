@@ -8,7 +8,16 @@ from rich.live import Live
 from rich.table import Table
 
 from bertcls.cli.common import (
-    ConfigFile, DataFile, Device, MaxSeqLen, OutputRoot, Verbosity, build_config, err_console, option, out_console,
+    ConfigFile,
+    DataFile,
+    Device,
+    MaxSeqLen,
+    OutputRoot,
+    Verbosity,
+    build_config,
+    err_console,
+    option,
+    out_console,
     setup_logging,
 )
 
@@ -34,17 +43,31 @@ def trials_table(study, title: str) -> Table:
     for trial in study.get_trials(deepcopy=False):
         duration = trial.duration.total_seconds() if trial.duration else None
         style = "bold green" if trial.number == best else None
-        table.add_row(str(trial.number), trial.state.name.lower(), _fmt(trial.value), *(_fmt(trial.params.get(k)) for k in KEY_PARAMS),
-                      _fmt(trial.user_attrs.get("test_f1")), _fmt(duration), style=style)
+        table.add_row(
+            str(trial.number),
+            trial.state.name.lower(),
+            _fmt(trial.value),
+            *(_fmt(trial.params.get(k)) for k in KEY_PARAMS),
+            _fmt(trial.user_attrs.get("test_f1")),
+            _fmt(duration),
+            style=style,
+        )
     return table
 
 
 def optimize(
     output_root: OutputRoot = None,
     study_name: Annotated[Optional[str], option("--study-name", help="Study name (resumes if it exists).")] = None,
-    n_trials: Annotated[Optional[int], option("--n-trials", help="Finished trials the study should hold (all workers together).", min=1)] = None,
-    strategy: Annotated[Optional[str], option("--strategy", help="tpe (Optuna TPE, default) or pbt (Population Based Training).")] = None,
-    storage: Annotated[Optional[str], option("--storage", help="Optuna storage URL: sqlite:///f.db, postgresql://..., or journal:PATH.")] = None,
+    n_trials: Annotated[
+        Optional[int], option("--n-trials", help="Finished trials the study should hold (all workers together).", min=1)
+    ] = None,
+    strategy: Annotated[
+        Optional[str], option("--strategy", help="tpe (Optuna TPE, default) or pbt (Population Based Training).")
+    ] = None,
+    storage: Annotated[
+        Optional[str],
+        option("--storage", help="Optuna storage URL: sqlite:///f.db, postgresql://..., or journal:PATH."),
+    ] = None,
     timeout: Annotated[Optional[float], option("--timeout", help="Stop starting new trials after S seconds.")] = None,
     max_seq_len: MaxSeqLen = None,
     num_epochs: Annotated[Optional[int], option("--num-epochs", help="Maximum epochs per trial.")] = None,
@@ -57,17 +80,34 @@ def optimize(
     """Tune hyperparameters with Optuna TPE or PBT; the best model lands in <output_root>/best_trials/."""
     from bertcls.tuning.runner import OptimizeHooks, run_optimize
 
-    resolved = build_config(config, {
-        "output_root": output_root, "verbosity": verbosity, "tuning.study_name": study_name,
-        "tuning.n_trials": n_trials, "tuning.strategy": strategy, "tuning.storage": storage,
-        "tuning.timeout": timeout, "model.max_seq_len": max_seq_len, "model.num_epochs": num_epochs,
-        "data.data_file": data_file, "model.seed": seed, "model.device": device,
-    })
+    resolved = build_config(
+        config,
+        {
+            "output_root": output_root,
+            "verbosity": verbosity,
+            "tuning.study_name": study_name,
+            "tuning.n_trials": n_trials,
+            "tuning.strategy": strategy,
+            "tuning.storage": storage,
+            "tuning.timeout": timeout,
+            "model.max_seq_len": max_seq_len,
+            "model.num_epochs": num_epochs,
+            "data.data_file": data_file,
+            "model.seed": seed,
+            "model.device": device,
+        },
+    )
     settings = resolved.settings
     setup_logging(resolved, "optimize")
     title = f"Study {settings.tuning.study_name} ({settings.tuning.strategy})"
-    live = Live(Table(title=title), console=err_console, refresh_per_second=2, transient=True,
-                redirect_stdout=False, redirect_stderr=False)
+    live = Live(
+        Table(title=title),
+        console=err_console,
+        refresh_per_second=2,
+        transient=True,
+        redirect_stdout=False,
+        redirect_stderr=False,
+    )
 
     class Hooks(OptimizeHooks):
         def on_stage(self, name: str) -> None:
@@ -82,8 +122,14 @@ def optimize(
             for column in ("member", "metric", "best", "lr", "dropout", "layers"):
                 table.add_column(column, justify="right")
             for m in members:
-                table.add_row(str(m.index), f"{m.last_metric:.4f}", f"{m.trainer.result.best_metric:.4f}",
-                              f"{m.params['lr']:.2e}", f"{m.params['dropout_rate']:.2f}", str(m.params["num_hidden_layers"]))
+                table.add_row(
+                    str(m.index),
+                    f"{m.last_metric:.4f}",
+                    f"{m.trainer.result.best_metric:.4f}",
+                    f"{m.params['lr']:.2e}",
+                    f"{m.params['dropout_rate']:.2f}",
+                    str(m.params["num_hidden_layers"]),
+                )
             live.update(table)
 
     with live if settings.verbosity >= 1 else _null():

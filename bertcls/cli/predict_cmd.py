@@ -10,9 +10,22 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from bertcls.cli.common import (
-    BestModel, BatchSize, ConfigFile, Device, Encoding, LabelColumn, OutputRoot, TextColumn as TextColumnOption, Verbosity,
-    build_config, err_console, option, out_console, print_unseen_labels, setup_logging,
+    BatchSize,
+    BestModel,
+    ConfigFile,
+    Device,
+    Encoding,
+    LabelColumn,
+    OutputRoot,
+    Verbosity,
+    build_config,
+    err_console,
+    option,
+    out_console,
+    print_unseen_labels,
+    setup_logging,
 )
+from bertcls.cli.common import TextColumn as TextColumnOption
 
 STDIO = "-"
 
@@ -43,10 +56,24 @@ def predict(
     output_root: OutputRoot = None,
     best_model: BestModel = None,
     data_file: Annotated[Optional[str], option("--data-file", help="CSV to label, or - for standard input.")] = None,
-    output_file: Annotated[Optional[str], option("--output-file", help="Output CSV (bare names go under <output_root>/predictions/), or - for standard output.")] = None,
+    output_file: Annotated[
+        Optional[str],
+        option(
+            "--output-file",
+            help="Output CSV (bare names go under <output_root>/predictions/), or - for standard output.",
+        ),
+    ] = None,
     batch_size: BatchSize = None,
-    top_k: Annotated[Optional[int], option("--top-k", help="Write the top K labels and probabilities instead of one column per class.", min=1)] = None,
-    escape_formulas: Annotated[bool, typer.Option("--escape-formulas/--no-escape-formulas", help="Neutralise text cells a spreadsheet would run as formulas.")] = True,
+    top_k: Annotated[
+        Optional[int],
+        option("--top-k", help="Write the top K labels and probabilities instead of one column per class.", min=1),
+    ] = None,
+    escape_formulas: Annotated[
+        bool,
+        typer.Option(
+            "--escape-formulas/--no-escape-formulas", help="Neutralise text cells a spreadsheet would run as formulas."
+        ),
+    ] = True,
     chunk_size: Annotated[int, typer.Option("--chunk-size", help="Rows read and predicted at a time.", min=1)] = 10_000,
     text_column: TextColumnOption = None,
     label_column: LabelColumn = None,
@@ -62,28 +89,47 @@ def predict(
     from bertcls.errors import DataError
     from bertcls.prediction import PredictOptions, Predictor, predict_csv
 
-    resolved = build_config(config, {
-        "output_root": output_root, "verbosity": verbosity, "data.text_column": text_column,
-        "data.label_column": label_column, "data.encoding": encoding, "model.device": device,
-    })
+    resolved = build_config(
+        config,
+        {
+            "output_root": output_root,
+            "verbosity": verbosity,
+            "data.text_column": text_column,
+            "data.label_column": label_column,
+            "data.encoding": encoding,
+            "model.device": device,
+        },
+    )
     settings = resolved.settings
     setup_logging(resolved, "predict")
     if not data_file:
         raise DataError("No input given; pass --data-file FILE (or - for standard input).")
     root = settings.root
     ckpt = load_named_checkpoint(best_model, root)
-    trained = ckpt.meta["config"]["data"]
-    pick = lambda key: trained[key] if resolved.sources[f"data.{key}"] == "default" else getattr(settings.data, key)  # noqa: E731
-    options = PredictOptions(text_column=pick("text_column"), label_column=pick("label_column"),
-                             encoding=settings.data.encoding, batch_size=batch_size or settings.encoder.encode_batch_size,
-                             chunk_rows=chunk_size, top_k=top_k and min(top_k, len(ckpt.labels)),
-                             escape_formulas=escape_formulas)
+    trained = ckpt.trained_settings(root).data
+    pick = lambda key: getattr(trained if resolved.sources[f"data.{key}"] == "default" else settings.data, key)  # noqa: E731
+    options = PredictOptions(
+        text_column=pick("text_column"),
+        label_column=pick("label_column"),
+        encoding=settings.data.encoding,
+        batch_size=batch_size or settings.encoder.encode_batch_size,
+        chunk_rows=chunk_size,
+        top_k=top_k and min(top_k, len(ckpt.labels)),
+        escape_formulas=escape_formulas,
+    )
     source = data_file if data_file == STDIO else str(resolve_data_path(data_file, root))
     target = resolve_output(output_file or "predictions.csv", root)
     predictor = Predictor(ckpt, root, pick_device(settings.model.device))
-    progress = Progress(SpinnerColumn(), TextColumn("[bold]Predicting"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), console=err_console,
-                        disable=settings.verbosity < 1)
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]Predicting"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[speed]}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=settings.verbosity < 1,
+    )
     with progress:
         task = progress.add_task("predict", total=None if source == STDIO else count_rows(Path(source)), speed="")
         advance = lambda n: progress.update(task, advance=n, speed=rows_per_second(progress.tasks[task]))  # noqa: E731

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from bertcls.cli.common import err_console
 from bertcls.callbacks import WorkflowHooks
+from bertcls.cli.common import err_console
 
 
 def new_progress(enabled: bool) -> Progress:
@@ -51,7 +51,9 @@ class RichTrainingHooks(WorkflowHooks):
         description = f"Epoch {epoch}/{self.num_epochs}"
         if self.epoch_task is None:
             self.epoch_task = self.progress.add_task(description, total=len(trainer.train_data), info="")
-        self.progress.reset(self.epoch_task, total=len(trainer.train_data), description=description, info=self.last_metric)
+        self.progress.reset(
+            self.epoch_task, total=len(trainer.train_data), description=description, info=self.last_metric
+        )
 
     def on_batch_end(self, trainer, done: int, total: int, loss: float) -> None:
         self.progress.update(self.epoch_task, completed=done, info=f"loss {loss:.4f} {self.last_metric}")

@@ -7,8 +7,20 @@ from typing import Annotated, Optional
 from rich.table import Table
 
 from bertcls.cli.common import (
-    BatchSize, ConfigFile, DataFile, Device, Encoding, LabelColumn, MaxSeqLen, OutputRoot, TextColumn, Verbosity,
-    build_config, option, out_console, setup_logging,
+    BatchSize,
+    ConfigFile,
+    DataFile,
+    Device,
+    Encoding,
+    LabelColumn,
+    MaxSeqLen,
+    OutputRoot,
+    TextColumn,
+    Verbosity,
+    build_config,
+    option,
+    out_console,
+    setup_logging,
 )
 from bertcls.cli.progress import RichTrainingHooks, new_progress
 
@@ -27,13 +39,17 @@ def train(
     output_root: OutputRoot = None,
     config: ConfigFile = None,
     data_file: DataFile = None,
-    train_file: Annotated[Optional[str], option("--train-file", help="Explicit training CSV (skips the split).")] = None,
+    train_file: Annotated[
+        Optional[str], option("--train-file", help="Explicit training CSV (skips the split).")
+    ] = None,
     val_file: Annotated[Optional[str], option("--val-file", help="Explicit validation CSV.")] = None,
     test_file: Annotated[Optional[str], option("--test-file", help="Explicit test CSV.")] = None,
     text_column: TextColumn = None,
     label_column: LabelColumn = None,
     encoding: Encoding = None,
-    on_bad_rows: Annotated[Optional[str], option("--on-bad-rows", help="error (default) or drop rows with empty text/label.")] = None,
+    on_bad_rows: Annotated[
+        Optional[str], option("--on-bad-rows", help="error (default) or drop rows with empty text/label.")
+    ] = None,
     num_epochs: Annotated[Optional[int], option("--num-epochs", help="Maximum epochs.")] = None,
     batch_size: BatchSize = None,
     max_seq_len: MaxSeqLen = None,
@@ -42,20 +58,38 @@ def train(
     metric: Annotated[Optional[str], option("--metric", help="f1 or accuracy: the monitored metric.")] = None,
     device: Device = None,
     encoder: Annotated[Optional[str], option("--encoder", help="Encoder: a local folder or hub id.")] = None,
-    freeze: Annotated[Optional[bool], option("--freeze/--fine-tune", help="Frozen encoder (cached embeddings) or fine-tuning.")] = None,
+    freeze: Annotated[
+        Optional[bool], option("--freeze/--fine-tune", help="Frozen encoder (cached embeddings) or fine-tuning.")
+    ] = None,
     verbosity: Verbosity = None,
 ) -> None:
     """Train a classifier and save <output_root>/best_trials/best_model.pt."""
     from bertcls.workflow import run_training
 
-    resolved = build_config(config, {
-        "output_root": output_root, "verbosity": verbosity,
-        "data.data_file": data_file, "data.train_file": train_file, "data.val_file": val_file, "data.test_file": test_file,
-        "data.text_column": text_column, "data.label_column": label_column, "data.encoding": encoding,
-        "data.on_bad_rows": on_bad_rows, "model.num_epochs": num_epochs, "model.batch_size": batch_size,
-        "model.max_seq_len": max_seq_len, "model.seed": seed, "model.metric": metric, "model.device": device,
-        "optimizer.lr": lr, "encoder.name_or_path": encoder, "encoder.freeze": freeze,
-    })
+    resolved = build_config(
+        config,
+        {
+            "output_root": output_root,
+            "verbosity": verbosity,
+            "data.data_file": data_file,
+            "data.train_file": train_file,
+            "data.val_file": val_file,
+            "data.test_file": test_file,
+            "data.text_column": text_column,
+            "data.label_column": label_column,
+            "data.encoding": encoding,
+            "data.on_bad_rows": on_bad_rows,
+            "model.num_epochs": num_epochs,
+            "model.batch_size": batch_size,
+            "model.max_seq_len": max_seq_len,
+            "model.seed": seed,
+            "model.metric": metric,
+            "model.device": device,
+            "optimizer.lr": lr,
+            "encoder.name_or_path": encoder,
+            "encoder.freeze": freeze,
+        },
+    )
     settings = resolved.settings
     log_path = setup_logging(resolved, "train")
     progress = new_progress(settings.verbosity >= 1)

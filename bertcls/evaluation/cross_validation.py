@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -46,7 +46,9 @@ def fold_indices(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) 
     return list(splitter.split(np.zeros(len(labels)), labels, groups))
 
 
-def _inner_validation(train_idx: np.ndarray, labels: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _inner_validation(
+    train_idx: np.ndarray, labels: np.ndarray, groups: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Hold out about 10% of a fold's training rows (grouped by text) for early stopping."""
     n_inner = max(2, min(10, int(np.bincount(labels[train_idx]).min())))
     inner_train, inner_val = fold_indices(labels[train_idx], groups[train_idx], n_inner, seed)[0]
@@ -59,8 +61,9 @@ def _source(service: EmbeddingService, texts: list[str], labels: np.ndarray, vec
     return TextBatches(service.encoder, texts, labels, service.encoder.token_lengths(texts))
 
 
-def cross_validate(settings: Settings, frame: pd.DataFrame, service: EmbeddingService, folds: int,
-                   on_fold: FoldCallback | None = None) -> list[FoldResult]:
+def cross_validate(
+    settings: Settings, frame: pd.DataFrame, service: EmbeddingService, folds: int, on_fold: FoldCallback | None = None
+) -> list[FoldResult]:
     """Retrain on K-1 folds and predict the held-out fold, K times."""
     text_col, label_col = settings.data.text_column, settings.data.label_column
     check_folds(frame, text_col, label_col, folds)
@@ -77,12 +80,22 @@ def cross_validate(settings: Settings, frame: pd.DataFrame, service: EmbeddingSe
         inner_train, inner_val = _inner_validation(train_idx, labels, groups, settings.model.seed)
         if fine_tune:
             service.reload_encoder()  # each fold starts from the pretrained weights
-        pick = lambda idx: _source(service, [texts[i] for i in idx], labels[idx], None if vectors is None else vectors[idx])  # noqa: E731
+
+        def pick(idx: np.ndarray) -> BatchSource:
+            return _source(service, [texts[i] for i in idx], labels[idx], None if vectors is None else vectors[idx])
+
         features = FeatureSet({"train": pick(inner_train), "val": pick(inner_val)}, {}, fine_tune)
         trainer = make_trainer(settings, features, service, len(names))
         result = trainer.fit()
         probs = predict_proba(trainer.model, pick(test_idx), service.device)
-        logger.info("Fold %d/%d: %d train, %d val, %d test rows; %s", fold, folds, len(inner_train), len(inner_val),
-                    len(test_idx), result.stop_reason)
+        logger.info(
+            "Fold %d/%d: %d train, %d val, %d test rows; %s",
+            fold,
+            folds,
+            len(inner_train),
+            len(inner_val),
+            len(test_idx),
+            result.stop_reason,
+        )
         results.append(FoldResult(fold, test_idx, probs, names, result.stop_reason, len(result.history)))
     return results

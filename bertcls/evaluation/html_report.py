@@ -31,12 +31,19 @@ def _figure(path: Path) -> str:
     return f'<figure><img src="data:image/png;base64,{data}" alt="{name}"><figcaption>{name}</figcaption></figure>'
 
 
-def build_report(title: str, summary: dict[str, float], tables: dict[str, tuple[pd.DataFrame, bool]],
-                 plots: list[Path], notes: list[str]) -> str:
+def build_report(
+    title: str,
+    summary: dict[str, float],
+    tables: dict[str, tuple[pd.DataFrame, bool]],
+    plots: list[Path],
+    notes: list[str],
+) -> str:
     cards = "".join(f'<div class="card">{html.escape(k)}<b>{v:.4f}</b></div>' for k, v in summary.items())
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
-             f'<div class="cards">{cards}</div>']
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+        f'<div class="cards">{cards}</div>',
+    ]
     parts += [f"<p>{html.escape(note)}</p>" for note in notes]
     for heading, (frame, index) in tables.items():
         parts.append(f"<h2>{html.escape(heading)}</h2>{_table(frame, index)}")

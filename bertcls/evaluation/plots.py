@@ -31,8 +31,19 @@ def _side(n_labels: int) -> float:
 
 def _heatmap(ax, data: pd.DataFrame, fmt: str, title: str, vmax: float | None = None) -> None:
     n = len(data.columns)
-    sns.heatmap(data, annot=n <= 20, fmt=fmt, cmap="Blues", cbar=False, ax=ax, vmin=0, vmax=vmax,
-                annot_kws={"size": 9 if n <= 10 else 7}, linewidths=0.5, linecolor="white")
+    sns.heatmap(
+        data,
+        annot=n <= 20,
+        fmt=fmt,
+        cmap="Blues",
+        cbar=False,
+        ax=ax,
+        vmin=0,
+        vmax=vmax,
+        annot_kws={"size": 9 if n <= 10 else 7},
+        linewidths=0.5,
+        linecolor="white",
+    )
     ax.set_title(title)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
@@ -69,8 +80,20 @@ def confidence_plot(predictions: pd.DataFrame, path: Path) -> Path:
     correct = predictions.true_label == predictions.predicted_label
     fig, ax = plt.subplots(figsize=(7, 4))
     bins = np.linspace(0, 1, 21)
-    ax.hist(predictions.confidence[correct], bins=bins, alpha=0.7, label=f"correct ({int(correct.sum())})", color="tab:green")
-    ax.hist(predictions.confidence[~correct], bins=bins, alpha=0.7, label=f"errors ({int((~correct).sum())})", color="tab:red")
+    ax.hist(
+        predictions.confidence[correct],
+        bins=bins,
+        alpha=0.7,
+        label=f"correct ({int(correct.sum())})",
+        color="tab:green",
+    )
+    ax.hist(
+        predictions.confidence[~correct],
+        bins=bins,
+        alpha=0.7,
+        label=f"errors ({int((~correct).sum())})",
+        color="tab:red",
+    )
     ax.set_xlabel("confidence (top probability)")
     ax.set_ylabel("rows")
     ax.set_title("Confidence of errors vs correct predictions")
@@ -85,7 +108,7 @@ def confusion_pairs_plot(pairs: pd.DataFrame, path: Path) -> Path:
         ax.text(0.5, 0.5, "no errors", ha="center", va="center", fontsize=14)
         ax.axis("off")
     else:
-        names = [f"{t} -> {p}" for t, p in zip(pairs.true_label, pairs.predicted_label)]
+        names = [f"{t} -> {p}" for t, p in zip(pairs.true_label, pairs.predicted_label, strict=True)]
         ax.barh(names[::-1], pairs["count"][::-1], color="tab:orange")
         ax.set_xlabel("errors")
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -118,7 +141,7 @@ def wordcloud_plot(predictions: pd.DataFrame, labels: list[str], path: Path) -> 
     cols = min(3, len(labels))
     rows = math.ceil(len(labels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    for ax, label in zip(axes.flat, labels):
+    for ax, label in zip(axes.flat, labels, strict=False):
         wrong = predictions[(predictions.true_label == label) & (predictions.predicted_label != label)]
         ax.axis("off")
         ax.set_title(f"{label} ({len(wrong)} error{'' if len(wrong) == 1 else 's'})", fontsize=11)
@@ -130,7 +153,7 @@ def wordcloud_plot(predictions: pd.DataFrame, labels: list[str], path: Path) -> 
             ax.imshow(cloud.generate(" ".join(wrong.text)), interpolation="bilinear")
         except ValueError:
             ax.text(0.5, 0.5, "no words to show", ha="center", va="center", color="gray", transform=ax.transAxes)
-    for ax in list(axes.flat)[len(labels):]:
+    for ax in list(axes.flat)[len(labels) :]:
         ax.axis("off")
     fig.suptitle("Words in misclassified texts, by true class")
     fig.tight_layout()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -20,8 +20,16 @@ from bertcls.evaluation import plots
 from bertcls.evaluation.cross_validation import FoldResult, cross_validate
 from bertcls.evaluation.html_report import build_report
 from bertcls.evaluation.scoring import (
-    classification_report_frame, confidence_frame, confusion_frame, confusion_pairs, cv_summary_frame,
-    error_frame, error_metrics_frame, prediction_frames, report_labels, summary_metrics,
+    classification_report_frame,
+    confidence_frame,
+    confusion_frame,
+    confusion_pairs,
+    cv_summary_frame,
+    error_frame,
+    error_metrics_frame,
+    prediction_frames,
+    report_labels,
+    summary_metrics,
 )
 from bertcls.features import EmbeddingService
 from bertcls.fileio import write_csv_atomic, write_text_atomic
@@ -33,20 +41,21 @@ RESULTS_DIR = "evaluation_results"
 StageFn = Callable[[str], None]
 
 
-def settings_from_checkpoint(ckpt: Checkpoint, output_root: Path) -> Settings:
-    """The checkpoint's training config (no environment or YAML involved), with the current output root."""
-    return Settings.model_validate({**ckpt.meta["config"], "output_root": str(output_root)})
-
-
 def checkpoint_service(ckpt: Checkpoint, trained: Settings, device: torch.device) -> EmbeddingService:
-    """The encoder service of the checkpoint's config; a frozen checkpoint refuses an encoder whose fingerprint changed."""
+    """The encoder service of the checkpoint's config; a frozen checkpoint refuses an encoder whose fingerprint
+    changed."""
     service = EmbeddingService(trained.encoder, trained.model.max_seq_len, trained.root, device)
-    if not ckpt.fine_tuned and service.fingerprint != ckpt.meta["encoder"]["fingerprint"]:
-        raise CheckpointError(f"The encoder at {service.folder} does not match the one {ckpt.path.name} was trained with; restore it or retrain.")
+    if not ckpt.fine_tuned and service.fingerprint != ckpt.architecture.encoder.fingerprint:
+        raise CheckpointError(
+            f"The encoder at {service.folder} does not match the one {ckpt.path.name} was trained with; "
+            "restore it or retrain."
+        )
     return service
 
 
-def score_texts(ckpt: Checkpoint, texts: list[str], service: EmbeddingService, output_root: Path, batch_size: int) -> np.ndarray:
+def score_texts(
+    ckpt: Checkpoint, texts: list[str], service: EmbeddingService, output_root: Path, batch_size: int
+) -> np.ndarray:
     """Class probabilities: through the embedding cache for a frozen model, the full model otherwise."""
     device = service.device
     if ckpt.fine_tuned:
@@ -96,10 +105,20 @@ class ResultWriter:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
-def write_analysis(writer: ResultWriter, prefix: str, texts: list[str], truth: list[str], probs: np.ndarray,
-                   labels: list[str], cfg: EvaluationSection, full: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """predictions, error analysis and confusion matrix (and, when ``full``, every other table and plot)."""
+def write_analysis(
+    writer: ResultWriter,
+    prefix: str,
+    texts: list[str],
+    truth: list[str],
+    probs: np.ndarray,
+    labels: list[str],
+    cfg: EvaluationSection,
+    full: bool,
+) -> tuple[pd.DataFrame, pd.DataFrame, float | None]:
+    """predictions, error analysis and confusion matrix (and, when ``full``, every other table and plot, and the
+    expected calibration error over ``evaluation.confidence_bins`` bins, the one ECE bertcls reports)."""
     predictions, all_predictions = prediction_frames(texts, truth, probs, labels)
+    ece = None
     axis = report_labels(labels, truth)
     confusion = confusion_frame(truth, list(predictions.predicted_label), axis)
     writer.csv(f"{prefix}predictions.csv", predictions)
@@ -110,28 +129,41 @@ def write_analysis(writer: ResultWriter, prefix: str, texts: list[str], truth: l
         writer.csv("sklearn_classification_report.csv", report)
         writer.csv("confusion_matrix.csv", confusion, index=True)
         correct = (predictions.true_label == predictions.predicted_label).to_numpy()
-        calibration, _ = confidence_frame(predictions.confidence.to_numpy(), correct, cfg.confidence_bins)
+        calibration, ece = confidence_frame(predictions.confidence.to_numpy(), correct, cfg.confidence_bins)
         writer.csv("confidence_analysis.csv", calibration)
         writer.csv("error_metrics.csv", error_metrics_frame(predictions, axis, cfg.top_confusions))
         pairs = confusion_pairs(predictions, cfg.top_confusions)
-        writer.plot("classification_report_heatmap.png", lambda p: plots.report_heatmap(report[report.label.isin(axis)], p))
+        writer.plot(
+            "classification_report_heatmap.png", lambda p: plots.report_heatmap(report[report.label.isin(axis)], p)
+        )
         writer.plot("error_confidence_dist.png", lambda p: plots.confidence_plot(predictions, p))
         writer.plot("error_confusion_patterns.png", lambda p: plots.confusion_pairs_plot(pairs, p))
         writer.plot("error_length_dist.png", lambda p: plots.length_plot(predictions, p))
         writer.plot("error_wordclouds.png", lambda p: plots.wordcloud_plot(predictions, axis, p))
-    return predictions, all_predictions
+    return predictions, all_predictions, ece
 
 
-def run_cv(writer: ResultWriter, settings: Settings, frame: pd.DataFrame, service: EmbeddingService, folds: int,
-           cfg: EvaluationSection, on_stage: StageFn) -> tuple[pd.DataFrame, pd.DataFrame]:
+def run_cv(
+    writer: ResultWriter,
+    settings: Settings,
+    frame: pd.DataFrame,
+    service: EmbeddingService,
+    folds: int,
+    cfg: EvaluationSection,
+    on_stage: StageFn,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cross-validate, write fold_K/ folders and cv_metrics.csv; returns (cv table, out-of-fold predictions)."""
     text_col, label_col = settings.data.text_column, settings.data.label_column
-    results: list[FoldResult] = cross_validate(settings, frame, service, folds, lambda f, k: on_stage(f"Cross-validation fold {f}/{k}"))
+    results: list[FoldResult] = cross_validate(
+        settings, frame, service, folds, lambda f, k: on_stage(f"Cross-validation fold {f}/{k}")
+    )
     fold_metrics, out_of_fold = [], []
     for result in results:
         texts = frame[text_col].iloc[result.test_index].tolist()
         truth = frame[label_col].iloc[result.test_index].tolist()
-        predictions, all_predictions = write_analysis(writer, f"fold_{result.fold}/", texts, truth, result.probs, result.labels, cfg, full=False)
+        predictions, all_predictions, _ = write_analysis(
+            writer, f"fold_{result.fold}/", texts, truth, result.probs, result.labels, cfg, full=False
+        )
         fold_metrics.append(summary_metrics(truth, list(predictions.predicted_label), result.labels))
         out_of_fold.append(all_predictions.assign(source="cross_validation", fold=result.fold))
     cv = cv_summary_frame(fold_metrics)
@@ -139,11 +171,18 @@ def run_cv(writer: ResultWriter, settings: Settings, frame: pd.DataFrame, servic
     return cv, pd.concat(out_of_fold, ignore_index=True)
 
 
-def evaluate(ckpt: Checkpoint, data: pd.DataFrame, cv_data: pd.DataFrame | None, settings_now: Settings,
-             folds: int, device: torch.device, on_stage: StageFn = lambda _: None) -> EvaluationOutcome:
+def evaluate(
+    ckpt: Checkpoint,
+    data: pd.DataFrame,
+    cv_data: pd.DataFrame | None,
+    settings_now: Settings,
+    folds: int,
+    device: torch.device,
+    on_stage: StageFn = lambda _: None,
+) -> EvaluationOutcome:
     """Score ``data``, cross-validate on ``cv_data`` (if folds > 0), and write ``<output_root>/evaluation_results/``."""
     root, cfg = settings_now.root, settings_now.evaluation
-    trained = settings_from_checkpoint(ckpt, root)
+    trained = ckpt.trained_settings(root)
     text_col, label_col = trained.data.text_column, trained.data.label_column
     labels = ckpt.labels
     texts, truth = data[text_col].tolist(), data[label_col].tolist()
@@ -153,9 +192,8 @@ def evaluate(ckpt: Checkpoint, data: pd.DataFrame, cv_data: pd.DataFrame | None,
         service = checkpoint_service(ckpt, trained, device)
         probs = score_texts(ckpt, texts, service, root, settings_now.encoder.encode_batch_size)
         on_stage("Writing tables and plots")
-        predictions, all_predictions = write_analysis(writer, "", texts, truth, probs, labels, cfg, full=True)
+        predictions, all_predictions, ece = write_analysis(writer, "", texts, truth, probs, labels, cfg, full=True)
         summary = summary_metrics(truth, list(predictions.predicted_label), report_labels(labels, truth))
-        _, ece = confidence_frame(predictions.confidence.to_numpy(), (predictions.true_label == predictions.predicted_label).to_numpy())
         unseen = {k: int(v) for k, v in data[~data[label_col].isin(labels)][label_col].value_counts().items()}
         cv, everything = None, [all_predictions.assign(source="evaluation", fold="")]
         if folds > 0 and cv_data is not None:
@@ -164,7 +202,9 @@ def evaluate(ckpt: Checkpoint, data: pd.DataFrame, cv_data: pd.DataFrame | None,
         writer.csv("all_predictions.csv", pd.concat(everything, ignore_index=True))
         notes = [f"Checkpoint: {ckpt.path}", f"Rows evaluated: {len(data)}"]
         if unseen:
-            notes.append("Labels the model never saw (scored as errors): " + ", ".join(f"{k} ({v})" for k, v in unseen.items()))
+            notes.append(
+                "Labels the model never saw (scored as errors): " + ", ".join(f"{k} ({v})" for k, v in unseen.items())
+            )
         tables = {
             "Classification report": (pd.read_csv(writer.staging / "sklearn_classification_report.csv"), False),
             "Confusion matrix": (pd.read_csv(writer.staging / "confusion_matrix.csv"), False),

@@ -7,15 +7,19 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 
-def prediction_frames(texts: list[str], truth: list[str], probs: np.ndarray, labels: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def prediction_frames(
+    texts: list[str], truth: list[str], probs: np.ndarray, labels: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """predictions.csv (text, true, predicted, confidence) and all_predictions.csv (plus prob_<label>)."""
     best = probs.argmax(axis=1)
-    predictions = pd.DataFrame({
-        "text": texts,
-        "true_label": truth,
-        "predicted_label": np.array(labels, dtype=object)[best],
-        "confidence": probs.max(axis=1),
-    })
+    predictions = pd.DataFrame(
+        {
+            "text": texts,
+            "true_label": truth,
+            "predicted_label": np.array(labels, dtype=object)[best],
+            "confidence": probs.max(axis=1),
+        }
+    )
     all_predictions = predictions.copy()
     for i, label in enumerate(labels):
         all_predictions[f"prob_{label}"] = probs[:, i]
@@ -43,7 +47,7 @@ def confusion_frame(truth: list[str], predicted: list[str], labels: list[str]) -
     return frame
 
 
-def confidence_frame(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> tuple[pd.DataFrame, float]:
+def confidence_frame(confidence: np.ndarray, correct: np.ndarray, bins: int) -> tuple[pd.DataFrame, float]:
     """Count and accuracy per confidence bin, and the expected calibration error (ECE)."""
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
@@ -55,10 +59,23 @@ def confidence_frame(confidence: np.ndarray, correct: np.ndarray, bins: int = 10
         mean_conf = float(confidence[mask].mean()) if count else np.nan
         if count:
             ece += count / len(confidence) * abs(accuracy - mean_conf)
-        rows.append({"bin_low": edges[b], "bin_high": edges[b + 1], "count": count, "accuracy": accuracy,
-                     "mean_confidence": mean_conf})
+        rows.append(
+            {
+                "bin_low": edges[b],
+                "bin_high": edges[b + 1],
+                "count": count,
+                "accuracy": accuracy,
+                "mean_confidence": mean_conf,
+            }
+        )
     frame = pd.DataFrame(rows).astype(object)
-    frame.loc[len(frame)] = {"bin_low": "ECE", "bin_high": "", "count": len(confidence), "accuracy": ece, "mean_confidence": ""}
+    frame.loc[len(frame)] = {
+        "bin_low": "ECE",
+        "bin_high": "",
+        "count": len(confidence),
+        "accuracy": ece,
+        "mean_confidence": "",
+    }
     return frame, float(ece)
 
 
@@ -66,8 +83,9 @@ def error_frame(predictions: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
     """Every misclassified row with its confidence, the top-two margin and the text length."""
     ordered = np.sort(probs, axis=1)
     margin = ordered[:, -1] - ordered[:, -2] if probs.shape[1] > 1 else ordered[:, -1]
-    frame = predictions.assign(margin=margin, text_length=predictions.text.str.len(),
-                               word_count=predictions.text.str.split().str.len())
+    frame = predictions.assign(
+        margin=margin, text_length=predictions.text.str.len(), word_count=predictions.text.str.split().str.len()
+    )
     wrong = frame[frame.true_label != frame.predicted_label]
     return wrong.sort_values("confidence", ascending=False).reset_index(drop=True)
 
@@ -79,7 +97,8 @@ def confusion_pairs(predictions: pd.DataFrame, top: int) -> pd.DataFrame:
 
 
 def error_metrics_frame(predictions: pd.DataFrame, labels: list[str], top: int) -> pd.DataFrame:
-    """Long format (section, item, value): error rate per class, most confused pairs, confidence of errors vs correct."""
+    """Long format (section, item, value): error rate per class, most confused pairs, and the confidence of errors
+    against that of correct predictions."""
     rows = []
     correct = predictions.true_label == predictions.predicted_label
     for label in labels:
@@ -87,12 +106,28 @@ def error_metrics_frame(predictions: pd.DataFrame, labels: list[str], top: int) 
         if mask.any():
             rows.append({"section": "error_rate_by_class", "item": label, "value": float(1 - correct[mask].mean())})
     for _, pair in confusion_pairs(predictions, top).iterrows():
-        rows.append({"section": "confused_pair", "item": f"{pair.true_label} -> {pair.predicted_label}", "value": int(pair["count"])})
+        rows.append(
+            {
+                "section": "confused_pair",
+                "item": f"{pair.true_label} -> {pair.predicted_label}",
+                "value": int(pair["count"]),
+            }
+        )
     rows.append({"section": "overall", "item": "error_rate", "value": float(1 - correct.mean())})
-    rows.append({"section": "overall", "item": "mean_confidence_errors",
-                 "value": float(predictions.confidence[~correct].mean()) if (~correct).any() else np.nan})
-    rows.append({"section": "overall", "item": "mean_confidence_correct",
-                 "value": float(predictions.confidence[correct].mean()) if correct.any() else np.nan})
+    rows.append(
+        {
+            "section": "overall",
+            "item": "mean_confidence_errors",
+            "value": float(predictions.confidence[~correct].mean()) if (~correct).any() else np.nan,
+        }
+    )
+    rows.append(
+        {
+            "section": "overall",
+            "item": "mean_confidence_correct",
+            "value": float(predictions.confidence[correct].mean()) if correct.any() else np.nan,
+        }
+    )
     return pd.DataFrame(rows)
 
 
@@ -101,8 +136,13 @@ def summary_metrics(truth: list[str], predicted: list[str], labels: list[str]) -
     accuracy = float(np.mean(np.asarray(truth) == np.asarray(predicted))) if len(truth) else 0.0
     p, r, f, _ = precision_recall_fscore_support(truth, predicted, labels=labels, average="macro", zero_division=0)
     _, _, wf, _ = precision_recall_fscore_support(truth, predicted, labels=labels, average="weighted", zero_division=0)
-    return {"accuracy": accuracy, "macro_f1": float(f), "weighted_f1": float(wf), "macro_precision": float(p),
-            "macro_recall": float(r)}
+    return {
+        "accuracy": accuracy,
+        "macro_f1": float(f),
+        "weighted_f1": float(wf),
+        "macro_precision": float(p),
+        "macro_recall": float(r),
+    }
 
 
 def cv_summary_frame(fold_metrics: list[dict[str, float]]) -> pd.DataFrame:

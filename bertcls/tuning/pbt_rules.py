@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bertcls.config import PBTSection, SearchSpace
+from bertcls.tuning.search_space import distributions
 
 PERTURBED = ("lr", "weight_decay", "dropout_rate", "warmup_ratio")
 
@@ -22,12 +23,14 @@ def rank_members(scores: list[float]) -> list[int]:
     return sorted(range(len(scores)), key=lambda i: (-scores[i], i))
 
 
-def explore(params: dict[str, float], rng: np.random.Generator, space: SearchSpace, factors: tuple[float, float]) -> dict[str, float]:
+def explore(
+    params: dict[str, float], rng: np.random.Generator, space: SearchSpace, factors: tuple[float, float]
+) -> dict[str, float]:
     """Multiply each perturbed parameter by a factor drawn uniformly from ``factors``, clipped to the search bounds."""
+    bounds = distributions(space)
     new = dict(params)
     for name in PERTURBED:
-        low, high = getattr(space, name)
-        new[name] = float(np.clip(params[name] * rng.uniform(*factors), low, high))
+        new[name] = float(np.clip(params[name] * rng.uniform(*factors), bounds[name].low, bounds[name].high))
     return new
 
 
@@ -40,8 +43,14 @@ class Decision:
     changes: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
-def decide(scores: list[float], params: list[dict[str, float]], has_state: list[bool], rng: np.random.Generator,
-           cfg: PBTSection, space: SearchSpace) -> list[Decision]:
+def decide(
+    scores: list[float],
+    params: list[dict[str, float]],
+    has_state: list[bool],
+    rng: np.random.Generator,
+    cfg: PBTSection,
+    space: SearchSpace,
+) -> list[Decision]:
     """Members in the bottom quantile exploit a random top member (if it has a saved state) or explore."""
     size = quantile_size(len(scores), cfg.quantile_fraction)
     best_first = rank_members(scores)

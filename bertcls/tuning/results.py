@@ -44,8 +44,10 @@ def write_study_plots(study: optuna.Study, folder: Path) -> list[Path]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", message=".*(too small to compute importances|quantiles select the same).*")
-        for name, draw in (("optimization_history.png", optuna_plots.plot_optimization_history),
-                           ("param_importances.png", optuna_plots.plot_param_importances)):
+        for name, draw in (
+            ("optimization_history.png", optuna_plots.plot_optimization_history),
+            ("param_importances.png", optuna_plots.plot_param_importances),
+        ):
             try:
                 written.append(_save_axes(draw(study), folder / name))
             except (ValueError, RuntimeError, ZeroDivisionError) as exc:
@@ -85,15 +87,21 @@ def write_pbt_results(members, lineage: list[dict], folder: Path) -> list[Path]:
 
 def best_local_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     """The best complete trial whose checkpoint is on this machine (another worker's may live elsewhere)."""
-    complete = [t for t in finished_trials(study) if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
+    complete = [
+        t for t in finished_trials(study) if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None
+    ]
     if not complete:
         raise BertclsError(f"Study {study.study_name!r} has no completed trial yet; run more trials (--n-trials).")
     ranked = sorted(complete, key=lambda t: t.value, reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)
     for trial in ranked:
         if Path(trial.user_attrs.get("checkpoint", "")).is_file():
             if trial.number != ranked[0].number:
-                logger.warning("The best trial (%d) was run by another worker; its checkpoint is %s there. Using trial %d.",
-                               ranked[0].number, ranked[0].user_attrs.get("checkpoint"), trial.number)
+                logger.warning(
+                    "The best trial (%d) was run by another worker; its checkpoint is %s there. Using trial %d.",
+                    ranked[0].number,
+                    ranked[0].user_attrs.get("checkpoint"),
+                    trial.number,
+                )
             return trial
     raise BertclsError("No completed trial of this study has its checkpoint on this machine.")
 

@@ -10,14 +10,15 @@ from typing import Any
 import optuna
 
 from bertcls.callbacks import WorkflowHooks
-from bertcls.checkpoint import save_checkpoint
+from bertcls.checkpoint import TuningProvenance, save_checkpoint
 from bertcls.config import Settings
+from bertcls.data import write_splits
 from bertcls.tuning import results
-from bertcls.tuning.pbt import PBTOutcome, run_population
+from bertcls.tuning.pbt import Member, PBTOutcome, run_population
 from bertcls.tuning.search_space import distributions
 from bertcls.tuning.study import count_trials, default_storage_url, make_storage, open_study, redact
-from bertcls.tuning.tpe import TrialSeededTPESampler, TuningContext, run_trials
-from bertcls.workflow import checkpoint_meta, prepare, split_metrics
+from bertcls.tuning.tpe import TrialSeededSampler, TuningContext, run_trials
+from bertcls.workflow import checkpoint_meta, prepare, rebuild_model, split_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -42,33 +43,58 @@ class OptimizeOutcome:
     ran_here: int
 
 
+def save_member(ctx: TuningContext, member: Member, lineage: list[dict[str, Any]]) -> tuple[Path, dict]:
+    """A member's best weights with the settings and parameters that built them, scored on val and test, saved as a
+    checkpoint (the study records the same parameters for the member's trial)."""
+    result, settings, params = member.trainer.result, member.best_settings, member.best_params
+    model = rebuild_model(settings, ctx.service, len(ctx.names), result.best_state)
+    metrics = split_metrics(model, ctx.features, ctx.service.device, len(ctx.names))
+    tuning = TuningProvenance(
+        study=ctx.study_name,
+        strategy="pbt",
+        member=member.index,
+        params=params,
+        lineage=[e for e in lineage if e["member"] == member.index],
+    )
+    meta = checkpoint_meta(settings, ctx.service, ctx.names, result, metrics, model, tuning)
+    return save_checkpoint(ctx.trials_dir / f"pbt_member_{member.index}.pt", result.best_state, meta), metrics
+
+
 def record_population(ctx: TuningContext, study: optuna.Study, outcome: PBTOutcome) -> None:
     """Save every member's checkpoint and add each member to the study as a finished trial."""
     space = distributions(ctx.settings.tuning.search_space)
     for member in outcome.members:
-        trainer = member.trainer
-        metrics = split_metrics(trainer.model, ctx.features, ctx.service.device, len(ctx.names))
-        extra = {"study": ctx.study_name, "params": member.params, "strategy": "pbt", "member": member.index,
-                 "lineage": [e for e in outcome.lineage if e["member"] == member.index]}
-        meta = checkpoint_meta(ctx.settings, ctx.service, ctx.names, trainer.result, metrics, trainer.model, False, extra)
-        path = save_checkpoint(ctx.trials_dir / f"pbt_member_{member.index}.pt", trainer.result.best_state, meta)
-        study.add_trial(optuna.trial.create_trial(
-            params=member.params, distributions=space, value=trainer.result.best_metric,
-            user_attrs={"checkpoint": str(path), "member": member.index, "strategy": "pbt", "epochs": len(trainer.result.history),
-                        "test_f1": metrics["test"]["f1"], "test_accuracy": metrics["test"]["accuracy"]},
-        ))
+        path, metrics = save_member(ctx, member, outcome.lineage)
+        result = member.trainer.result
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=member.best_params,
+                distributions=space,
+                value=result.best_metric,
+                user_attrs={
+                    "checkpoint": str(path),
+                    "member": member.index,
+                    "strategy": "pbt",
+                    "epochs": len(result.history),
+                    "test_f1": metrics["test"]["f1"],
+                    "test_accuracy": metrics["test"]["accuracy"],
+                },
+            )
+        )
 
 
 def run_optimize(settings: Settings, hooks: OptimizeHooks | None = None) -> OptimizeOutcome:
     hooks = hooks or OptimizeHooks()
     tuning, root = settings.tuning, settings.root
-    splits, _, names, service, features = prepare(settings, hooks)  # embeddings computed once for the study
+    run = prepare(settings, hooks)  # embeddings computed once for the study
     folder = root / "optuna" / tuning.study_name
     folder.mkdir(parents=True, exist_ok=True)
     url = tuning.storage or default_storage_url(root, tuning.study_name)
     hooks.on_stage(f"Study {tuning.study_name!r} in {redact(url)}")
-    study = open_study(make_storage(url, tuning), tuning.study_name, TrialSeededTPESampler(settings.model.seed))
-    ctx = TuningContext(settings, service, features, splits, names, folder / "trials", tuning.study_name, hooks)
+    study = open_study(make_storage(url, tuning), tuning.study_name, TrialSeededSampler(settings.model.seed))
+    ctx = TuningContext(
+        settings, run.service, run.features, run.splits, run.names, folder / "trials", tuning.study_name, hooks
+    )
     if tuning.strategy == "pbt":
         outcome = run_population(ctx, hooks.on_pbt_epoch)
         record_population(ctx, study, outcome)
@@ -82,5 +108,8 @@ def run_optimize(settings: Settings, hooks: OptimizeHooks | None = None) -> Opti
     results.write_study_plots(study, folder)
     best = results.best_local_trial(study)
     exp_path, best_path = results.export_best(Path(best.user_attrs["checkpoint"]), root, tuning.study_name)
+    write_splits(run.splits, root)
     test = {"f1": best.user_attrs.get("test_f1"), "accuracy": best.user_attrs.get("test_accuracy")}
-    return OptimizeOutcome(study, redact(url), best.number, best.value, best.params, test, exp_path, best_path, folder, ran)
+    return OptimizeOutcome(
+        study, redact(url), best.number, best.value, best.params, test, exp_path, best_path, folder, ran
+    )

@@ -1,8 +1,18 @@
-"""The search space: suggest parameters for a trial and apply them to a copy of the settings."""
+"""The search space, defined once as Optuna distributions.
+
+TPE asks a trial for each distribution (:func:`suggest`), PBT draws its first population from the same table
+(:func:`sample`) and perturbs within its bounds, and :func:`apply` writes any point into a copy of the settings
+through one map from parameter name to settings path (:data:`SETTINGS_PATHS`).
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
+
+import numpy as np
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from bertcls.config import EarlyStoppingSection, SearchSpace, Settings
 
@@ -15,23 +25,8 @@ def hidden_dims(layers: int) -> list[int]:
     return [max(MIN_HIDDEN_WIDTH, FIRST_HIDDEN_WIDTH // 2**i) for i in range(layers)]
 
 
-def suggest(trial, space: SearchSpace) -> dict[str, Any]:
-    """Ask an Optuna trial for one value of each searched parameter."""
-    return {
-        "batch_size": trial.suggest_categorical("batch_size", list(space.batch_size)),
-        "num_hidden_layers": trial.suggest_int("num_hidden_layers", *space.num_hidden_layers),
-        "dropout_rate": trial.suggest_float("dropout_rate", *space.dropout_rate),
-        "lr": trial.suggest_float("lr", *space.lr, log=True),
-        "weight_decay": trial.suggest_float("weight_decay", *space.weight_decay, log=True),
-        "warmup_ratio": trial.suggest_float("warmup_ratio", *space.warmup_ratio),
-        "activation": trial.suggest_categorical("activation", list(space.activation)),
-    }
-
-
-def distributions(space: SearchSpace) -> dict[str, Any]:
-    """The same space as :func:`suggest`, as Optuna distributions (for trials recorded after the fact, e.g. PBT)."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
+def distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
+    """The searched parameters and their ranges: the single definition of the search space."""
     return {
         "batch_size": CategoricalDistribution(list(space.batch_size)),
         "num_hidden_layers": IntDistribution(*space.num_hidden_layers),
@@ -43,44 +38,73 @@ def distributions(space: SearchSpace) -> dict[str, Any]:
     }
 
 
-def sample(rng, space: SearchSpace) -> dict[str, Any]:
-    """Draw a random point (PBT's initial population), log-uniform where Optuna searches on a log scale."""
-    import numpy as np
+# Where each parameter lands in the settings ("section.field"), and how its value is turned into that field's value.
+SETTINGS_PATHS: dict[str, str] = {
+    "batch_size": "model.batch_size",
+    "num_hidden_layers": "classifier.hidden_dims",
+    "dropout_rate": "classifier.dropout_rate",
+    "lr": "optimizer.lr",
+    "weight_decay": "optimizer.weight_decay",
+    "warmup_ratio": "optimizer.warmup_ratio",
+    "activation": "classifier.activation",
+}
+CONVERSIONS: dict[str, Callable[[Any], Any]] = {"num_hidden_layers": hidden_dims}
 
-    log_uniform = lambda low, high: float(np.exp(rng.uniform(np.log(low), np.log(high))))  # noqa: E731
-    return {
-        "batch_size": int(rng.choice(space.batch_size)),
-        "num_hidden_layers": int(rng.integers(space.num_hidden_layers[0], space.num_hidden_layers[1] + 1)),
-        "dropout_rate": float(rng.uniform(*space.dropout_rate)),
-        "lr": log_uniform(*space.lr),
-        "weight_decay": log_uniform(*space.weight_decay),
-        "warmup_ratio": float(rng.uniform(*space.warmup_ratio)),
-        "activation": str(rng.choice(space.activation)),
-    }
+
+def suggest_value(trial, name: str, dist: BaseDistribution) -> Any:
+    """Ask an Optuna trial for one parameter through its public ``suggest_*`` API."""
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, list(dist.choices))
+    raise TypeError(f"unsupported distribution {type(dist).__name__} for {name}")
+
+
+def suggest(trial, space: SearchSpace) -> dict[str, Any]:
+    """Ask an Optuna trial for one value of each searched parameter."""
+    return {name: suggest_value(trial, name, dist) for name, dist in distributions(space).items()}
+
+
+def sample_value(rng: np.random.Generator, dist: BaseDistribution) -> Any:
+    """One random draw, uniform on the scale Optuna searches (log-uniform where ``log=True``)."""
+    if isinstance(dist, CategoricalDistribution):
+        return dist.choices[int(rng.integers(len(dist.choices)))]
+    if isinstance(dist, IntDistribution):
+        return int(rng.integers(dist.low, dist.high + 1))
+    if isinstance(dist, FloatDistribution):
+        if dist.log:
+            return float(math.exp(rng.uniform(math.log(dist.low), math.log(dist.high))))
+        return float(rng.uniform(dist.low, dist.high))
+    raise TypeError(f"unsupported distribution {type(dist).__name__}")
+
+
+def sample(rng: np.random.Generator, space: SearchSpace) -> dict[str, Any]:
+    """A random point of the space (PBT's initial population)."""
+    return {name: sample_value(rng, dist) for name, dist in distributions(space).items()}
 
 
 def original_early_stopping(trial_number: int, num_epochs: int, base: EarlyStoppingSection) -> EarlyStoppingSection:
     """The original's per-trial early stopping: patience grows with the trial number."""
-    return base.model_copy(update={
-        "patience": max(3, min(8, trial_number // 2)),
-        "min_epochs": max(5, num_epochs // 4),
-        "improvement_threshold": 0.001,
-        "smoothing_window": 3,
-        "trend_window": 5,
-    })
+    return base.model_copy(
+        update={
+            "patience": max(3, min(8, trial_number // 2)),
+            "min_epochs": max(5, num_epochs // 4),
+            "improvement_threshold": 0.001,
+            "smoothing_window": 3,
+            "trend_window": 5,
+        }
+    )
 
 
 def apply(settings: Settings, params: dict[str, Any], stopping: EarlyStoppingSection | None = None) -> Settings:
-    """A copy of the settings with the trial's parameters in place."""
-    return settings.model_copy(update={
-        "model": settings.model.model_copy(update={"batch_size": params["batch_size"]}),
-        "classifier": settings.classifier.model_copy(update={
-            "hidden_dims": hidden_dims(params["num_hidden_layers"]),
-            "dropout_rate": params["dropout_rate"],
-            "activation": params["activation"],
-        }),
-        "optimizer": settings.optimizer.model_copy(update={
-            "lr": params["lr"], "weight_decay": params["weight_decay"], "warmup_ratio": params["warmup_ratio"],
-        }),
-        "early_stopping": stopping or settings.early_stopping,
-    })
+    """A copy of the settings with the parameters in place (each through :data:`SETTINGS_PATHS`)."""
+    updates: dict[str, dict[str, Any]] = {}
+    for name, value in params.items():
+        section, field = SETTINGS_PATHS[name].split(".")
+        updates.setdefault(section, {})[field] = CONVERSIONS.get(name, lambda v: v)(value)
+    sections = {section: getattr(settings, section).model_copy(update=fields) for section, fields in updates.items()}
+    if stopping is not None:
+        sections["early_stopping"] = stopping
+    return settings.model_copy(update=sections)

@@ -34,7 +34,7 @@ def make_storage(url: str, cfg: TuningSection) -> optuna.storages.BaseStorage:
     """``journal:PATH`` is a journal file (several processes on one disk); anything else is a database URL
     (SQLite, PostgreSQL, MySQL) with heartbeats so that trials of a dead worker are marked failed."""
     if url.startswith(JOURNAL_PREFIX):
-        path = Path(url[len(JOURNAL_PREFIX):].removeprefix("//"))
+        path = Path(url[len(JOURNAL_PREFIX) :].removeprefix("//"))
         path.parent.mkdir(parents=True, exist_ok=True)
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -47,7 +47,9 @@ def make_storage(url: str, cfg: TuningSection) -> optuna.storages.BaseStorage:
             "for PostgreSQL install bertcls[postgres]."
         ) from None
     except Exception as exc:  # noqa: BLE001 - connection errors come in many types
-        raise BertclsError(f"Cannot open the Optuna storage {redact(url)}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+        raise BertclsError(
+            f"Cannot open the Optuna storage {redact(url)}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -56,7 +58,7 @@ def _sqlite_creation_lock(url: str):
     if not url.startswith("sqlite:///") or fcntl is None:
         yield
         return
-    lock_path = Path(url[len("sqlite:///"):] + ".lock")
+    lock_path = Path(url[len("sqlite:///") :] + ".lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -73,8 +75,12 @@ def _rdb_storage(url: str, cfg: TuningSection, attempts: int = 8) -> optuna.stor
         try:
             with _sqlite_creation_lock(url), warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=cfg.heartbeat_interval,
-                                                  grace_period=cfg.grace_period)
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=cfg.heartbeat_interval,
+                    grace_period=cfg.grace_period,
+                )
         except Exception as exc:  # noqa: BLE001 - sqlalchemy's OperationalError, without importing sqlalchemy here
             racing = any(p in str(exc) for p in ("already exists", "locked", "duplicate key", "UNIQUE constraint"))
             if not racing or attempt == attempts - 1:
@@ -85,12 +91,13 @@ def _rdb_storage(url: str, cfg: TuningSection, attempts: int = 8) -> optuna.stor
 
 
 def with_available_driver(url: str) -> str:
-    """``postgresql://`` means psycopg2 to SQLAlchemy; use psycopg 3 (the ``postgres`` extra) when only it is installed."""
+    """``postgresql://`` means psycopg2 to SQLAlchemy; use psycopg 3 (the ``postgres`` extra) when only it is
+    installed."""
     if url.startswith("postgresql://"):
         import importlib.util
 
         if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None:
-            return "postgresql+psycopg://" + url[len("postgresql://"):]
+            return "postgresql+psycopg://" + url[len("postgresql://") :]
     return url
 
 
@@ -104,13 +111,15 @@ def redact(url: str) -> str:
     return url
 
 
-def open_study(storage: optuna.storages.BaseStorage, name: str, sampler: optuna.samplers.BaseSampler,
-               direction: str = "maximize") -> optuna.Study:
+def open_study(
+    storage: optuna.storages.BaseStorage, name: str, sampler: optuna.samplers.BaseSampler, direction: str = "maximize"
+) -> optuna.Study:
     """Create the study or load it if it exists (resume), with a median pruner."""
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
     try:
-        return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
-                                   direction=direction, load_if_exists=True)
+        return optuna.create_study(
+            study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction=direction, load_if_exists=True
+        )
     except optuna.exceptions.DuplicatedStudyError:  # another worker created it at the same moment
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
 

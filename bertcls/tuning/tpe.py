@@ -5,15 +5,16 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import optuna
-from optuna.samplers import TPESampler
+from optuna.samplers import BaseSampler, TPESampler
 
 from bertcls.callbacks import TrainerCallback, WorkflowHooks
-from bertcls.checkpoint import save_checkpoint
+from bertcls.checkpoint import TuningProvenance, save_checkpoint
 from bertcls.config import Settings
 from bertcls.features import EmbeddingService
 from bertcls.tuning.search_space import apply, original_early_stopping, suggest
@@ -27,19 +28,39 @@ class SurplusTrial(Exception):
     """Another worker already started the last trial the study needs."""
 
 
-class TrialSeededTPESampler(TPESampler):
-    """TPE whose random state is reset from (seed, trial number) before each trial: one worker is
-    reproducible, and workers sharing a study never draw the same random values."""
+class TrialSeededSampler(BaseSampler):
+    """TPE with a fresh random state per trial, seeded from (seed, trial number): one worker is reproducible, and
+    workers sharing a study never draw the same random values. Only Optuna's public sampler API is used: each trial
+    is delegated to its own ``TPESampler(seed=...)``, which reads the study's history as any TPE sampler does."""
 
-    def __init__(self, seed: int, **kwargs):
-        super().__init__(seed=seed, **kwargs)
-        self._base_seed = seed
+    def __init__(self, seed: int, **tpe_options: Any):
+        self.seed = seed
+        self.tpe_options = tpe_options
+        self._samplers: dict[int, TPESampler] = {}
 
-    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        super().before_trial(study, trial)
-        trial_seed = (self._base_seed * 1_000_003 + trial.number) % 2**32
-        self._rng.rng.seed(trial_seed)
-        self._random_sampler._rng.rng.seed(trial_seed)
+    def for_trial(self, number: int) -> TPESampler:
+        if number not in self._samplers:
+            trial_seed = (self.seed * 1_000_003 + number) % 2**32
+            self._samplers = {number: TPESampler(seed=trial_seed, **self.tpe_options)}  # only the running trial's
+        return self._samplers[number]
+
+    def infer_relative_search_space(self, study, trial):
+        return self.for_trial(trial.number).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self.for_trial(trial.number).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.for_trial(trial.number).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial) -> None:
+        self.for_trial(trial.number).before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self.for_trial(trial.number).after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        """Nothing to do: every trial's random state already derives from its number."""
 
 
 class PruningCallback(TrainerCallback):
@@ -95,9 +116,10 @@ def train_trial(ctx: TuningContext, trial: optuna.Trial, params: dict) -> float:
     if pruning.pruned_at is not None:
         raise optuna.TrialPruned(result.stop_reason)
     metrics = split_metrics(trainer.model, features, ctx.service.device, len(ctx.names))
-    extra = {"study": ctx.study_name, "trial": trial.number, "params": params, "strategy": "tpe",
-             "seconds": time.perf_counter() - started}
-    meta = checkpoint_meta(trial_settings, ctx.service, ctx.names, result, metrics, trainer.model, features.fine_tune, extra)
+    tuning = TuningProvenance(
+        study=ctx.study_name, strategy="tpe", trial=trial.number, params=params, seconds=time.perf_counter() - started
+    )
+    meta = checkpoint_meta(trial_settings, ctx.service, ctx.names, result, metrics, trainer.model, tuning)
     path = save_checkpoint(ctx.trials_dir / f"trial_{trial.number}.pt", result.best_state, meta)
     trial.set_user_attr("checkpoint", str(path))
     trial.set_user_attr("test_f1", metrics["test"]["f1"])
@@ -115,8 +137,13 @@ def make_objective(ctx: TuningContext, study: optuna.Study, target: int) -> Call
     return objective
 
 
-def run_trials(ctx: TuningContext, study: optuna.Study, target: int, timeout: float | None,
-               on_trial_end: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None) -> int:
+def run_trials(
+    ctx: TuningContext,
+    study: optuna.Study,
+    target: int,
+    timeout: float | None,
+    on_trial_end: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+) -> int:
     """Run trials until the study holds ``target`` finished or running trials (all workers together)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     ran = 0
@@ -130,7 +157,14 @@ def run_trials(ctx: TuningContext, study: optuna.Study, target: int, timeout: fl
         if remaining is not None and remaining <= 0:
             logger.info("Timeout reached after %d trial(s) in this process", ran)
             break
-        study.optimize(objective, n_trials=1, timeout=remaining, catch=(SurplusTrial,), callbacks=callbacks,
-                       gc_after_trial=False, show_progress_bar=False)
+        study.optimize(
+            objective,
+            n_trials=1,
+            timeout=remaining,
+            catch=(SurplusTrial,),
+            callbacks=callbacks,
+            gc_after_trial=False,
+            show_progress_bar=False,
+        )
         ran += 1
     return ran
