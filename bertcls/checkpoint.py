@@ -22,11 +22,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bertcls.config import Settings
-from bertcls.encoder import BUNDLED_ALIASES, Encoder, export_default_encoder, fingerprint
+from bertcls.encoder import BUNDLED_ALIASES, Encoder, Windowing, export_default_encoder, fingerprint
 from bertcls.errors import CheckpointError
 from bertcls.fileio import atomic_path
+from bertcls.lexical import VOCABULARY_KEY, LexicalFeatures, LexicalSpec
 from bertcls.metrics import EpochRecord
-from bertcls.model import HeadSpec, MLPHead, TextClassifier, load_trainable_state
+from bertcls.model import HeadSpec, LexicalLayer, MLPHead, TextClassifier, load_trainable_state
 
 logger = logging.getLogger(__name__)
 FORMAT = "bertcls-checkpoint"
@@ -51,6 +52,15 @@ class EncoderRef(_Record):
     normalize: bool = False
     max_seq_len: int
     fine_tuned: bool = False
+    long_texts: Literal["truncate", "chunks"] = "truncate"
+    chunk_stride: int = 96
+    max_chunks: int = 1
+    chunk_pooling: Literal["mean", "max"] = "mean"
+
+    def windowing(self) -> Windowing | None:
+        if self.long_texts == "truncate":
+            return None
+        return Windowing(self.chunk_stride, self.max_chunks, self.chunk_pooling)
 
 
 class Architecture(_Record):
@@ -58,6 +68,7 @@ class Architecture(_Record):
 
     encoder: EncoderRef
     head: HeadSpec
+    lexical: LexicalSpec | None = None
 
 
 class TuningProvenance(_Record):
@@ -74,6 +85,7 @@ class TuningProvenance(_Record):
 
 class DataProvenance(_Record):
     truncation: dict[str, float] = Field(default_factory=dict)
+    chunking: dict[str, int] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
 
 
@@ -120,9 +132,20 @@ def load_named_checkpoint(name: str | None, output_root: str | Path) -> Checkpoi
     return load_checkpoint(resolve_checkpoint_path(name or "best_model.pt", output_root))
 
 
-def save_checkpoint(path: Path, state: dict[str, torch.Tensor], meta: CheckpointMeta) -> Path:
-    """Write atomically (temp file in the same folder + rename)."""
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "state": state, "meta": meta.model_dump(mode="json")}
+def save_checkpoint(
+    path: Path, state: dict[str, torch.Tensor], meta: CheckpointMeta, lexical: LexicalFeatures | None = None
+) -> Path:
+    """Write atomically (temp file in the same folder + rename); lexical features go in as terms and tensors."""
+    if (lexical is None) != (meta.architecture.lexical is None):
+        raise ValueError("the lexical features and the architecture record disagree")
+    vocabularies, idf = lexical.to_payload() if lexical is not None else ({}, {})
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "state": {**state, **idf},
+        "meta": meta.model_dump(mode="json"),
+        VOCABULARY_KEY: vocabularies,
+    }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     logger.info("Saved checkpoint %s", path)
@@ -134,6 +157,7 @@ class Checkpoint:
     path: Path
     state: dict[str, torch.Tensor]
     meta: CheckpointMeta
+    vocabularies: dict[str, list[str]] | None = None
 
     @property
     def labels(self) -> list[str]:
@@ -147,10 +171,37 @@ class Checkpoint:
     def fine_tuned(self) -> bool:
         return self.meta.architecture.encoder.fine_tuned
 
+    def lexical_features(self) -> LexicalFeatures | None:
+        """The fitted TF-IDF vectorizers the model was trained with (None when it uses none)."""
+        spec = self.architecture.lexical
+        if spec is None:
+            return None
+        if not self.vocabularies or any(len(v) == 0 for v in self.vocabularies.values()):
+            raise CheckpointError(f"{self.path} records lexical features but holds no vocabulary; retrain it.")
+        sizes = {kind: len(terms) for kind, terms in self.vocabularies.items()}
+        if sizes.get("word", 0) != spec.num_word_features or sizes.get("char", 0) != spec.num_char_features:
+            raise CheckpointError(f"{self.path} holds a vocabulary that does not fit its architecture record.")
+        return LexicalFeatures.from_payload(spec, self.vocabularies, self.state)
+
     def trained_settings(self, output_root: str | Path) -> Settings:
-        """The settings the model was trained with (no environment or YAML involved), at ``output_root``."""
+        """The settings the model was trained with (no environment or YAML involved), at ``output_root``. Where
+        they could disagree with the architecture record (how long texts are read, lexical features), the record
+        wins: it describes the weights."""
+        ref = self.architecture.encoder
+        windowing = {
+            "long_texts": ref.long_texts,
+            "chunk_stride": ref.chunk_stride,
+            "max_chunks": ref.max_chunks,
+            "chunk_pooling": ref.chunk_pooling,
+        }
+        settings = dict(self.meta.settings)
+        settings["encoder"] = {**settings.get("encoder", {}), **windowing}
+        settings["classifier"] = {
+            **settings.get("classifier", {}),
+            "lexical_features": self.architecture.lexical is not None,
+        }
         try:
-            return Settings.model_validate({**self.meta.settings, "output_root": str(output_root)})
+            return Settings.model_validate({**settings, "output_root": str(output_root)})
         except ValidationError as exc:
             raise CheckpointError(
                 f"{self.path} holds settings this bertcls cannot read ({_first_error(exc)})."
@@ -177,7 +228,8 @@ def _first_error(exc: ValidationError) -> str:
 
 def upgrade_v1(meta: dict[str, Any]) -> dict[str, Any]:
     """Format 1 kept no architecture record: rebuild it from the settings it saved, as format 1's loader did."""
-    config, encoder, extra = meta["config"], dict(meta["encoder"]), meta.get("extra") or {}
+    config, encoder, extra = dict(meta["config"]), dict(meta["encoder"]), meta.get("extra") or {}
+    config["classifier"] = {"class_weights": "none", **config["classifier"]}  # format 1 had no class weights
     classifier = config["classifier"]
     head = {
         "in_dim": encoder["dim"],
@@ -232,7 +284,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path} has incomplete format-{version} metadata (missing {exc}).") from None
     except ValidationError as exc:
         raise CheckpointError(f"{path} has invalid metadata ({_first_error(exc)}).") from None
-    return Checkpoint(path, state, meta)
+    vocabularies = payload.get(VOCABULARY_KEY) or {}
+    if not isinstance(vocabularies, dict) or not all(isinstance(v, list) for v in vocabularies.values()):
+        raise CheckpointError(f"{path} has an invalid lexical vocabulary.")
+    return Checkpoint(path, state, meta, vocabularies)
 
 
 def encoder_folder_for(ref: EncoderRef, output_root: str | Path) -> Path:
@@ -282,7 +337,8 @@ def build_classifier(
                 f"(fingerprint {arch.encoder.fingerprint[:12]}, found {actual[:12]}); restore that encoder or retrain."
             )
         encoder = Encoder(folder, arch.encoder.max_seq_len, arch.encoder.pooling)
-    model = TextClassifier(MLPHead(arch.head), encoder)
+    lexical = None if arch.lexical is None else LexicalLayer(arch.lexical.num_features, arch.head.num_classes)
+    model = TextClassifier(MLPHead(arch.head), encoder, lexical)
     load_weights(model, ckpt)
     model.eval()
     return model, encoder

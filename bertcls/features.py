@@ -3,16 +3,47 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from bertcls.config import EncoderSection
-from bertcls.embedding_cache import CacheStats, EmbeddingCache, embed_cached
-from bertcls.encoder import Encoder, ProgressFn, architecture, fingerprint, has_normalize, resolve_encoder_folder
+from bertcls.embedding_cache import CacheStats, EmbeddingCache, embed_cached, embed_keyed, window_hash
+from bertcls.encoder import (
+    Encoder,
+    ProgressFn,
+    architecture,
+    fingerprint,
+    has_normalize,
+    load_tokenizer,
+    pool_windows,
+    resolve_encoder_folder,
+    split_into_windows,
+)
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ChunkReport:
+    """How many texts were split into several windows, into how many, and how many were still cut short."""
+
+    texts: int = 0
+    chunked: int = 0
+    windows: int = 0
+    cut: int = 0
+
+    def add(self, windows_per_text: np.ndarray, lengths: np.ndarray, max_seq_len: int, stride: int) -> None:
+        covered = (max_seq_len - 2) + (windows_per_text - 1) * stride  # tokens the windows reach, specials aside
+        self.texts += len(windows_per_text)
+        self.chunked += int((windows_per_text > 1).sum())
+        self.windows += int(windows_per_text.sum())
+        self.cut += int((lengths - 2 > covered).sum())
+
+    def as_dict(self) -> dict[str, int]:
+        return {"texts": self.texts, "chunked": self.chunked, "windows": self.windows, "cut": self.cut}
 
 
 class EmbeddingService:
@@ -25,9 +56,21 @@ class EmbeddingService:
         self.folder = resolve_encoder_folder(cfg, output_root).resolve()
         self.fingerprint = fingerprint(self.folder)
         self.cache = EmbeddingCache(output_root, self.fingerprint, max_seq_len, cfg.pooling)
+        self.window_cache = EmbeddingCache(output_root, self.fingerprint, max_seq_len, cfg.pooling, kind="windows")
         self.stats = CacheStats()
+        self.chunking = ChunkReport()
         self._encoder: Encoder | None = None
+        self._tokenizer = None
         self.progress: ProgressFn | None = None
+
+    @property
+    def tokenizer(self):
+        """The encoder's tokenizer, without loading the encoder's weights when they are not needed."""
+        if self._encoder is not None:
+            return self._encoder.tokenizer
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.folder)
+        return self._tokenizer
 
     @property
     def encoder(self) -> Encoder:
@@ -50,8 +93,29 @@ class EmbeddingService:
         return vectors, self.encoder.token_lengths(texts)
 
     def embed(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Embeddings and untruncated token lengths, in input order."""
+        """Embeddings and untruncated token lengths, in input order: of the first ``max_seq_len`` tokens
+        (``long_texts: truncate``), or pooled over the windows of the whole text (``chunks``)."""
+        if self.cfg.long_texts == "chunks":
+            return self._embed_chunked(texts)
         return embed_cached(texts, self.cache, self._encode, self.stats)
+
+    def _encode_windows(self, windows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        logger.info("Encoding %d text windows not found in the cache", len(windows))
+        vectors = self.encoder.embed_windows(windows, self.cfg.encode_batch_size, self.device, self.progress)
+        return vectors, np.array([len(w) for w in windows], dtype=np.int64)
+
+    def _embed_chunked(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Every window of every text is cached under its token ids; a text's vector pools its windows."""
+        windows, owner, lengths = split_into_windows(
+            self.tokenizer, texts, self.max_seq_len, self.cfg.stride_for(self.max_seq_len), self.cfg.max_chunks
+        )
+        keys = [window_hash(w) for w in windows]
+        vectors, _ = embed_keyed(keys, windows, self.window_cache, self._encode_windows, self.stats)
+        self.chunking.add(
+            np.bincount(owner, minlength=len(texts)), lengths, self.max_seq_len, self.cfg.stride_for(self.max_seq_len)
+        )
+        normalize = has_normalize(self.folder)
+        return pool_windows(vectors, owner, len(texts), self.cfg.chunk_pooling, normalize), lengths
 
     @property
     def dim(self) -> int:
@@ -67,6 +131,10 @@ class EmbeddingService:
             "pooling": self.cfg.pooling,
             "normalize": has_normalize(self.folder),
             "max_seq_len": self.max_seq_len,
+            "long_texts": self.cfg.long_texts,
+            "chunk_stride": self.cfg.stride_for(self.max_seq_len),
+            "max_chunks": self.cfg.max_chunks,
+            "chunk_pooling": self.cfg.chunk_pooling,
         }
 
 

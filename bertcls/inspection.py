@@ -31,8 +31,10 @@ def encoder_parameter_count(folder: Path) -> int | None:
 
 
 def parameter_counts(ckpt: Checkpoint, folder: Path) -> dict[str, int | None]:
-    """Total, trainable and frozen parameters of the full model (encoder included)."""
-    head = sum(t.numel() for k, t in ckpt.state.items() if k.startswith("head."))
+    """Total, trainable and frozen parameters of the full model (encoder included); the head's and the lexical
+    layer's (the standardisation statistics are buffers, not parameters)."""
+    head = sum(t.numel() for k, t in ckpt.state.items() if k.startswith("head.") and not k.startswith("head.scale."))
+    lexical = sum(t.numel() for k, t in ckpt.state.items() if k.startswith("lexical."))
     if ckpt.fine_tuned:
         recorded = ckpt.meta.parameters
         return {
@@ -40,10 +42,18 @@ def parameter_counts(ckpt: Checkpoint, folder: Path) -> dict[str, int | None]:
             "trainable": recorded.get("trainable"),
             "frozen": recorded.get("frozen"),
             "head": head,
+            "lexical": lexical,
         }
     encoder = encoder_parameter_count(folder)
-    total = head + encoder if encoder is not None else None
-    return {"total": total, "trainable": head, "frozen": encoder, "head": head}
+    total = head + lexical + encoder if encoder is not None else None
+    return {"total": total, "trainable": head + lexical, "frozen": encoder, "head": head, "lexical": lexical}
+
+
+def _lexical_summary(spec) -> str:
+    if spec is None:
+        return "none"
+    chars = f" + {spec.num_char_features:,} character {spec.char_ngrams}-grams" if spec.num_char_features else ""
+    return f"TF-IDF: {spec.num_word_features:,} word {tuple(spec.word_ngrams)}-grams{chars}, linear layer on the logits"
 
 
 def describe_checkpoint(ckpt: Checkpoint, output_root: str | Path) -> dict[str, Any]:
@@ -69,6 +79,11 @@ def describe_checkpoint(ckpt: Checkpoint, output_root: str | Path) -> dict[str, 
             "normalize": encoder.normalize,
             "max_seq_len": encoder.max_seq_len,
             "fine_tuned": encoder.fine_tuned,
+            "long_texts": encoder.long_texts
+            if encoder.long_texts == "truncate"
+            else f"chunks (windows every {encoder.chunk_stride} tokens, at most {encoder.max_chunks}, "
+            f"{encoder.chunk_pooling} pooled)",
+            "lexical_features": _lexical_summary(arch.lexical),
             "head": arch.head.layers(),
         },
         "parameters": parameter_counts(ckpt, folder),

@@ -31,15 +31,19 @@ class HeadSpec(BaseModel):
     activation: Literal[ACTIVATIONS]  # type: ignore[valid-type]
     dropout_rate: float = Field(ge=0.0, lt=1.0)
     num_classes: int = Field(ge=1)
+    standardize: bool = False
 
     @classmethod
-    def from_config(cls, cfg: ClassifierSection, in_dim: int, num_classes: int) -> HeadSpec:
+    def from_config(cls, cfg: ClassifierSection, in_dim: int, num_classes: int, frozen: bool = True) -> HeadSpec:
+        """Inputs are standardised (per-dimension mean and std of the training embeddings) only for a frozen encoder,
+        whose embeddings do not move during training."""
         return cls(
             in_dim=in_dim,
             hidden_dims=list(cfg.hidden_dims),
             activation=cfg.activation,
             dropout_rate=cfg.dropout_rate,
             num_classes=num_classes,
+            standardize=cfg.standardize_inputs and frozen,
         )
 
     def layers(self) -> list[dict]:
@@ -52,12 +56,30 @@ class HeadSpec(BaseModel):
         return rows
 
 
+class Standardize(nn.Module):
+    """``(x - mean) / std`` with statistics of the training embeddings, kept as buffers (saved with the weights)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def fit(self, embeddings: torch.Tensor) -> None:
+        self.mean.copy_(embeddings.mean(dim=0))
+        self.std.copy_(embeddings.std(dim=0).clamp(min=1e-6) if len(embeddings) > 1 else torch.ones_like(self.std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
 class MLPHead(nn.Module):
-    """``hidden_dims`` blocks of Linear -> activation -> Dropout, then a Linear to the classes."""
+    """Optional input standardisation, ``hidden_dims`` blocks of Linear -> activation -> Dropout, then a Linear to
+    the classes."""
 
     def __init__(self, spec: HeadSpec):
         super().__init__()
         self.spec = spec
+        self.scale = Standardize(spec.in_dim) if spec.standardize else None
         layers: list[nn.Module] = []
         width = spec.in_dim
         for hidden in spec.hidden_dims:
@@ -67,7 +89,7 @@ class MLPHead(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.net(embeddings)
+        return self.net(self.scale(embeddings) if self.scale is not None else embeddings)
 
 
 def set_dropout(module: nn.Module, rate: float) -> None:
@@ -77,20 +99,45 @@ def set_dropout(module: nn.Module, rate: float) -> None:
             child.p = rate
 
 
-class TextClassifier(nn.Module):
-    """A head on precomputed embeddings (frozen encoder) or on an encoder it owns (fine-tuning)."""
+class LexicalLayer(nn.Module):
+    """A linear layer over sparse TF-IDF features whose logits are added to the MLP head's (late fusion).
 
-    def __init__(self, head: MLPHead, encoder: nn.Module | None = None):
+    It starts at zero, so training begins from the embedding head's view and adds lexical evidence as it helps."""
+
+    def __init__(self, num_features: int, num_classes: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(num_features, num_classes))
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if features.is_sparse:
+            return torch.sparse.mm(features, self.weight) + self.bias
+        return features @ self.weight + self.bias
+
+
+class TextClassifier(nn.Module):
+    """A head on precomputed embeddings (frozen encoder) or on an encoder it owns (fine-tuning), plus an optional
+    lexical layer whose logits are added to the head's."""
+
+    def __init__(self, head: MLPHead, encoder: nn.Module | None = None, lexical: LexicalLayer | None = None):
         super().__init__()
         self.head = head
         self.encoder = encoder
+        self.lexical = lexical
+
+    def logit_parts(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The head's logits and the lexical layer's (None without one); the model's output is their sum."""
+        if "embeddings" in batch:
+            head = self.head(batch["embeddings"])
+        elif self.encoder is None:
+            raise ValueError("this classifier has no encoder; pass precomputed embeddings")
+        else:
+            head = self.head(self.encoder(batch))
+        return head, (self.lexical(batch["lexical"]) if self.lexical is not None else None)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if "embeddings" in batch:
-            return self.head(batch["embeddings"])
-        if self.encoder is None:
-            raise ValueError("this classifier has no encoder; pass precomputed embeddings")
-        return self.head(self.encoder(batch))
+        head, lexical = self.logit_parts(batch)
+        return head if lexical is None else head + lexical
 
 
 def count_parameters(module: nn.Module) -> dict[str, int]:
@@ -103,6 +150,8 @@ def trainable_state(model: TextClassifier) -> dict[str, torch.Tensor]:
     """A detached copy of the weights worth saving (head, plus a fine-tuned encoder)."""
     fine_tuned = model.encoder is not None and any(p.requires_grad for p in model.encoder.parameters())
     state = {f"head.{k}": v for k, v in model.head.state_dict().items()}
+    if model.lexical is not None:
+        state.update({f"lexical.{k}": v for k, v in model.lexical.state_dict().items()})
     if fine_tuned:
         state.update({f"encoder.{k}": v for k, v in model.encoder.state_dict().items()})
     return {k: v.detach().cpu().clone() for k, v in state.items()}
@@ -112,6 +161,14 @@ def load_trainable_state(model: TextClassifier, state: dict[str, torch.Tensor]) 
     """Load what :func:`trainable_state` saved; raises ``RuntimeError`` when shapes or keys do not fit."""
     head = {k[len("head.") :]: v for k, v in state.items() if k.startswith("head.")}
     model.head.load_state_dict(head)
+    lexical = {k[len("lexical.") :]: v for k, v in state.items() if k.startswith("lexical.")}
+    if (model.lexical is None) != (not lexical):
+        raise RuntimeError(
+            "the lexical layer's weights and the architecture disagree\nlexical layer present in only "
+            "one of the weights and the architecture"
+        )
+    if model.lexical is not None:
+        model.lexical.load_state_dict(lexical)
     encoder = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
     if encoder and model.encoder is not None:
         model.encoder.load_state_dict(encoder)

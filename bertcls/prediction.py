@@ -14,8 +14,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bertcls.batches import EmbeddingBatches, predict_proba
 from bertcls.checkpoint import Checkpoint, build_classifier
 from bertcls.data import require_columns
+from bertcls.encoder import embed_documents
 from bertcls.errors import DataError
 from bertcls.fileio import atomic_path
 from bertcls.metrics import accuracy, macro_f1
@@ -80,16 +82,18 @@ class Predictor:
         self.device = device
         self.model, self.encoder = build_classifier(ckpt, output_root)
         self.model.to(device)
+        self.lexical = ckpt.lexical_features()
+        self.windowing = ckpt.architecture.encoder.windowing()
 
-    @torch.inference_mode()
     def predict_proba(self, texts: list[str], batch_size: int) -> np.ndarray:
-        """Probabilities in input order. Identical texts are run once; batches are sorted by token length."""
+        """Probabilities in input order, from the same features the model was trained on (whole-text windows and
+        TF-IDF where it used them). Identical texts are run once; batches are sorted by token length."""
         distinct, position = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
-        probs = np.zeros((len(distinct), len(self.labels)), dtype=np.float32)
-        for indices, features in self.encoder.length_sorted_batches(distinct.tolist(), batch_size):
-            features = {k: v.to(self.device) for k, v in features.items()}
-            probs[indices] = torch.softmax(self.model(features).float(), dim=-1).cpu().numpy()
-        return probs[position]
+        distinct = distinct.tolist()
+        vectors = embed_documents(self.encoder, distinct, batch_size, self.device, self.windowing)
+        lexical = self.lexical.transform(distinct) if self.lexical is not None else None
+        source = EmbeddingBatches(vectors, np.zeros(len(distinct), dtype=np.int64), lexical)
+        return predict_proba(self.model, source, self.device, batch_size)[position]
 
 
 def read_chunks(source: TextIO | Path, options: PredictOptions) -> Iterator[pd.DataFrame]:

@@ -6,73 +6,20 @@ import copy
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
+from bertcls.batches import BatchSource, predict_proba, score
 from bertcls.callbacks import TrainerCallback
-from bertcls.config import EarlyStoppingSection, ModelSection, OptimizerSection
+from bertcls.config import EarlyStoppingSection, LexicalSection, ModelSection, OptimizerSection
 from bertcls.early_stopping import EarlyStopping
 from bertcls.memory import MemoryManager, is_out_of_memory
-from bertcls.metrics import EpochRecord, accuracy, macro_f1
+from bertcls.metrics import EpochRecord
 from bertcls.model import TextClassifier, load_trainable_state, trainable_state
 
 logger = logging.getLogger(__name__)
-
-
-class BatchSource(Protocol):
-    """Turns row indices into model inputs; knows how to order rows for an epoch."""
-
-    labels: np.ndarray
-
-    def __len__(self) -> int: ...
-
-    def batch(self, indices: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]: ...
-
-    def epoch_order(self, rng: np.random.Generator, batch_size: int) -> np.ndarray: ...
-
-
-class EmbeddingBatches:
-    """Precomputed embeddings (frozen encoder)."""
-
-    def __init__(self, embeddings: np.ndarray, labels: np.ndarray):
-        self.embeddings = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
-        self.labels = np.asarray(labels, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def batch(self, indices: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
-        return {"embeddings": self.embeddings[torch.from_numpy(np.asarray(indices))].to(device)}
-
-    def epoch_order(self, rng: np.random.Generator, batch_size: int) -> np.ndarray:
-        return rng.permutation(len(self))
-
-
-class TextBatches:
-    """Raw texts tokenised per batch (fine-tuning): dynamic padding, batches grouped by length."""
-
-    def __init__(self, encoder, texts: list[str], labels: np.ndarray, lengths: np.ndarray):
-        self.encoder = encoder
-        self.texts = texts
-        self.labels = np.asarray(labels, dtype=np.int64)
-        self.lengths = np.asarray(lengths)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def batch(self, indices: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
-        features = self.encoder.tokenize([self.texts[i] for i in indices])
-        return {k: v.to(device) for k, v in features.items()}
-
-    def epoch_order(self, rng: np.random.Generator, batch_size: int) -> np.ndarray:
-        """Shuffle, then sort within pools of 50 batches so each batch holds texts of similar length."""
-        order = rng.permutation(len(self))
-        pool = batch_size * 50
-        chunks = [order[i : i + pool] for i in range(0, len(order), pool)]
-        return np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks])
 
 
 @dataclass
@@ -87,9 +34,27 @@ class TrainResult:
         return [r.model_dump() for r in self.history]
 
 
-def build_optimizer(model: TextClassifier, cfg: OptimizerSection, encoder_lr: float) -> torch.optim.Optimizer:
-    """Separate parameter groups (and learning rates) for the head and a trainable encoder."""
+def is_better(metric: float, best: TrainResult) -> bool:
+    """At least as good as the best so far: on a tie the later, longer-trained epoch wins (small validation sets
+    tie often, and with a decaying learning rate the later weights are the settled ones)."""
+    return metric >= best.best_metric
+
+
+def build_optimizer(
+    model: TextClassifier, cfg: OptimizerSection, encoder_lr: float, lexical: LexicalSection | None = None
+) -> torch.optim.Optimizer:
+    """Separate parameter groups (and learning rates) for the head, the lexical layer and a trainable encoder."""
     groups = [{"params": list(model.head.parameters()), "lr": cfg.lr, "name": "head"}]
+    if model.lexical is not None:
+        rates = lexical or LexicalSection()
+        groups.append(
+            {
+                "params": list(model.lexical.parameters()),
+                "lr": rates.lr,
+                "weight_decay": rates.weight_decay,
+                "name": "lexical",
+            }
+        )
     if model.encoder is not None:
         trainable = [p for p in model.encoder.parameters() if p.requires_grad]
         if trainable:
@@ -105,33 +70,20 @@ def build_optimizer(model: TextClassifier, cfg: OptimizerSection, encoder_lr: fl
     return kinds[cfg.optimizer_choice]()
 
 
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Inverse class frequency, n / (k * n_c), as scikit-learn's ``class_weight="balanced"``; unseen classes get 1."""
+    counts = np.bincount(np.asarray(labels), minlength=num_classes).astype(np.float64)
+    weights = np.ones(num_classes)
+    present = counts > 0
+    weights[present] = len(labels) / (num_classes * counts[present])
+    return weights
+
+
 def schedule_factor(progress: float, warmup_ratio: float) -> float:
     """Linear warmup to 1, then linear decay to 0, as a function of the fraction of training done."""
     if warmup_ratio > 0 and progress < warmup_ratio:
         return progress / warmup_ratio
     return max(0.0, (1.0 - progress) / max(1e-12, 1.0 - warmup_ratio))
-
-
-@torch.inference_mode()
-def predict_proba(
-    model: TextClassifier, source: BatchSource, device: torch.device, batch_size: int = 256
-) -> np.ndarray:
-    model.eval()
-    chunks = []
-    for start in range(0, len(source), batch_size):
-        indices = np.arange(start, min(start + batch_size, len(source)))
-        chunks.append(torch.softmax(model(source.batch(indices, device)).float(), dim=-1).cpu().numpy())
-    return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
-
-
-def score(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
-    predicted = probs.argmax(axis=1)
-    picked = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
-    return {
-        "loss": float(-np.log(picked).mean()),
-        "accuracy": accuracy(labels, predicted),
-        "f1": macro_f1(labels, predicted, num_classes),
-    }
 
 
 class Trainer:
@@ -149,13 +101,16 @@ class Trainer:
         memory: MemoryManager,
         device: torch.device,
         encoder_lr: float = 2e-5,
+        lexical_cfg: LexicalSection | None = None,
+        class_weights: np.ndarray | None = None,
     ):
         self.model, self.train_data, self.val_data = model.to(device), train, val
         self.num_classes, self.model_cfg, self.optim_cfg = num_classes, model_cfg, optim_cfg
         self.memory, self.device = memory, device
-        self.optimizer = build_optimizer(model, optim_cfg, encoder_lr)
+        self.optimizer = build_optimizer(model, optim_cfg, encoder_lr, lexical_cfg)
         self.stopper = EarlyStopping(stopping_cfg)
-        self.loss_fn = nn.CrossEntropyLoss()
+        weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=device)
+        self.loss_fn = nn.CrossEntropyLoss(weight=weight)
         self.callbacks: list[TrainerCallback] = []
         self.should_stop = False
         self.stop_reason = ""
@@ -180,9 +135,11 @@ class Trainer:
     def _step(self, indices: np.ndarray) -> float:
         self._apply_schedule()
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.model(self.train_data.batch(indices, self.device))
+        head, lexical = self.model.logit_parts(self.train_data.batch(indices, self.device))
         labels = torch.from_numpy(self.train_data.labels[indices]).to(self.device)
-        loss = self.loss_fn(logits, labels)
+        loss = self.loss_fn(head, labels)
+        if lexical is not None:  # each view learns to classify alone, and their sum (the output) learns too
+            loss = loss + self.loss_fn(lexical, labels) + self.loss_fn(head + lexical, labels)
         loss.backward()
         if self.optim_cfg.max_grad_norm:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.max_grad_norm)
@@ -232,7 +189,7 @@ class Trainer:
         )
         self.result.history.append(record)
         monitored = metrics[self.model_cfg.metric]
-        if monitored > self.result.best_metric:
+        if is_better(monitored, self.result):
             self.result.best_metric, self.result.best_epoch = monitored, self.epoch
             self.result.best_state = trainable_state(self.model)
         if self.stopper.update(monitored):

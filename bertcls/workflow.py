@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bertcls.batches import BatchSource, EmbeddingBatches, TextBatches, predict_proba, score
 from bertcls.callbacks import WorkflowHooks
 from bertcls.checkpoint import (
     Architecture,
@@ -31,9 +32,10 @@ from bertcls.data import DataReport, Splits, load_splits, write_splits
 from bertcls.encoder import pick_device
 from bertcls.errors import ConfigError, DataError
 from bertcls.features import EmbeddingService, truncation_summary
+from bertcls.lexical import LexicalFeatures
 from bertcls.memory import MemoryManager, default_probe
-from bertcls.model import HeadSpec, MLPHead, TextClassifier, count_parameters, load_trainable_state
-from bertcls.training import BatchSource, EmbeddingBatches, TextBatches, Trainer, TrainResult, predict_proba, score
+from bertcls.model import HeadSpec, LexicalLayer, MLPHead, TextClassifier, count_parameters, load_trainable_state
+from bertcls.training import Trainer, TrainResult, balanced_class_weights
 
 logger = logging.getLogger(__name__)
 
@@ -65,24 +67,51 @@ class FeatureSet:
     sources: dict[str, BatchSource]
     truncation: dict[str, float]
     fine_tune: bool
+    lexical: LexicalFeatures | None = None
+    chunking: dict[str, int] | None = None
+
+
+def fit_lexical(texts: list[str], settings: Settings) -> LexicalFeatures | None:
+    """TF-IDF vectorizers fitted on the training texts, when ``classifier.lexical_features`` is on."""
+    return LexicalFeatures.fit(texts, settings.lexical) if settings.classifier.lexical_features else None
+
+
+def batch_source(
+    service: EmbeddingService, texts: list[str], labels: np.ndarray, fine_tune: bool, lexical: LexicalFeatures | None
+) -> tuple[BatchSource, np.ndarray]:
+    """The model inputs of some texts (embeddings or tokens, plus TF-IDF rows) and their untruncated lengths."""
+    matrix = lexical.transform(texts) if lexical is not None else None
+    if fine_tune:
+        lengths = service.encoder.token_lengths(texts)
+        return TextBatches(service.encoder, texts, labels, lengths, matrix), lengths
+    vectors, lengths = service.embed(texts)
+    return EmbeddingBatches(vectors, labels, matrix), lengths
 
 
 def build_features(
-    service: EmbeddingService, splits: Splits, names: list[str], cfg: DataSection, fine_tune: bool
+    service: EmbeddingService, splits: Splits, names: list[str], settings: Settings, fine_tune: bool
 ) -> FeatureSet:
+    cfg = settings.data
+    lexical = fit_lexical(splits.train[cfg.text_column].tolist(), settings)
     sources: dict[str, BatchSource] = {}
     all_lengths = []
     for split_name, frame in splits.items():
         texts = frame[cfg.text_column].tolist()
         labels = encode_labels(frame, cfg, names, split_name)
-        if fine_tune:
-            lengths = service.encoder.token_lengths(texts)
-            sources[split_name] = TextBatches(service.encoder, texts, labels, lengths)
-        else:
-            vectors, lengths = service.embed(texts)
-            sources[split_name] = EmbeddingBatches(vectors, labels)
+        sources[split_name], lengths = batch_source(service, texts, labels, fine_tune, lexical)
         all_lengths.append(lengths)
     truncation = truncation_summary(np.concatenate(all_lengths), service.max_seq_len)
+    chunks = not fine_tune and settings.encoder.long_texts == "chunks"
+    if chunks:
+        report = service.chunking.as_dict()
+        logger.info(
+            "%d of %d texts were longer than max_seq_len and embedded as %d windows in all (%d cut at max_chunks)",
+            report["chunked"],
+            report["texts"],
+            report["windows"],
+            report["cut"],
+        )
+        return FeatureSet(sources, truncation, fine_tune, lexical, report)
     if truncation["truncated"]:
         logger.warning(
             "%d of %d texts (%.1f%%) are longer than max_seq_len %d tokens and are truncated.",
@@ -91,17 +120,17 @@ def build_features(
             100 * truncation["fraction"],
             service.max_seq_len,
         )
-    return FeatureSet(sources, truncation, fine_tune)
+    return FeatureSet(sources, truncation, fine_tune, lexical)
 
 
-def head_spec(cfg: ClassifierSection, dim: int, num_classes: int) -> HeadSpec:
+def head_spec(cfg: ClassifierSection, dim: int, num_classes: int, frozen: bool = True) -> HeadSpec:
     if cfg.bert_hidden_size != dim:
         raise ConfigError(
             f"classifier.bert_hidden_size is {cfg.bert_hidden_size} but the encoder gives {dim}-dimensional "
             "embeddings; "
             f"set classifier.bert_hidden_size: {dim}."
         )
-    return HeadSpec.from_config(cfg, dim, num_classes)
+    return HeadSpec.from_config(cfg, dim, num_classes, frozen)
 
 
 def make_trainer(settings: Settings, features: FeatureSet, service: EmbeddingService, num_classes: int) -> Trainer:
@@ -112,8 +141,18 @@ def make_trainer(settings: Settings, features: FeatureSet, service: EmbeddingSer
     if features.fine_tune:
         encoder = service.encoder
         encoder.set_trainable(freeze=False, unfreeze_last_n_layers=settings.encoder.unfreeze_last_n_layers)
-    model = TextClassifier(MLPHead(head_spec(settings.classifier, service.dim, num_classes)), encoder)
-    memory = MemoryManager(settings.memory, settings.model.batch_size, default_probe(device))
+    lexical = None
+    if features.lexical is not None:
+        lexical = LexicalLayer(features.lexical.spec.num_features, num_classes)
+    spec = head_spec(settings.classifier, service.dim, num_classes, frozen=not features.fine_tune)
+    model = TextClassifier(MLPHead(spec), encoder, lexical)
+    memory = MemoryManager(settings.memory, settings.model.batch_size_for(features.fine_tune), default_probe(device))
+    train = features.sources["train"]
+    if model.head.scale is not None:
+        model.head.scale.fit(train.embeddings)
+    weights = None
+    if settings.classifier.class_weights == "balanced":
+        weights = balanced_class_weights(train.labels, num_classes)
     return Trainer(
         model,
         features.sources["train"],
@@ -125,6 +164,8 @@ def make_trainer(settings: Settings, features: FeatureSet, service: EmbeddingSer
         memory,
         device,
         settings.encoder.encoder_lr,
+        settings.lexical,
+        weights,
     )
 
 
@@ -133,7 +174,11 @@ def rebuild_model(
 ) -> TextClassifier:
     """The model ``settings`` describe, holding ``state`` (a fine-tuned state brings the service's encoder along)."""
     encoder = service.encoder if any(k.startswith("encoder.") for k in state) else None
-    model = TextClassifier(MLPHead(head_spec(settings.classifier, service.dim, num_classes)), encoder)
+    lexical = None
+    if any(k.startswith("lexical.") for k in state):
+        lexical = LexicalLayer(state["lexical.weight"].shape[0], num_classes)
+    spec = head_spec(settings.classifier, service.dim, num_classes, frozen=encoder is None)
+    model = TextClassifier(MLPHead(spec), encoder, lexical)
     load_trainable_state(model, state)
     return model.to(service.device).eval()
 
@@ -155,18 +200,24 @@ def checkpoint_meta(
     result: TrainResult,
     metrics: dict[str, Any],
     model: TextClassifier,
+    lexical: LexicalFeatures | None = None,
     tuning: TuningProvenance | None = None,
     data: DataProvenance | None = None,
 ) -> CheckpointMeta:
     """The typed metadata of a model trained with ``settings``: its architecture comes from these settings, so a
     caller must pass the settings that built the saved weights (a PBT member's own, not the study's)."""
     fine_tuned = model.encoder is not None and any(p.requires_grad for p in model.encoder.parameters())
-    encoder = EncoderRef(**service.describe(), fine_tuned=fine_tuned)
-    head = head_spec(settings.classifier, encoder.dim, len(names))
+    described = service.describe()
+    if fine_tuned:  # fine-tuning reads the first max_seq_len tokens of each text, and so must prediction
+        described.update(long_texts="truncate", max_chunks=1)
+    encoder = EncoderRef(**described, fine_tuned=fine_tuned)
+    head = head_spec(settings.classifier, encoder.dim, len(names), frozen=not fine_tuned)
     if head != model.head.spec:
         raise ValueError(f"the settings describe head {head}, but the model has {model.head.spec}")
+    if (lexical is None) != (model.lexical is None):
+        raise ValueError("the model's lexical layer and the lexical features disagree")
     return CheckpointMeta(
-        architecture=Architecture(encoder=encoder, head=head),
+        architecture=Architecture(encoder=encoder, head=head, lexical=lexical.spec if lexical else None),
         settings=settings.model_dump(mode="json"),
         labels=names,
         history=result.history_dicts(),
@@ -191,6 +242,8 @@ class TrainOutcome:
     cache_hits: int
     cache_misses: int
     encoder_loaded: bool
+    chunking: dict[str, int] | None = None
+    lexical_features: int = 0
 
 
 @dataclass
@@ -217,7 +270,7 @@ def prepare(settings: Settings, hooks: WorkflowHooks) -> PreparedRun:
     )
     service.progress = hooks.on_encode_progress
     hooks.on_stage("Encoding texts")
-    features = build_features(service, splits, names, settings.data, fine_tune=not settings.encoder.freeze)
+    features = build_features(service, splits, names, settings, fine_tune=not settings.encoder.freeze)
     return PreparedRun(splits, report, names, service, features)
 
 
@@ -230,11 +283,15 @@ def run_training(settings: Settings, hooks: WorkflowHooks | None = None) -> Trai
     hooks.on_stage("Training")
     result = trainer.fit()
     metrics = split_metrics(trainer.model, run.features, run.service.device, len(run.names))
-    data = DataProvenance(truncation=run.features.truncation, warnings=run.report.warnings)
-    meta = checkpoint_meta(settings, run.service, run.names, result, metrics, trainer.model, data=data)
-    path = save_checkpoint(settings.root / "best_trials" / "best_model.pt", result.best_state, meta)
+    data = DataProvenance(
+        truncation=run.features.truncation, chunking=run.features.chunking or {}, warnings=run.report.warnings
+    )
+    lexical = run.features.lexical
+    meta = checkpoint_meta(settings, run.service, run.names, result, metrics, trainer.model, lexical, data=data)
+    path = save_checkpoint(settings.root / "best_trials" / "best_model.pt", result.best_state, meta, lexical)
     write_splits(run.splits, settings.root)
     service = run.service
+    lexical_count = lexical.spec.num_features if lexical is not None else 0
     return TrainOutcome(
         path,
         result,
@@ -244,4 +301,6 @@ def run_training(settings: Settings, hooks: WorkflowHooks | None = None) -> Trai
         service.stats.hits,
         service.stats.misses,
         service.encoder_loaded,
+        run.features.chunking,
+        lexical_count,
     )

@@ -25,7 +25,9 @@ DATA = Path(__file__).resolve().parent / "data"
 
 
 def saved_meta(trained_model) -> CheckpointMeta:
-    return load_checkpoint(trained_model / "best_trials" / "best_model.pt").meta
+    """The trained model's metadata without its lexical record (for files whose weights are stand-ins)."""
+    meta = load_checkpoint(trained_model / "best_trials" / "best_model.pt").meta
+    return meta.model_copy(update={"architecture": meta.architecture.model_copy(update={"lexical": None})})
 
 
 class Payload:
@@ -78,7 +80,7 @@ def test_changed_encoder_fingerprint_is_refused(trained_model, tmp_path):
     arch = ckpt.meta.architecture
     encoder = arch.encoder.model_copy(update={"fingerprint": "0" * 64})
     meta = ckpt.meta.model_copy(update={"architecture": arch.model_copy(update={"encoder": encoder})})
-    path = save_checkpoint(tmp_path / "m.pt", ckpt.state, meta)
+    path = save_checkpoint(tmp_path / "m.pt", ckpt.state, meta, ckpt.lexical_features())
     with pytest.raises(CheckpointError, match="does not match"):
         build_classifier(load_checkpoint(path), trained_model)
 
@@ -100,7 +102,8 @@ def test_the_loader_builds_from_the_architecture_record_not_the_settings(trained
         **ckpt.meta.settings,
         "classifier": {**ckpt.meta.settings["classifier"], "hidden_dims": [412, 220, 118], "activation": "tanh"},
     }
-    path = save_checkpoint(tmp_path / "m.pt", ckpt.state, ckpt.meta.model_copy(update={"settings": wrong}))
+    meta = ckpt.meta.model_copy(update={"settings": wrong})
+    path = save_checkpoint(tmp_path / "m.pt", ckpt.state, meta, ckpt.lexical_features())
     model, _ = build_classifier(load_checkpoint(path), trained_model, need_encoder=False)
     assert [m.out_features for m in model.head.net if isinstance(m, torch.nn.Linear)][
         :-1
@@ -112,14 +115,15 @@ def test_weights_that_do_not_fit_the_record_are_one_clear_error(trained_model, t
     ckpt = load_checkpoint(trained_model / "best_trials" / "best_model.pt")
     arch = ckpt.meta.architecture
     other = arch.model_copy(update={"head": arch.head.model_copy(update={"hidden_dims": [412, 220, 118]})})
-    path = save_checkpoint(tmp_path / "m.pt", ckpt.state, ckpt.meta.model_copy(update={"architecture": other}))
+    meta = ckpt.meta.model_copy(update={"architecture": other})
+    path = save_checkpoint(tmp_path / "m.pt", ckpt.state, meta, ckpt.lexical_features())
     with pytest.raises(CheckpointError, match="do not fit the architecture") as info:
         build_classifier(load_checkpoint(path), trained_model, need_encoder=False)
     assert "\n" not in str(info.value)
 
 
 def test_invalid_metadata_is_refused(tmp_path, trained_model):
-    meta = saved_meta(trained_model).model_dump(mode="json")
+    meta = load_checkpoint(trained_model / "best_trials" / "best_model.pt").meta.model_dump(mode="json")
     meta["architecture"]["head"]["activation"] = "sigmoidish"
     path = tmp_path / "bad.pt"
     torch.save({"format": FORMAT, "format_version": 2, "state": {}, "meta": meta}, path)

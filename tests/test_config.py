@@ -24,7 +24,7 @@ def test_precedence_matrix(tmp_path, monkeypatch, flag, env, yaml_value):
         monkeypatch.setenv("BERTCLS_MODEL__BATCH_SIZE", str(env))
     resolved = resolve_settings({"model.batch_size": flag}, str(config))
     expected, source = next(
-        ((v, s) for v, s in ((flag, "flag"), (env, "env"), (yaml_value, "yaml")) if v), (32, "default")
+        ((v, s) for v, s in ((flag, "flag"), (env, "env"), (yaml_value, "yaml")) if v), (None, "default")
     )
     assert resolved.settings.model.batch_size == expected
     assert resolved.sources["model.batch_size"] == source

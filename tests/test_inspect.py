@@ -34,9 +34,10 @@ def test_json_matches_checkpoint_metadata(cli, trained_model):
     assert info["encoder_fingerprint"] == {"recorded": fingerprint, "local": fingerprint, "matches": True}
     assert info["architecture"]["head"] == meta.architecture.head.layers()
     params = info["parameters"]
-    head = (384 * 512 + 512) + (512 * 256 + 256) + (256 * 5 + 5)
-    assert params["trainable"] == params["head"] == head
-    assert params["frozen"] == 22_713_728 and params["total"] == head + 22_713_728
+    head = (384 * 512 + 512) + (512 * 5 + 5)
+    lexical = meta.architecture.lexical.num_features * 5 + 5
+    assert params["head"] == head and params["lexical"] == lexical and params["trainable"] == head + lexical
+    assert params["frozen"] == 22_713_728 and params["total"] == head + lexical + 22_713_728
     assert info["architecture"]["layers"] == 6 and info["architecture"]["head"][-1]["out"] == 5
 
 

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from bertcls.batches import EmbeddingBatches
 from bertcls.config import ClassifierSection, EarlyStoppingSection, MemorySection, ModelSection, OptimizerSection
 from bertcls.memory import MemoryManager
 from bertcls.model import HeadSpec, MLPHead, TextClassifier
-from bertcls.training import EmbeddingBatches, Trainer
+from bertcls.training import Trainer
 
 
 class Readings:

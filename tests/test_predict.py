@@ -119,8 +119,8 @@ def test_chunked_prediction_equals_one_chunk(cli, trained_model, labelled_input,
 def bad_checkpoints(tmp_path, trained_root):
     pickled = tmp_path / "pickled.pt"
     torch.save({"format": FORMAT, "format_version": 1, "state": {}, "meta": {"cb": np.float64}}, pickled)
-    meta = load_checkpoint(trained_root / "best_trials" / "best_model.pt").meta
-    truncated = save_checkpoint(tmp_path / "truncated.pt", {"w": torch.ones(500)}, meta)
+    trained = load_checkpoint(trained_root / "best_trials" / "best_model.pt")
+    truncated = save_checkpoint(tmp_path / "truncated.pt", trained.state, trained.meta, trained.lexical_features())
     truncated.write_bytes(truncated.read_bytes()[:300])
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)

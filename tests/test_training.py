@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import bbc_subset
 
+from bertcls.batches import predict_proba, score
 from bertcls.checkpoint import load_checkpoint
 from bertcls.config_sources import resolve_settings
-from bertcls.training import predict_proba, score
 from bertcls.workflow import WorkflowHooks, make_trainer, prepare, run_training
 
 
@@ -80,13 +80,11 @@ def test_fine_tuning_lowers_the_loss_and_round_trips(workspace, tmp_path):
     result = trainer.fit()
     after = score(predict_proba(trainer.model, train, service.device), train.labels, len(names))["loss"]
     assert after < before
-    path = save_checkpoint(
-        tmp_path / "ft.pt",
-        trainable_state(trainer.model),
-        checkpoint_meta(settings, service, names, result, {}, trainer.model),
-    )
+    meta = checkpoint_meta(settings, service, names, result, {}, trainer.model, features.lexical)
+    path = save_checkpoint(tmp_path / "ft.pt", trainable_state(trainer.model), meta, features.lexical)
     ckpt = load_checkpoint(path)
-    assert any(k.startswith("encoder.") for k in ckpt.state)
+    assert any(k.startswith("encoder.") for k in ckpt.state) and ckpt.architecture.lexical is not None
+    assert ckpt.architecture.encoder.fine_tuned and not ckpt.architecture.head.standardize
     restored, _ = build_classifier(ckpt, settings.root)
     batch = train.batch(np.arange(4), service.device)
     trainer.model.eval()
@@ -96,17 +94,23 @@ def test_fine_tuning_lowers_the_loss_and_round_trips(workspace, tmp_path):
 
 def test_frozen_checkpoint_round_trip_gives_identical_logits(trained_model, tmp_path):
     from bertcls.checkpoint import build_classifier, save_checkpoint
+    from bertcls.lexical import sparse_batch
 
     ckpt = load_checkpoint(trained_model / "best_trials" / "best_model.pt")
     model_a, _ = build_classifier(ckpt, trained_model, need_encoder=False)
-    copy = save_checkpoint(tmp_path / "copy.pt", {k: v.clone() for k, v in ckpt.state.items()}, ckpt.meta)
+    state = {k: v.clone() for k, v in ckpt.state.items()}
+    copy = save_checkpoint(tmp_path / "copy.pt", state, ckpt.meta, ckpt.lexical_features())
     model_b, _ = build_classifier(load_checkpoint(copy), trained_model, need_encoder=False)
-    batch = {"embeddings": torch.randn(6, 384, generator=torch.Generator().manual_seed(0))}
+    lexical = ckpt.lexical_features().transform(["stocks fell", "the match", "a new film", "MPs vote", "gadgets"] * 2)
+    batch = {
+        "embeddings": torch.randn(10, 384, generator=torch.Generator().manual_seed(0)),
+        "lexical": sparse_batch(lexical, np.arange(10), torch.device("cpu")),
+    }
     with torch.inference_mode():
         logits = model_a(batch)
         assert torch.equal(logits, model_b(batch))
-    head_state = {k[len("head.") :]: v for k, v in ckpt.state.items()}
-    assert all(torch.equal(model_a.head.state_dict()[k], v) for k, v in head_state.items())
+    head_state = {k[len("head.") :]: v for k, v in ckpt.state.items() if k.startswith("head.")}
+    assert head_state and all(torch.equal(model_a.head.state_dict()[k], v) for k, v in head_state.items())
 
 
 def test_train_command_end_to_end(cli, workspace, bbc_small):

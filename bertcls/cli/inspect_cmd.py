@@ -28,10 +28,19 @@ def _count(value: int | None) -> str:
 
 def architecture_panel(info: dict) -> Panel:
     arch = info["architecture"]
-    rows = {
-        k: arch[k]
-        for k in ("encoder", "model_type", "layers", "hidden_size", "pooling", "normalize", "max_seq_len", "fine_tuned")
-    }
+    keys = (
+        "encoder",
+        "model_type",
+        "layers",
+        "hidden_size",
+        "pooling",
+        "normalize",
+        "max_seq_len",
+        "long_texts",
+        "fine_tuned",
+        "lexical_features",
+    )
+    rows = {k: arch[k] for k in keys}
     head = Table(title="MLP head (as saved in the checkpoint)", show_edge=False)
     for column in ("layer", "in", "out", "activation", "dropout"):
         head.add_column(column)
@@ -122,6 +131,7 @@ def render(info: dict) -> None:
         "trainable": _count(params["trainable"]),
         "frozen": _count(params["frozen"]),
         "head": _count(params["head"]),
+        "lexical layer": _count(params["lexical"]),
     }
     out_console.print(architecture_panel(info))
     out_console.print(

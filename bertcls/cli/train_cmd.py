@@ -98,10 +98,19 @@ def train(
     out_console.print(metrics_table(outcome.metrics, "Best model"))
     result = outcome.result
     out_console.print(f"Stopped: {result.stop_reason}; best epoch {result.best_epoch} of {len(result.history)}.")
-    trunc = outcome.truncation
-    out_console.print(
-        f"Texts truncated at {settings.model.max_seq_len} tokens: {trunc['truncated']} of {trunc['total']} "
-        f"({100 * trunc['fraction']:.1f}%). Embedding cache: {outcome.cache_hits} hits, {outcome.cache_misses} new."
-    )
+    trunc, chunks = outcome.truncation, outcome.chunking
+    if chunks:
+        reading = (
+            f"Texts longer than {settings.model.max_seq_len} tokens: {chunks['chunked']} of {chunks['texts']}, "
+            f"read whole as {chunks['windows']} windows in all ({chunks['cut']} cut at encoder.max_chunks)."
+        )
+    else:
+        reading = (
+            f"Texts truncated at {settings.model.max_seq_len} tokens: {trunc['truncated']} of {trunc['total']} "
+            f"({100 * trunc['fraction']:.1f}%)."
+        )
+    cache = f"Embedding cache: {outcome.cache_hits} hits, {outcome.cache_misses} new."
+    lexical = f" Lexical features: {outcome.lexical_features:,} TF-IDF n-grams." if outcome.lexical_features else ""
+    out_console.print(f"{reading} {cache}{lexical}")
     out_console.print(f"Log: {log_path}")
     out_console.print(f"Saved model: [bold]{outcome.checkpoint}[/]", highlight=False)

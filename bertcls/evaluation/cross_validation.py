@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from bertcls.batches import BatchSource, EmbeddingBatches, TextBatches, predict_proba
 from bertcls.config import Settings
 from bertcls.errors import DataError
 from bertcls.features import EmbeddingService
-from bertcls.training import BatchSource, EmbeddingBatches, TextBatches, predict_proba
-from bertcls.workflow import FeatureSet, make_trainer
+from bertcls.workflow import FeatureSet, fit_lexical, make_trainer
 
 logger = logging.getLogger(__name__)
 FoldCallback = Callable[[int, int], None]
@@ -55,10 +55,12 @@ def _inner_validation(
     return train_idx[inner_train], train_idx[inner_val]
 
 
-def _source(service: EmbeddingService, texts: list[str], labels: np.ndarray, vectors: np.ndarray | None) -> BatchSource:
+def _source(
+    service: EmbeddingService, texts: list[str], labels: np.ndarray, vectors: np.ndarray | None, lexical
+) -> BatchSource:
     if vectors is not None:
-        return EmbeddingBatches(vectors, labels)
-    return TextBatches(service.encoder, texts, labels, service.encoder.token_lengths(texts))
+        return EmbeddingBatches(vectors, labels, lexical)
+    return TextBatches(service.encoder, texts, labels, service.encoder.token_lengths(texts), lexical)
 
 
 def cross_validate(
@@ -80,11 +82,16 @@ def cross_validate(
         inner_train, inner_val = _inner_validation(train_idx, labels, groups, settings.model.seed)
         if fine_tune:
             service.reload_encoder()  # each fold starts from the pretrained weights
+        lexical = fit_lexical([texts[i] for i in inner_train], settings)  # fitted on the fold's training rows only
+        matrix = None if lexical is None else lexical.transform(texts)
 
-        def pick(idx: np.ndarray) -> BatchSource:
-            return _source(service, [texts[i] for i in idx], labels[idx], None if vectors is None else vectors[idx])
+        def pick(idx: np.ndarray, matrix=matrix) -> BatchSource:
+            rows = None if matrix is None else matrix[idx]
+            return _source(
+                service, [texts[i] for i in idx], labels[idx], None if vectors is None else vectors[idx], rows
+            )
 
-        features = FeatureSet({"train": pick(inner_train), "val": pick(inner_val)}, {}, fine_tune)
+        features = FeatureSet({"train": pick(inner_train), "val": pick(inner_val)}, {}, fine_tune, lexical)
         trainer = make_trainer(settings, features, service, len(names))
         result = trainer.fit()
         probs = predict_proba(trainer.model, pick(test_idx), service.device)

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bertcls.batches import EmbeddingBatches, predict_proba
 from bertcls.checkpoint import Checkpoint, build_classifier
 from bertcls.config import EvaluationSection, Settings
 from bertcls.errors import CheckpointError
@@ -34,7 +35,6 @@ from bertcls.evaluation.scoring import (
 from bertcls.features import EmbeddingService
 from bertcls.fileio import write_csv_atomic, write_text_atomic
 from bertcls.prediction import Predictor
-from bertcls.training import EmbeddingBatches, predict_proba
 
 logger = logging.getLogger(__name__)
 RESULTS_DIR = "evaluation_results"
@@ -61,8 +61,11 @@ def score_texts(
     if ckpt.fine_tuned:
         return Predictor(ckpt, output_root, device).predict_proba(texts, batch_size)
     vectors, _ = service.embed(texts)
+    lexical = ckpt.lexical_features()
+    matrix = lexical.transform(texts) if lexical is not None else None
     model, _ = build_classifier(ckpt, output_root, need_encoder=False)
-    return predict_proba(model.to(device), EmbeddingBatches(vectors, np.zeros(len(texts), dtype=np.int64)), device)
+    source = EmbeddingBatches(vectors, np.zeros(len(texts), dtype=np.int64), matrix)
+    return predict_proba(model.to(device), source, device)
 
 
 @dataclass

@@ -74,6 +74,8 @@ def set_hyperparameters(member: Member, params: dict[str, Any]) -> None:
     head_group = trainer.optimizer.param_groups[0]
     ratio = params["lr"] / head_group["initial_lr"]
     for group in trainer.optimizer.param_groups:
+        if group.get("name") == "lexical":  # its rates are lexical.lr and lexical.weight_decay, not searched
+            continue
         group["initial_lr"] = params["lr"] if group.get("name") == "head" else group["initial_lr"] * ratio
         group["weight_decay"] = params["weight_decay"]
     set_dropout(trainer.model.head, params["dropout_rate"])

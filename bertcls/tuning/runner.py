@@ -56,8 +56,10 @@ def save_member(ctx: TuningContext, member: Member, lineage: list[dict[str, Any]
         params=params,
         lineage=[e for e in lineage if e["member"] == member.index],
     )
-    meta = checkpoint_meta(settings, ctx.service, ctx.names, result, metrics, model, tuning)
-    return save_checkpoint(ctx.trials_dir / f"pbt_member_{member.index}.pt", result.best_state, meta), metrics
+    lexical = ctx.features.lexical
+    meta = checkpoint_meta(settings, ctx.service, ctx.names, result, metrics, model, lexical, tuning)
+    path = ctx.trials_dir / f"pbt_member_{member.index}.pt"
+    return save_checkpoint(path, result.best_state, meta, lexical), metrics
 
 
 def record_population(ctx: TuningContext, study: optuna.Study, outcome: PBTOutcome) -> None:

@@ -96,7 +96,7 @@ class TuningContext:
         if not self.features.fine_tune:
             return self.features
         self.service.reload_encoder()  # every fine-tuning trial starts from the pretrained encoder
-        return build_features(self.service, self.splits, self.names, self.settings.data, fine_tune=True)
+        return build_features(self.service, self.splits, self.names, self.settings, fine_tune=True)
 
 
 def train_trial(ctx: TuningContext, trial: optuna.Trial, params: dict) -> float:
@@ -119,8 +119,9 @@ def train_trial(ctx: TuningContext, trial: optuna.Trial, params: dict) -> float:
     tuning = TuningProvenance(
         study=ctx.study_name, strategy="tpe", trial=trial.number, params=params, seconds=time.perf_counter() - started
     )
-    meta = checkpoint_meta(trial_settings, ctx.service, ctx.names, result, metrics, trainer.model, tuning)
-    path = save_checkpoint(ctx.trials_dir / f"trial_{trial.number}.pt", result.best_state, meta)
+    lexical = features.lexical
+    meta = checkpoint_meta(trial_settings, ctx.service, ctx.names, result, metrics, trainer.model, lexical, tuning)
+    path = save_checkpoint(ctx.trials_dir / f"trial_{trial.number}.pt", result.best_state, meta, lexical)
     trial.set_user_attr("checkpoint", str(path))
     trial.set_user_attr("test_f1", metrics["test"]["f1"])
     trial.set_user_attr("test_accuracy", metrics["test"]["accuracy"])

@@ -1,0 +1,152 @@
+"""Lexical (TF-IDF) features, whole-document windows, class weights, and switching each of them off."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import bbc_subset
+
+from bertcls.checkpoint import build_classifier, load_checkpoint, save_checkpoint
+from bertcls.config import EncoderSection, LexicalSection
+from bertcls.config_sources import resolve_settings
+from bertcls.encoder import pool_windows, split_into_windows, text_windows
+from bertcls.features import EmbeddingService
+from bertcls.lexical import LexicalFeatures
+from bertcls.prediction import Predictor
+from bertcls.training import balanced_class_weights
+from bertcls.workflow import run_training
+
+DEVICE = torch.device("cpu")
+
+
+def train(root, data, **flags):
+    settings = resolve_settings(
+        {
+            "output_root": str(root),
+            "data.data_file": str(data),
+            "model.max_seq_len": 64,
+            "verbosity": 0,
+            "model.num_epochs": 4,
+            **flags,
+        }
+    ).settings
+    run_training(settings)
+    return load_checkpoint(root / "best_trials" / "best_model.pt")
+
+
+@pytest.fixture(scope="module")
+def small_data(workspace):
+    path = workspace / "bbc40.csv"
+    bbc_subset(8, seed=3).to_csv(path, index=False)
+    return path
+
+
+def test_lexical_features_round_trip_through_the_checkpoint(trained_model, tmp_path):
+    ckpt = load_checkpoint(trained_model / "best_trials" / "best_model.pt")
+    assert ckpt.architecture.lexical is not None and any(k.startswith("lexical.") for k in ckpt.state)
+    copy = save_checkpoint(tmp_path / "copy.pt", ckpt.state, ckpt.meta, ckpt.lexical_features())
+    with open(copy, "rb") as handle:  # plain tensors and data: loads with weights_only=True
+        payload = torch.load(handle, weights_only=True)
+    assert payload["lexical_vocabulary"]["word"] == ckpt.vocabularies["word"]
+    texts = ["Shares in the bank fell sharply after profits slumped.", "The striker scored twice in the final."]
+    first = Predictor(ckpt, trained_model, DEVICE).predict_proba(texts, 8)
+    again = Predictor(load_checkpoint(copy), trained_model, DEVICE).predict_proba(texts, 8)
+    assert np.array_equal(first, again)
+    fitted = ckpt.lexical_features().transform(texts)
+    assert fitted.shape == (2, ckpt.architecture.lexical.num_features) and fitted.nnz > 0
+
+
+def test_lexical_vectorizer_rebuilt_from_terms_and_idf_transforms_identically():
+    texts = ["the cat sat on the mat", "the dog sat", "a cat and a dog", "cats and dogs are fine pets"]
+    fitted = LexicalFeatures.fit(texts, LexicalSection(min_df=1, char_ngrams=(2, 4)))
+    vocabularies, tensors = fitted.to_payload()
+    rebuilt = LexicalFeatures.from_payload(fitted.spec, vocabularies, tensors)
+    query = ["the cat and the mat", "unseen words only"]
+    assert abs(fitted.transform(query) - rebuilt.transform(query)).max() < 1e-7
+    assert fitted.spec.num_char_features > 0
+
+
+def test_a_text_of_three_windows_gives_three_cache_entries_and_their_pooled_vector(workspace):
+    cfg = EncoderSection(long_texts="chunks", chunk_stride=20, max_chunks=8)
+    service = EmbeddingService(cfg, 32, workspace / "chunks", DEVICE)
+    tokens = service.tokenizer(bbc_subset(1)["text"][0], add_special_tokens=False)["input_ids"]
+    text = service.tokenizer.decode(tokens[:65])  # 65 tokens: windows of 30 every 20 tokens -> 3 windows
+    ids = service.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(text_windows(ids, 32, 20, 8)) == 3
+    vectors, lengths = service.embed([text])
+    shards = list(service.window_cache.folder.glob("shard_*.safetensors"))
+    assert service.stats.misses == 3 and len(shards) == 1 and lengths[0] == len(ids) + 2
+    windows, owner, _ = split_into_windows(service.tokenizer, [text], 32, 20, 8)
+    each = service.encoder.embed_windows(windows, 8, DEVICE)
+    assert np.allclose(vectors, pool_windows(each, owner, 1, "mean", True), atol=1e-6)
+    assert service.chunking.as_dict() == {"texts": 1, "chunked": 1, "windows": 3, "cut": 0}
+    service.embed([text])
+    assert service.stats.hits == 3  # a second pass reads all three windows from the cache
+
+
+def test_predict_reads_the_whole_text_with_chunks_and_the_prefix_with_truncate(workspace, small_data):
+    common = {"classifier.lexical_features": False}
+    chunked = train(workspace / "chunked", small_data, **{"encoder.long_texts": "chunks", **common})
+    truncated = train(workspace / "truncated", small_data, **{"encoder.long_texts": "truncate", **common})
+    assert chunked.architecture.encoder.long_texts == "chunks"
+    assert chunked.meta.data.chunking["windows"] > chunked.meta.data.chunking["texts"]
+    prefix = " ".join(["The government announced new measures on the economy today."] * 12)
+    texts = [prefix + " The football club won the cup final.", prefix + " Shares in the tech firm fell."]
+    probs = Predictor(chunked, workspace / "chunked", DEVICE).predict_proba(texts, 8)
+    assert not np.allclose(probs[0], probs[1])  # the endings, beyond max_seq_len, reach the model
+    probs = Predictor(truncated, workspace / "truncated", DEVICE).predict_proba(texts, 8)
+    assert np.allclose(probs[0], probs[1])  # only the first 64 tokens are read
+
+
+def test_balanced_class_weights_match_scikit_learn_and_weight_the_loss():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 2])
+    ours = balanced_class_weights(labels, 3)
+    assert np.allclose(ours, compute_class_weight("balanced", classes=np.arange(3), y=labels))
+    logits = torch.randn(9, 3, generator=torch.Generator().manual_seed(0))
+    target = torch.from_numpy(labels)
+    weighted = torch.nn.CrossEntropyLoss(weight=torch.tensor(ours, dtype=torch.float32))(logits, target)
+    per_row = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    w = torch.tensor(ours, dtype=torch.float32)[target]
+    assert torch.isclose(weighted, (per_row * w).sum() / w.sum())
+    assert not torch.isclose(weighted, per_row.mean())
+
+
+def test_the_trainer_uses_class_weights_only_when_asked(workspace, small_data):
+    from bertcls.callbacks import WorkflowHooks
+    from bertcls.workflow import make_trainer, prepare
+
+    for choice, expect_weights in (("balanced", True), ("none", False)):
+        settings = resolve_settings(
+            {
+                "output_root": str(workspace / "weights"),
+                "data.data_file": str(small_data),
+                "verbosity": 0,
+                "model.max_seq_len": 64,
+                "classifier.class_weights": choice,
+            }
+        ).settings
+        run = prepare(settings, WorkflowHooks())
+        trainer = make_trainer(settings, run.features, run.service, len(run.names))
+        assert (trainer.loss_fn.weight is not None) == expect_weights
+
+
+def test_switching_every_feature_off_gives_the_plain_embedding_head(workspace, small_data, tmp_path):
+    ckpt = train(
+        workspace / "plain",
+        small_data,
+        **{
+            "classifier.lexical_features": False,
+            "encoder.long_texts": "truncate",
+            "classifier.standardize_inputs": False,
+            "classifier.class_weights": "none",
+        },
+    )
+    assert ckpt.architecture.lexical is None and ckpt.vocabularies == {}
+    assert ckpt.architecture.encoder.long_texts == "truncate" and not ckpt.architecture.head.standardize
+    assert all(key.startswith("head.net.") for key in ckpt.state)  # the keys of format 1's heads
+    model, _ = build_classifier(ckpt, workspace / "plain", need_encoder=False)
+    batch = {"embeddings": torch.randn(3, 384)}
+    assert model(batch).shape == (3, len(ckpt.labels))  # no lexical input needed
