@@ -11,6 +11,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "bertcls"
 CORE = [
     "config",
+    "config_sources",
+    "lexical",
+    "batches",
     "data",
     "encoder",
     "embedding_cache",

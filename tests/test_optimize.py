@@ -52,29 +52,33 @@ def study_of(root: Path, name: str = "s") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=default_storage_url(root, name))
 
 
+def optimize_args(root: Path, data: Path, study: str, *extra: str, epochs: int = 6) -> tuple:
+    """``bertcls optimize`` on a small data set at 128 tokens, quietly; ``extra`` adds or overrides flags."""
+    return (
+        "optimize",
+        "--output-root",
+        root,
+        "--data-file",
+        data,
+        "--study-name",
+        study,
+        "--max-seq-len",
+        "128",
+        "--num-epochs",
+        str(epochs),
+        "--verbosity",
+        "0",
+        *extra,
+    )
+
+
 def test_hidden_width_rule():
     assert [hidden_dims(n) for n in (1, 2, 4)] == [[512], [512, 256], [512, 256, 128, 64]]
 
 
 def test_tpe_study_finishes_and_best_model_predicts(cli, workspace, bbc_small, tmp_path):
     root = workspace / "tuning"
-    code, out, err = cli(
-        "optimize",
-        "--output-root",
-        root,
-        "--data-file",
-        bbc_small,
-        "--study-name",
-        "bert_opt",
-        "--n-trials",
-        "3",
-        "--max-seq-len",
-        "128",
-        "--num-epochs",
-        "6",
-        "--verbosity",
-        "0",
-    )
+    code, out, err = cli(*optimize_args(root, bbc_small, "bert_opt", "--n-trials", "3"))
     assert code == 0, err
     study = study_of(root, "bert_opt")
     assert len([t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 3
@@ -152,23 +156,7 @@ def test_two_processes_share_one_study(workspace, bbc_small, tmp_path):
     run_optimize(
         tuning_settings(root, bbc_small, "warm", **{"tuning.n_trials": 1, "model.num_epochs": 2})
     )  # fill the cache
-    args = (
-        "optimize",
-        "--output-root",
-        root,
-        "--data-file",
-        bbc_small,
-        "--study-name",
-        "workers",
-        "--n-trials",
-        "6",
-        "--num-epochs",
-        "4",
-        "--max-seq-len",
-        "128",
-        "--verbosity",
-        "0",
-    )
+    args = optimize_args(root, bbc_small, "workers", "--n-trials", "6", epochs=4)
     workers = [
         subprocess.Popen(bertcls_cmd(*args), cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for _ in range(2)
@@ -194,25 +182,7 @@ def test_dead_workers_running_trial_is_marked_failed(workspace, bbc_small, tmp_p
     config = tmp_path / "hb.yml"
     config.write_text("tuning:\n  heartbeat_interval: 1\n  grace_period: 2\n")
     run_optimize(tuning_settings(root, bbc_small, "hb", **{"tuning.n_trials": 1, "model.num_epochs": 2}))
-    args = (
-        "optimize",
-        "--config",
-        config,
-        "--output-root",
-        root,
-        "--data-file",
-        bbc_small,
-        "--study-name",
-        "hb",
-        "--n-trials",
-        "3",
-        "--num-epochs",
-        "200",
-        "--max-seq-len",
-        "128",
-        "--verbosity",
-        "0",
-    )
+    args = optimize_args(root, bbc_small, "hb", "--config", config, "--n-trials", "3", epochs=200)
     worker = subprocess.Popen(
         bertcls_cmd(*args), cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -286,23 +256,7 @@ def test_explore_changes_the_running_optimizer_and_dropout(pbt_context):
 
 def test_pbt_command_saves_best_member_and_lineage(cli, workspace, bbc_small):
     root = workspace / "tuning"
-    code, out, err = cli(
-        "optimize",
-        "--output-root",
-        root,
-        "--data-file",
-        bbc_small,
-        "--study-name",
-        "pbt",
-        "--strategy",
-        "pbt",
-        "--num-epochs",
-        "6",
-        "--max-seq-len",
-        "128",
-        "--verbosity",
-        "0",
-    )
+    code, out, err = cli(*optimize_args(root, bbc_small, "pbt", "--strategy", "pbt"))
     assert code == 0, err
     folder = root / "optuna" / "pbt"
     assert (folder / "pbt_lineage.json").is_file() and (folder / "pbt_members.png").is_file()
@@ -365,25 +319,7 @@ def test_pbt_best_model_from_the_repo_config_goes_through_predict_evaluate_and_i
         "  pbt:\n    population_size: 4\n    perturbation_interval: 1\n    exploit_probability: 1.0\n"
     )
     root = tmp_path / "runs" / "pbt"
-    code, out, err = cli(
-        "optimize",
-        "--output-root",
-        root,
-        "--data-file",
-        bbc_small,
-        "--strategy",
-        "pbt",
-        "--study-name",
-        "pbtv",
-        "--n-trials",
-        "4",
-        "--num-epochs",
-        "4",
-        "--max-seq-len",
-        "128",
-        "--verbosity",
-        "0",
-    )
+    code, out, err = cli(*optimize_args(root, bbc_small, "pbtv", "--strategy", "pbt", "--n-trials", "4", epochs=4))
     assert code == 0, err
     from bertcls.checkpoint import load_checkpoint
 
