@@ -91,6 +91,14 @@ def predict_proba(
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
 
 
+def predict_embedded(
+    model: TextClassifier, vectors: np.ndarray, lexical, device: torch.device, batch_size: int = 256
+) -> np.ndarray:
+    """Probabilities of texts given as their embeddings (and TF-IDF rows, for a model with a lexical layer)."""
+    source = EmbeddingBatches(vectors, np.zeros(len(vectors), dtype=np.int64), lexical)
+    return predict_proba(model, source, device, batch_size)
+
+
 def score(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
     predicted = probs.argmax(axis=1)
     picked = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)

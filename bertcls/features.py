@@ -57,6 +57,8 @@ class EmbeddingService:
         self.fingerprint = fingerprint(self.folder)
         self.cache = EmbeddingCache(output_root, self.fingerprint, max_seq_len, cfg.pooling)
         self.window_cache = EmbeddingCache(output_root, self.fingerprint, max_seq_len, cfg.pooling, kind="windows")
+        self.stride = cfg.stride_for(max_seq_len)
+        self.normalize = has_normalize(self.folder)
         self.stats = CacheStats()
         self.chunking = ChunkReport()
         self._encoder: Encoder | None = None
@@ -107,15 +109,12 @@ class EmbeddingService:
     def _embed_chunked(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Every window of every text is cached under its token ids; a text's vector pools its windows."""
         windows, owner, lengths = split_into_windows(
-            self.tokenizer, texts, self.max_seq_len, self.cfg.stride_for(self.max_seq_len), self.cfg.max_chunks
+            self.tokenizer, texts, self.max_seq_len, self.stride, self.cfg.max_chunks
         )
         keys = [window_hash(w) for w in windows]
         vectors, _ = embed_keyed(keys, windows, self.window_cache, self._encode_windows, self.stats)
-        self.chunking.add(
-            np.bincount(owner, minlength=len(texts)), lengths, self.max_seq_len, self.cfg.stride_for(self.max_seq_len)
-        )
-        normalize = has_normalize(self.folder)
-        return pool_windows(vectors, owner, len(texts), self.cfg.chunk_pooling, normalize), lengths
+        self.chunking.add(np.bincount(owner, minlength=len(texts)), lengths, self.max_seq_len, self.stride)
+        return pool_windows(vectors, owner, len(texts), self.cfg.chunk_pooling, self.normalize), lengths
 
     @property
     def dim(self) -> int:
@@ -129,10 +128,10 @@ class EmbeddingService:
             "fingerprint": self.fingerprint,
             **architecture(self.folder),
             "pooling": self.cfg.pooling,
-            "normalize": has_normalize(self.folder),
+            "normalize": self.normalize,
             "max_seq_len": self.max_seq_len,
             "long_texts": self.cfg.long_texts,
-            "chunk_stride": self.cfg.stride_for(self.max_seq_len),
+            "chunk_stride": self.stride,
             "max_chunks": self.cfg.max_chunks,
             "chunk_pooling": self.cfg.chunk_pooling,
         }

@@ -59,8 +59,15 @@ class LexicalFeatures:
 
     @classmethod
     def fit(cls, texts: list[str], cfg: LexicalSection) -> LexicalFeatures:
+        return cls.fit_transform(texts, cfg)[0]
+
+    @classmethod
+    def fit_transform(cls, texts: list[str], cfg: LexicalSection) -> tuple[LexicalFeatures, scipy.sparse.csr_matrix]:
+        """Fitted vectorizers and the fitting texts' features, read in one pass (as ``TfidfVectorizer`` does)."""
+        import scipy.sparse
+
         kinds = {"word": cfg.word_ngrams, "char": cfg.char_ngrams}
-        fitted, sizes = {}, {}
+        fitted, sizes, parts = {}, {}, []
         for kind, ngrams in kinds.items():
             if ngrams is None:
                 continue
@@ -68,9 +75,10 @@ class LexicalFeatures:
                 kind, ngrams, cfg.sublinear_tf, min_df=min(cfg.min_df, len(texts)), max_features=cfg.max_features
             )
             try:
-                vectorizer.fit(texts)
+                parts.append(vectorizer.fit_transform(texts))
             except ValueError:  # every term below min_df: fall back to every term
-                vectorizer = _vectorizer(kind, ngrams, cfg.sublinear_tf, max_features=cfg.max_features).fit(texts)
+                vectorizer = _vectorizer(kind, ngrams, cfg.sublinear_tf, max_features=cfg.max_features)
+                parts.append(vectorizer.fit_transform(texts))
             fitted[kind], sizes[kind] = vectorizer, len(vectorizer.vocabulary_)
         spec = LexicalSpec(
             word_ngrams=cfg.word_ngrams,
@@ -80,7 +88,7 @@ class LexicalFeatures:
             num_char_features=sizes.get("char", 0),
         )
         logger.info("Lexical features: %d word and %d character n-grams", sizes.get("word", 0), sizes.get("char", 0))
-        return cls(spec, fitted)
+        return cls(spec, fitted), scipy.sparse.hstack(parts, format="csr", dtype=np.float32)
 
     def transform(self, texts: list[str]) -> scipy.sparse.csr_matrix:
         import scipy.sparse

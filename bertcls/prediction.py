@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bertcls.batches import EmbeddingBatches, predict_proba
+from bertcls.batches import predict_embedded
 from bertcls.checkpoint import Checkpoint, build_classifier
 from bertcls.data import require_columns
 from bertcls.encoder import embed_documents
@@ -92,8 +92,7 @@ class Predictor:
         distinct = distinct.tolist()
         vectors = embed_documents(self.encoder, distinct, batch_size, self.device, self.windowing)
         lexical = self.lexical.transform(distinct) if self.lexical is not None else None
-        source = EmbeddingBatches(vectors, np.zeros(len(distinct), dtype=np.int64), lexical)
-        return predict_proba(self.model, source, self.device, batch_size)[position]
+        return predict_embedded(self.model, vectors, lexical, self.device, batch_size)[position]
 
 
 def read_chunks(source: TextIO | Path, options: PredictOptions) -> Iterator[pd.DataFrame]:

@@ -77,10 +77,10 @@ def fit_lexical(texts: list[str], settings: Settings) -> LexicalFeatures | None:
 
 
 def batch_source(
-    service: EmbeddingService, texts: list[str], labels: np.ndarray, fine_tune: bool, lexical: LexicalFeatures | None
+    service: EmbeddingService, texts: list[str], labels: np.ndarray, fine_tune: bool, matrix
 ) -> tuple[BatchSource, np.ndarray]:
-    """The model inputs of some texts (embeddings or tokens, plus TF-IDF rows) and their untruncated lengths."""
-    matrix = lexical.transform(texts) if lexical is not None else None
+    """The model inputs of some texts (embeddings or tokens, plus their TF-IDF rows, if any) and their untruncated
+    lengths."""
     if fine_tune:
         lengths = service.encoder.token_lengths(texts)
         return TextBatches(service.encoder, texts, labels, lengths, matrix), lengths
@@ -92,13 +92,19 @@ def build_features(
     service: EmbeddingService, splits: Splits, names: list[str], settings: Settings, fine_tune: bool
 ) -> FeatureSet:
     cfg = settings.data
-    lexical = fit_lexical(splits.train[cfg.text_column].tolist(), settings)
+    lexical, matrices = None, {}
+    if settings.classifier.lexical_features:
+        lexical, matrices["train"] = LexicalFeatures.fit_transform(
+            splits.train[cfg.text_column].tolist(), settings.lexical
+        )
     sources: dict[str, BatchSource] = {}
     all_lengths = []
     for split_name, frame in splits.items():
         texts = frame[cfg.text_column].tolist()
         labels = encode_labels(frame, cfg, names, split_name)
-        sources[split_name], lengths = batch_source(service, texts, labels, fine_tune, lexical)
+        if lexical is not None and split_name not in matrices:
+            matrices[split_name] = lexical.transform(texts)
+        sources[split_name], lengths = batch_source(service, texts, labels, fine_tune, matrices.get(split_name))
         all_lengths.append(lengths)
     truncation = truncation_summary(np.concatenate(all_lengths), service.max_seq_len)
     chunks = not fine_tune and settings.encoder.long_texts == "chunks"

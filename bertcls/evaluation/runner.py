@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bertcls.batches import EmbeddingBatches, predict_proba
+from bertcls.batches import predict_embedded
 from bertcls.checkpoint import Checkpoint, build_classifier
 from bertcls.config import EvaluationSection, Settings
 from bertcls.errors import CheckpointError
@@ -64,8 +64,7 @@ def score_texts(
     lexical = ckpt.lexical_features()
     matrix = lexical.transform(texts) if lexical is not None else None
     model, _ = build_classifier(ckpt, output_root, need_encoder=False)
-    source = EmbeddingBatches(vectors, np.zeros(len(texts), dtype=np.int64), matrix)
-    return predict_proba(model.to(device), source, device)
+    return predict_embedded(model.to(device), vectors, matrix, device)
 
 
 @dataclass
