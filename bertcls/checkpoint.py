@@ -28,6 +28,7 @@ from bertcls.fileio import atomic_path
 from bertcls.lexical import VOCABULARY_KEY, LexicalFeatures, LexicalSpec
 from bertcls.metrics import EpochRecord
 from bertcls.model import HeadSpec, LexicalLayer, MLPHead, TextClassifier, load_trainable_state
+from bertcls.precision import PrecisionCheck
 
 logger = logging.getLogger(__name__)
 FORMAT = "bertcls-checkpoint"
@@ -103,6 +104,7 @@ class CheckpointMeta(_Record):
     created_at: str = ""
     tuning: TuningProvenance | None = None
     data: DataProvenance = Field(default_factory=DataProvenance)
+    precision: PrecisionCheck | None = None
 
 
 def library_versions() -> dict[str, str]:

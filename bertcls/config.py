@@ -49,6 +49,8 @@ class ModelSection(StrictModel):
     batch_size: int | None = Field(None, ge=1)
     num_epochs: int = Field(20, ge=1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    num_threads: int | None = Field(None, ge=1)
     metric: Literal["f1", "accuracy"] = "f1"
     seed: int = 42
 

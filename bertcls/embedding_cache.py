@@ -37,10 +37,13 @@ class CacheStats:
 
 
 class EmbeddingCache:
-    """A folder of shards; each shard holds ``hashes`` (N x 16 uint8), ``embeddings`` and ``lengths``."""
+    """A folder of shards; each shard holds ``hashes`` (N x 16 uint8), ``embeddings`` and ``lengths``. Embeddings
+    made at another precision live in another folder (fp32 keeps the plain name)."""
 
-    def __init__(self, root: Path, fingerprint: str, max_seq_len: int, pooling: str, kind: str = "texts"):
-        suffix = "" if kind == "texts" else f"_{kind}"
+    def __init__(
+        self, root: Path, fingerprint: str, max_seq_len: int, pooling: str, kind: str = "texts", precision: str = "fp32"
+    ):
+        suffix = ("" if kind == "texts" else f"_{kind}") + ("" if precision == "fp32" else f"_{precision}")
         self.folder = Path(root) / "cache" / f"{fingerprint[:16]}_len{max_seq_len}_{pooling}{suffix}"
         self._index: dict[bytes, tuple[np.ndarray, int]] | None = None
 

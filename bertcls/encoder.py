@@ -16,6 +16,7 @@ from torch import nn
 
 from bertcls.config import DEFAULT_ENCODER, EncoderSection
 from bertcls.errors import BertclsError
+from bertcls.precision import autocast
 
 logger = logging.getLogger(__name__)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -169,6 +170,21 @@ def split_into_windows(
     return windows, np.asarray(owner, dtype=np.int64), lengths
 
 
+def window_batches(windows: list[list[int]], batch_size: int, pad_id: int):
+    """``(indices, input_ids, attention_mask)`` per batch of token windows, longest first, padded to the longest
+    window of the batch (numpy int64, for torch and onnxruntime alike)."""
+    order = np.argsort([-len(w) for w in windows], kind="stable")
+    for start in range(0, len(windows), batch_size):
+        indices = order[start : start + batch_size]
+        width = len(windows[indices[0]])
+        ids = np.full((len(indices), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(indices), width), dtype=np.int64)
+        for row, i in enumerate(indices):
+            ids[row, : len(windows[i])] = windows[i]
+            mask[row, : len(windows[i])] = 1
+        yield indices, ids, mask
+
+
 @dataclass(frozen=True)
 class Windowing:
     """How a text longer than ``max_seq_len`` is read: overlapping windows, pooled into one vector."""
@@ -227,6 +243,7 @@ class Encoder(nn.Module):
         self.max_seq_len = max_seq_len
         self.pooling = pooling
         self.normalize = has_normalize(folder)
+        self.precision = "fp32"  # the transformer runs under autocast to this; its weights stay fp32
 
     @property
     def dim(self) -> int:
@@ -249,8 +266,9 @@ class Encoder(nn.Module):
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: v for k, v in features.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        output = self.transformer(**inputs, return_dict=True)
-        pooled = pool(output.last_hidden_state, features["attention_mask"], self.pooling)
+        with autocast(features["input_ids"].device, self.precision):
+            output = self.transformer(**inputs, return_dict=True)
+        pooled = pool(output.last_hidden_state.float(), features["attention_mask"], self.pooling)
         return nn.functional.normalize(pooled, p=2, dim=1) if self.normalize else pooled
 
     def set_trainable(self, freeze: bool, unfreeze_last_n_layers: int | None) -> None:
@@ -284,18 +302,16 @@ class Encoder(nn.Module):
         self.eval()
         self.to(device)
         out = np.zeros((len(windows), self.dim), dtype=np.float32)
-        order = np.argsort([-len(w) for w in windows], kind="stable")
-        for start in range(0, len(windows), batch_size):
-            indices = order[start : start + batch_size]
-            width = len(windows[indices[0]])
-            ids = torch.full((len(indices), width), self.tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(indices), width), dtype=torch.long)
-            for row, i in enumerate(indices):
-                ids[row, : len(windows[i])] = torch.tensor(windows[i])
-                mask[row, : len(windows[i])] = 1
-            out[indices] = self({"input_ids": ids.to(device), "attention_mask": mask.to(device)}).float().cpu().numpy()
+        done = 0
+        for indices, ids, mask in window_batches(windows, batch_size, self.tokenizer.pad_token_id):
+            features = {
+                "input_ids": torch.from_numpy(ids).to(device),
+                "attention_mask": torch.from_numpy(mask).to(device),
+            }
+            out[indices] = self(features).float().cpu().numpy()
+            done += len(indices)
             if progress:
-                progress(start + len(indices), len(windows))
+                progress(done, len(windows))
         return out
 
     @torch.inference_mode()

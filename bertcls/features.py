@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import numpy as np
 import torch
 
 from bertcls.config import EncoderSection
-from bertcls.embedding_cache import CacheStats, EmbeddingCache, embed_cached, embed_keyed, window_hash
+from bertcls.embedding_cache import CacheStats, EmbeddingCache, embed_cached, embed_keyed, text_hash, window_hash
 from bertcls.encoder import (
     Encoder,
     ProgressFn,
@@ -22,6 +25,8 @@ from bertcls.encoder import (
     resolve_encoder_folder,
     split_into_windows,
 )
+from bertcls.fileio import atomic_path
+from bertcls.precision import PrecisionCheck, log_check, measure
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +54,18 @@ class ChunkReport:
 class EmbeddingService:
     """Owns the encoder folder, its fingerprint and the embedding cache for one max_seq_len and pooling."""
 
-    def __init__(self, cfg: EncoderSection, max_seq_len: int, output_root: Path, device: torch.device):
+    def __init__(
+        self, cfg: EncoderSection, max_seq_len: int, output_root: Path, device: torch.device, precision: str = "fp32"
+    ):
         self.cfg = cfg
         self.max_seq_len = max_seq_len
         self.device = device
+        self.root = Path(output_root)
         self.folder = resolve_encoder_folder(cfg, output_root).resolve()
         self.fingerprint = fingerprint(self.folder)
-        self.cache = EmbeddingCache(output_root, self.fingerprint, max_seq_len, cfg.pooling)
-        self.window_cache = EmbeddingCache(output_root, self.fingerprint, max_seq_len, cfg.pooling, kind="windows")
+        self.set_precision(precision)
+        self.precision_check = PrecisionCheck(requested=precision, used=precision)
+        self.precision_unchecked = False  # a saved model's service whose reduced precision is still to be checked
         self.stride = cfg.stride_for(max_seq_len)
         self.normalize = has_normalize(self.folder)
         self.stats = CacheStats()
@@ -78,7 +87,53 @@ class EmbeddingService:
     def encoder(self) -> Encoder:
         if self._encoder is None:
             self._encoder = Encoder(self.folder, self.max_seq_len, self.cfg.pooling)
+            self._encoder.precision = self.precision
         return self._encoder
+
+    def set_precision(self, precision: str) -> None:
+        """Run the encoder at ``precision`` from now on, with a cache of that precision's embeddings."""
+        self.precision = precision
+        args = (self.root, self.fingerprint, self.max_seq_len, self.cfg.pooling)
+        self.cache = EmbeddingCache(*args, precision=precision)
+        self.window_cache = EmbeddingCache(*args, kind="windows", precision=precision)
+        if getattr(self, "_encoder", None) is not None:
+            self._encoder.precision = precision
+
+    def check_precision(
+        self, texts: list[str], labels: np.ndarray | None = None, labeller: Labeller | None = None
+    ) -> PrecisionCheck:
+        """The guard: embed ``texts`` (their first ``max_seq_len`` tokens) at fp32 and at this service's reduced
+        precision, compare, and fall back to fp32 when they disagree. Labels come from ``labeller`` (a trained
+        model) or, before any model exists, from the nearest class mean of ``labels``. A verdict is remembered in
+        the cache under the sample's hash, so a warm rerun on the same texts does not pay for it again."""
+        requested = self.precision
+        if requested == "fp32":
+            return PrecisionCheck(requested="fp32", used="fp32")
+        record = self.cache.folder / f"guard_{sample_key(texts, labels, labeller is not None)}.json"
+        if labeller is None and record.is_file():
+            check = PrecisionCheck.model_validate_json(record.read_text())
+        else:
+            check = self._measure(texts, labels, labeller)
+            if labeller is None:
+                record.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(record) as tmp:
+                    tmp.write_text(check.model_dump_json())
+        log_check(check)
+        self.set_precision(check.used)
+        return check
+
+    def _measure(self, texts: list[str], labels: np.ndarray | None, labeller: Labeller | None) -> PrecisionCheck:
+        """Run the guard; when it passes and texts are read truncated, its reduced-precision embeddings are the ones
+        training needs, so they go into the cache instead of being computed again."""
+        batch = self.cfg.encode_batch_size
+        check, reduced = measure(self.encoder, texts, self.precision, self.device, batch, labeller, labels)
+        if check.passed and self.cfg.long_texts == "truncate":
+            keys = [text_hash(t) for t in texts]
+            fresh = [i for i, hit in enumerate(self.cache.lookup(keys)) if hit is None]
+            if fresh:
+                lengths = self.encoder.token_lengths([texts[i] for i in fresh])
+                self.cache.add([keys[i] for i in fresh], reduced[fresh], lengths)
+        return check
 
     def reload_encoder(self) -> Encoder:
         """Drop the (possibly fine-tuned) encoder and load the pretrained one again."""
@@ -135,6 +190,15 @@ class EmbeddingService:
             "max_chunks": self.cfg.max_chunks,
             "chunk_pooling": self.cfg.chunk_pooling,
         }
+
+
+Labeller = Callable[[np.ndarray], np.ndarray]
+
+
+def sample_key(texts: list[str], labels: np.ndarray | None, by_model: bool) -> str:
+    """A short hash of the guard's sample (texts and labels), so its verdict is reused only for the same sample."""
+    payload = json.dumps([texts, [] if labels is None else np.asarray(labels).tolist(), by_model])
+    return hashlib.blake2b(payload.encode("utf-8"), digest_size=8).hexdigest()
 
 
 def truncation_summary(lengths: np.ndarray, max_seq_len: int) -> dict[str, float]:

@@ -9,6 +9,7 @@ from safetensors import safe_open
 
 from bertcls.checkpoint import Checkpoint, encoder_folder_for, verify_encoder
 from bertcls.encoder import weights_file
+from bertcls.precision import describe as describe_precision
 
 
 def _numel(shape: list[int]) -> int:
@@ -84,6 +85,7 @@ def describe_checkpoint(ckpt: Checkpoint, output_root: str | Path) -> dict[str, 
             else f"chunks (windows every {encoder.chunk_stride} tokens, at most {encoder.max_chunks}, "
             f"{encoder.chunk_pooling} pooled)",
             "lexical_features": _lexical_summary(arch.lexical),
+            "precision": describe_precision(meta.precision),
             "head": arch.head.layers(),
         },
         "parameters": parameter_counts(ckpt, folder),

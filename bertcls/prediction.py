@@ -21,6 +21,7 @@ from bertcls.encoder import embed_documents
 from bertcls.errors import DataError
 from bertcls.fileio import atomic_path
 from bertcls.metrics import accuracy, macro_f1
+from bertcls.precision import PrecisionCheck, for_checkpoint, log_check, measure, sample_indices
 
 logger = logging.getLogger(__name__)
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -76,7 +77,7 @@ class PredictSummary:
 class Predictor:
     """Loads a checkpoint once and turns texts into class probabilities."""
 
-    def __init__(self, ckpt: Checkpoint, output_root: str | Path, device: torch.device):
+    def __init__(self, ckpt: Checkpoint, output_root: str | Path, device: torch.device, precision: str = "fp32"):
         self.ckpt = ckpt
         self.labels = ckpt.labels
         self.device = device
@@ -84,12 +85,34 @@ class Predictor:
         self.model.to(device)
         self.lexical = ckpt.lexical_features()
         self.windowing = ckpt.architecture.encoder.windowing()
+        self.encoder.precision, self._unchecked = for_checkpoint(ckpt.meta.precision, precision, device)
+        self.precision_check = PrecisionCheck(requested=self.encoder.precision, used=self.encoder.precision)
+
+    def labeller(self, texts: list[str], batch_size: int):
+        """This model's labels for embeddings of ``texts`` (their TF-IDF part is the same at any precision)."""
+        lexical = self.lexical.transform(texts) if self.lexical is not None else None
+
+        def label(vectors: np.ndarray) -> np.ndarray:
+            return predict_embedded(self.model, vectors, lexical, self.device, batch_size).argmax(axis=1)
+
+        return label
+
+    def check_precision(self, texts: list[str], batch_size: int) -> None:
+        """The guard, on the first texts this model predicts at a reduced precision its training did not check."""
+        sample = [texts[i] for i in sample_indices(len(texts), seed=0)]
+        check, _ = measure(
+            self.encoder, sample, self.encoder.precision, self.device, batch_size, self.labeller(sample, batch_size)
+        )
+        log_check(check)
+        self.encoder.precision, self.precision_check, self._unchecked = check.used, check, False
 
     def predict_proba(self, texts: list[str], batch_size: int) -> np.ndarray:
         """Probabilities in input order, from the same features the model was trained on (whole-text windows and
         TF-IDF where it used them). Identical texts are run once; batches are sorted by token length."""
         distinct, position = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
         distinct = distinct.tolist()
+        if self._unchecked:
+            self.check_precision(distinct, batch_size)
         vectors = embed_documents(self.encoder, distinct, batch_size, self.device, self.windowing)
         lexical = self.lexical.transform(distinct) if self.lexical is not None else None
         return predict_embedded(self.model, vectors, lexical, self.device, batch_size)[position]

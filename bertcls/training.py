@@ -103,6 +103,7 @@ class Trainer:
         encoder_lr: float = 2e-5,
         lexical_cfg: LexicalSection | None = None,
         class_weights: np.ndarray | None = None,
+        precision: str = "fp32",
     ):
         self.model, self.train_data, self.val_data = model.to(device), train, val
         self.num_classes, self.model_cfg, self.optim_cfg = num_classes, model_cfg, optim_cfg
@@ -111,6 +112,8 @@ class Trainer:
         self.stopper = EarlyStopping(stopping_cfg)
         weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=device)
         self.loss_fn = nn.CrossEntropyLoss(weight=weight)
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and device.type == "cuda" else None
         self.callbacks: list[TrainerCallback] = []
         self.should_stop = False
         self.stop_reason = ""
@@ -140,10 +143,18 @@ class Trainer:
         loss = self.loss_fn(head, labels)
         if lexical is not None:  # each view learns to classify alone, and their sum (the output) learns too
             loss = loss + self.loss_fn(lexical, labels) + self.loss_fn(head + lexical, labels)
-        loss.backward()
+        if self.scaler is None:
+            loss.backward()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
         if self.optim_cfg.max_grad_norm:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.max_grad_norm)
-        self.optimizer.step()
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         return float(loss.detach())
 
     def train_epoch(self) -> float:

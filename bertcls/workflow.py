@@ -35,6 +35,8 @@ from bertcls.features import EmbeddingService, truncation_summary
 from bertcls.lexical import LexicalFeatures
 from bertcls.memory import MemoryManager, default_probe
 from bertcls.model import HeadSpec, LexicalLayer, MLPHead, TextClassifier, count_parameters, load_trainable_state
+from bertcls.precision import describe as describe_precision
+from bertcls.precision import resolve_precision, sample_indices
 from bertcls.training import Trainer, TrainResult, balanced_class_weights
 
 logger = logging.getLogger(__name__)
@@ -172,6 +174,7 @@ def make_trainer(settings: Settings, features: FeatureSet, service: EmbeddingSer
         settings.encoder.encoder_lr,
         settings.lexical,
         weights,
+        service.precision,
     )
 
 
@@ -235,6 +238,7 @@ def checkpoint_meta(
         created_at=now_iso(),
         tuning=tuning,
         data=data or DataProvenance(),
+        precision=service.precision_check,
     )
 
 
@@ -250,6 +254,7 @@ class TrainOutcome:
     encoder_loaded: bool
     chunking: dict[str, int] | None = None
     lexical_features: int = 0
+    precision: str = "fp32"
 
 
 @dataclass
@@ -271,13 +276,24 @@ def prepare(settings: Settings, hooks: WorkflowHooks) -> PreparedRun:
     splits, report = load_splits(settings.data, settings.root, settings.model.seed)
     names = label_names(splits.train, settings.data)
     hooks.on_stage("Preparing encoder")
-    service = EmbeddingService(
-        settings.encoder, settings.model.max_seq_len, settings.root, pick_device(settings.model.device)
-    )
+    device = pick_device(settings.model.device)
+    precision = resolve_precision(settings.model.precision, device)
+    service = EmbeddingService(settings.encoder, settings.model.max_seq_len, settings.root, device, precision)
+    if precision != "fp32":
+        hooks.on_stage(f"Checking {precision} against fp32")
+        guard_precision(service, splits.train, names, settings)
     service.progress = hooks.on_encode_progress
     hooks.on_stage("Encoding texts")
     features = build_features(service, splits, names, settings, fine_tune=not settings.encoder.freeze)
     return PreparedRun(splits, report, names, service, features)
+
+
+def guard_precision(service: EmbeddingService, train: pd.DataFrame, names: list[str], settings: Settings) -> None:
+    """Check the service's reduced precision on a sample of the training texts (the verdict stays on the
+    service, and goes into every checkpoint made with it)."""
+    rows = train.iloc[sample_indices(len(train), settings.model.seed)]
+    labels = encode_labels(rows, settings.data, names, "train")
+    service.precision_check = service.check_precision(rows[settings.data.text_column].tolist(), labels)
 
 
 def run_training(settings: Settings, hooks: WorkflowHooks | None = None) -> TrainOutcome:
@@ -309,4 +325,5 @@ def run_training(settings: Settings, hooks: WorkflowHooks | None = None) -> Trai
         service.encoder_loaded,
         run.features.chunking,
         lexical_count,
+        describe_precision(service.precision_check),
     )

@@ -13,6 +13,8 @@ CORE = [
     "config",
     "config_sources",
     "lexical",
+    "precision",
+    "onnx_backend",
     "batches",
     "data",
     "encoder",

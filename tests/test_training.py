@@ -85,7 +85,8 @@ def test_fine_tuning_lowers_the_loss_and_round_trips(workspace, tmp_path):
     ckpt = load_checkpoint(path)
     assert any(k.startswith("encoder.") for k in ckpt.state) and ckpt.architecture.lexical is not None
     assert ckpt.architecture.encoder.fine_tuned and not ckpt.architecture.head.standardize
-    restored, _ = build_classifier(ckpt, settings.root)
+    restored, encoder = build_classifier(ckpt, settings.root)
+    encoder.precision = service.precision  # the precision is the predictor's choice; the weights are what matter
     batch = train.batch(np.arange(4), service.device)
     trainer.model.eval()
     with torch.inference_mode():

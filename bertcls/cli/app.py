@@ -19,13 +19,14 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from bertcls.cli import config_cmd, evaluate_cmd, inspect_cmd, optimize_cmd, predict_cmd, train_cmd
+    from bertcls.cli import config_cmd, evaluate_cmd, export_cmd, inspect_cmd, optimize_cmd, predict_cmd, train_cmd
 
     app.command("train")(train_cmd.train)
     app.command("predict")(predict_cmd.predict)
     app.command("inspect")(inspect_cmd.inspect)
     app.command("evaluate")(evaluate_cmd.evaluate)
     app.command("optimize")(optimize_cmd.optimize)
+    app.command("export")(export_cmd.export)
     app.add_typer(config_cmd.config_app, name="config")
 
 
@@ -33,12 +34,14 @@ _register()
 
 
 def report_error(exc: BertclsError) -> None:
+    from rich.markup import escape
+
     from bertcls.cli.common import err_console
 
-    err_console.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     if isinstance(exc, ConfigError):
         for problem in exc.problems:
-            err_console.print(f"  - {problem}", highlight=False, soft_wrap=True)
+            err_console.print(f"  - {escape(str(problem))}", highlight=False, soft_wrap=True)
 
 
 def run(argv: list[str] | None = None) -> int:

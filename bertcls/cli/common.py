@@ -49,6 +49,16 @@ BestModel = Annotated[
     ),
 ]
 Device = Annotated[Optional[str], option("--device", help="auto, cpu, cuda or mps.")]
+Precision = Annotated[
+    Optional[str],
+    option(
+        "--precision",
+        help="Encoder precision: auto (bf16 where the CPU or GPU has it natively, else fp32), fp32, bf16 or fp16.",
+    ),
+]
+Threads = Annotated[
+    Optional[int], option("--threads", help="CPU threads for torch and onnxruntime (default: all cores).", min=1)
+]
 
 
 def print_unseen_labels(console: Console, counts: dict[str, int]) -> None:
@@ -59,7 +69,12 @@ def print_unseen_labels(console: Console, counts: dict[str, int]) -> None:
 
 
 def build_config(config_file: str | None, flags: dict[str, Any]) -> ResolvedConfig:
-    return resolve_settings(flags, config_file)
+    """Resolve the settings (flags > environment > YAML > defaults) and apply the process-wide thread count."""
+    from bertcls.precision import apply_threads
+
+    resolved = resolve_settings(flags, config_file)
+    apply_threads(resolved.settings.model.num_threads)
+    return resolved
 
 
 def setup_logging(resolved: ResolvedConfig, command: str) -> Path:

@@ -13,6 +13,8 @@ from bertcls.cli.common import (
     Device,
     Encoding,
     OutputRoot,
+    Precision,
+    Threads,
     Verbosity,
     build_config,
     err_console,
@@ -32,6 +34,8 @@ def evaluate(
     ] = None,
     encoding: Encoding = None,
     device: Device = None,
+    precision: Precision = None,
+    threads: Threads = None,
     config: ConfigFile = None,
     verbosity: Verbosity = None,
 ) -> None:
@@ -51,6 +55,8 @@ def evaluate(
             "evaluation.cv_folds": cv_folds,
             "data.encoding": encoding,
             "model.device": device,
+            "model.precision": precision,
+            "model.num_threads": threads,
         },
     )
     settings = resolved.settings

@@ -39,6 +39,7 @@ def architecture_panel(info: dict) -> Panel:
         "long_texts",
         "fine_tuned",
         "lexical_features",
+        "precision",
     )
     rows = {k: arch[k] for k in keys}
     head = Table(title="MLP head (as saved in the checkpoint)", show_edge=False)

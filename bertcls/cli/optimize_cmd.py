@@ -13,6 +13,8 @@ from bertcls.cli.common import (
     Device,
     MaxSeqLen,
     OutputRoot,
+    Precision,
+    Threads,
     Verbosity,
     build_config,
     err_console,
@@ -74,6 +76,8 @@ def optimize(
     data_file: DataFile = None,
     seed: Annotated[Optional[int], option("--seed", help="Random seed.")] = None,
     device: Device = None,
+    precision: Precision = None,
+    threads: Threads = None,
     config: ConfigFile = None,
     verbosity: Verbosity = None,
 ) -> None:
@@ -95,6 +99,8 @@ def optimize(
             "data.data_file": data_file,
             "model.seed": seed,
             "model.device": device,
+            "model.precision": precision,
+            "model.num_threads": threads,
         },
     )
     settings = resolved.settings

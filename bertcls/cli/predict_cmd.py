@@ -17,6 +17,8 @@ from bertcls.cli.common import (
     Encoding,
     LabelColumn,
     OutputRoot,
+    Precision,
+    Threads,
     Verbosity,
     build_config,
     err_console,
@@ -74,20 +76,23 @@ def predict(
             "--escape-formulas/--no-escape-formulas", help="Neutralise text cells a spreadsheet would run as formulas."
         ),
     ] = True,
+    backend: Annotated[
+        str, typer.Option("--backend", help="torch (the checkpoint) or onnx (the export under <output_root>/export/).")
+    ] = "torch",
     chunk_size: Annotated[int, typer.Option("--chunk-size", help="Rows read and predicted at a time.", min=1)] = 10_000,
     text_column: TextColumnOption = None,
     label_column: LabelColumn = None,
     encoding: Encoding = None,
     device: Device = None,
+    precision: Precision = None,
+    threads: Threads = None,
     config: ConfigFile = None,
     verbosity: Verbosity = None,
 ) -> None:
     """Label a CSV with a trained model: every input column kept, plus predicted_label, confidence, probabilities."""
-    from bertcls.checkpoint import load_named_checkpoint
     from bertcls.data import resolve_data_path
-    from bertcls.encoder import pick_device
     from bertcls.errors import DataError
-    from bertcls.prediction import PredictOptions, Predictor, predict_csv
+    from bertcls.prediction import PredictOptions, predict_csv
 
     resolved = build_config(
         config,
@@ -98,6 +103,8 @@ def predict(
             "data.label_column": label_column,
             "data.encoding": encoding,
             "model.device": device,
+            "model.precision": precision,
+            "model.num_threads": threads,
         },
     )
     settings = resolved.settings
@@ -105,8 +112,9 @@ def predict(
     if not data_file:
         raise DataError("No input given; pass --data-file FILE (or - for standard input).")
     root = settings.root
-    ckpt = load_named_checkpoint(best_model, root)
-    trained = ckpt.trained_settings(root).data
+    if backend not in ("torch", "onnx"):
+        raise DataError(f"Unknown backend {backend!r}; use torch or onnx.")
+    predictor, trained = load_predictor(backend, best_model, settings)
     pick = lambda key: getattr(trained if resolved.sources[f"data.{key}"] == "default" else settings.data, key)  # noqa: E731
     options = PredictOptions(
         text_column=pick("text_column"),
@@ -114,12 +122,11 @@ def predict(
         encoding=settings.data.encoding,
         batch_size=batch_size or settings.encoder.encode_batch_size,
         chunk_rows=chunk_size,
-        top_k=top_k and min(top_k, len(ckpt.labels)),
+        top_k=top_k and min(top_k, len(predictor.labels)),
         escape_formulas=escape_formulas,
     )
     source = data_file if data_file == STDIO else str(resolve_data_path(data_file, root))
     target = resolve_output(output_file or "predictions.csv", root)
-    predictor = Predictor(ckpt, root, pick_device(settings.model.device))
     progress = Progress(
         SpinnerColumn(),
         TextColumn("[bold]Predicting"),
@@ -134,7 +141,25 @@ def predict(
         task = progress.add_task("predict", total=None if source == STDIO else count_rows(Path(source)), speed="")
         advance = lambda n: progress.update(task, advance=n, speed=rows_per_second(progress.tasks[task]))  # noqa: E731
         summary = predict_csv(predictor, source, target, options, advance)
-    report(summary, len(ckpt.labels), target, err_console if target == STDIO else out_console)
+    report(summary, len(predictor.labels), target, err_console if target == STDIO else out_console)
+
+
+def load_predictor(backend: str, best_model: str | None, settings):
+    """The predictor of the chosen backend, and the data columns its model was trained with."""
+    if backend == "onnx":
+        from bertcls.config import DataSection
+        from bertcls.onnx_backend import EXPORT_DIR, OnnxPredictor
+
+        predictor = OnnxPredictor(settings.root / EXPORT_DIR, settings.model.num_threads)
+        manifest = predictor.manifest
+        return predictor, DataSection(text_column=manifest.text_column, label_column=manifest.label_column)
+    from bertcls.checkpoint import load_named_checkpoint
+    from bertcls.encoder import pick_device
+    from bertcls.prediction import Predictor
+
+    ckpt = load_named_checkpoint(best_model, settings.root)
+    device = pick_device(settings.model.device)
+    return Predictor(ckpt, settings.root, device, settings.model.precision), ckpt.trained_settings(settings.root).data
 
 
 def report(summary, num_classes: int, target: str, console) -> None:

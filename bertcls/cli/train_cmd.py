@@ -15,7 +15,9 @@ from bertcls.cli.common import (
     LabelColumn,
     MaxSeqLen,
     OutputRoot,
+    Precision,
     TextColumn,
+    Threads,
     Verbosity,
     build_config,
     option,
@@ -57,6 +59,8 @@ def train(
     seed: Annotated[Optional[int], option("--seed", help="Random seed.")] = None,
     metric: Annotated[Optional[str], option("--metric", help="f1 or accuracy: the monitored metric.")] = None,
     device: Device = None,
+    precision: Precision = None,
+    threads: Threads = None,
     encoder: Annotated[Optional[str], option("--encoder", help="Encoder: a local folder or hub id.")] = None,
     freeze: Annotated[
         Optional[bool], option("--freeze/--fine-tune", help="Frozen encoder (cached embeddings) or fine-tuning.")
@@ -85,6 +89,8 @@ def train(
             "model.seed": seed,
             "model.metric": metric,
             "model.device": device,
+            "model.precision": precision,
+            "model.num_threads": threads,
             "optimizer.lr": lr,
             "encoder.name_or_path": encoder,
             "encoder.freeze": freeze,
@@ -112,5 +118,6 @@ def train(
     cache = f"Embedding cache: {outcome.cache_hits} hits, {outcome.cache_misses} new."
     lexical = f" Lexical features: {outcome.lexical_features:,} TF-IDF n-grams." if outcome.lexical_features else ""
     out_console.print(f"{reading} {cache}{lexical}")
+    out_console.print(f"Encoder precision: {outcome.precision}.")
     out_console.print(f"Log: {log_path}")
     out_console.print(f"Saved model: [bold]{outcome.checkpoint}[/]", highlight=False)

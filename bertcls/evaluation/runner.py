@@ -34,6 +34,7 @@ from bertcls.evaluation.scoring import (
 )
 from bertcls.features import EmbeddingService
 from bertcls.fileio import write_csv_atomic, write_text_atomic
+from bertcls.precision import for_checkpoint, sample_indices
 from bertcls.prediction import Predictor
 
 logger = logging.getLogger(__name__)
@@ -41,10 +42,14 @@ RESULTS_DIR = "evaluation_results"
 StageFn = Callable[[str], None]
 
 
-def checkpoint_service(ckpt: Checkpoint, trained: Settings, device: torch.device) -> EmbeddingService:
-    """The encoder service of the checkpoint's config; a frozen checkpoint refuses an encoder whose fingerprint
-    changed."""
-    service = EmbeddingService(trained.encoder, trained.model.max_seq_len, trained.root, device)
+def checkpoint_service(
+    ckpt: Checkpoint, trained: Settings, device: torch.device, precision: str = "fp32"
+) -> EmbeddingService:
+    """The encoder service of the checkpoint's config, at the precision to run it at (see
+    :func:`~bertcls.precision.for_checkpoint`); a frozen checkpoint refuses an encoder whose fingerprint changed."""
+    precision, unchecked = for_checkpoint(ckpt.meta.precision, precision, device)
+    service = EmbeddingService(trained.encoder, trained.model.max_seq_len, trained.root, device, precision)
+    service.precision_unchecked = unchecked
     if not ckpt.fine_tuned and service.fingerprint != ckpt.architecture.encoder.fingerprint:
         raise CheckpointError(
             f"The encoder at {service.folder} does not match the one {ckpt.path.name} was trained with; "
@@ -59,12 +64,19 @@ def score_texts(
     """Class probabilities: through the embedding cache for a frozen model, the full model otherwise."""
     device = service.device
     if ckpt.fine_tuned:
-        return Predictor(ckpt, output_root, device).predict_proba(texts, batch_size)
-    vectors, _ = service.embed(texts)
+        return Predictor(ckpt, output_root, device, service.precision).predict_proba(texts, batch_size)
     lexical = ckpt.lexical_features()
-    matrix = lexical.transform(texts) if lexical is not None else None
     model, _ = build_classifier(ckpt, output_root, need_encoder=False)
-    return predict_embedded(model.to(device), vectors, matrix, device)
+    model.to(device)
+    if service.precision_unchecked:
+        sample = [texts[i] for i in sample_indices(len(texts), seed=0)]
+        sample_matrix = lexical.transform(sample) if lexical is not None else None
+        label = lambda v: predict_embedded(model, v, sample_matrix, device).argmax(axis=1)  # noqa: E731
+        service.check_precision(sample, labeller=label)
+        service.precision_unchecked = False
+    vectors, _ = service.embed(texts)
+    matrix = lexical.transform(texts) if lexical is not None else None
+    return predict_embedded(model, vectors, matrix, device)
 
 
 @dataclass
@@ -191,7 +203,7 @@ def evaluate(
     writer = ResultWriter(root)
     try:
         on_stage("Scoring")
-        service = checkpoint_service(ckpt, trained, device)
+        service = checkpoint_service(ckpt, trained, device, settings_now.model.precision)
         probs = score_texts(ckpt, texts, service, root, settings_now.encoder.encode_batch_size)
         on_stage("Writing tables and plots")
         predictions, all_predictions, ece = write_analysis(writer, "", texts, truth, probs, labels, cfg, full=True)

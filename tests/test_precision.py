@@ -1,0 +1,176 @@
+"""Precision: resolution from the hardware (an injected probe), the fp32 guard, the cache, checkpoints, threads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bertcls.config import EncoderSection
+from bertcls.features import EmbeddingService
+from bertcls.precision import (
+    MIN_COSINE,
+    Hardware,
+    PrecisionCheck,
+    compare,
+    for_checkpoint,
+    read_cpu_flags,
+    resolve_precision,
+)
+from tests.conftest import bbc_subset
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def probe(*flags: str, cuda_bf16: bool = False):
+    return lambda: Hardware(frozenset(flags), cuda_bf16)
+
+
+def test_auto_picks_bf16_only_where_the_hardware_has_it():
+    assert resolve_precision("auto", CPU, probe("avx512f", "avx512_bf16")) == "bf16"
+    assert resolve_precision("auto", CPU, probe("avx512f", "amx_bf16")) == "bf16"
+    assert resolve_precision("auto", CPU, probe("avx512f", "avx2")) == "fp32"
+    assert resolve_precision("auto", CUDA, probe("avx512_bf16", cuda_bf16=False)) == "fp32"
+    assert resolve_precision("auto", CUDA, probe(cuda_bf16=True)) == "bf16"
+    assert resolve_precision("auto", torch.device("mps"), probe("avx512_bf16")) == "fp32"
+    assert resolve_precision("fp16", CPU, probe()) == "fp16"  # an explicit choice is kept (and checked)
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\nbugs\t\t: none\n")
+    flags = read_cpu_flags(info)
+    assert {"avx512f", "avx512_bf16"} <= flags and "none" not in flags
+    assert Hardware(flags).cpu_bf16
+
+
+def test_compare_keeps_a_faithful_precision_and_rejects_a_lossy_one():
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(200, 16)).astype(np.float32)
+    labeller = lambda v: v.argmax(axis=1)  # noqa: E731
+    close = compare("bf16", reference, reference + 1e-4 * rng.normal(size=reference.shape), labeller)
+    assert close.used == "bf16" and close.passed and close.mean_cosine > MIN_COSINE and close.label_agreement == 1
+    lossy = compare("bf16", reference, reference + 0.5 * rng.normal(size=reference.shape), labeller)
+    assert lossy.used == "fp32" and not lossy.passed
+    assert "mean cosine" in lossy.reason and lossy.label_agreement < 1
+
+
+def test_a_checkpoint_checked_at_training_is_trusted_and_others_are_checked():
+    checked = PrecisionCheck(requested="bf16", used="bf16", sample=200, mean_cosine=0.99999, label_agreement=1.0)
+    rejected = PrecisionCheck(requested="bf16", used="fp32", sample=200, mean_cosine=0.9, label_agreement=0.9)
+    bf16_cpu = probe("avx512_bf16")
+    resolve = lambda record, choice: for_checkpoint(record, choice, CPU)  # noqa: E731
+    import bertcls.precision as precision
+
+    original = precision.probe_hardware
+    precision.probe_hardware = bf16_cpu
+    try:
+        assert resolve(checked, "auto") == ("bf16", False)
+        assert resolve(rejected, "auto") == ("fp32", False)
+        assert resolve(None, "bf16") == ("bf16", True)
+        assert resolve(PrecisionCheck(requested="fp32", used="fp32"), "bf16") == ("bf16", True)
+        assert resolve(checked, "fp32") == ("fp32", False)
+    finally:
+        precision.probe_hardware = original
+
+
+class DegradedEncoder:
+    """The real encoder, made lossy below fp32 (a stand-in for hardware whose reduced precision is broken)."""
+
+    def __init__(self, encoder):
+        self.encoder = encoder
+        self.precision = "fp32"
+
+    def embed(self, texts, batch_size, device, progress=None):
+        self.encoder.precision = "fp32"
+        vectors = self.encoder.embed(texts, batch_size, device, progress)
+        if self.precision == "fp32":
+            return vectors
+        return np.random.default_rng(0).permutation(vectors)  # right shapes, wrong texts
+
+
+def texts_and_labels(per_class: int = 8):
+    frame = bbc_subset(per_class, seed=3)
+    codes = {name: i for i, name in enumerate(sorted(frame.category.unique()))}
+    return frame.text.tolist(), frame.category.map(codes).to_numpy()
+
+
+def test_guard_falls_back_to_fp32_when_the_reduced_precision_disagrees(workspace, caplog):
+    service = EmbeddingService(EncoderSection(), 40, workspace, CPU, precision="bf16")  # its own cache folder
+    service._encoder = DegradedEncoder(service.encoder)
+    texts, labels = texts_and_labels()
+    with caplog.at_level("WARNING"):
+        check = service.check_precision(texts, labels)
+    assert check.requested == "bf16" and check.used == "fp32" and check.label_agreement < 0.995
+    assert service.precision == "fp32" and not service.cache.folder.name.endswith("_bf16")
+    assert any("Falling back to fp32" in r.getMessage() for r in caplog.records)
+
+
+def test_guard_passes_bf16_on_the_real_encoder_and_remembers_its_verdict(workspace):
+    texts, labels = texts_and_labels()
+    service = EmbeddingService(EncoderSection(), 64, workspace, CPU, precision="bf16")
+    check = service.check_precision(texts, labels)
+    assert check.used == "bf16" and check.mean_cosine >= MIN_COSINE and check.label_agreement >= 0.995
+    again = EmbeddingService(EncoderSection(), 64, workspace, CPU, precision="bf16")
+    assert again.check_precision(texts, labels) == check
+    assert not again.encoder_loaded  # the stored verdict was used: no encoder pass
+
+
+def test_cache_keeps_fp32_and_bf16_embeddings_apart(workspace):
+    texts, _ = texts_and_labels(2)
+    fp32 = EmbeddingService(EncoderSection(), 48, workspace, CPU, precision="fp32")
+    bf16 = EmbeddingService(EncoderSection(), 48, workspace, CPU, precision="bf16")
+    assert fp32.cache.folder != bf16.cache.folder and bf16.cache.folder.name.endswith("_bf16")
+    a, _ = fp32.embed(texts)
+    b, _ = bf16.embed(texts)
+    assert fp32.stats.misses == len(texts) and bf16.stats.misses == len(texts)  # no cross-precision hits
+    assert not np.array_equal(a, b) and np.allclose(a, b, atol=0.05)
+
+
+def test_training_records_the_precision_and_consumers_use_it(workspace, bbc_small, cli, tmp_path):
+    root = tmp_path / "bf16"
+    code, out, err = cli(
+        "train", "--output-root", root, "--data-file", bbc_small, "--num-epochs", "2", "--precision", "bf16",
+        "--max-seq-len", "64", "--verbosity", "0",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "Encoder precision: bf16 (checked against fp32" in " ".join(out.split())
+    from bertcls.checkpoint import load_named_checkpoint
+    from bertcls.prediction import Predictor
+
+    ckpt = load_named_checkpoint(None, root)
+    assert ckpt.meta.precision.used == "bf16" and ckpt.meta.precision.sample > 0
+    predictor = Predictor(ckpt, root, CPU, "bf16")
+    assert predictor.encoder.precision == "bf16" and not predictor._unchecked  # training checked it
+    code, out, _ = cli("inspect", "--output-root", root)
+    assert code == 0 and "bf16 (checked against fp32" in " ".join(out.split())
+    code, _, err = cli("predict", "--output-root", root, "--data-file", bbc_small, "--precision", "bf16")
+    assert code == 0, err
+
+
+def test_predicting_at_a_precision_training_did_not_check_runs_the_guard(trained_model, bbc_small):
+    from bertcls.checkpoint import load_named_checkpoint
+    from bertcls.prediction import Predictor
+
+    ckpt = load_named_checkpoint(None, trained_model)
+    ckpt.meta.precision = PrecisionCheck(requested="fp32", used="fp32")  # as if trained where bf16 was absent
+    predictor = Predictor(ckpt, trained_model, CPU, "bf16")
+    assert predictor._unchecked
+    texts = bbc_subset(4, seed=5).text.tolist()
+    probs = predictor.predict_proba(texts, 8)
+    assert probs.shape == (len(texts), len(ckpt.labels))
+    assert predictor.precision_check.sample == len(texts) and predictor.precision_check.used == "bf16"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_threads_flag_sets_torch_threads(trained_model, bbc_small, cli, threads):
+    before = torch.get_num_threads()
+    try:
+        code, _, err = cli(
+            "predict", "--output-root", trained_model, "--data-file", bbc_small, "--threads", threads,
+            "--output-file", "threads.csv",
+        )  # fmt: skip
+        assert code == 0, err
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
