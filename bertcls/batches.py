@@ -80,15 +80,26 @@ class TextBatches:
 
 
 @torch.inference_mode()
-def predict_proba(
+def predict_logits(
     model: TextClassifier, source: BatchSource, device: torch.device, batch_size: int = 256
 ) -> np.ndarray:
+    """The model's raw logits (before temperature scaling), in source order."""
     model.eval()
     chunks = []
     for start in range(0, len(source), batch_size):
         indices = np.arange(start, min(start + batch_size, len(source)))
-        chunks.append(torch.softmax(model(source.batch(indices, device)).float(), dim=-1).cpu().numpy())
+        chunks.append(model(source.batch(indices, device)).float().cpu().numpy())
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
+
+
+def predict_proba(
+    model: TextClassifier, source: BatchSource, device: torch.device, batch_size: int = 256
+) -> np.ndarray:
+    """Class probabilities: softmax of the logits divided by the model's calibrated temperature."""
+    logits = torch.from_numpy(predict_logits(model, source, device, batch_size))
+    if logits.numel() == 0:
+        return logits.numpy()
+    return torch.softmax(logits / model.temperature, dim=-1).numpy()
 
 
 def predict_embedded(

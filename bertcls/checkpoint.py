@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bertcls.calibration import CalibrationRecord
 from bertcls.config import Settings
 from bertcls.encoder import BUNDLED_ALIASES, Encoder, Windowing, export_default_encoder, fingerprint
 from bertcls.errors import CheckpointError
@@ -105,6 +106,7 @@ class CheckpointMeta(_Record):
     tuning: TuningProvenance | None = None
     data: DataProvenance = Field(default_factory=DataProvenance)
     precision: PrecisionCheck | None = None
+    calibration: CalibrationRecord | None = None
 
 
 def library_versions() -> dict[str, str]:
@@ -172,6 +174,11 @@ class Checkpoint:
     @property
     def fine_tuned(self) -> bool:
         return self.meta.architecture.encoder.fine_tuned
+
+    @property
+    def temperature(self) -> float:
+        """The calibrated softmax temperature (1 for a model saved without calibration)."""
+        return self.meta.calibration.temperature if self.meta.calibration else 1.0
 
     def lexical_features(self) -> LexicalFeatures | None:
         """The fitted TF-IDF vectorizers the model was trained with (None when it uses none)."""
@@ -342,5 +349,6 @@ def build_classifier(
     lexical = None if arch.lexical is None else LexicalLayer(arch.lexical.num_features, arch.head.num_classes)
     model = TextClassifier(MLPHead(arch.head), encoder, lexical)
     load_weights(model, ckpt)
+    model.temperature = ckpt.temperature
     model.eval()
     return model, encoder

@@ -165,8 +165,9 @@ class DataSection(StrictModel):
     test_fraction: float = Field(0.1, gt=0, lt=0.5)
     encoding: str = "utf-8"
     on_bad_rows: Literal["error", "drop"] = "error"
+    exclude_rows: str | None = None
 
-    _expand = field_validator("data_file", "train_file", "val_file", "test_file", mode="before")(
+    _expand = field_validator("data_file", "train_file", "val_file", "test_file", "exclude_rows", mode="before")(
         classmethod(lambda cls, v: _expand_optional(v))
     )
 
@@ -273,10 +274,17 @@ class MemorySection(StrictModel):
         return self
 
 
+class CalibrationSection(StrictModel):
+    method: Literal["temperature", "none"] = "temperature"
+
+
 class EvaluationSection(StrictModel):
     cv_folds: int = Field(7, ge=0)
     confidence_bins: int = Field(10, ge=2)
     top_confusions: int = Field(10, ge=1)
+    target_accuracy: float = Field(0.99, gt=0, le=1)
+    find_label_issues: bool = False
+    near_duplicate_threshold: float = Field(0.97, gt=0, le=1)
 
     @field_validator("cv_folds")
     @classmethod
@@ -305,6 +313,7 @@ class Settings(BaseSettings):
     tuning: TuningSection = Field(default_factory=TuningSection)
     memory: MemorySection = Field(default_factory=MemorySection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    calibration: CalibrationSection = Field(default_factory=CalibrationSection)
 
     _expand = field_validator("output_root", mode="before")(classmethod(lambda cls, v: _expand_optional(v)))
 

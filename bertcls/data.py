@@ -17,6 +17,7 @@ from bertcls.fileio import write_csv_atomic
 logger = logging.getLogger(__name__)
 SPLIT_NAMES = ("train", "val", "test")
 MAX_ROWS_LISTED = 10
+SOURCE_ROW = "source_row"  # a row's CSV line number in the file it came from
 
 
 def resolve_data_path(path: str, output_root: str | Path) -> Path:
@@ -97,9 +98,13 @@ class DataReport:
 
 
 def _bad_rows(frame: pd.DataFrame, cfg: DataSection) -> list[int]:
+    """CSV line numbers of rows with empty text or label (the ``source_row`` column where present)."""
     text_blank = frame[cfg.text_column].str.strip() == ""
     label_blank = frame[cfg.label_column].str.strip() == ""
-    return [int(i) + 2 for i in np.flatnonzero((text_blank | label_blank).to_numpy())]
+    positions = np.flatnonzero((text_blank | label_blank).to_numpy())
+    if SOURCE_ROW in frame.columns:
+        return [int(r) for r in pd.to_numeric(frame[SOURCE_ROW]).to_numpy()[positions]]
+    return [int(i) + 2 for i in positions]
 
 
 def _conflicting_texts(frame: pd.DataFrame, cfg: DataSection) -> pd.Series:
@@ -121,8 +126,8 @@ def check_labelled(
             )
         report.dropped_rows = bad
         report.warnings.append(f"Dropped {len(bad)} row(s) with empty text or label (CSV lines {_row_list(bad)}).")
-        keep = ~frame.index.isin([r - 2 for r in bad])
-        frame = frame[keep].reset_index(drop=True)
+        blank = (frame[cfg.text_column].str.strip() == "") | (frame[cfg.label_column].str.strip() == "")
+        frame = frame[~blank].reset_index(drop=True)
     conflicts = _conflicting_texts(frame, cfg)
     if len(conflicts):
         example = str(conflicts.index[0])[:60]
@@ -202,6 +207,45 @@ def write_splits(splits: Splits, output_root: str | Path) -> dict[str, Path]:
     return paths
 
 
+def with_source_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add each row's CSV line number in its file (the header is line 1), kept through splits and into
+    ``data/*.csv``, so that findings such as label issues point at the user's own file."""
+    if SOURCE_ROW in frame.columns:
+        return frame
+    return frame.assign(**{SOURCE_ROW: np.arange(2, len(frame) + 2)})
+
+
+def read_row_list(path: Path) -> set[int]:
+    """The CSV line numbers named in a file with a ``source_row`` column (label_issues.csv has one)."""
+    frame = read_csv_text(decode_bytes(Path(path).read_bytes(), "utf-8", f"File {path}"), f"File {path}")
+    if SOURCE_ROW not in frame.columns:
+        raise DataError(f"{path} has no {SOURCE_ROW} column; --exclude-rows takes a CSV such as label_issues.csv.")
+    rows = pd.to_numeric(frame[SOURCE_ROW], errors="coerce")
+    if rows.isna().any() or (rows < 2).any():
+        raise DataError(f"{path} has {SOURCE_ROW} values that are not CSV line numbers (whole numbers from 2).")
+    return set(rows.astype(int))
+
+
+def exclude_rows(frame: pd.DataFrame, cfg: DataSection, output_root: str | Path, source: str) -> pd.DataFrame:
+    """Leave out the rows ``data.exclude_rows`` names (by CSV line number), and say how many."""
+    if not cfg.exclude_rows:
+        return frame
+    path = resolve_data_path(cfg.exclude_rows, output_root)
+    if not path.is_file():
+        raise DataError(f"The exclude-rows file {path} does not exist.")
+    wanted = read_row_list(path)
+    lines = pd.to_numeric(frame[SOURCE_ROW], errors="coerce")
+    unknown = wanted - set(lines.dropna().astype(int))
+    if unknown:
+        raise DataError(
+            f"{path} names {len(unknown)} line(s) that {source} does not have (e.g. {min(unknown)}); "
+            "was it made from another data file?"
+        )
+    kept = frame[~lines.isin(wanted)].reset_index(drop=True)
+    logger.warning("Left out %d row(s) of %s named in %s.", len(frame) - len(kept), source, path)
+    return kept
+
+
 def load_splits(cfg: DataSection, output_root: str | Path, seed: int) -> tuple[Splits, DataReport]:
     """Explicit train/val/test files skip the split; otherwise split ``data_file`` (nothing is written here)."""
     if cfg.train_file:
@@ -209,9 +253,10 @@ def load_splits(cfg: DataSection, output_root: str | Path, seed: int) -> tuple[S
         report = DataReport()
         for name, path in zip(SPLIT_NAMES, (cfg.train_file, cfg.val_file, cfg.test_file), strict=True):
             resolved = resolve_data_path(path, output_root)
-            frame, part_report = check_labelled(
-                read_labelled_csv(resolved, cfg), cfg, f"Data file {resolved}", min_per_class=1
-            )
+            raw = with_source_rows(read_labelled_csv(resolved, cfg))
+            if name == "train":
+                raw = exclude_rows(raw, cfg, output_root, str(resolved))
+            frame, part_report = check_labelled(raw, cfg, f"Data file {resolved}", min_per_class=1)
             parts[name] = frame
             report.rows += part_report.rows
             report.warnings += part_report.warnings
@@ -220,7 +265,9 @@ def load_splits(cfg: DataSection, output_root: str | Path, seed: int) -> tuple[S
     if not cfg.data_file:
         raise DataError("No data file given; pass --data-file or set data.data_file in the config.")
     resolved = resolve_data_path(cfg.data_file, output_root)
-    frame, report = check_labelled(read_labelled_csv(resolved, cfg), cfg, f"Data file {resolved}")
+    raw = with_source_rows(read_labelled_csv(resolved, cfg))
+    raw = exclude_rows(raw, cfg, output_root, str(resolved))
+    frame, report = check_labelled(raw, cfg, f"Data file {resolved}")
     splits = split_by_text(frame, cfg, seed)
     logger.info("Split %s", ", ".join(f"{k}={len(v)}" for k, v in splits.items()))
     return splits, report

@@ -7,6 +7,7 @@ from typing import Any
 
 from safetensors import safe_open
 
+from bertcls.calibration import describe as describe_calibration
 from bertcls.checkpoint import Checkpoint, encoder_folder_for, verify_encoder
 from bertcls.encoder import weights_file
 from bertcls.precision import describe as describe_precision
@@ -86,6 +87,7 @@ def describe_checkpoint(ckpt: Checkpoint, output_root: str | Path) -> dict[str, 
             f"{encoder.chunk_pooling} pooled)",
             "lexical_features": _lexical_summary(arch.lexical),
             "precision": describe_precision(meta.precision),
+            "calibration": describe_calibration(meta.calibration),
             "head": arch.head.layers(),
         },
         "parameters": parameter_counts(ckpt, folder),

@@ -124,6 +124,7 @@ class TextClassifier(nn.Module):
         self.head = head
         self.encoder = encoder
         self.lexical = lexical
+        self.temperature = 1.0  # probabilities are softmax(logits / temperature); set by calibration
 
     def logit_parts(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The head's logits and the lexical layer's (None without one); the model's output is their sum."""

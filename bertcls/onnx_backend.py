@@ -71,6 +71,7 @@ class ExportManifest(BaseModel):
     created_at: str
     checks: dict[str, float] = {}
     settings: dict = {}
+    temperature: float = 1.0
 
 
 class _EncoderGraph(nn.Module):
@@ -163,6 +164,10 @@ class OnnxPredictor:
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder / "tokenizer"))
         self.lexical, self.lexical_weights = self._load_lexical()
 
+    @property
+    def temperature(self) -> float:
+        return self.manifest.temperature
+
     def _load_lexical(self):
         if self.manifest.lexical is None:
             return None, None
@@ -197,6 +202,7 @@ class OnnxPredictor:
         if self.lexical is not None:
             weight, bias = self.lexical_weights
             logits += np.asarray(self.lexical.transform(distinct) @ weight) + bias
+        logits /= self.manifest.temperature
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
         return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)[position]
@@ -283,6 +289,7 @@ def export_model(
             checkpoint=str(ckpt.path),
             created_at=now_iso(),
             settings=ckpt.meta.settings,
+            temperature=ckpt.temperature,
         )
         (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
         checks = check_export(staging, torch_probs, texts, truth, ckpt.labels, int8=False)

@@ -51,6 +51,7 @@ class PredictOptions:
     chunk_rows: int = 10_000
     top_k: int | None = None
     escape_formulas: bool = True
+    min_confidence: float | None = None
 
 
 @dataclass
@@ -61,12 +62,26 @@ class PredictSummary:
     predicted: list[int] = field(default_factory=list)
     unseen_labels: dict[str, int] = field(default_factory=dict)
     has_labels: bool = False
+    abstained: list[bool] = field(default_factory=list)
+    abstaining: bool = False
+
+    def coverage(self) -> float | None:
+        """Share of the rows with text that got a prediction (``--min-confidence`` only)."""
+        if not self.abstaining or not self.abstained:
+            return None
+        return 1.0 - float(np.mean(self.abstained))
 
     def metrics(self, num_classes: int) -> dict[str, float] | None:
-        """Accuracy and macro F1 over labelled rows; labels the model never saw count as errors."""
+        """Accuracy and macro F1 over labelled rows (the kept ones when abstaining); labels the model never saw
+        count as errors."""
         if not self.has_labels or not self.true_labels:
             return None
         y_true, y_pred = np.array(self.true_labels), np.array(self.predicted)
+        if self.abstaining:
+            kept = ~np.array(self.abstained, dtype=bool)
+            y_true, y_pred = y_true[kept], y_pred[kept]
+        if not len(y_true):
+            return {"accuracy": float("nan"), "f1": float("nan"), "rows": 0}
         return {
             "accuracy": accuracy(y_true, y_pred),
             "f1": macro_f1(y_true, y_pred, num_classes),
@@ -87,6 +102,10 @@ class Predictor:
         self.windowing = ckpt.architecture.encoder.windowing()
         self.encoder.precision, self._unchecked = for_checkpoint(ckpt.meta.precision, precision, device)
         self.precision_check = PrecisionCheck(requested=self.encoder.precision, used=self.encoder.precision)
+
+    @property
+    def temperature(self) -> float:
+        return self.model.temperature
 
     def labeller(self, texts: list[str], batch_size: int):
         """This model's labels for embeddings of ``texts`` (their TF-IDF part is the same at any precision)."""
@@ -145,13 +164,26 @@ def read_chunks(source: TextIO | Path, options: PredictOptions) -> Iterator[pd.D
         raise DataError(f"Input {name} is not a valid CSV file: {str(exc).strip()}.") from None
 
 
-def prediction_columns(probs: np.ndarray, labels: list[str], top_k: int | None, empty: np.ndarray) -> pd.DataFrame:
-    """predicted_label, confidence and prob_<label> (or the top K labels); empty texts get empty cells."""
+def abstains(confidence: np.ndarray, min_confidence: float) -> np.ndarray:
+    """Rows to leave unlabelled: top probability below ``min_confidence``; at 1, every row (a softmax is never truly
+    certain, though float32 rounds large margins to 1.0)."""
+    return np.full(len(confidence), True) if min_confidence >= 1.0 else confidence < min_confidence
+
+
+def prediction_columns(
+    probs: np.ndarray, labels: list[str], top_k: int | None, empty: np.ndarray, min_confidence: float | None = None
+) -> pd.DataFrame:
+    """predicted_label, confidence and prob_<label> (or the top K labels); empty texts get empty cells. With
+    ``min_confidence``, rows below it keep their probabilities but get no label and ``abstained`` true."""
     best = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
-    out = {
-        "predicted_label": np.array(labels, dtype=object)[best],
-        "confidence": probs.max(axis=1) if len(probs) else [],
-    }
+    confidence = probs.max(axis=1) if len(probs) else np.zeros(0)
+    predicted = np.array(labels, dtype=object)[best]
+    if min_confidence is not None:
+        abstain = abstains(confidence, min_confidence)
+        predicted[abstain] = ""
+    out = {"predicted_label": predicted, "confidence": confidence}
+    if min_confidence is not None:
+        out["abstained"] = np.where(abstain, "true", "false")
     if top_k:
         order = np.argsort(-probs, axis=1)[:, :top_k]
         for rank in range(top_k):
@@ -222,7 +254,10 @@ def predict_csv(
             probs = np.zeros((len(chunk), len(predictor.labels)), dtype=np.float32)
             if keep.any():
                 probs[keep] = predictor.predict_proba(texts[keep].tolist(), options.batch_size)
-            columns = prediction_columns(probs, predictor.labels, options.top_k, empty)
+            columns = prediction_columns(probs, predictor.labels, options.top_k, empty, options.min_confidence)
+            if options.min_confidence is not None:
+                summary.abstaining = True
+                summary.abstained += abstains(probs[keep].max(axis=1), options.min_confidence).tolist()
             if summary.has_labels and keep.any():
                 summary.true_labels += _labelled_indices(chunk, options, index, keep, summary)
                 summary.predicted += probs[keep].argmax(axis=1).tolist()

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from bertcls.batches import BatchSource, predict_proba, score
+from bertcls.calibration import CalibrationRecord, calibrate
 from bertcls.callbacks import TrainerCallback
-from bertcls.config import EarlyStoppingSection, LexicalSection, ModelSection, OptimizerSection
+from bertcls.config import CalibrationSection, EarlyStoppingSection, LexicalSection, ModelSection, OptimizerSection
 from bertcls.early_stopping import EarlyStopping
 from bertcls.memory import MemoryManager, is_out_of_memory
 from bertcls.metrics import EpochRecord
@@ -104,6 +105,7 @@ class Trainer:
         lexical_cfg: LexicalSection | None = None,
         class_weights: np.ndarray | None = None,
         precision: str = "fp32",
+        calibration: CalibrationSection | None = None,
     ):
         self.model, self.train_data, self.val_data = model.to(device), train, val
         self.num_classes, self.model_cfg, self.optim_cfg = num_classes, model_cfg, optim_cfg
@@ -121,6 +123,8 @@ class Trainer:
         self.epoch = 0
         self.rng = np.random.default_rng(model_cfg.seed)
         self.result = TrainResult()
+        self.calibration_cfg = calibration or CalibrationSection(method="none")
+        self.calibration = CalibrationRecord()
 
     def add_callback(self, callback: TrainerCallback) -> None:
         self.callbacks.append(callback)
@@ -218,6 +222,7 @@ class Trainer:
             self.result.stop_reason = self.stop_reason or "stopped by a callback"
         logger.info("Training stopped: %s (best epoch %d)", self.result.stop_reason, self.result.best_epoch)
         self.restore_best()
+        self.calibration = calibrate(self.model, self.val_data, self.device, self.calibration_cfg)
         self.trigger("on_train_end", self.result)
         return self.result
 

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from bertcls.batches import BatchSource, EmbeddingBatches, TextBatches, predict_proba, score
+from bertcls.calibration import CalibrationRecord
 from bertcls.callbacks import WorkflowHooks
 from bertcls.checkpoint import (
     Architecture,
@@ -175,6 +176,7 @@ def make_trainer(settings: Settings, features: FeatureSet, service: EmbeddingSer
         settings.lexical,
         weights,
         service.precision,
+        settings.calibration,
     )
 
 
@@ -212,6 +214,7 @@ def checkpoint_meta(
     lexical: LexicalFeatures | None = None,
     tuning: TuningProvenance | None = None,
     data: DataProvenance | None = None,
+    calibration: CalibrationRecord | None = None,
 ) -> CheckpointMeta:
     """The typed metadata of a model trained with ``settings``: its architecture comes from these settings, so a
     caller must pass the settings that built the saved weights (a PBT member's own, not the study's)."""
@@ -239,6 +242,7 @@ def checkpoint_meta(
         tuning=tuning,
         data=data or DataProvenance(),
         precision=service.precision_check,
+        calibration=calibration,
     )
 
 
@@ -309,7 +313,17 @@ def run_training(settings: Settings, hooks: WorkflowHooks | None = None) -> Trai
         truncation=run.features.truncation, chunking=run.features.chunking or {}, warnings=run.report.warnings
     )
     lexical = run.features.lexical
-    meta = checkpoint_meta(settings, run.service, run.names, result, metrics, trainer.model, lexical, data=data)
+    meta = checkpoint_meta(
+        settings,
+        run.service,
+        run.names,
+        result,
+        metrics,
+        trainer.model,
+        lexical,
+        data=data,
+        calibration=trainer.calibration,
+    )
     path = save_checkpoint(settings.root / "best_trials" / "best_model.pt", result.best_state, meta, lexical)
     write_splits(run.splits, settings.root)
     service = run.service

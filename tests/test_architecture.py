@@ -14,6 +14,7 @@ CORE = [
     "config_sources",
     "lexical",
     "precision",
+    "calibration",
     "onnx_backend",
     "batches",
     "data",

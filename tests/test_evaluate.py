@@ -23,6 +23,11 @@ TOP_FILES = [
     "error_length_dist.png",
     "error_wordclouds.png",
     "cv_metrics.csv",
+    "calibration.csv",
+    "reliability_diagram.png",
+    "risk_coverage.csv",
+    "risk_coverage.png",
+    "near_duplicates.csv",
     "report.html",
 ]
 PLOTS = [f for f in TOP_FILES if f.endswith(".png")]
@@ -129,9 +134,13 @@ def test_cross_validation_rows_and_out_of_fold_predictions(evaluated, trained_mo
 def test_report_is_self_contained_and_references_every_plot(evaluated):
     page = (evaluated / "report.html").read_text()
     for plot in PLOTS:
-        assert f">{plot}</figcaption>" in page
+        assert f">{plot.removesuffix('.png').replace('_', ' ')}</figcaption>" in page
     assert page.count("data:image/png;base64,") == len(PLOTS)
-    assert "http://" not in page and "https://" not in page
+    assert "http://" not in page and "https://" not in page and 'src="//' not in page
+    # headline first, then the key plots, then the tables; long tables collapsed; no raw floats
+    assert page.index('class="cards"') < page.index("reliability diagram") < page.index("<h2>Classification report")
+    assert page.index("confusion matrix</figcaption>") < page.index("<h2>")
+    assert "<details>" in page and "0.30000000000000004" not in page and ">nan<" not in page.lower()
 
 
 def test_unseen_label_is_counted_not_fatal(cli, trained_model, tmp_path):

@@ -41,7 +41,7 @@ def test_one_row_per_input_in_order_with_probabilities(cli, trained_model, label
     assert code == 0, err
     result = read(tmp_path / "out.csv")
     assert list(result["id"]) == list(frame["id"])
-    assert list(result.columns[:4]) == ["id", "text", "category", "score"]
+    assert list(result.columns[:5]) == ["id", "text", "category", "source_row", "score"]  # input columns, in order
     assert list(result["score"]) == ["-3.5"] * len(frame)  # numeric columns untouched
     probs = result[[c for c in result.columns if c.startswith("prob_")]]
     assert probs.shape[1] == 5

@@ -32,6 +32,13 @@ def evaluate(
     cv_folds: Annotated[
         Optional[int], option("--cv-folds", help="Cross-validation folds (default 7; 0 skips).", min=0)
     ] = None,
+    find_label_issues: Annotated[
+        Optional[bool],
+        option(
+            "--find-label-issues/--no-find-label-issues",
+            help="Rank likely mislabelled training rows from the cross-validation (label_issues.csv).",
+        ),
+    ] = None,
     encoding: Encoding = None,
     device: Device = None,
     precision: Precision = None,
@@ -53,6 +60,7 @@ def evaluate(
             "output_root": output_root,
             "verbosity": verbosity,
             "evaluation.cv_folds": cv_folds,
+            "evaluation.find_label_issues": find_label_issues,
             "data.encoding": encoding,
             "model.device": device,
             "model.precision": precision,
@@ -64,17 +72,27 @@ def evaluate(
     root = settings.root
     ckpt = load_named_checkpoint(best_model, root)
     data_cfg = ckpt.trained_settings(root).data.model_copy(update={"encoding": settings.data.encoding})
+    reference = None
     if data_file:
         data = read_labelled_csv(resolve_data_path(data_file, root), data_cfg)
+        data = data.assign(source_row=data.index + 2) if "source_row" not in data.columns else data
         cv_data = data
     else:
         data = read_split(root, "test", data_cfg)
-        cv_data = pd.concat([read_split(root, "train", data_cfg), read_split(root, "val", data_cfg)], ignore_index=True)
+        parts = [read_split(root, name, data_cfg).assign(split=name) for name in ("train", "val")]
+        cv_data = reference = pd.concat(parts, ignore_index=True)
     data = data[data[data_cfg.text_column].str.strip() != ""].reset_index(drop=True)
     cv_data = cv_data[cv_data[data_cfg.text_column].str.strip() != ""].reset_index(drop=True)
     show = (lambda msg: err_console.print(f"[cyan]{msg}[/]")) if settings.verbosity >= 1 else (lambda msg: None)
     outcome = run_evaluation(
-        ckpt, data, cv_data, settings, settings.evaluation.cv_folds, pick_device(settings.model.device), show
+        ckpt,
+        data,
+        cv_data,
+        settings,
+        settings.evaluation.cv_folds,
+        pick_device(settings.model.device),
+        show,
+        reference=None if reference is None else cv_data,
     )
     render(outcome)
 
@@ -98,7 +116,27 @@ def render(outcome) -> None:
     table.add_column("value", justify="right")
     for name, value in outcome.summary.items():
         table.add_row(name, f"{value:.4f}")
-    table.add_row("expected calibration error", f"{outcome.ece:.4f}")
+    trust = outcome.trust
+    calibration = trust.calibration.set_index("calibration")
+    before, after = calibration.loc["before"], calibration.loc["after"]
+    table.add_row("expected calibration error", f"{after.ece:.4f} (before calibration {before.ece:.4f})")
+    table.add_row("negative log-likelihood", f"{after.nll:.4f} (before calibration {before.nll:.4f})")
+    table.add_row("temperature", f"{after.temperature:.3f}")
+    best = trust.threshold
+    table.add_row(
+        "abstain below confidence",
+        f"{best.threshold:.3f}: {best.coverage:.1%} of rows kept at accuracy {best.accuracy:.4f}"
+        if best is not None
+        else "no threshold reaches the target accuracy",
+    )
+    if trust.label_issues is not None:
+        table.add_row("likely label issues", f"{len(trust.label_issues):,} (label_issues.csv)")
+    if trust.near_duplicates is not None:
+        differing = int(trust.near_duplicates.different_labels.sum())
+        table.add_row(
+            "near-duplicates train/val vs test",
+            f"{len(trust.near_duplicates):,} pairs, {differing:,} with other labels",
+        )
     if outcome.cv is not None:
         mean, std = outcome.cv.iloc[-2], outcome.cv.iloc[-1]
         folds = len(outcome.cv) - 2

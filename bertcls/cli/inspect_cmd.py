@@ -40,6 +40,7 @@ def architecture_panel(info: dict) -> Panel:
         "fine_tuned",
         "lexical_features",
         "precision",
+        "calibration",
     )
     rows = {k: arch[k] for k in keys}
     head = Table(title="MLP head (as saved in the checkpoint)", show_edge=False)

@@ -76,6 +76,15 @@ def predict(
             "--escape-formulas/--no-escape-formulas", help="Neutralise text cells a spreadsheet would run as formulas."
         ),
     ] = True,
+    min_confidence: Annotated[
+        Optional[float],
+        option(
+            "--min-confidence",
+            help="Abstain below this top probability (0-1): no predicted_label, abstained=true.",
+            min=0.0,
+            max=1.0,
+        ),
+    ] = None,
     backend: Annotated[
         str, typer.Option("--backend", help="torch (the checkpoint) or onnx (the export under <output_root>/export/).")
     ] = "torch",
@@ -124,6 +133,7 @@ def predict(
         chunk_rows=chunk_size,
         top_k=top_k and min(top_k, len(predictor.labels)),
         escape_formulas=escape_formulas,
+        min_confidence=min_confidence,
     )
     source = data_file if data_file == STDIO else str(resolve_data_path(data_file, root))
     target = resolve_output(output_file or "predictions.csv", root)
@@ -141,7 +151,8 @@ def predict(
         task = progress.add_task("predict", total=None if source == STDIO else count_rows(Path(source)), speed="")
         advance = lambda n: progress.update(task, advance=n, speed=rows_per_second(progress.tasks[task]))  # noqa: E731
         summary = predict_csv(predictor, source, target, options, advance)
-    report(summary, len(predictor.labels), target, err_console if target == STDIO else out_console)
+    console = err_console if target == STDIO else out_console
+    report(summary, len(predictor.labels), target, console, predictor.temperature)
 
 
 def load_predictor(backend: str, best_model: str | None, settings):
@@ -162,15 +173,21 @@ def load_predictor(backend: str, best_model: str | None, settings):
     return Predictor(ckpt, settings.root, device, settings.model.precision), ckpt.trained_settings(settings.root).data
 
 
-def report(summary, num_classes: int, target: str, console) -> None:
+def report(summary, num_classes: int, target: str, console, temperature: float = 1.0) -> None:
     table = Table(title="Predictions")
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("rows", f"{summary.rows:,}")
     table.add_row("empty texts (kept, no prediction)", f"{summary.empty_rows:,}")
+    table.add_row("probabilities calibrated with temperature", f"{temperature:.3f}")
+    coverage = summary.coverage()
+    if coverage is not None:
+        kept = len(summary.abstained) - sum(summary.abstained)
+        table.add_row("coverage (rows predicted, not abstained)", f"{coverage:.1%} ({kept:,} rows)")
     metrics = summary.metrics(num_classes)
     if metrics:
-        table.add_row("labelled rows scored", f"{metrics['rows']:,}")
+        kept_note = " (kept rows)" if coverage is not None else ""
+        table.add_row(f"labelled rows scored{kept_note}", f"{metrics['rows']:,}")
         table.add_row("accuracy", f"{metrics['accuracy']:.4f}")
         table.add_row("macro F1", f"{metrics['f1']:.4f}")
     console.print(table)

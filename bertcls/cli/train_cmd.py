@@ -52,6 +52,10 @@ def train(
     on_bad_rows: Annotated[
         Optional[str], option("--on-bad-rows", help="error (default) or drop rows with empty text/label.")
     ] = None,
+    exclude_rows: Annotated[
+        Optional[str],
+        option("--exclude-rows", help="CSV with a source_row column (e.g. label_issues.csv): leave those rows out."),
+    ] = None,
     num_epochs: Annotated[Optional[int], option("--num-epochs", help="Maximum epochs.")] = None,
     batch_size: BatchSize = None,
     max_seq_len: MaxSeqLen = None,
@@ -83,6 +87,7 @@ def train(
             "data.label_column": label_column,
             "data.encoding": encoding,
             "data.on_bad_rows": on_bad_rows,
+            "data.exclude_rows": exclude_rows,
             "model.num_epochs": num_epochs,
             "model.batch_size": batch_size,
             "model.max_seq_len": max_seq_len,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -134,27 +135,101 @@ def length_plot(predictions: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
+def distinctive_words(wrong: list[str], right: list[str], stopwords: set[str], top: int = 60) -> dict[str, float]:
+    """Words weighted by how much more often they occur in a class's misclassified texts than in its correctly
+    classified ones (smoothed ratio of document frequencies), stop words and very short words removed."""
+    from collections import Counter
+
+    def doc_freq(texts: list[str]) -> Counter:
+        counts: Counter = Counter()
+        for text in texts:
+            words = {w for w in re.findall(r"[a-z][a-z'-]+", text.lower()) if len(w) > 2 and w not in stopwords}
+            counts.update(words)
+        return counts
+
+    in_wrong, in_right = doc_freq(wrong), doc_freq(right)
+    scores = {
+        word: ((n + 0.5) / (len(wrong) + 1)) / ((in_right.get(word, 0) + 0.5) / (len(right) + 1))
+        for word, n in in_wrong.items()
+        if n >= 2 or len(wrong) < 4
+    }
+    best = sorted(scores.items(), key=lambda item: -item[1])[:top]
+    return {word: score for word, score in best if score > 1.0}
+
+
 def wordcloud_plot(predictions: pd.DataFrame, labels: list[str], path: Path) -> Path:
-    """One word cloud per true class of its misclassified texts."""
+    """One word cloud per true class: the words that set its misclassified texts apart from its correct ones."""
     from wordcloud import STOPWORDS, WordCloud
 
     cols = min(3, len(labels))
     rows = math.ceil(len(labels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    stopwords = set(STOPWORDS) | {"said", "will", "also", "one", "two", "new", "year", "years", "says", "mr"}
     for ax, label in zip(axes.flat, labels, strict=False):
-        wrong = predictions[(predictions.true_label == label) & (predictions.predicted_label != label)]
+        own = predictions[predictions.true_label == label]
+        wrong = own[own.predicted_label != label]
         ax.axis("off")
         ax.set_title(f"{label} ({len(wrong)} error{'' if len(wrong) == 1 else 's'})", fontsize=11)
-        if wrong.empty:
-            ax.text(0.5, 0.5, "no errors", ha="center", va="center", fontsize=13, color="gray", transform=ax.transAxes)
+        weights = distinctive_words(wrong.text.tolist(), own[own.predicted_label == label].text.tolist(), stopwords)
+        if not weights:
+            message = "no errors" if wrong.empty else "no distinctive words"
+            ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=13, color="gray", transform=ax.transAxes)
             continue
-        try:
-            cloud = WordCloud(width=420, height=300, background_color="white", stopwords=STOPWORDS, random_state=0)
-            ax.imshow(cloud.generate(" ".join(wrong.text)), interpolation="bilinear")
-        except ValueError:
-            ax.text(0.5, 0.5, "no words to show", ha="center", va="center", color="gray", transform=ax.transAxes)
+        cloud = WordCloud(width=420, height=300, background_color="white", random_state=0)
+        ax.imshow(cloud.generate_from_frequencies(weights), interpolation="bilinear")
     for ax in list(axes.flat)[len(labels) :]:
         ax.axis("off")
-    fig.suptitle("Words in misclassified texts, by true class")
+    fig.suptitle("Words over-represented in misclassified texts, by true class")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def reliability_plot(frames: dict[str, pd.DataFrame], temperature: float, path: Path) -> Path:
+    """Accuracy against mean confidence per bin, before and after calibration, with each bin's row count."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), gridspec_kw={"width_ratios": [3, 2]})
+    ax, counts = axes
+    ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=1, label="perfect calibration")
+    colours = {"before calibration": "tab:red", "after calibration": "tab:blue"}
+    for offset, (stage, frame) in enumerate(frames.items()):
+        shown = frame.dropna(subset=["accuracy"])
+        ax.plot(shown.mean_confidence, shown.accuracy, marker="o", color=colours.get(stage), label=stage)
+        centres = np.arange(len(frame)) + offset * 0.4
+        counts.bar(centres, frame.rows, width=0.4, color=colours.get(stage), label=stage)
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("mean confidence in bin")
+    ax.set_ylabel("accuracy in bin")
+    ax.set_title(f"Reliability (temperature {temperature:.2f})")
+    ax.legend(loc="upper left", fontsize=9)
+    first = frames[next(iter(frames))]
+    counts.set_xticks(np.arange(len(first)) + 0.2, first.bin, rotation=60, fontsize=8)
+    counts.set_ylabel("rows")
+    counts.set_title("Rows per confidence bin")
+    counts.legend(fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def risk_coverage_plot(curve: pd.DataFrame, target: float, best, path: Path) -> Path:
+    """Accuracy and macro F1 of the kept rows against coverage as the confidence threshold rises."""
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    ax.plot(curve.coverage, curve.accuracy, label="accuracy of kept rows", color="tab:blue")
+    ax.plot(curve.coverage, curve.macro_f1, label="macro F1 of kept rows", color="tab:green")
+    ax.axhline(target, ls="--", color="gray", lw=1, label=f"target accuracy {target:g}")
+    if best is not None:
+        ax.scatter([best.coverage], [best.accuracy], color="black", zorder=3)
+        ax.annotate(
+            f"threshold {best.threshold:.3f}\ncoverage {best.coverage:.1%}",
+            (best.coverage, best.accuracy),
+            textcoords="offset points",
+            xytext=(-90, -35),
+            fontsize=9,
+        )
+    ax.set_xlim(0, 1.02)
+    ax.invert_xaxis()
+    ax.set_xlabel("coverage (share of rows predicted; the rest abstain)")
+    ax.set_ylabel("score")
+    ax.set_title("Risk-coverage: abstaining below a confidence threshold")
+    ax.legend(loc="lower left", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)

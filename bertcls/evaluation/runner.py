@@ -14,12 +14,13 @@ import pandas as pd
 import torch
 
 from bertcls.batches import predict_embedded
+from bertcls.calibration import uncalibrate
 from bertcls.checkpoint import Checkpoint, build_classifier
 from bertcls.config import EvaluationSection, Settings
-from bertcls.errors import CheckpointError
+from bertcls.errors import CheckpointError, DataError
 from bertcls.evaluation import plots
 from bertcls.evaluation.cross_validation import FoldResult, cross_validate
-from bertcls.evaluation.html_report import build_report
+from bertcls.evaluation.report_page import report_page
 from bertcls.evaluation.scoring import (
     classification_report_frame,
     confidence_frame,
@@ -31,6 +32,16 @@ from bertcls.evaluation.scoring import (
     prediction_frames,
     report_labels,
     summary_metrics,
+)
+from bertcls.evaluation.trust import (
+    calibration_summary,
+    label_issues,
+    near_duplicate_frame,
+    near_duplicates,
+    reliability_frame,
+    risk_coverage,
+    threshold_for,
+    truth_indices,
 )
 from bertcls.features import EmbeddingService
 from bertcls.fileio import write_csv_atomic, write_text_atomic
@@ -88,6 +99,7 @@ class EvaluationOutcome:
     ece: float
     cv: pd.DataFrame | None = None
     files: list[str] = field(default_factory=list)
+    trust: TrustOutcome | None = None
 
 
 class ResultWriter:
@@ -165,8 +177,9 @@ def run_cv(
     folds: int,
     cfg: EvaluationSection,
     on_stage: StageFn,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Cross-validate, write fold_K/ folders and cv_metrics.csv; returns (cv table, out-of-fold predictions)."""
+) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """Cross-validate, write fold_K/ folders and cv_metrics.csv; returns the cv table, the out-of-fold predictions
+    and the out-of-fold probabilities (rows of ``frame``, columns the sorted labels of ``frame``)."""
     text_col, label_col = settings.data.text_column, settings.data.label_column
     results: list[FoldResult] = cross_validate(
         settings, frame, service, folds, lambda f, k: on_stage(f"Cross-validation fold {f}/{k}")
@@ -182,7 +195,67 @@ def run_cv(
         out_of_fold.append(all_predictions.assign(source="cross_validation", fold=result.fold))
     cv = cv_summary_frame(fold_metrics)
     writer.csv("cv_metrics.csv", cv)
-    return cv, pd.concat(out_of_fold, ignore_index=True)
+    oof = np.zeros((len(frame), len(results[0].labels)))
+    for result in results:
+        oof[result.test_index] = result.probs
+    return cv, pd.concat(out_of_fold, ignore_index=True), oof
+
+
+def write_trust(
+    writer: ResultWriter, probs: np.ndarray, truth: np.ndarray, labels: list[str], temperature: float, cfg
+) -> dict:
+    """calibration.csv, reliability_diagram.png, risk_coverage.csv and .png; returns the numbers for the summary."""
+    calibration = calibration_summary(probs, truth, temperature, cfg.confidence_bins)
+    writer.csv("calibration.csv", calibration)
+    known = truth >= 0
+    before = uncalibrate(probs, temperature)[known]
+    frames = {
+        stage: reliability_frame(p.max(axis=1), p.argmax(axis=1) == truth[known], cfg.confidence_bins)
+        for stage, p in (("before calibration", before), ("after calibration", probs[known]))
+    }
+    writer.plot("reliability_diagram.png", lambda p: plots.reliability_plot(frames, temperature, p))
+    curve = risk_coverage(probs, truth)
+    writer.csv("risk_coverage.csv", curve)
+    best = threshold_for(curve, cfg.target_accuracy)
+    writer.plot("risk_coverage.png", lambda p: plots.risk_coverage_plot(curve, cfg.target_accuracy, best, p))
+    return {
+        "calibration": calibration,
+        "reliability": frames,
+        "risk_coverage": curve,
+        "threshold": best,
+        "target": cfg.target_accuracy,
+    }
+
+
+def write_label_issues(
+    writer: ResultWriter, cv_data: pd.DataFrame, oof: np.ndarray, text_col: str, label_col: str
+) -> pd.DataFrame:
+    names = sorted(cv_data[label_col].unique().tolist())
+    given = cv_data[label_col].map({n: i for i, n in enumerate(names)}).to_numpy(dtype=np.int64)
+    issues = label_issues(cv_data, oof, given, names, text_col, label_col)
+    writer.csv("label_issues.csv", issues)
+    logger.info("Confident learning flags %d of %d rows as likely label issues", len(issues), len(cv_data))
+    return issues
+
+
+def write_near_duplicates(
+    writer: ResultWriter, service: EmbeddingService, reference: pd.DataFrame, data: pd.DataFrame, cols, threshold
+) -> pd.DataFrame:
+    text_col, label_col = cols
+    train_vectors, _ = service.embed(reference[text_col].tolist())
+    test_vectors, _ = service.embed(data[text_col].tolist())
+    pairs = near_duplicates(train_vectors, test_vectors, threshold)
+    frame = near_duplicate_frame(reference, data, pairs, text_col, label_col)
+    writer.csv("near_duplicates.csv", frame)
+    return frame
+
+
+@dataclass
+class TrustOutcome:
+    calibration: pd.DataFrame
+    threshold: pd.Series | None
+    label_issues: pd.DataFrame | None = None
+    near_duplicates: pd.DataFrame | None = None
 
 
 def evaluate(
@@ -193,13 +266,17 @@ def evaluate(
     folds: int,
     device: torch.device,
     on_stage: StageFn = lambda _: None,
+    reference: pd.DataFrame | None = None,
 ) -> EvaluationOutcome:
-    """Score ``data``, cross-validate on ``cv_data`` (if folds > 0), and write ``<output_root>/evaluation_results/``."""
+    """Score ``data``, cross-validate on ``cv_data`` (if folds > 0), and write ``<output_root>/evaluation_results/``.
+    With ``reference`` (the training and validation rows), list near-duplicates between it and ``data``."""
     root, cfg = settings_now.root, settings_now.evaluation
     trained = ckpt.trained_settings(root)
     text_col, label_col = trained.data.text_column, trained.data.label_column
     labels = ckpt.labels
     texts, truth = data[text_col].tolist(), data[label_col].tolist()
+    if cfg.find_label_issues and (folds < 2 or cv_data is None):
+        raise DataError("Finding label issues needs cross-validation; pass --cv-folds 2 or more.")
     writer = ResultWriter(root)
     try:
         on_stage("Scoring")
@@ -207,34 +284,28 @@ def evaluate(
         probs = score_texts(ckpt, texts, service, root, settings_now.encoder.encode_batch_size)
         on_stage("Writing tables and plots")
         predictions, all_predictions, ece = write_analysis(writer, "", texts, truth, probs, labels, cfg, full=True)
+        trust = write_trust(writer, probs, truth_indices(truth, labels), labels, ckpt.temperature, cfg)
         summary = summary_metrics(truth, list(predictions.predicted_label), report_labels(labels, truth))
         unseen = {k: int(v) for k, v in data[~data[label_col].isin(labels)][label_col].value_counts().items()}
-        cv, everything = None, [all_predictions.assign(source="evaluation", fold="")]
+        cv, everything, outcome = None, [all_predictions.assign(source="evaluation", fold="")], None
+        outcome = TrustOutcome(trust["calibration"], trust["threshold"])
         if folds > 0 and cv_data is not None:
-            cv, out_of_fold = run_cv(writer, trained, cv_data, service, folds, cfg, on_stage)
+            cv, out_of_fold, oof = run_cv(writer, trained, cv_data, service, folds, cfg, on_stage)
             everything.append(out_of_fold)
+            if cfg.find_label_issues:
+                on_stage("Finding label issues")
+                outcome.label_issues = write_label_issues(writer, cv_data, oof, text_col, label_col)
+        if reference is not None and len(reference):
+            on_stage("Looking for near-duplicates")
+            cols = (text_col, label_col)
+            threshold = cfg.near_duplicate_threshold
+            outcome.near_duplicates = write_near_duplicates(writer, service, reference, data, cols, threshold)
         writer.csv("all_predictions.csv", pd.concat(everything, ignore_index=True))
-        notes = [f"Checkpoint: {ckpt.path}", f"Rows evaluated: {len(data)}"]
-        if unseen:
-            notes.append(
-                "Labels the model never saw (scored as errors): " + ", ".join(f"{k} ({v})" for k, v in unseen.items())
-            )
-        tables = {
-            "Classification report": (pd.read_csv(writer.staging / "sklearn_classification_report.csv"), False),
-            "Confusion matrix": (pd.read_csv(writer.staging / "confusion_matrix.csv"), False),
-            "Confidence analysis": (pd.read_csv(writer.staging / "confidence_analysis.csv"), False),
-            "Error metrics": (pd.read_csv(writer.staging / "error_metrics.csv"), False),
-        }
-        if cv is not None:
-            tables[f"Cross-validation ({folds} folds)"] = (cv, False)
-        errors = pd.read_csv(writer.staging / "error_analysis.csv", dtype={"text": str}, keep_default_na=False)
-        errors["text"] = errors["text"].str.slice(0, 160)
-        tables["Most confident errors (first 25)"] = (errors.head(25), False)
-        page = build_report("bertcls evaluation", {**summary, "ECE": ece}, tables, writer.plots, notes)
+        page = report_page(ckpt, data, summary, ece, unseen, cv, folds, trust, outcome, writer)
         write_text_atomic(writer.staging / "report.html", page)
         files = sorted(str(p.relative_to(writer.staging)) for p in writer.staging.rglob("*") if p.is_file())
         folder = writer.commit()
     except BaseException:
         writer.abort()
         raise
-    return EvaluationOutcome(folder, summary, len(data), unseen, ece, cv, files)
+    return EvaluationOutcome(folder, summary, len(data), unseen, ece, cv, files, outcome)

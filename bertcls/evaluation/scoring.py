@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from bertcls.calibration import ece
+
 
 def prediction_frames(
     texts: list[str], truth: list[str], probs: np.ndarray, labels: list[str]
@@ -49,16 +51,14 @@ def confusion_frame(truth: list[str], predicted: list[str], labels: list[str]) -
 
 def confidence_frame(confidence: np.ndarray, correct: np.ndarray, bins: int) -> tuple[pd.DataFrame, float]:
     """Count and accuracy per confidence bin, and the expected calibration error (ECE)."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
+    edges = np.round(np.linspace(0.0, 1.0, bins + 1), 6)  # 0.3, not 0.30000000000000004
     which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
-    rows, ece = [], 0.0
+    rows, error = [], ece(confidence, correct, bins)
     for b in range(bins):
         mask = which == b
         count = int(mask.sum())
         accuracy = float(correct[mask].mean()) if count else np.nan
         mean_conf = float(confidence[mask].mean()) if count else np.nan
-        if count:
-            ece += count / len(confidence) * abs(accuracy - mean_conf)
         rows.append(
             {
                 "bin_low": edges[b],
@@ -73,10 +73,10 @@ def confidence_frame(confidence: np.ndarray, correct: np.ndarray, bins: int) -> 
         "bin_low": "ECE",
         "bin_high": "",
         "count": len(confidence),
-        "accuracy": ece,
+        "accuracy": error,
         "mean_confidence": "",
     }
-    return frame, float(ece)
+    return frame, error
 
 
 def error_frame(predictions: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:

@@ -9,6 +9,7 @@ from typing import Any
 
 import optuna
 
+from bertcls.calibration import calibrate
 from bertcls.callbacks import WorkflowHooks
 from bertcls.checkpoint import TuningProvenance, save_checkpoint
 from bertcls.config import Settings
@@ -48,6 +49,7 @@ def save_member(ctx: TuningContext, member: Member, lineage: list[dict[str, Any]
     checkpoint (the study records the same parameters for the member's trial)."""
     result, settings, params = member.trainer.result, member.best_settings, member.best_params
     model = rebuild_model(settings, ctx.service, len(ctx.names), result.best_state)
+    calibration = calibrate(model, ctx.features.sources["val"], ctx.service.device, settings.calibration)
     metrics = split_metrics(model, ctx.features, ctx.service.device, len(ctx.names))
     tuning = TuningProvenance(
         study=ctx.study_name,
@@ -57,7 +59,9 @@ def save_member(ctx: TuningContext, member: Member, lineage: list[dict[str, Any]
         lineage=[e for e in lineage if e["member"] == member.index],
     )
     lexical = ctx.features.lexical
-    meta = checkpoint_meta(settings, ctx.service, ctx.names, result, metrics, model, lexical, tuning)
+    meta = checkpoint_meta(
+        settings, ctx.service, ctx.names, result, metrics, model, lexical, tuning, calibration=calibration
+    )
     path = ctx.trials_dir / f"pbt_member_{member.index}.pt"
     return save_checkpoint(path, result.best_state, meta, lexical), metrics
 

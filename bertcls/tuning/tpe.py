@@ -120,7 +120,17 @@ def train_trial(ctx: TuningContext, trial: optuna.Trial, params: dict) -> float:
         study=ctx.study_name, strategy="tpe", trial=trial.number, params=params, seconds=time.perf_counter() - started
     )
     lexical = features.lexical
-    meta = checkpoint_meta(trial_settings, ctx.service, ctx.names, result, metrics, trainer.model, lexical, tuning)
+    meta = checkpoint_meta(
+        trial_settings,
+        ctx.service,
+        ctx.names,
+        result,
+        metrics,
+        trainer.model,
+        lexical,
+        tuning,
+        calibration=trainer.calibration,
+    )
     path = save_checkpoint(ctx.trials_dir / f"trial_{trial.number}.pt", result.best_state, meta, lexical)
     trial.set_user_attr("checkpoint", str(path))
     trial.set_user_attr("test_f1", metrics["test"]["f1"])
