@@ -42,10 +42,19 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> flo
     return float(-scores[np.arange(len(labels)), labels].mean())
 
 
+def bin_edges(bins: int) -> np.ndarray:
+    """Edges of ``bins`` equal-width confidence bins, rounded (0.3, not 0.30000000000000004)."""
+    return np.round(np.linspace(0.0, 1.0, bins + 1), 6)
+
+
+def bin_index(confidence: np.ndarray, bins: int) -> np.ndarray:
+    """The bin of each confidence: (low, high], the first bin also holding 0 (the one binning bertcls uses)."""
+    return np.clip(np.digitize(confidence, bin_edges(bins)[1:-1], right=True), 0, bins - 1)
+
+
 def ece(confidence: np.ndarray, correct: np.ndarray, bins: int) -> float:
     """Expected calibration error over ``bins`` equal-width confidence bins (the one ECE bertcls reports)."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    which = bin_index(confidence, bins)
     total = 0.0
     for b in range(bins):
         mask = which == b
@@ -76,6 +85,10 @@ def calibrate(
         return CalibrationRecord()
     logits = predict_logits(model, val, device)
     labels = val.labels
+    if (logits.argmax(axis=1) == labels).all():
+        # with no error to learn from, the likelihood only rises as T falls to its bound (every confidence 1.0)
+        logger.info("No validation errors to calibrate against: temperature stays 1")
+        return CalibrationRecord(method="temperature", val_rows=len(labels))
     temperature = fit_temperature(logits, labels)
     model.temperature = temperature
     correct = logits.argmax(axis=1) == labels
@@ -104,6 +117,8 @@ def calibrate(
 def describe(record: CalibrationRecord | None) -> str:
     if record is None or record.method == "none":
         return "none (temperature 1)"
+    if record.val_nll_before is None:
+        return f"temperature 1 (no errors on the {record.val_rows} validation rows to fit one on)"
     return (
         f"temperature {record.temperature:.3f} (validation NLL {record.val_nll_before:.4f} -> "
         f"{record.val_nll_after:.4f}, ECE {record.val_ece_before:.4f} -> {record.val_ece_after:.4f})"

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+from pydantic_settings.exceptions import SettingsError
 
 from bertcls.config import ENV_PREFIX, Settings, expand_path_value
 from bertcls.errors import ConfigError
@@ -101,6 +102,8 @@ def find_config_file(explicit: str | None, output_root_hint: str | None) -> Path
     """``--config``, else ``./config.yml``, else ``<output_root>/config.yml``, else none."""
     if explicit:
         path = Path(expand_path_value(explicit))
+        if path.is_dir():
+            raise ConfigError(f"Config file {path} is a directory; pass a YAML file with --config.")
         if not path.is_file():
             raise ConfigError(f"Config file {path} does not exist.")
         return path
@@ -137,6 +140,16 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict[str, str]:
         if name.upper().startswith(ENV_PREFIX):
             found[name[len(ENV_PREFIX) :].lower().replace("__", ".")] = value
     return found
+
+
+def env_variable_problem(exc: Exception, env: dict[str, str]) -> str:
+    """Name the environment variable a pydantic-settings parse error came from, when it can be found."""
+    message = str(exc)
+    for dotted in env:
+        section = dotted.split(".")[0]
+        if f'field "{section}"' in message or f'field "{dotted}"' in message:
+            return f"Environment variable {ENV_PREFIX}{dotted.upper().replace('.', '__')} is not valid JSON"
+    return "An environment variable holds a value that is not valid JSON"
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:
@@ -204,6 +217,13 @@ def resolve_settings(flags: dict[str, Any] | None = None, config_file: str | Non
     except ValidationError as exc:
         problems = _format_problems(exc, doc, yaml_flat, flag_values, env)
         raise ConfigError(f"The configuration has {len(problems)} problem(s).", problems) from None
+    except SettingsError as exc:  # a BERTCLS_ variable holding malformed JSON
+        raise ConfigError(
+            f"{env_variable_problem(exc, env)}; lists and sections are JSON, e.g. '[256, 128]'."
+        ) from None
+    root = Path(settings.output_root)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"The output root {root} is a file; pass a folder with --output-root.")
     flat = flatten(settings.model_dump(mode="json"))
     sources = {key: _source_of(key, flag_values, env, yaml_flat) for key in flat}
     return ResolvedConfig(settings, sources, path)

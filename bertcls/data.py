@@ -38,8 +38,36 @@ def _row_list(rows: list[int]) -> str:
     return shown + (f" and {len(rows) - MAX_ROWS_LISTED} more" if len(rows) > MAX_ROWS_LISTED else "")
 
 
+BINARY_SIGNATURES = {
+    b"PK\x03\x04": "a zip archive (an .xlsx or .docx file?)",
+    b"\xd0\xcf\x11\xe0": "an old Office document (an .xls file?)",
+    b"%PDF": "a PDF",
+    b"\x1f\x8b": "a gzip archive",
+    b"SQLite format 3": "an SQLite database",
+}
+
+
+def binary_kind(raw: bytes) -> str | None:
+    """What a file that is not text is, from its first bytes (None for text)."""
+    for signature, kind in BINARY_SIGNATURES.items():
+        if raw.startswith(signature):
+            return kind
+    head = raw[:4096]
+    if head.count(b"\x00") > len(head) // 10 and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "a binary file"
+    return None
+
+
 def decode_bytes(raw: bytes, encoding: str, source: str) -> str:
-    """Decode a file's bytes, naming the line of the first bad byte and the ``--encoding`` option."""
+    """Decode a file's bytes, naming the line of the first bad byte and the ``--encoding`` option. A file that is
+    not text at all (a spreadsheet, an archive) is named as such instead of being decoded as latin-1 noise; NUL
+    bytes in a text file are removed with a warning."""
+    kind = binary_kind(raw)
+    if kind is not None:
+        raise DataError(f"{source} is not a text CSV file: it looks like {kind}; export it as CSV first.")
+    if b"\x00" in raw and not raw.startswith((b"\xff\xfe", b"\xfe\xff")) and "16" not in encoding:
+        logger.warning("%s holds %d NUL byte(s); they were removed.", source, raw.count(b"\x00"))
+        raw = raw.replace(b"\x00", b"")
     try:
         return raw.decode(encoding)
     except LookupError:
@@ -103,7 +131,8 @@ def _bad_rows(frame: pd.DataFrame, cfg: DataSection) -> list[int]:
     label_blank = frame[cfg.label_column].str.strip() == ""
     positions = np.flatnonzero((text_blank | label_blank).to_numpy())
     if SOURCE_ROW in frame.columns:
-        return [int(r) for r in pd.to_numeric(frame[SOURCE_ROW]).to_numpy()[positions]]
+        lines = pd.to_numeric(frame[SOURCE_ROW], errors="coerce").to_numpy()[positions]
+        return [int(r) if r == r else int(i) + 2 for r, i in zip(lines, positions, strict=True)]
     return [int(i) + 2 for i in positions]
 
 
@@ -215,25 +244,31 @@ def with_source_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(**{SOURCE_ROW: np.arange(2, len(frame) + 2)})
 
 
-def read_row_list(path: Path) -> set[int]:
-    """The CSV line numbers named in a file with a ``source_row`` column (label_issues.csv has one)."""
+def read_row_list(path: Path, split: str | None = None) -> set[int]:
+    """The CSV line numbers named in a file with a ``source_row`` column (label_issues.csv has one); with
+    ``split``, only its rows whose ``split`` column names that split (line numbers of explicit split files are
+    per file)."""
     frame = read_csv_text(decode_bytes(Path(path).read_bytes(), "utf-8", f"File {path}"), f"File {path}")
     if SOURCE_ROW not in frame.columns:
         raise DataError(f"{path} has no {SOURCE_ROW} column; --exclude-rows takes a CSV such as label_issues.csv.")
+    if split is not None and "split" in frame.columns:
+        frame = frame[frame["split"] == split]
     rows = pd.to_numeric(frame[SOURCE_ROW], errors="coerce")
     if rows.isna().any() or (rows < 2).any():
         raise DataError(f"{path} has {SOURCE_ROW} values that are not CSV line numbers (whole numbers from 2).")
     return set(rows.astype(int))
 
 
-def exclude_rows(frame: pd.DataFrame, cfg: DataSection, output_root: str | Path, source: str) -> pd.DataFrame:
+def exclude_rows(
+    frame: pd.DataFrame, cfg: DataSection, output_root: str | Path, source: str, split: str | None = None
+) -> pd.DataFrame:
     """Leave out the rows ``data.exclude_rows`` names (by CSV line number), and say how many."""
     if not cfg.exclude_rows:
         return frame
     path = resolve_data_path(cfg.exclude_rows, output_root)
     if not path.is_file():
         raise DataError(f"The exclude-rows file {path} does not exist.")
-    wanted = read_row_list(path)
+    wanted = read_row_list(path, split)
     lines = pd.to_numeric(frame[SOURCE_ROW], errors="coerce")
     unknown = wanted - set(lines.dropna().astype(int))
     if unknown:
@@ -254,8 +289,8 @@ def load_splits(cfg: DataSection, output_root: str | Path, seed: int) -> tuple[S
         for name, path in zip(SPLIT_NAMES, (cfg.train_file, cfg.val_file, cfg.test_file), strict=True):
             resolved = resolve_data_path(path, output_root)
             raw = with_source_rows(read_labelled_csv(resolved, cfg))
-            if name == "train":
-                raw = exclude_rows(raw, cfg, output_root, str(resolved))
+            if name in ("train", "val"):  # label issues come from the cross-validated train and val rows
+                raw = exclude_rows(raw, cfg, output_root, str(resolved), split=name)
             frame, part_report = check_labelled(raw, cfg, f"Data file {resolved}", min_per_class=1)
             parts[name] = frame
             report.rows += part_report.rows

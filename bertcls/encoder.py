@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,12 @@ logger = logging.getLogger(__name__)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 BUNDLED_ALIASES = {DEFAULT_ENCODER.lower(), "sentence-transformers/all-minilm-l6-v2"}
 ProgressFn = Callable[[int, int], None]
+MAX_TEXT_CHARS = 100_000  # work per cell is bounded: no window, TF-IDF or length report reads past this
+
+
+def bounded(texts: list[str]) -> list[str]:
+    """Each text cut at ``MAX_TEXT_CHARS`` characters (a 50 MB cell must not cost gigabytes of memory)."""
+    return [t if len(t) <= MAX_TEXT_CHARS else t[:MAX_TEXT_CHARS] for t in texts]
 
 
 def pick_device(choice: str) -> torch.device:
@@ -93,10 +101,14 @@ def export_default_encoder(output_root: Path) -> Path:
     if (target / "model.safetensors").is_file():
         return target
     source = _bundled_model_dir()
-    staging = target.with_name(".bert_encoder.partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = target.with_name(f".bert_encoder.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")  # one per process
     shutil.copytree(source, staging)
-    staging.rename(target)
+    try:
+        staging.rename(target)
+    except OSError:  # another process (a second worker of the same study) finished first: use its copy
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / "model.safetensors").is_file():
+            raise
     logger.info("Exported the default encoder to %s", target)
     return target
 
@@ -160,7 +172,7 @@ def split_into_windows(
 ) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
     """The token windows of every text ([CLS] ... [SEP]), the text each window belongs to, and each text's
     untruncated token count (special tokens included). Needs only the tokenizer."""
-    ids = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    ids = tokenizer(bounded(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
     windows, owner = [], []
     for index, tokens in enumerate(ids):
         for start, end in text_windows(tokens, max_seq_len, stride, max_chunks):
@@ -256,12 +268,14 @@ class Encoder(nn.Module):
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Dynamic padding: pad to the longest text of this batch, truncate at ``max_seq_len``."""
         return dict(
-            self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_seq_len, return_tensors="pt")
+            self.tokenizer(
+                bounded(texts), padding=True, truncation=True, max_length=self.max_seq_len, return_tensors="pt"
+            )
         )
 
     def token_lengths(self, texts: list[str]) -> np.ndarray:
         """Untruncated token counts (special tokens included)."""
-        ids = self.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        ids = self.tokenizer(bounded(texts), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
         return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -286,7 +300,7 @@ class Encoder(nn.Module):
 
     def length_sorted_batches(self, texts: list[str], batch_size: int):
         """Tokenise once, sort by token length, and yield ``(row indices, padded features)`` per batch."""
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_seq_len, padding=False)
+        encoded = self.tokenizer(bounded(texts), truncation=True, max_length=self.max_seq_len, padding=False)
         ids = encoded["input_ids"]
         order = np.argsort([-len(x) for x in ids], kind="stable")
         for start in range(0, len(texts), batch_size):

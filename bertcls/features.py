@@ -109,7 +109,8 @@ class EmbeddingService:
         requested = self.precision
         if requested == "fp32":
             return PrecisionCheck(requested="fp32", used="fp32")
-        record = self.cache.folder / f"guard_{sample_key(texts, labels, labeller is not None)}.json"
+        key = sample_key(texts, labels, labeller is not None, self.device.type)
+        record = self.cache.folder / f"guard_{key}.json"
         if labeller is None and record.is_file():
             check = PrecisionCheck.model_validate_json(record.read_text())
         else:
@@ -195,9 +196,10 @@ class EmbeddingService:
 Labeller = Callable[[np.ndarray], np.ndarray]
 
 
-def sample_key(texts: list[str], labels: np.ndarray | None, by_model: bool) -> str:
-    """A short hash of the guard's sample (texts and labels), so its verdict is reused only for the same sample."""
-    payload = json.dumps([texts, [] if labels is None else np.asarray(labels).tolist(), by_model])
+def sample_key(texts: list[str], labels: np.ndarray | None, by_model: bool, device: str) -> str:
+    """A short hash of the guard's sample (texts and labels) and device, so its verdict is reused only for the same
+    sample on the same kind of device."""
+    payload = json.dumps([texts, [] if labels is None else np.asarray(labels).tolist(), by_model, device])
     return hashlib.blake2b(payload.encode("utf-8"), digest_size=8).hexdigest()
 
 

@@ -9,18 +9,52 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def file_mode(target: Path) -> int:
+    """The mode a new file gets under the user's umask (0644 for the usual 022), or the existing file's."""
+    if target.exists():
+        return target.stat().st_mode & 0o777
+    current = os.umask(0)
+    os.umask(current)
+    return 0o666 & ~current
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temps(target: Path) -> int:
+    """Delete temp files of ``target`` left by processes that died mid-write (their PID is in the name)."""
+    removed = 0
+    for tmp in target.parent.glob(f".{target.name}.*.tmp"):
+        parts = tmp.name[len(target.name) + 2 :].split(".")
+        if parts and parts[0].isdigit() and not pid_alive(int(parts[0])):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside ``target``; on success it replaces ``target``, on error it is removed."""
+    """Yield a temp path beside ``target``; on success it replaces ``target`` (with the mode the user's umask
+    gives), on error it is removed. Temp files that a killed process left for the same target are cleaned up."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale_temps(target)
+    mode = file_mode(target)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, target)
     finally:
         if tmp.exists():

@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from bertcls.config import LexicalSection
+from bertcls.encoder import bounded
 
 if TYPE_CHECKING:
     import scipy.sparse
@@ -67,6 +68,7 @@ class LexicalFeatures:
         import scipy.sparse
 
         kinds = {"word": cfg.word_ngrams, "char": cfg.char_ngrams}
+        texts = bounded(texts)
         fitted, sizes, parts = {}, {}, []
         for kind, ngrams in kinds.items():
             if ngrams is None:
@@ -93,6 +95,7 @@ class LexicalFeatures:
     def transform(self, texts: list[str]) -> scipy.sparse.csr_matrix:
         import scipy.sparse
 
+        texts = bounded(texts)
         parts = [self.vectorizers[kind].transform(texts) for kind in ("word", "char") if kind in self.vectorizers]
         return scipy.sparse.hstack(parts, format="csr", dtype=np.float32)
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from pathlib import Path
+
+from bertcls.redaction import RedactingFilter
 
 VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
 NOISY_LIBRARIES = (
@@ -20,8 +23,9 @@ NOISY_LIBRARIES = (
 
 
 def log_file_path(output_root: Path, command: str) -> Path:
+    """``logs/<command>_<YYYYmmdd_HHMMSS>_<pid>.log``: two commands started in the same second never share one."""
     stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
-    return Path(output_root) / "logs" / f"{command}_{stamp}.log"
+    return Path(output_root) / "logs" / f"{command}_{stamp}_{os.getpid()}.log"
 
 
 def attach_file_log(output_root: Path, command: str) -> Path:
@@ -32,6 +36,7 @@ def attach_file_log(output_root: Path, command: str) -> Path:
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.set_name("bertcls-file")
+    handler.addFilter(RedactingFilter())
     package = logging.getLogger("bertcls")
     for old in [h for h in package.handlers if h.get_name() == "bertcls-file"]:
         package.removeHandler(old)

@@ -20,12 +20,11 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from bertcls.checkpoint import Checkpoint, build_classifier, now_iso
-from bertcls.encoder import pool_windows, split_into_windows, window_batches
+from bertcls.encoder import bounded, pool_windows, split_into_windows, window_batches
 from bertcls.errors import BertclsError
 from bertcls.fileio import atomic_path
 from bertcls.lexical import LexicalFeatures, LexicalSpec
 from bertcls.metrics import macro_f1
-from bertcls.precision import available_cores
 
 logger = logging.getLogger(__name__)
 EXPORT_DIR = "export"
@@ -72,6 +71,25 @@ class ExportManifest(BaseModel):
     checks: dict[str, float] = {}
     settings: dict = {}
     temperature: float = 1.0
+
+
+def read_manifest(folder: Path) -> ExportManifest:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise BertclsError(f"{folder} holds no ONNX export ({MANIFEST}); run bertcls export first.")
+    try:
+        manifest = ExportManifest.model_validate_json(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        raise BertclsError(f"{path} is damaged or from another version; run bertcls export again.") from None
+    if manifest.format_version != 1:
+        raise BertclsError(f"{path} has format {manifest.format_version}; this bertcls reads 1. Export again.")
+    return manifest
+
+
+def stale_export(manifest: ExportManifest, folder: Path) -> bool:
+    """Whether the checkpoint the export was made from has been replaced since (a newer train)."""
+    source = Path(manifest.checkpoint)
+    return source.is_file() and source.stat().st_mtime > (Path(folder) / MANIFEST).stat().st_mtime
 
 
 class _EncoderGraph(nn.Module):
@@ -125,8 +143,13 @@ def quantize_int8(source: Path, target: Path) -> None:
     """Dynamic int8 quantization of the weights (per channel: per-tensor scales cost MiniLM 0.04 in cosine)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    logging.getLogger("root").setLevel(logging.ERROR)  # the quantizer warns through the root logger
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer warns through the root logger
+    try:
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        root.setLevel(level)
 
 
 def save_lexical(model, lexical: LexicalFeatures, path: Path) -> None:
@@ -149,19 +172,25 @@ class OnnxPredictor:
         from transformers import AutoTokenizer
 
         self.folder = Path(folder)
-        manifest_path = self.folder / MANIFEST
-        if not manifest_path.is_file():
-            raise BertclsError(f"{self.folder} holds no ONNX export ({MANIFEST}); run bertcls export first.")
-        self.manifest = ExportManifest.model_validate_json(manifest_path.read_text())
+        self.manifest = read_manifest(self.folder)
         self.labels = self.manifest.labels
+        try:
+            self._open(ort, threads, AutoTokenizer)
+        except Exception as exc:  # noqa: BLE001 - a damaged export is one sentence
+            raise BertclsError(
+                f"The ONNX export in {self.folder} cannot be loaded ({type(exc).__name__}); run bertcls export again."
+            ) from None
+
+    def _open(self, ort, threads: int | None, tokenizer_class) -> None:
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or available_cores()
+        if threads:  # unset: onnxruntime's default, one thread per physical core
+            options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         session = lambda name: ort.InferenceSession(  # noqa: E731
             str(self.folder / name), options, providers=["CPUExecutionProvider"]
         )
         self.encoder, self.head = session(self.manifest.encoder_file), session(self.manifest.head_file)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder / "tokenizer"))
+        self.tokenizer = tokenizer_class.from_pretrained(str(self.folder / "tokenizer"))
         self.lexical, self.lexical_weights = self._load_lexical()
 
     @property
@@ -178,7 +207,7 @@ class OnnxPredictor:
     def _windows(self, texts: list[str]) -> tuple[list[list[int]], np.ndarray]:
         spec, length = self.manifest.windowing, self.manifest.max_seq_len
         if spec is None:
-            windows = self.tokenizer(texts, truncation=True, max_length=length, verbose=False)["input_ids"]
+            windows = self.tokenizer(bounded(texts), truncation=True, max_length=length, verbose=False)["input_ids"]
             return windows, np.arange(len(texts))
         windows, owner, _ = split_into_windows(self.tokenizer, texts, length, spec["stride"], spec["max_chunks"])
         return windows, owner

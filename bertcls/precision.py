@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +78,7 @@ class PrecisionCheck(BaseModel):
 
     requested: str
     used: str
+    device: str = "cpu"
     sample: int = 0
     mean_cosine: float | None = None
     label_agreement: float | None = None
@@ -112,7 +112,7 @@ def compare(
     agreement = float((labeller(reference) == labeller(reduced)).mean())
     check = PrecisionCheck(
         requested=precision, used=precision, sample=len(reference), mean_cosine=cosine, label_agreement=agreement
-    )
+    )  # the caller sets ``device``
     if cosine < MIN_COSINE or agreement < MIN_LABEL_AGREEMENT:
         check.used = "fp32"
         check.reason = (
@@ -140,7 +140,9 @@ def measure(
     finally:
         encoder.precision = precision
     reduced = encoder.embed(texts, batch_size, device)
-    return compare(precision, reference, reduced, labeller or nearest_centroid(reference, np.asarray(labels))), reduced
+    check = compare(precision, reference, reduced, labeller or nearest_centroid(reference, np.asarray(labels)))
+    check.device = device.type
+    return check, reduced
 
 
 def for_checkpoint(record: PrecisionCheck | None, requested: str, device: torch.device) -> tuple[str, bool]:
@@ -149,7 +151,7 @@ def for_checkpoint(record: PrecisionCheck | None, requested: str, device: torch.
     precision = resolve_precision(requested, device)
     if precision == "fp32":
         return "fp32", False
-    if record is not None and record.requested == precision and record.sample:
+    if record is not None and record.requested == precision and record.sample and record.device == device.type:
         return record.used, False
     return precision, True
 
@@ -189,14 +191,8 @@ def sample_indices(count: int, seed: int, size: int = GUARD_SAMPLE) -> np.ndarra
 
 
 def apply_threads(num_threads: int | None) -> int:
-    """Set torch's intra-op threads (default: every core this process may use); returns the number in effect."""
-    threads = num_threads or available_cores()
-    torch.set_num_threads(threads)
-    return threads
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    """Set torch's intra-op threads when asked; unset keeps torch's own default (one per physical core, or
+    ``OMP_NUM_THREADS``). Returns the number in effect."""
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    return torch.get_num_threads()

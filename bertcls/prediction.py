@@ -16,7 +16,7 @@ import torch
 
 from bertcls.batches import predict_embedded
 from bertcls.checkpoint import Checkpoint, build_classifier
-from bertcls.data import require_columns
+from bertcls.data import binary_kind, require_columns
 from bertcls.encoder import embed_documents
 from bertcls.errors import DataError
 from bertcls.fileio import atomic_path
@@ -140,6 +140,11 @@ class Predictor:
 def read_chunks(source: TextIO | Path, options: PredictOptions) -> Iterator[pd.DataFrame]:
     """CSV chunks with every cell as a string; bad bytes become one clear error."""
     name = "standard input" if not isinstance(source, Path) else str(source)
+    if isinstance(source, Path):
+        with open(source, "rb") as handle:
+            kind = binary_kind(handle.read(4096))
+        if kind is not None:
+            raise DataError(f"Input {name} is not a text CSV file: it looks like {kind}; export it as CSV first.")
     try:
         reader = pd.read_csv(
             source,

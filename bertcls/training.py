@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 
@@ -71,6 +72,17 @@ def build_optimizer(
     return kinds[cfg.optimizer_choice]()
 
 
+def plain_numpy_state() -> dict:
+    """numpy's global RNG state with its key as a list (no arrays: a resume file loads with weights_only)."""
+    state = np.random.get_state(legacy=False)
+    return {**state, "state": {"key": state["state"]["key"].tolist(), "pos": int(state["state"]["pos"])}}
+
+
+def numpy_state_from_plain(state: dict) -> dict:
+    inner = state["state"]
+    return {**state, "state": {"key": np.asarray(inner["key"], dtype=np.uint32), "pos": inner["pos"]}}
+
+
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Inverse class frequency, n / (k * n_c), as scikit-learn's ``class_weight="balanced"``; unseen classes get 1."""
     counts = np.bincount(np.asarray(labels), minlength=num_classes).astype(np.float64)
@@ -125,6 +137,9 @@ class Trainer:
         self.result = TrainResult()
         self.calibration_cfg = calibration or CalibrationSection(method="none")
         self.calibration = CalibrationRecord()
+        self.stop_request = None  # an interrupts.StopRequest, polled after every step
+        self.interrupted = False
+        self.resumed = False
 
     def add_callback(self, callback: TrainerCallback) -> None:
         self.callbacks.append(callback)
@@ -180,17 +195,24 @@ class Trainer:
             self.samples_seen += len(indices)
             self.memory.after_step()
             self.trigger("on_batch_end", position, len(order), losses[-1] / len(indices))
+            if self.stop_request is not None and self.stop_request.requested:
+                self.interrupted = True
+                break
         return float(sum(losses) / max(1, len(order)))
 
     def evaluate(self) -> dict[str, float]:
         return score(predict_proba(self.model, self.val_data, self.device), self.val_data.labels, self.num_classes)
 
-    def run_epoch(self) -> EpochRecord:
-        """Train and evaluate one epoch, keep the best weights, apply early stopping."""
+    def run_epoch(self) -> EpochRecord | None:
+        """Train and evaluate one epoch, keep the best weights, apply early stopping. An interrupted epoch is
+        dropped (None): the run keeps what the finished epochs learned."""
         self.epoch += 1
         started = time.perf_counter()
         self.trigger("on_epoch_begin", self.epoch)
         train_loss = self.train_epoch()
+        if self.interrupted:
+            self.epoch -= 1
+            return None
         metrics = self.evaluate()
         record = EpochRecord(
             epoch=self.epoch,
@@ -214,11 +236,14 @@ class Trainer:
         return record
 
     def fit(self) -> TrainResult:
-        torch.manual_seed(self.model_cfg.seed)
+        if not self.resumed:  # a resumed run carries on with the RNG states it saved
+            torch.manual_seed(self.model_cfg.seed)
         self.trigger("on_train_begin")
-        while self.epoch < self.model_cfg.num_epochs and not self.should_stop:
+        while self.epoch < self.model_cfg.num_epochs and not self.should_stop and not self.interrupted:
             self.run_epoch()
-        if self.should_stop:
+        if self.interrupted:
+            self.result.stop_reason = f"interrupted after epoch {self.epoch}"
+        elif self.should_stop:
             self.result.stop_reason = self.stop_reason or "stopped by a callback"
         logger.info("Training stopped: %s (best epoch %d)", self.result.stop_reason, self.result.best_epoch)
         self.restore_best()
@@ -245,6 +270,49 @@ class Trainer:
         member another architecture without starting its run again."""
         self.epoch, self.result, self.rng = previous.epoch, previous.result, previous.rng
         self.callbacks = previous.callbacks
+
+    def resume_state(self) -> dict:
+        """Everything a later run needs to continue exactly where this one is (after a finished epoch): weights,
+        optimizer state, the schedule's position, every RNG, early stopping, the batch size and the results so
+        far. Plain tensors and Python values only, so it loads with ``weights_only=True``."""
+        result = self.result
+        return {
+            "weights": trainable_state(self.model),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "samples_seen": self.samples_seen,
+            "epoch": self.epoch,
+            "rng": {
+                "numpy": self.rng.bit_generator.state,
+                "torch": torch.get_rng_state(),
+                "python": random.getstate(),
+                "numpy_global": plain_numpy_state(),
+            },
+            "early_stopping": list(self.stopper.history),
+            "batch_size": self.memory.batch_size,
+            "result": {
+                "history": result.history_dicts(),
+                "best_epoch": result.best_epoch,
+                "best_metric": result.best_metric,
+                "best_state": result.best_state,
+            },
+        }
+
+    def load_resume_state(self, state: dict) -> None:
+        """Continue from :meth:`resume_state` of a run with the same settings and data."""
+        load_trainable_state(self.model, state["weights"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.samples_seen, self.epoch = state["samples_seen"], state["epoch"]
+        self.rng.bit_generator.state = state["rng"]["numpy"]
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(numpy_state_from_plain(state["rng"]["numpy_global"]))
+        self.stopper.history = list(state["early_stopping"])
+        self.memory.batch_size = state["batch_size"]
+        saved = state["result"]
+        self.result.history = [EpochRecord(**r) for r in saved["history"]]
+        self.result.best_epoch, self.result.best_metric = saved["best_epoch"], saved["best_metric"]
+        self.result.best_state = saved["best_state"]
+        self.resumed = True
 
     def restore_best(self) -> None:
         if self.result.best_state:

@@ -33,11 +33,21 @@ from bertcls.data import DataReport, Splits, load_splits, write_splits
 from bertcls.encoder import pick_device
 from bertcls.errors import ConfigError, DataError
 from bertcls.features import EmbeddingService, truncation_summary
+from bertcls.interrupts import Interrupted
 from bertcls.lexical import LexicalFeatures
 from bertcls.memory import MemoryManager, default_probe
 from bertcls.model import HeadSpec, LexicalLayer, MLPHead, TextClassifier, count_parameters, load_trainable_state
 from bertcls.precision import describe as describe_precision
 from bertcls.precision import resolve_precision, sample_indices
+from bertcls.redaction import redact_data
+from bertcls.resume import (
+    ResumeWriter,
+    check_resume_data,
+    data_fingerprint,
+    read_resume,
+    resume_path,
+    settings_fingerprint,
+)
 from bertcls.training import Trainer, TrainResult, balanced_class_weights
 
 logger = logging.getLogger(__name__)
@@ -230,7 +240,7 @@ def checkpoint_meta(
         raise ValueError("the model's lexical layer and the lexical features disagree")
     return CheckpointMeta(
         architecture=Architecture(encoder=encoder, head=head, lexical=lexical.spec if lexical else None),
-        settings=settings.model_dump(mode="json"),
+        settings=redact_data(settings.model_dump(mode="json")),
         labels=names,
         history=result.history_dicts(),
         best_epoch=result.best_epoch,
@@ -300,14 +310,43 @@ def guard_precision(service: EmbeddingService, train: pd.DataFrame, names: list[
     service.precision_check = service.check_precision(rows[settings.data.text_column].tolist(), labels)
 
 
-def run_training(settings: Settings, hooks: WorkflowHooks | None = None) -> TrainOutcome:
-    """Train one model as configured, save ``best_trials/best_model.pt`` and the splits it used under ``data/``."""
+def run_training(
+    settings: Settings, hooks: WorkflowHooks | None = None, stop_request=None, resume: bool = False
+) -> TrainOutcome:
+    """Train one model as configured, save ``best_trials/best_model.pt`` and the splits it used under ``data/``.
+    After every epoch the run's state goes to ``checkpoints/last_state.pt`` (removed when the run finishes), so an
+    interrupted run can go on with ``resume``. A ``stop_request`` that fires saves the best epoch so far, then
+    raises :class:`Interrupted`."""
     hooks = hooks or WorkflowHooks()
+    settings_fp, state_path = settings_fingerprint(settings), resume_path(settings.root)
+    payload = read_resume(state_path, settings_fp) if resume else None
     run = prepare(settings, hooks)
     trainer = make_trainer(settings, run.features, run.service, len(run.names))
     trainer.add_callback(hooks)
+    trainer.stop_request = stop_request
+    data_fp = data_fingerprint(run.splits, settings.data.text_column, settings.data.label_column)
+    if payload is not None:
+        trainer.load_resume_state(check_resume_data(payload, data_fp))
+        logger.info("Resuming after epoch %d from %s", trainer.epoch, state_path)
+    trainer.add_callback(ResumeWriter(state_path, settings_fp, data_fp))
     hooks.on_stage("Training")
     result = trainer.fit()
+    if trainer.interrupted and not result.best_state:
+        raise Interrupted(stop_request.signum, "Interrupted before the first epoch finished; nothing was saved.")
+    outcome = save_trained(settings, run, trainer)
+    if trainer.interrupted:
+        raise Interrupted(
+            stop_request.signum,
+            f"Interrupted after epoch {trainer.epoch}: saved the best epoch ({result.best_epoch}) to "
+            f"{outcome.checkpoint}. Run the same command with --resume to go on.",
+        )
+    state_path.unlink(missing_ok=True)
+    return outcome
+
+
+def save_trained(settings: Settings, run: PreparedRun, trainer: Trainer) -> TrainOutcome:
+    """Score the best weights on val and test, save the checkpoint, then the splits beside it."""
+    result = trainer.result
     metrics = split_metrics(trainer.model, run.features, run.service.device, len(run.names))
     data = DataProvenance(
         truncation=run.features.truncation, chunking=run.features.chunking or {}, warnings=run.report.warnings

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import typer
 
 from bertcls.errors import BertclsError, ConfigError
+from bertcls.interrupts import Interrupted, raise_on_signals
 
 app = typer.Typer(
     name="bertcls",
@@ -37,23 +39,29 @@ def report_error(exc: BertclsError) -> None:
     from rich.markup import escape
 
     from bertcls.cli.common import err_console
+    from bertcls.redaction import redact
 
-    err_console.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]Error:[/] {escape(redact(str(exc)))}", highlight=False, soft_wrap=True)
     if isinstance(exc, ConfigError):
         for problem in exc.problems:
-            err_console.print(f"  - {escape(str(problem))}", highlight=False, soft_wrap=True)
+            err_console.print(f"  - {escape(redact(str(problem)))}", highlight=False, soft_wrap=True)
 
 
 def run(argv: list[str] | None = None) -> int:
-    """Run the CLI and return its exit code: user errors print one sentence and give 2, never a traceback."""
+    """Run the CLI and return its exit code: user errors print one sentence and give 2, never a traceback; Ctrl-C
+    and SIGTERM print one sentence and give 130 and 143."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    previous = raise_on_signals()
     try:
         result = app(args=argv, standalone_mode=False)
     except BertclsError as exc:
         report_error(exc)
         return 2
+    except Interrupted as exc:
+        sys.stderr.write(exc.message + "\n")
+        return exc.exit_code
     except KeyboardInterrupt:
-        sys.stderr.write("Interrupted.\n")
+        sys.stderr.write("Interrupted by Ctrl-C (SIGINT).\n")
         return 130
     except Exception as exc:
         # Typer vendors its own click: match its usage errors, Exit and Abort by shape, not by class.
@@ -65,8 +73,13 @@ def run(argv: list[str] | None = None) -> int:
             raise
         if hasattr(exc, "format_message"):
             command = getattr(getattr(exc, "ctx", None), "command_path", "bertcls")
-            sys.stderr.write(f"Error: {exc.format_message()} (see {command} --help)\n")
+            from bertcls.redaction import redact
+
+            sys.stderr.write(f"Error: {redact(exc.format_message())} (see {command} --help)\n")
         return exit_code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return result if isinstance(result, int) else 0
 
 

@@ -12,6 +12,7 @@ from rich.logging import RichHandler
 
 from bertcls.config_sources import ResolvedConfig, resolve_settings
 from bertcls.logs import NOISY_LIBRARIES, VERBOSITY_LEVELS, attach_file_log
+from bertcls.redaction import RedactingFilter
 
 err_console = Console(stderr=True)
 out_console = Console()
@@ -57,7 +58,8 @@ Precision = Annotated[
     ),
 ]
 Threads = Annotated[
-    Optional[int], option("--threads", help="CPU threads for torch and onnxruntime (default: all cores).", min=1)
+    Optional[int],
+    option("--threads", help="CPU threads for torch and onnxruntime (default: one per physical core).", min=1),
 ]
 
 
@@ -87,6 +89,7 @@ def setup_logging(resolved: ResolvedConfig, command: str) -> Path:
     console = RichHandler(console=err_console, show_path=False, show_time=False, rich_tracebacks=False)
     console.setLevel(level)
     console.set_name("bertcls-console")
+    console.addFilter(RedactingFilter())
     root.addHandler(console)
     root.setLevel(logging.WARNING)
     for name in NOISY_LIBRARIES:

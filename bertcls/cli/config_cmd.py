@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from bertcls.cli.common import ConfigFile, OutputRoot, build_config, out_console
+from bertcls.redaction import redact
 
 config_app = __import__("typer").Typer(help="Check and show the configuration.", no_args_is_help=True)
 
@@ -20,6 +21,6 @@ def validate(config: ConfigFile = None, output_root: OutputRoot = None) -> None:
     table.add_column("value", overflow="fold")
     table.add_column("source")
     for key, value, source in resolved.rows():
-        table.add_row(key, str(value), f"[{SOURCE_STYLES[source]}]{source}[/]")
+        table.add_row(key, redact(str(value)), f"[{SOURCE_STYLES[source]}]{source}[/]")
     out_console.print(table)
     out_console.print("[green]Configuration is valid.[/]")

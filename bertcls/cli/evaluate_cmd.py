@@ -50,7 +50,7 @@ def evaluate(
     import pandas as pd
 
     from bertcls.checkpoint import load_named_checkpoint
-    from bertcls.data import read_labelled_csv, resolve_data_path
+    from bertcls.data import read_labelled_csv, resolve_data_path, with_source_rows
     from bertcls.encoder import pick_device
     from bertcls.evaluation.runner import evaluate as run_evaluation
 
@@ -72,28 +72,30 @@ def evaluate(
     root = settings.root
     ckpt = load_named_checkpoint(best_model, root)
     data_cfg = ckpt.trained_settings(root).data.model_copy(update={"encoding": settings.data.encoding})
-    reference = None
     if data_file:
         data = read_labelled_csv(resolve_data_path(data_file, root), data_cfg)
-        data = data.assign(source_row=data.index + 2) if "source_row" not in data.columns else data
+        data = with_source_rows(data)
         cv_data = data
     else:
         data = read_split(root, "test", data_cfg)
         parts = [read_split(root, name, data_cfg).assign(split=name) for name in ("train", "val")]
-        cv_data = reference = pd.concat(parts, ignore_index=True)
+        cv_data = pd.concat(parts, ignore_index=True)
     data = data[data[data_cfg.text_column].str.strip() != ""].reset_index(drop=True)
     cv_data = cv_data[cv_data[data_cfg.text_column].str.strip() != ""].reset_index(drop=True)
     show = (lambda msg: err_console.print(f"[cyan]{msg}[/]")) if settings.verbosity >= 1 else (lambda msg: None)
-    outcome = run_evaluation(
-        ckpt,
-        data,
-        cv_data,
-        settings,
-        settings.evaluation.cv_folds,
-        pick_device(settings.model.device),
-        show,
-        reference=None if reference is None else cv_data,
-    )
+    from bertcls.locking import root_lock
+
+    with root_lock(root, "evaluate"):
+        outcome = run_evaluation(
+            ckpt,
+            data,
+            cv_data,
+            settings,
+            settings.evaluation.cv_folds,
+            pick_device(settings.model.device),
+            show,
+            reference=None if data_file else cv_data,  # near-duplicates: training rows against the test split
+        )
     render(outcome)
 
 

@@ -58,6 +58,9 @@ def export(
     if not path.is_file():
         raise DataError(f"No data to check the export on: {path} does not exist; pass --data-file with labelled rows.")
     frame = read_labelled_csv(path, trained)
+    frame = frame[frame[trained.text_column].str.strip() != ""]
+    if frame.empty:
+        raise DataError(f"{path} has no rows with text to check the export on.")
     texts = frame[trained.text_column].tolist()
     truth = frame[trained.label_column].tolist()
     err_console.print(f"Exporting {ckpt.path.name} and checking it on {len(texts)} texts of {path} ...")

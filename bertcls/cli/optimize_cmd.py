@@ -138,8 +138,11 @@ def optimize(
                 )
             live.update(table)
 
-    with live if settings.verbosity >= 1 else _null():
-        outcome = run_optimize(settings, Hooks())
+    from bertcls.locking import root_lock
+
+    with root_lock(settings.root, "optimize", study=settings.tuning.study_name):
+        with live if settings.verbosity >= 1 else _null():
+            outcome = run_optimize(settings, Hooks())
     out_console.print(trials_table(outcome.study, title))
     summary = Table(title="Best trial")
     summary.add_column("measure")

@@ -49,6 +49,20 @@ def resolve_output(name: str, root: Path) -> str:
     return str(root / "predictions" / path if len(path.parts) == 1 else path)
 
 
+def check_target(target: str) -> None:
+    """Refuse an output that cannot be written before any work is done."""
+    from bertcls.errors import DataError
+
+    if target == STDIO:
+        return
+    path = Path(target)
+    if path.is_dir():
+        raise DataError(f"The output file {path} is a directory; name a file with --output-file.")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise DataError(f"The output file {path} cannot be created: {parent} is a file, not a folder.")
+
+
 def rows_per_second(task) -> str:
     speed = task.finished_speed or task.speed
     return f"{speed:,.0f} rows/s" if speed else ""
@@ -137,6 +151,7 @@ def predict(
     )
     source = data_file if data_file == STDIO else str(resolve_data_path(data_file, root))
     target = resolve_output(output_file or "predictions.csv", root)
+    check_target(target)
     progress = Progress(
         SpinnerColumn(),
         TextColumn("[bold]Predicting"),
@@ -159,10 +174,17 @@ def load_predictor(backend: str, best_model: str | None, settings):
     """The predictor of the chosen backend, and the data columns its model was trained with."""
     if backend == "onnx":
         from bertcls.config import DataSection
-        from bertcls.onnx_backend import EXPORT_DIR, OnnxPredictor
+        from bertcls.errors import DataError
+        from bertcls.onnx_backend import EXPORT_DIR, OnnxPredictor, stale_export
 
+        if best_model:
+            raise DataError("--best-model does not apply to --backend onnx, which runs <output_root>/export/.")
         predictor = OnnxPredictor(settings.root / EXPORT_DIR, settings.model.num_threads)
         manifest = predictor.manifest
+        if stale_export(manifest, predictor.folder):
+            err_console.print(
+                f"[yellow]The export is older than {manifest.checkpoint}; run bertcls export to refresh it.[/]"
+            )
         return predictor, DataSection(text_column=manifest.text_column, label_column=manifest.label_column)
     from bertcls.checkpoint import load_named_checkpoint
     from bertcls.encoder import pick_device

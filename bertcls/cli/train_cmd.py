@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Optional
 
+import typer
 from rich.table import Table
 
 from bertcls.cli.common import (
@@ -69,9 +70,17 @@ def train(
     freeze: Annotated[
         Optional[bool], option("--freeze/--fine-tune", help="Frozen encoder (cached embeddings) or fine-tuning.")
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Go on from <output_root>/checkpoints/last_state.pt (same settings and data) after a stop."
+        ),
+    ] = False,
     verbosity: Verbosity = None,
 ) -> None:
     """Train a classifier and save <output_root>/best_trials/best_model.pt."""
+    from bertcls.interrupts import StopRequest
+    from bertcls.locking import root_lock
     from bertcls.workflow import run_training
 
     resolved = build_config(
@@ -104,8 +113,9 @@ def train(
     settings = resolved.settings
     log_path = setup_logging(resolved, "train")
     progress = new_progress(settings.verbosity >= 1)
-    with progress:
-        outcome = run_training(settings, RichTrainingHooks(progress, settings.model.metric, settings.model.num_epochs))
+    hooks = RichTrainingHooks(progress, settings.model.metric, settings.model.num_epochs)
+    with root_lock(settings.root, "train"), StopRequest() as stop, progress:
+        outcome = run_training(settings, hooks, stop, resume)
     out_console.print(metrics_table(outcome.metrics, "Best model"))
     result = outcome.result
     out_console.print(f"Stopped: {result.stop_reason}; best epoch {result.best_epoch} of {len(result.history)}.")

@@ -105,4 +105,6 @@ def cross_validate(
             result.stop_reason,
         )
         results.append(FoldResult(fold, test_idx, probs, names, result.stop_reason, len(result.history)))
+    if fine_tune:
+        service.reload_encoder()  # the service embeds (and caches) with the pretrained encoder again
     return results

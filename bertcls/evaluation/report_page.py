@@ -43,7 +43,7 @@ def headline(summary: dict, trust, outcome) -> dict[str, str]:
     return cards
 
 
-def report_page(ckpt, data, summary, ece, unseen, cv, folds, trust, outcome, writer) -> str:
+def report_page(ckpt, data, summary, unseen, cv, folds, trust, outcome, writer) -> str:
     staging = writer.staging
     notes = [f"Checkpoint: {ckpt.path}", f"Rows evaluated: {len(data):,}"]
     if unseen:

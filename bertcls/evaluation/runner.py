@@ -75,7 +75,11 @@ def score_texts(
     """Class probabilities: through the embedding cache for a frozen model, the full model otherwise."""
     device = service.device
     if ckpt.fine_tuned:
-        return Predictor(ckpt, output_root, device, service.precision).predict_proba(texts, batch_size)
+        predictor = Predictor(ckpt, output_root, device, service.precision)
+        probs = predictor.predict_proba(texts, batch_size)
+        service.set_precision(predictor.encoder.precision)  # the guard's verdict holds for the folds too
+        service.precision_unchecked = False
+        return probs
     lexical = ckpt.lexical_features()
     model, _ = build_classifier(ckpt, output_root, need_encoder=False)
     model.to(device)
@@ -201,9 +205,7 @@ def run_cv(
     return cv, pd.concat(out_of_fold, ignore_index=True), oof
 
 
-def write_trust(
-    writer: ResultWriter, probs: np.ndarray, truth: np.ndarray, labels: list[str], temperature: float, cfg
-) -> dict:
+def write_trust(writer: ResultWriter, probs: np.ndarray, truth: np.ndarray, temperature: float, cfg) -> dict:
     """calibration.csv, reliability_diagram.png, risk_coverage.csv and .png; returns the numbers for the summary."""
     calibration = calibration_summary(probs, truth, temperature, cfg.confidence_bins)
     writer.csv("calibration.csv", calibration)
@@ -275,6 +277,8 @@ def evaluate(
     text_col, label_col = trained.data.text_column, trained.data.label_column
     labels = ckpt.labels
     texts, truth = data[text_col].tolist(), data[label_col].tolist()
+    if not texts:
+        raise DataError("There are no rows with text to evaluate.")
     if cfg.find_label_issues and (folds < 2 or cv_data is None):
         raise DataError("Finding label issues needs cross-validation; pass --cv-folds 2 or more.")
     writer = ResultWriter(root)
@@ -284,10 +288,10 @@ def evaluate(
         probs = score_texts(ckpt, texts, service, root, settings_now.encoder.encode_batch_size)
         on_stage("Writing tables and plots")
         predictions, all_predictions, ece = write_analysis(writer, "", texts, truth, probs, labels, cfg, full=True)
-        trust = write_trust(writer, probs, truth_indices(truth, labels), labels, ckpt.temperature, cfg)
+        trust = write_trust(writer, probs, truth_indices(truth, labels), ckpt.temperature, cfg)
         summary = summary_metrics(truth, list(predictions.predicted_label), report_labels(labels, truth))
         unseen = {k: int(v) for k, v in data[~data[label_col].isin(labels)][label_col].value_counts().items()}
-        cv, everything, outcome = None, [all_predictions.assign(source="evaluation", fold="")], None
+        cv, everything = None, [all_predictions.assign(source="evaluation", fold="")]
         outcome = TrustOutcome(trust["calibration"], trust["threshold"])
         if folds > 0 and cv_data is not None:
             cv, out_of_fold, oof = run_cv(writer, trained, cv_data, service, folds, cfg, on_stage)
@@ -301,7 +305,7 @@ def evaluate(
             threshold = cfg.near_duplicate_threshold
             outcome.near_duplicates = write_near_duplicates(writer, service, reference, data, cols, threshold)
         writer.csv("all_predictions.csv", pd.concat(everything, ignore_index=True))
-        page = report_page(ckpt, data, summary, ece, unseen, cv, folds, trust, outcome, writer)
+        page = report_page(ckpt, data, summary, unseen, cv, folds, trust, outcome, writer)
         write_text_atomic(writer.staging / "report.html", page)
         files = sorted(str(p.relative_to(writer.staging)) for p in writer.staging.rglob("*") if p.is_file())
         folder = writer.commit()

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from bertcls.calibration import ece
+from bertcls.calibration import bin_edges, bin_index, ece
 
 
 def prediction_frames(
@@ -51,8 +51,7 @@ def confusion_frame(truth: list[str], predicted: list[str], labels: list[str]) -
 
 def confidence_frame(confidence: np.ndarray, correct: np.ndarray, bins: int) -> tuple[pd.DataFrame, float]:
     """Count and accuracy per confidence bin, and the expected calibration error (ECE)."""
-    edges = np.round(np.linspace(0.0, 1.0, bins + 1), 6)  # 0.3, not 0.30000000000000004
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    edges, which = bin_edges(bins), bin_index(confidence, bins)
     rows, error = [], ece(confidence, correct, bins)
     for b in range(bins):
         mask = which == b

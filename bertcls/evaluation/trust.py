@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
-from bertcls.calibration import ece, uncalibrate
+from bertcls.calibration import bin_edges, bin_index, ece, uncalibrate
 
 logger = logging.getLogger(__name__)
 RISK_POINTS = 101
@@ -43,8 +43,7 @@ def calibration_summary(probs: np.ndarray, truth: np.ndarray, temperature: float
 
 def reliability_frame(confidence: np.ndarray, correct: np.ndarray, bins: int) -> pd.DataFrame:
     """Per confidence bin: its range, row count, mean confidence and accuracy (empty bins have no values)."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    edges, which = bin_edges(bins), bin_index(confidence, bins)
     rows = []
     for b in range(bins):
         mask = which == b
@@ -106,10 +105,11 @@ def label_issues(
     ranked = find_label_issues(labels, oof_probs, return_indices_ranked_by="self_confidence")
     quality = get_label_quality_scores(labels, oof_probs, method="self_confidence")
     rows = frame.iloc[ranked]
-    source_rows = rows["source_row"] if "source_row" in rows.columns else rows.index + 2
+    # splits written before line numbers were kept have none: leave them blank rather than guess
+    source_rows = rows["source_row"].to_numpy() if "source_row" in rows.columns else [""] * len(rows)
     return pd.DataFrame(
         {
-            "source_row": np.asarray(source_rows, dtype=np.int64),
+            "source_row": source_rows,
             "split": rows["split"].to_numpy() if "split" in rows.columns else "",
             "text": rows[text_column].to_numpy(),
             "given_label": rows[label_column].to_numpy(),

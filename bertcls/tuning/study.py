@@ -12,6 +12,7 @@ import optuna
 from optuna.trial import TrialState
 
 from bertcls.config import TuningSection
+from bertcls.redaction import redact
 
 try:
     import fcntl
@@ -98,16 +99,6 @@ def with_available_driver(url: str) -> str:
 
         if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None:
             return "postgresql+psycopg://" + url[len("postgresql://") :]
-    return url
-
-
-def redact(url: str) -> str:
-    """Hide a password in a database URL."""
-    if "://" in url and "@" in url:
-        scheme, rest = url.split("://", 1)
-        credentials, host = rest.rsplit("@", 1)
-        user = credentials.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
     return url
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -17,6 +19,7 @@ from bertcls.callbacks import TrainerCallback, WorkflowHooks
 from bertcls.checkpoint import TuningProvenance, save_checkpoint
 from bertcls.config import Settings
 from bertcls.features import EmbeddingService
+from bertcls.fileio import pid_alive
 from bertcls.tuning.search_space import apply, original_early_stopping, suggest
 from bertcls.tuning.study import count_trials
 from bertcls.workflow import FeatureSet, build_features, checkpoint_meta, make_trainer, split_metrics
@@ -142,10 +145,25 @@ def make_objective(ctx: TuningContext, study: optuna.Study, target: int) -> Call
     def objective(trial: optuna.Trial) -> float:
         if count_trials(study, exclude=trial.number) >= target:
             raise SurplusTrial(f"trial {trial.number} is not needed: the study already has {target} trials")
+        trial.set_user_attr("host", socket.gethostname())  # so a later run can tell its process died
+        trial.set_user_attr("pid", os.getpid())
         params = suggest(trial, ctx.settings.tuning.search_space)
         return train_trial(ctx, trial, params)
 
     return objective
+
+
+def fail_orphaned_trials(study: optuna.Study) -> int:
+    """Fail at once the RUNNING trials of processes on this host that no longer exist (a killed worker), instead of
+    waiting for the heartbeat's grace period; trials of other hosts are left to the heartbeat."""
+    host, failed = socket.gethostname(), 0
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        pid = trial.user_attrs.get("pid")
+        if trial.user_attrs.get("host") == host and pid is not None and not pid_alive(int(pid)):
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            logger.warning("Trial %d belonged to process %s, which is gone: marked failed.", trial.number, pid)
+            failed += 1
+    return failed
 
 
 def run_trials(
@@ -163,6 +181,7 @@ def run_trials(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # a dead worker's RUNNING trials must not count towards the target
+    fail_orphaned_trials(study)
     while count_trials(study) < target:
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:

@@ -1,0 +1,60 @@
+"""Ctrl-C and SIGTERM: a first signal asks training to stop after the current step (and save what it has); a second
+one aborts at once. Commands exit 130 (SIGINT) or 143 (SIGTERM)."""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
+
+
+class Interrupted(Exception):
+    """A run stopped by a signal; ``message`` says what was saved. An ``Exception`` (not a KeyboardInterrupt), so
+    that Optuna marks the running trial failed and re-raises it, and Typer does not turn it into a silent exit."""
+
+    def __init__(self, signum: int = signal.SIGINT, message: str = ""):
+        super().__init__(message)
+        self.signum = signum
+        self.message = message or f"Interrupted by {SIGNAL_NAMES.get(signum, f'signal {signum}')}."
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum)
+
+
+class StopRequest:
+    """Installed around a training run: the first SIGINT/SIGTERM sets ``signum`` (the trainer polls it after every
+    step); a second raises :class:`Interrupted` at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            raise Interrupted(signum, "Interrupted again: stopped at once; nothing half-written was left behind.")
+        self.signum = signum
+
+    def __enter__(self) -> StopRequest:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def raise_on_signals() -> dict[int, object]:
+    """Outside training, Ctrl-C and SIGTERM end a command with one sentence (exit 130 or 143); returns the previous
+    handlers, to restore."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(signum)
+
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}

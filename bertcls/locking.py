@@ -1,0 +1,88 @@
+"""One writer per output root: ``train``, ``evaluate`` and ``optimize`` hold ``<output_root>/.bertcls.lock``
+(PID, host, command, start time) while they run. Another worker of the same Optuna study may share it; a lock
+whose holder is gone (its PID no longer runs on this host) is taken over with a warning."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+from bertcls.errors import DataError
+from bertcls.fileio import pid_alive
+
+logger = logging.getLogger(__name__)
+LOCK_NAME = ".bertcls.lock"
+
+
+def read_holder(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _try_create(path: Path, info: dict) -> bool:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(info, handle)
+    return True
+
+
+def _is_stale(holder: dict | None) -> bool:
+    """A holder that is gone: its PID no longer runs on this host (or the file is unreadable)."""
+    if holder is None:
+        return True
+    return holder.get("host") == socket.gethostname() and not pid_alive(int(holder.get("pid", 0)))
+
+
+def _describe(holder: dict) -> str:
+    return (
+        f"bertcls {holder.get('command', '?')} (PID {holder.get('pid', '?')} on {holder.get('host', '?')}, "
+        f"since {holder.get('started', '?')})"
+    )
+
+
+@contextlib.contextmanager
+def root_lock(root: Path, command: str, study: str | None = None) -> Iterator[None]:
+    """Hold the output root for ``command``; a second writer gets one sentence naming the holder."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / LOCK_NAME
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": command,
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+        "study": study,
+    }
+    for _ in range(3):
+        if _try_create(path, info):
+            break
+        holder = read_holder(path)
+        if study is not None and holder and holder.get("command") == "optimize" and holder.get("study") == study:
+            yield  # another worker of the same study: share the root
+            return
+        if not _is_stale(holder):
+            raise DataError(
+                f"The output root {root} is in use by {_describe(holder)}; wait for it to finish or use another "
+                f"--output-root (if that process is gone, delete {path})."
+            )
+        logger.warning("Taking over the lock of %s, which is no longer running.", _describe(holder or {}))
+        path.unlink(missing_ok=True)
+    else:
+        raise DataError(f"Could not take the lock {path}; try again.")
+    try:
+        yield
+    finally:
+        holder = read_holder(path)
+        if holder and holder.get("pid") == info["pid"] and holder.get("started") == info["started"]:
+            path.unlink(missing_ok=True)

@@ -1,0 +1,40 @@
+"""Secrets never reach a log, a table, a file or an error: passwords in URLs (``scheme://user:password@host``)
+become ``***`` wherever text leaves the process."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+MASK = "***"
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)(?P<password>[^@\s/]+)(?P<at>@)")
+
+
+def redact(text: str) -> str:
+    """The text with every URL password replaced by ``***``."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}{m['at']}", text)
+
+
+def redact_data(value: Any) -> Any:
+    """A copy of nested dicts/lists with every string redacted (for settings written into files)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redact_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_data(v) for v in value)
+    return value
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts every record that passes through a handler (its message is rendered first)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, ()
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
