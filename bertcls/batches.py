@@ -79,6 +79,23 @@ class TextBatches:
         return np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks])
 
 
+class RowSubset:
+    """Some rows of a source (a rank's share under torchrun)."""
+
+    def __init__(self, source: BatchSource, rows: np.ndarray):
+        self.source, self.rows = source, np.asarray(rows)
+        self.labels = source.labels[self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, indices: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+        return self.source.batch(self.rows[indices], device)
+
+    def epoch_order(self, rng: np.random.Generator, batch_size: int) -> np.ndarray:
+        return rng.permutation(len(self))
+
+
 @torch.inference_mode()
 def predict_logits(
     model: TextClassifier, source: BatchSource, device: torch.device, batch_size: int = 256

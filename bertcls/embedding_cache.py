@@ -1,10 +1,16 @@
-"""On-disk embedding cache in safetensors shards, keyed by encoder fingerprint, length, pooling and text hash."""
+"""On-disk embedding cache in safetensors shards, keyed by encoder fingerprint, length, pooling and text hash.
+
+Built for millions of texts: each shard's rows are sorted by hash when written; opening the cache reads only each
+shard's hash column (16 bytes a row) and memory-maps the vectors, so a lookup is a ``numpy.searchsorted`` per shard
+and reads just the rows a run needs, with no Python object per cached row."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import struct
 import time
 import uuid
 from collections.abc import Callable
@@ -13,12 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from bertcls.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 HASH_BYTES = 16
+NUMPY_DTYPES = {"F32": np.float32, "I64": np.int64, "U8": np.uint8}
 
 
 def text_hash(text: str) -> bytes:
@@ -30,52 +37,141 @@ def shard_name() -> str:
     return f"shard_{time.time_ns():020d}_{os.getpid()}_{uuid.uuid4().hex[:8]}.safetensors"
 
 
+def hash_keys(hashes: np.ndarray) -> np.ndarray:
+    """The first 8 bytes of each 16-byte hash as a big-endian uint64: the sort and search key."""
+    return np.ascontiguousarray(hashes[:, :8]).view(">u8").ravel().astype(np.uint64)
+
+
+def as_hash_array(hashes: list[bytes]) -> np.ndarray:
+    return np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(-1, HASH_BYTES)
+
+
+def mapped_tensors(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file as a read-only ``numpy.memmap`` (nothing is read until it is indexed)."""
+    with open(path, "rb") as handle:
+        (header_size,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(header_size))
+    start = 8 + header_size
+    out = {}
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = spec["data_offsets"]
+        dtype = NUMPY_DTYPES[spec["dtype"]]
+        shape = tuple(spec["shape"])
+        if end == begin:
+            out[name] = np.zeros(shape, dtype=dtype)
+            continue
+        out[name] = np.memmap(path, dtype=dtype, mode="r", offset=start + begin, shape=shape)
+    return out
+
+
 @dataclass
 class CacheStats:
     hits: int = 0
     misses: int = 0
 
 
+@dataclass
+class Shard:
+    """One shard: its sorted search keys and full hashes in memory, its vectors and lengths memory-mapped."""
+
+    keys: np.ndarray
+    hashes: np.ndarray
+    vectors: np.ndarray
+    lengths: np.ndarray
+    row_of: np.ndarray | None = None  # sorted position -> row in the file, for shards written unsorted
+
+    @classmethod
+    def open(cls, path: Path) -> Shard:
+        tensors = mapped_tensors(path)
+        hashes = np.array(tensors["hashes"])  # 16 bytes a row: small, and searched often
+        keys = hash_keys(hashes)
+        if len(keys) > 1 and (keys[1:] < keys[:-1]).any():  # a shard from before rows were sorted
+            order = np.argsort(keys, kind="stable")
+            return cls(keys[order], hashes[order], tensors["embeddings"], tensors["lengths"], order)
+        return cls(keys, hashes, tensors["embeddings"], tensors["lengths"])
+
+    def find(self, keys: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(which queries this shard holds, their rows in the file)."""
+        position = np.searchsorted(self.keys, keys)
+        inside = position < len(self.keys)
+        position = np.where(inside, position, 0)
+        hit = inside & (self.keys[position] == keys)
+        hit &= (self.hashes[position] == hashes).all(axis=1)  # the full 16 bytes, not just the key
+        return hit, (self.row_of[position] if self.row_of is not None else position)
+
+
 class EmbeddingCache:
-    """A folder of shards; each shard holds ``hashes`` (N x 16 uint8), ``embeddings`` and ``lengths``. Embeddings
-    made at another precision live in another folder (fp32 keeps the plain name)."""
+    """A folder of shards; each shard holds ``hashes`` (N x 16 uint8, sorted), ``embeddings`` and ``lengths``.
+    Embeddings made at another precision live in another folder (fp32 keeps the plain name)."""
 
     def __init__(
         self, root: Path, fingerprint: str, max_seq_len: int, pooling: str, kind: str = "texts", precision: str = "fp32"
     ):
         suffix = ("" if kind == "texts" else f"_{kind}") + ("" if precision == "fp32" else f"_{precision}")
         self.folder = Path(root) / "cache" / f"{fingerprint[:16]}_len{max_seq_len}_{pooling}{suffix}"
-        self._index: dict[bytes, tuple[np.ndarray, int]] | None = None
+        self._shards: list[Shard] | None = None
+        self.writable = True  # False on the ranks of a torchrun launch other than rank 0
 
-    def _load(self) -> dict[bytes, tuple[np.ndarray, int]]:
-        if self._index is None:
-            self._index = {}
-            for shard in sorted(self.folder.glob("shard_*.safetensors")):
-                tensors = load_file(str(shard))
-                hashes = tensors["hashes"].numpy()
-                vectors, lengths = tensors["embeddings"].numpy(), tensors["lengths"].numpy()
-                for row, key in enumerate(hashes):
-                    self._index[key.tobytes()] = (vectors[row], int(lengths[row]))
-        return self._index
+    def _load(self) -> list[Shard]:
+        if self._shards is None:
+            self._shards = [Shard.open(p) for p in sorted(self.folder.glob("shard_*.safetensors"))]
+        return self._shards
+
+    def __len__(self) -> int:
+        return sum(len(s.keys) for s in self._load())
+
+    def lookup_arrays(self, hashes: list[bytes]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """(found mask, vectors, lengths) for ``hashes``; rows not found are zeros. Only found rows are read."""
+        query = as_hash_array(hashes) if hashes else np.zeros((0, HASH_BYTES), np.uint8)
+        keys = hash_keys(query)
+        found = np.zeros(len(query), dtype=bool)
+        vectors, lengths = None, np.zeros(len(query), dtype=np.int64)
+        for shard in self._load():
+            todo = np.flatnonzero(~found)
+            if not len(todo):
+                break
+            hit, rows = shard.find(keys[todo], query[todo])
+            if not hit.any():
+                continue
+            targets, rows = todo[hit], rows[hit]
+            if vectors is None:
+                vectors = np.zeros((len(query), shard.vectors.shape[1]), dtype=np.float32)
+            order = np.argsort(rows)  # read the memory map in file order
+            vectors[targets[order]] = shard.vectors[rows[order]]
+            lengths[targets[order]] = shard.lengths[rows[order]]
+            found[targets] = True
+        return found, vectors, lengths
 
     def lookup(self, hashes: list[bytes]) -> list[tuple[np.ndarray, int] | None]:
-        index = self._load()
-        return [index.get(h) for h in hashes]
+        """Per hash, (vector, untruncated length) or None (convenient for a few rows; use lookup_arrays for many)."""
+        found, vectors, lengths = self.lookup_arrays(hashes)
+        return [(vectors[i], int(lengths[i])) if hit else None for i, hit in enumerate(found)]
 
     def add(self, hashes: list[bytes], vectors: np.ndarray, lengths: np.ndarray) -> None:
+        """Write one new shard (rows sorted by hash); other processes' shards are never touched. A cache that is
+        not ``writable`` (a torchrun rank other than 0) keeps the rows in memory only, so that its later lookups
+        find exactly what rank 0's do."""
         if not hashes:
             return
+        table = as_hash_array(hashes)
+        order = np.argsort(hash_keys(table), kind="stable")
+        sorted_rows = (
+            np.ascontiguousarray(table[order]),
+            np.ascontiguousarray(np.asarray(vectors, dtype=np.float32)[order]),
+            np.ascontiguousarray(np.asarray(lengths, dtype=np.int64)[order]),
+        )
+        if not self.writable:
+            self._load().append(Shard(hash_keys(sorted_rows[0]), *sorted_rows))
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            "hashes": torch.from_numpy(np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(-1, HASH_BYTES).copy()),
-            "embeddings": torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)),
-            "lengths": torch.from_numpy(np.asarray(lengths, dtype=np.int64)),
-        }
-        with atomic_path(self.folder / shard_name()) as tmp:
+        names = ("hashes", "embeddings", "lengths")
+        tensors = {name: torch.from_numpy(rows) for name, rows in zip(names, sorted_rows, strict=True)}
+        path = self.folder / shard_name()
+        with atomic_path(path) as tmp:
             save_file(tensors, str(tmp))
-        index = self._load()
-        for key, vector, length in zip(hashes, vectors, lengths, strict=True):
-            index[key] = (vector, int(length))
+        self._load().append(Shard.open(path))
 
 
 def window_hash(token_ids: list[int]) -> bytes:
@@ -98,17 +194,21 @@ def embed_keyed(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Vectors and lengths for ``items`` (texts or token windows) under their cache keys; only the items whose key
     is not cached reach ``encode``, each distinct key once."""
-    found = cache.lookup(hashes)
-    missing: dict[bytes, object] = {}
-    for h, item, hit in zip(hashes, items, found, strict=True):
-        if hit is None:
-            missing.setdefault(h, item)
-    stats.hits += len(items) - sum(1 for f in found if f is None)
+    found, vectors, lengths = cache.lookup_arrays(hashes)
+    missing: dict[bytes, int] = {}
+    for position in np.flatnonzero(~found):
+        missing.setdefault(hashes[position], position)
+    stats.hits += int(found.sum())
     stats.misses += len(missing)
     if missing:
-        vectors, lengths = encode(list(missing.values()))
-        cache.add(list(missing.keys()), vectors, lengths)
-        found = cache.lookup(hashes)
-    vectors = np.stack([f[0] for f in found]).astype(np.float32)
-    lengths = np.array([f[1] for f in found], dtype=np.int64)
-    return vectors, lengths
+        new_vectors, new_lengths = encode([items[p] for p in missing.values()])
+        cache.add(list(missing.keys()), new_vectors, new_lengths)
+        if vectors is None:
+            vectors = np.zeros((len(hashes), new_vectors.shape[1]), dtype=np.float32)
+        row_of = {h: i for i, h in enumerate(missing)}
+        for position in np.flatnonzero(~found):
+            row = row_of[hashes[position]]
+            vectors[position], lengths[position] = new_vectors[row], new_lengths[row]
+    if vectors is None:
+        vectors = np.zeros((0, 0), dtype=np.float32)
+    return vectors.astype(np.float32, copy=False), lengths

@@ -262,6 +262,10 @@ class Encoder(nn.Module):
         return int(self.transformer.config.hidden_size)
 
     @property
+    def has_pooler(self) -> bool:
+        return getattr(self.transformer, "pooler", None) is not None
+
+    @property
     def num_layers(self) -> int:
         return int(self.transformer.config.num_hidden_layers)
 
@@ -286,9 +290,13 @@ class Encoder(nn.Module):
         return nn.functional.normalize(pooled, p=2, dim=1) if self.normalize else pooled
 
     def set_trainable(self, freeze: bool, unfreeze_last_n_layers: int | None) -> None:
-        """Freeze everything, or train all layers, or only the top ``n`` transformer layers."""
+        """Freeze everything, or train all layers, or only the top ``n`` transformer layers. The transformer's
+        pooler is never trained: sentence embeddings pool the last hidden states, so it gets no gradient (and
+        DistributedDataParallel requires every trainable parameter to get one)."""
         for param in self.parameters():
             param.requires_grad = not freeze
+        for param in getattr(self.transformer, "pooler", None).parameters() if self.has_pooler else []:
+            param.requires_grad = False
         if freeze or unfreeze_last_n_layers is None:
             return
         for param in self.parameters():

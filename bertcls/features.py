@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from bertcls.config import EncoderSection
+from bertcls.distributed import gather_rows, world
 from bertcls.embedding_cache import CacheStats, EmbeddingCache, embed_cached, embed_keyed, text_hash, window_hash
 from bertcls.encoder import (
     Encoder,
@@ -96,6 +97,7 @@ class EmbeddingService:
         args = (self.root, self.fingerprint, self.max_seq_len, self.cfg.pooling)
         self.cache = EmbeddingCache(*args, precision=precision)
         self.window_cache = EmbeddingCache(*args, kind="windows", precision=precision)
+        self.cache.writable = self.window_cache.writable = world().main  # under torchrun only rank 0 writes
         if getattr(self, "_encoder", None) is not None:
             self._encoder.precision = precision
 
@@ -115,7 +117,7 @@ class EmbeddingService:
             check = PrecisionCheck.model_validate_json(record.read_text())
         else:
             check = self._measure(texts, labels, labeller)
-            if labeller is None:
+            if labeller is None and self.cache.writable:
                 record.parent.mkdir(parents=True, exist_ok=True)
                 with atomic_path(record) as tmp:
                     tmp.write_text(check.model_dump_json())
@@ -147,6 +149,12 @@ class EmbeddingService:
 
     def _encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         logger.info("Encoding %d texts not found in the cache", len(texts))
+        here = world()
+        if here.distributed:  # each rank encodes every size-th text; every rank gets all of them back
+            mine = [texts[i] for i in here.shard(len(texts))]
+            vectors = self.encoder.embed(mine, self.cfg.encode_batch_size, self.device, self.progress)
+            lengths = self.encoder.token_lengths(mine)
+            return gather_rows(vectors, len(texts), here), gather_rows(lengths, len(texts), here)
         vectors = self.encoder.embed(texts, self.cfg.encode_batch_size, self.device, self.progress)
         return vectors, self.encoder.token_lengths(texts)
 
@@ -159,8 +167,14 @@ class EmbeddingService:
 
     def _encode_windows(self, windows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         logger.info("Encoding %d text windows not found in the cache", len(windows))
+        here = world()
+        lengths = np.array([len(w) for w in windows], dtype=np.int64)
+        if here.distributed:
+            mine = [windows[i] for i in here.shard(len(windows))]
+            vectors = self.encoder.embed_windows(mine, self.cfg.encode_batch_size, self.device, self.progress)
+            return gather_rows(vectors, len(windows), here), lengths
         vectors = self.encoder.embed_windows(windows, self.cfg.encode_batch_size, self.device, self.progress)
-        return vectors, np.array([len(w) for w in windows], dtype=np.int64)
+        return vectors, lengths
 
     def _embed_chunked(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Every window of every text is cached under its token ids; a text's vector pools its windows."""

@@ -53,7 +53,13 @@ def _describe(holder: dict) -> str:
 
 @contextlib.contextmanager
 def root_lock(root: Path, command: str, study: str | None = None) -> Iterator[None]:
-    """Hold the output root for ``command``; a second writer gets one sentence naming the holder."""
+    """Hold the output root for ``command``; a second writer gets one sentence naming the holder. Under torchrun
+    rank 0 holds it for the whole launch."""
+    from bertcls.distributed import world
+
+    if not world().main:
+        yield
+        return
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     path = root / LOCK_NAME

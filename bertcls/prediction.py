@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ import torch
 from bertcls.batches import predict_embedded
 from bertcls.checkpoint import Checkpoint, build_classifier
 from bertcls.data import binary_kind, require_columns
+from bertcls.distributed import gather_rows, world
 from bertcls.encoder import embed_documents
 from bertcls.errors import DataError
 from bertcls.fileio import atomic_path
@@ -125,6 +127,15 @@ class Predictor:
         log_check(check)
         self.encoder.precision, self.precision_check, self._unchecked = check.used, check, False
 
+    def embed(self, texts: list[str], batch_size: int) -> np.ndarray:
+        """Document vectors; under torchrun each rank embeds every size-th text and all get all of them."""
+        here = world()
+        if not here.distributed:
+            return embed_documents(self.encoder, texts, batch_size, self.device, self.windowing)
+        mine = [texts[i] for i in here.shard(len(texts))]
+        local = embed_documents(self.encoder, mine, batch_size, self.device, self.windowing)
+        return gather_rows(local, len(texts), here)
+
     def predict_proba(self, texts: list[str], batch_size: int) -> np.ndarray:
         """Probabilities in input order, from the same features the model was trained on (whole-text windows and
         TF-IDF where it used them). Identical texts are run once; batches are sorted by token length."""
@@ -132,7 +143,7 @@ class Predictor:
         distinct = distinct.tolist()
         if self._unchecked:
             self.check_precision(distinct, batch_size)
-        vectors = embed_documents(self.encoder, distinct, batch_size, self.device, self.windowing)
+        vectors = self.embed(distinct, batch_size)
         lexical = self.lexical.transform(distinct) if self.lexical is not None else None
         return predict_embedded(self.model, vectors, lexical, self.device, batch_size)[position]
 
@@ -246,6 +257,8 @@ def predict_csv(
     """Stream ``source`` (a path or ``-``) to ``target`` (a path or ``-``) chunk by chunk."""
     summary = PredictSummary()
     index = {label: i for i, label in enumerate(predictor.labels)}
+    if not world().main:
+        target = os.devnull  # under torchrun the ranks predict together and rank 0 writes the one output file
     input_source: TextIO | Path = sys.stdin if source == STDIO else Path(source)
     if isinstance(input_source, Path) and not input_source.is_file():
         raise DataError(f"Input file {source} does not exist.")

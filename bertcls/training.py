@@ -12,10 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from bertcls.batches import BatchSource, predict_proba, score
+from bertcls.batches import BatchSource, RowSubset, predict_proba, score
 from bertcls.calibration import CalibrationRecord, calibrate
 from bertcls.callbacks import TrainerCallback
 from bertcls.config import CalibrationSection, EarlyStoppingSection, LexicalSection, ModelSection, OptimizerSection
+from bertcls.distributed import SINGLE, World, agree_min, broadcast_from_main, gather_rows
 from bertcls.early_stopping import EarlyStopping
 from bertcls.memory import MemoryManager, is_out_of_memory
 from bertcls.metrics import EpochRecord
@@ -34,6 +35,17 @@ class TrainResult:
 
     def history_dicts(self) -> list[dict]:
         return [r.model_dump() for r in self.history]
+
+
+class LogitParts(nn.Module):
+    """``model.logit_parts`` as a forward pass (what DistributedDataParallel wraps)."""
+
+    def __init__(self, model: TextClassifier):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.model.logit_parts(batch)
 
 
 def is_better(metric: float, best: TrainResult) -> bool:
@@ -118,6 +130,7 @@ class Trainer:
         class_weights: np.ndarray | None = None,
         precision: str = "fp32",
         calibration: CalibrationSection | None = None,
+        ranks: World = SINGLE,
     ):
         self.model, self.train_data, self.val_data = model.to(device), train, val
         self.num_classes, self.model_cfg, self.optim_cfg = num_classes, model_cfg, optim_cfg
@@ -140,6 +153,19 @@ class Trainer:
         self.stop_request = None  # an interrupts.StopRequest, polled after every step
         self.interrupted = False
         self.resumed = False
+        self.world = ranks  # several only for fine-tuning under torchrun
+        self.parts = self._logit_parts_module()
+
+    def _logit_parts_module(self) -> nn.Module:
+        """The model's (head, lexical) logits as a module; under torchrun wrapped in DistributedDataParallel, which
+        averages the gradients of every rank at each step."""
+        parts = LogitParts(self.model)
+        if not self.world.distributed:
+            return parts
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(parts, device_ids=ids)
 
     def add_callback(self, callback: TrainerCallback) -> None:
         self.callbacks.append(callback)
@@ -157,7 +183,7 @@ class Trainer:
     def _step(self, indices: np.ndarray) -> float:
         self._apply_schedule()
         self.optimizer.zero_grad(set_to_none=True)
-        head, lexical = self.model.logit_parts(self.train_data.batch(indices, self.device))
+        head, lexical = self.parts(self.train_data.batch(indices, self.device))
         labels = torch.from_numpy(self.train_data.labels[indices]).to(self.device)
         loss = self.loss_fn(head, labels)
         if lexical is not None:  # each view learns to classify alone, and their sum (the output) learns too
@@ -176,9 +202,39 @@ class Trainer:
             self.scaler.update()
         return float(loss.detach())
 
+    def epoch_shards(self) -> list[np.ndarray]:
+        """Under torchrun, this rank's batches of the epoch: the seeded, length-grouped epoch order (the same on
+        every rank) dealt out row by row, so the ranks' shards are disjoint and together are the whole epoch, cut
+        into the same number of batches on every rank (DistributedDataParallel steps in lockstep)."""
+        self.memory.batch_size = agree_min(self.memory.batch_size)
+        order = self.train_data.epoch_order(self.rng, self.memory.batch_size)
+        mine = order[self.world.rank :: self.world.size]
+        steps = -(-len(order[0 :: self.world.size]) // self.memory.batch_size)  # rank 0 has the most rows
+        self.last_shard = mine
+        return [b for b in np.array_split(mine, steps) if len(b)] if steps else []
+
+    def train_epoch_distributed(self) -> float:
+        losses, total = [], 0
+        batches = self.epoch_shards()
+        rows = sum(len(b) for b in batches)
+        for indices in batches:
+            losses.append(self._step(indices) * len(indices))
+            total += len(indices)
+            self.samples_seen += len(indices) * self.world.size
+            self.trigger("on_batch_end", total, rows, losses[-1] / len(indices))
+            stop = self.stop_request is not None and self.stop_request.requested
+            if broadcast_from_main(stop):
+                self.interrupted = True
+                break
+        mean = torch.tensor([sum(losses), total], dtype=torch.float64)
+        torch.distributed.all_reduce(mean)
+        return float(mean[0] / max(1.0, float(mean[1])))
+
     def train_epoch(self) -> float:
         """One pass over the training rows; an out-of-memory step is retried with a halved batch."""
         self.model.train()
+        if self.world.distributed:
+            return self.train_epoch_distributed()
         order = self.train_data.epoch_order(self.rng, self.memory.batch_size)
         position, losses = 0, []
         while position < len(order):
@@ -201,7 +257,15 @@ class Trainer:
         return float(sum(losses) / max(1, len(order)))
 
     def evaluate(self) -> dict[str, float]:
-        return score(predict_proba(self.model, self.val_data, self.device), self.val_data.labels, self.num_classes)
+        """Loss, accuracy and macro F1 on the validation split (under torchrun each rank scores its share and the
+        probabilities are gathered, so every rank sees the same numbers)."""
+        if not self.world.distributed:
+            probs = predict_proba(self.model, self.val_data, self.device)
+        else:
+            rows = self.world.shard(len(self.val_data))
+            local = predict_proba(self.model, RowSubset(self.val_data, rows), self.device)
+            probs = gather_rows(local, len(self.val_data), self.world)
+        return score(probs, self.val_data.labels, self.num_classes)
 
     def run_epoch(self) -> EpochRecord | None:
         """Train and evaluate one epoch, keep the best weights, apply early stopping. An interrupted epoch is
@@ -229,7 +293,8 @@ class Trainer:
         if is_better(monitored, self.result):
             self.result.best_metric, self.result.best_epoch = monitored, self.epoch
             self.result.best_state = trainable_state(self.model)
-        if self.stopper.update(monitored):
+        stop = self.stopper.update(monitored)
+        if broadcast_from_main(stop) if self.world.distributed else stop:  # rank 0 decides; every rank follows
             self.should_stop, self.stop_reason = True, self.stopper.reason
         logger.debug("epoch %d: %s", self.epoch, record)
         self.trigger("on_epoch_end", record)

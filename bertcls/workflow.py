@@ -30,6 +30,7 @@ from bertcls.checkpoint import (
 )
 from bertcls.config import ClassifierSection, DataSection, Settings
 from bertcls.data import DataReport, Splits, load_splits, write_splits
+from bertcls.distributed import SINGLE, World, world
 from bertcls.encoder import pick_device
 from bertcls.errors import ConfigError, DataError
 from bertcls.features import EmbeddingService, truncation_summary
@@ -152,8 +153,11 @@ def head_spec(cfg: ClassifierSection, dim: int, num_classes: int, frozen: bool =
     return HeadSpec.from_config(cfg, dim, num_classes, frozen)
 
 
-def make_trainer(settings: Settings, features: FeatureSet, service: EmbeddingService, num_classes: int) -> Trainer:
-    """A fresh model and trainer for one run (a fold, a trial or a population member share this)."""
+def make_trainer(
+    settings: Settings, features: FeatureSet, service: EmbeddingService, num_classes: int, ranks: World = SINGLE
+) -> Trainer:
+    """A fresh model and trainer for one run (a fold, a trial or a population member share this); ``ranks``: the
+    torchrun processes that train it together (fine-tuning only)."""
     device = service.device
     seed_everything(settings.model.seed)  # here, so a cold run (which loads the encoder) equals a warm one
     encoder = None
@@ -187,6 +191,7 @@ def make_trainer(settings: Settings, features: FeatureSet, service: EmbeddingSer
         weights,
         service.precision,
         settings.calibration,
+        ranks,
     )
 
 
@@ -312,8 +317,9 @@ def guard_precision(service: EmbeddingService, train: pd.DataFrame, names: list[
 
 def run_training(
     settings: Settings, hooks: WorkflowHooks | None = None, stop_request=None, resume: bool = False
-) -> TrainOutcome:
-    """Train one model as configured, save ``best_trials/best_model.pt`` and the splits it used under ``data/``.
+) -> TrainOutcome | None:
+    """Train one model as configured, save ``best_trials/best_model.pt`` and the splits it used under ``data/``
+    (under torchrun: rank 0 does the writing and returns the outcome; the other ranks return None).
     After every epoch the run's state goes to ``checkpoints/last_state.pt`` (removed when the run finishes), so an
     interrupted run can go on with ``resume``. A ``stop_request`` that fires saves the best epoch so far, then
     raises :class:`Interrupted`."""
@@ -321,16 +327,23 @@ def run_training(
     settings_fp, state_path = settings_fingerprint(settings), resume_path(settings.root)
     payload = read_resume(state_path, settings_fp) if resume else None
     run = prepare(settings, hooks)
-    trainer = make_trainer(settings, run.features, run.service, len(run.names))
+    here = world()
+    if here.distributed and not run.features.fine_tune and not here.main:
+        return None  # frozen mode: the embeddings were computed sharded; rank 0 trains the head
+    ranks = here if run.features.fine_tune else SINGLE  # a frozen head trains on rank 0 alone
+    trainer = make_trainer(settings, run.features, run.service, len(run.names), ranks)
     trainer.add_callback(hooks)
     trainer.stop_request = stop_request
     data_fp = data_fingerprint(run.splits, settings.data.text_column, settings.data.label_column)
     if payload is not None:
         trainer.load_resume_state(check_resume_data(payload, data_fp))
         logger.info("Resuming after epoch %d from %s", trainer.epoch, state_path)
-    trainer.add_callback(ResumeWriter(state_path, settings_fp, data_fp))
+    if here.main:
+        trainer.add_callback(ResumeWriter(state_path, settings_fp, data_fp))
     hooks.on_stage("Training")
     result = trainer.fit()
+    if not here.main:
+        return None  # only rank 0 writes the checkpoint, the splits and files
     if trainer.interrupted and not result.best_state:
         raise Interrupted(stop_request.signum, "Interrupted before the first epoch finished; nothing was saved.")
     outcome = save_trained(settings, run, trainer)

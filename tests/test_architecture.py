@@ -19,6 +19,7 @@ CORE = [
     "locking",
     "resume",
     "redaction",
+    "distributed",
     "onnx_backend",
     "batches",
     "data",

@@ -76,7 +76,23 @@ def build_config(config_file: str | None, flags: dict[str, Any]) -> ResolvedConf
 
     resolved = resolve_settings(flags, config_file)
     apply_threads(resolved.settings.model.num_threads)
+    join_torchrun(resolved)
     return resolved
+
+
+def join_torchrun(resolved: ResolvedConfig) -> None:
+    """Under torchrun: join the process group, check every rank resolved the same settings, and keep the console
+    and the log files to rank 0. Without torchrun nothing happens."""
+    from bertcls import distributed
+
+    if not distributed.launched():
+        return
+    from bertcls.encoder import pick_device
+
+    here = distributed.init_from_env(pick_device(resolved.settings.model.device).type)
+    distributed.check_same_settings(resolved.settings.model_dump(mode="json"))
+    if not here.main:
+        out_console.quiet = err_console.quiet = True
 
 
 def setup_logging(resolved: ResolvedConfig, command: str) -> Path:
@@ -94,6 +110,11 @@ def setup_logging(resolved: ResolvedConfig, command: str) -> Path:
     root.setLevel(logging.WARNING)
     for name in NOISY_LIBRARIES:
         logging.getLogger(name).setLevel(logging.ERROR)
+    from bertcls.distributed import world
+
+    if not world().main:  # another rank of a torchrun launch: errors only, no log file of its own
+        console.setLevel(logging.ERROR)
+        return settings.root / "logs"
     path = attach_file_log(settings.root, command)
     logging.getLogger("bertcls").debug("Resolved configuration: %s", settings.model_dump(mode="json"))
     logging.getLogger("bertcls").debug("Config file: %s", resolved.config_path)

@@ -112,10 +112,14 @@ def train(
     )
     settings = resolved.settings
     log_path = setup_logging(resolved, "train")
-    progress = new_progress(settings.verbosity >= 1)
+    from bertcls.distributed import world
+
+    progress = new_progress(settings.verbosity >= 1 and world().main)
     hooks = RichTrainingHooks(progress, settings.model.metric, settings.model.num_epochs)
     with root_lock(settings.root, "train"), StopRequest() as stop, progress:
         outcome = run_training(settings, hooks, stop, resume)
+    if outcome is None:  # another rank of a torchrun launch: rank 0 reports
+        return
     out_console.print(metrics_table(outcome.metrics, "Best model"))
     result = outcome.result
     out_console.print(f"Stopped: {result.stop_reason}; best epoch {result.best_epoch} of {len(result.history)}.")

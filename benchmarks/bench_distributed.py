@@ -1,0 +1,70 @@
+"""torchrun on this machine: two processes of one thread each against one process of two threads.
+
+On the fixed BBC split of ``quality.py`` (80/20, random_state 0; 10% of the 80% as validation) at 128 tokens:
+1. embedding: a cold frozen ``train --num-epochs 1`` (every text encoded; fp32 so both runs do the same
+   arithmetic), texts per second of wall time;
+2. fine-tuning: ``train --fine-tune --num-epochs 1 --batch-size 16`` (per rank under torchrun), samples per second
+   of the epoch, and the test macro F1 each run reaches.
+
+    python benchmarks/bench_distributed.py
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, bertcls, save_result, timed  # noqa: E402
+from quality import make_splits  # noqa: E402
+
+sys.path.insert(0, str(REPO))
+
+
+def launch(two_ranks: bool, *args: str) -> list[str]:
+    if not two_ranks:
+        return bertcls(*args)
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "bertcls", *args]
+
+
+def run(two_ranks: bool, root: Path, paths: dict, work: Path, *flags: str) -> float:
+    files = ["--train-file", str(paths["train"]), "--val-file", str(paths["val"]), "--test-file", str(paths["test"])]
+    args = ("train", "--output-root", str(root), *files, "--max-seq-len", "128", "-v", "0", *flags)
+    os.environ["OMP_NUM_THREADS"] = "1" if two_ranks else "2"
+    started = time.perf_counter()
+    timed(launch(two_ranks, *args), cwd=work)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    from bertcls.checkpoint import load_checkpoint
+
+    work = Path(tempfile.mkdtemp(prefix="bench-dist-"))
+    results: dict = {}
+    try:
+        paths = make_splits("bbc", work / "data")
+        texts = sum(1 for _ in open(paths["train80"])) - 1 + sum(1 for _ in open(paths["test"])) - 1
+        for name, two in (("one_process_2_threads", False), ("torchrun_2x1_thread", True)):
+            wall = run(two, work / f"embed-{name}", paths, work, "--num-epochs", "1", "--precision", "fp32")
+            root = work / f"ft-{name}"
+            run(two, root, paths, work, "--fine-tune", "--num-epochs", "1", "--batch-size", "16")
+            ckpt = load_checkpoint(root / "best_trials" / "best_model.pt")
+            rows = sum(1 for _ in open(paths["train"])) - 1
+            results[name] = {
+                "cold_frozen_train_s": round(wall, 1),
+                "texts_per_s": round(texts / wall, 1),
+                "fine_tune_samples_per_s": round(rows / ckpt.meta.history[0].seconds, 2),
+                "fine_tune_test_macro_f1": round(ckpt.meta.metrics["test"]["f1"], 4),
+            }
+            print(name, results[name], flush=True)
+        save_result("distributed", results)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

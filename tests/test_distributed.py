@@ -1,0 +1,102 @@
+"""torchrun on CPU (gloo, one thread per rank): DDP fine-tuning, sharded embedding, sharded predict, and settings
+that differ between ranks. Plain runs are covered by every other test (no torchrun variables, nothing changes)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bertcls.checkpoint import load_checkpoint
+from bertcls.config import EncoderSection
+from bertcls.distributed import World
+from bertcls.features import EmbeddingService
+from tests.conftest import bbc_subset
+
+
+def torchrun(*args, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    env = {k: v for k, v in env.items() if not k.startswith("BERTCLS_")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "bertcls", *map(str, args)]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def small_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dist") / "bbc100.csv"
+    bbc_subset(20, seed=4).to_csv(path, index=False)
+    return path
+
+
+def test_epoch_shards_are_disjoint_and_cover_the_epoch(workspace, small_csv):
+    from bertcls.callbacks import WorkflowHooks
+    from bertcls.config_sources import resolve_settings
+    from bertcls.distributed import SINGLE
+    from bertcls.workflow import make_trainer, prepare
+
+    settings = resolve_settings({"output_root": str(workspace / "shards"), "data.data_file": str(small_csv)}).settings
+    run = prepare(settings, WorkflowHooks())
+    shards = []
+    for rank in (0, 1):
+        trainer = make_trainer(settings, run.features, run.service, len(run.names), SINGLE)
+        trainer.world = World(rank, 2)  # the dealing only; no process group is needed for it
+        trainer.memory.batch_size = 7
+        batches = trainer.epoch_shards()
+        shards.append((batches, np.concatenate(batches)))
+    (batches0, rows0), (batches1, rows1) = shards
+    assert len(batches0) == len(batches1)  # lockstep
+    assert not set(rows0) & set(rows1)
+    assert sorted(np.concatenate([rows0, rows1])) == list(range(len(run.features.sources["train"])))
+
+
+def test_frozen_train_embeds_sharded_and_predict_matches_one_process(workspace, small_csv, tmp_path):
+    root = tmp_path / "frozen"
+    done = torchrun(
+        "train", "--output-root", root, "--data-file", small_csv, "--num-epochs", "3", "--max-seq-len", "48",
+        "--precision", "fp32", "--verbosity", "0", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in (root / "best_trials").iterdir()) == ["best_model.pt"]
+    texts = pd.read_csv(small_csv).text.tolist()
+    service = EmbeddingService(EncoderSection(), 48, root, torch.device("cpu"), precision="fp32")
+    cached, _ = service.embed(texts)  # from the cache rank 0 wrote
+    assert service.stats.misses == 0 and not service.encoder_loaded
+    fresh = EmbeddingService(EncoderSection(), 48, tmp_path / "single", torch.device("cpu"), precision="fp32")
+    assert np.allclose(cached, fresh.embed(texts)[0], atol=1e-5)
+    done = torchrun(
+        "predict", "--output-root", root, "--data-file", small_csv, "--output-file", "two.csv", "--verbosity", "0",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    from bertcls.cli.app import run
+
+    assert run(["predict", "--output-root", str(root), "--data-file", str(small_csv), "--output-file", "one.csv"]) == 0
+    two, one = (pd.read_csv(root / "predictions" / name) for name in ("two.csv", "one.csv"))
+    assert list(two.text) == list(one.text) and (two.predicted_label == one.predicted_label).all()
+    assert np.allclose(two.confidence, one.confidence, atol=1e-5)
+
+
+def test_fine_tuning_with_two_ranks_writes_one_checkpoint_and_learns(small_csv, tmp_path):
+    root = tmp_path / "ddp"
+    done = torchrun(
+        "train", "--output-root", root, "--data-file", small_csv, "--fine-tune", "--num-epochs", "2",
+        "--max-seq-len", "32", "--batch-size", "8", "--verbosity", "0", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in (root / "best_trials").iterdir()) == ["best_model.pt"]
+    assert len(list((root / "logs").glob("train_*.log"))) == 1  # rank 0 alone logs
+    ckpt = load_checkpoint(root / "best_trials" / "best_model.pt")
+    history = ckpt.meta.history
+    assert ckpt.fine_tuned and len(history) == 2 and history[1].train_loss < history[0].train_loss
+
+
+def test_ranks_with_different_settings_fail_on_every_rank(small_csv, tmp_path):
+    (tmp_path / "config.yml").write_text("output_root: runs/rank_${LOCAL_RANK}\n")
+    done = torchrun("train", "--data-file", small_csv, "--num-epochs", "1", cwd=tmp_path)
+    assert done.returncode != 0
+    assert done.stderr.count("Error: The ranks of this torchrun launch resolved different settings") == 2
