@@ -98,6 +98,29 @@ def agree_min(value: int) -> int:
     return int(tensor.item())
 
 
+def agree_max(value: int) -> int:
+    """The largest ``value`` over all ranks (e.g. 1 when any rank ran out of memory)."""
+    if not world().distributed:
+        return value
+    tensor = torch.tensor([value], dtype=torch.long)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+def average_gradients(model: torch.nn.Module, here: World) -> None:
+    """Average the trainable parameters' gradients over the ranks in one flattened all-reduce (what DDP does in
+    buckets); a parameter without a gradient on a rank counts as zero there."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    flat = _flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    flat /= here.size
+    for param, grad in zip(params, _unflatten_dense_tensors(flat, grads), strict=True):
+        param.grad = grad
+
+
 def barrier() -> None:
     if world().distributed:
         dist.barrier()

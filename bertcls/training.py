@@ -16,7 +16,7 @@ from bertcls.batches import BatchSource, RowSubset, predict_proba, score
 from bertcls.calibration import CalibrationRecord, calibrate
 from bertcls.callbacks import TrainerCallback
 from bertcls.config import CalibrationSection, EarlyStoppingSection, LexicalSection, ModelSection, OptimizerSection
-from bertcls.distributed import SINGLE, World, agree_min, broadcast_from_main, gather_rows
+from bertcls.distributed import SINGLE, World, agree_max, agree_min, average_gradients, broadcast_from_main, gather_rows
 from bertcls.early_stopping import EarlyStopping
 from bertcls.memory import MemoryManager, is_out_of_memory
 from bertcls.metrics import EpochRecord
@@ -165,7 +165,8 @@ class Trainer:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(parts, device_ids=ids)
+        # no buffer broadcast: a forward pass then holds no collective, so a rank may skip an empty share
+        return DistributedDataParallel(parts, device_ids=ids, broadcast_buffers=False)
 
     def add_callback(self, callback: TrainerCallback) -> None:
         self.callbacks.append(callback)
@@ -180,18 +181,22 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
 
-    def _step(self, indices: np.ndarray) -> float:
-        self._apply_schedule()
-        self.optimizer.zero_grad(set_to_none=True)
+    def _loss(self, indices: np.ndarray) -> torch.Tensor:
         head, lexical = self.parts(self.train_data.batch(indices, self.device))
         labels = torch.from_numpy(self.train_data.labels[indices]).to(self.device)
         loss = self.loss_fn(head, labels)
         if lexical is not None:  # each view learns to classify alone, and their sum (the output) learns too
             loss = loss + self.loss_fn(lexical, labels) + self.loss_fn(head + lexical, labels)
+        return loss
+
+    def _backward(self, loss: torch.Tensor) -> None:
         if self.scaler is None:
             loss.backward()
         else:
             self.scaler.scale(loss).backward()
+
+    def _update(self) -> None:
+        if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.optim_cfg.max_grad_norm:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.max_grad_norm)
@@ -200,7 +205,38 @@ class Trainer:
         else:
             self.scaler.step(self.optimizer)
             self.scaler.update()
+
+    def _step(self, indices: np.ndarray) -> float:
+        self._apply_schedule()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self._loss(indices)
+        self._backward(loss)
+        self._update()
         return float(loss.detach())
+
+    def _distributed_step(self, indices: np.ndarray) -> float | None:
+        """One step on every rank together: forward and backward without DDP's own all-reduce (``no_sync``), then
+        the ranks agree whether all of them managed; if one ran out of memory every rank drops the step (None),
+        else the gradients are averaged across ranks and every rank takes the same step."""
+        self._apply_schedule()
+        self.optimizer.zero_grad(set_to_none=True)
+        failed, value = 0, 0.0
+        try:
+            if len(indices):
+                with self.parts.no_sync():
+                    loss = self._loss(indices)
+                    self._backward(loss)
+                value = float(loss.detach())
+        except (RuntimeError, torch.OutOfMemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            failed = 1
+            self.optimizer.zero_grad(set_to_none=True)
+        if agree_max(failed):
+            return None
+        average_gradients(self.model, self.world)
+        self._update()
+        return value
 
     def epoch_shards(self) -> list[np.ndarray]:
         """Under torchrun, this rank's batches of the epoch: the seeded, length-grouped epoch order (the same on
@@ -215,13 +251,20 @@ class Trainer:
 
     def train_epoch_distributed(self) -> float:
         losses, total = [], 0
-        batches = self.epoch_shards()
-        rows = sum(len(b) for b in batches)
-        for indices in batches:
-            losses.append(self._step(indices) * len(indices))
+        pending = self.epoch_shards()
+        rows = sum(len(b) for b in pending)
+        while pending:
+            indices = pending.pop(0)
+            value = self._distributed_step(indices)
+            if value is None:  # some rank ran out of memory: every rank halves, and retries this batch in halves
+                self.memory.on_out_of_memory()
+                self.memory.batch_size = agree_min(self.memory.batch_size)
+                pending[:0] = np.array_split(indices, 2)
+                continue
+            losses.append(value * len(indices))
             total += len(indices)
             self.samples_seen += len(indices) * self.world.size
-            self.trigger("on_batch_end", total, rows, losses[-1] / len(indices))
+            self.trigger("on_batch_end", total, rows, value)
             stop = self.stop_request is not None and self.stop_request.requested
             if broadcast_from_main(stop):
                 self.interrupted = True

@@ -100,3 +100,41 @@ def test_ranks_with_different_settings_fail_on_every_rank(small_csv, tmp_path):
     done = torchrun("train", "--data-file", small_csv, "--num-epochs", "1", cwd=tmp_path)
     assert done.returncode != 0
     assert done.stderr.count("Error: The ranks of this torchrun launch resolved different settings") == 2
+
+
+OOM_ON_RANK_1 = """
+import os, sys, torch
+sys.path.insert(0, {repo!r})
+import bertcls.training as training
+
+original, calls = training.Trainer._loss, []
+
+
+def flaky(self, indices):
+    calls.append(len(indices))
+    if os.environ["RANK"] == "1" and len(calls) == 2:
+        raise torch.OutOfMemoryError("out of memory (injected on rank 1)")
+    return original(self, indices)
+
+
+training.Trainer._loss = flaky
+from bertcls.cli.app import run
+
+sys.exit(run(sys.argv[1:]))
+"""
+
+
+def test_an_out_of_memory_step_on_one_rank_makes_every_rank_halve(small_csv, tmp_path):
+    script = tmp_path / "oom.py"
+    script.write_text(OOM_ON_RANK_1.format(repo=str(__import__("pathlib").Path(__file__).resolve().parents[1])))
+    root = tmp_path / "oom"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(script), "train"]
+    command += ["--output-root", str(root), "--data-file", str(small_csv), "--fine-tune", "--num-epochs", "1"]
+    command += ["--max-seq-len", "32", "--batch-size", "16", "--verbosity", "0"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = next((root / "logs").glob("train_*.log")).read_text()
+    assert "Batch size 16 -> 8 (out-of-memory error in a step)" in log  # rank 0 halved for rank 1's failure
+    ckpt = load_checkpoint(root / "best_trials" / "best_model.pt")
+    assert ckpt.meta.history[0].batch_size == 8
