@@ -89,22 +89,22 @@ def broadcast_from_main(value):
     return box[0]
 
 
-def agree_min(value: int) -> int:
-    """The smallest ``value`` over all ranks (e.g. a batch size one rank had to lower)."""
+def _agree(value: int, op) -> int:
     if not world().distributed:
         return value
     tensor = torch.tensor([value], dtype=torch.long)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    dist.all_reduce(tensor, op=op)
     return int(tensor.item())
+
+
+def agree_min(value: int) -> int:
+    """The smallest ``value`` over all ranks (e.g. a batch size one rank had to lower)."""
+    return _agree(value, dist.ReduceOp.MIN)
 
 
 def agree_max(value: int) -> int:
     """The largest ``value`` over all ranks (e.g. 1 when any rank ran out of memory)."""
-    if not world().distributed:
-        return value
-    tensor = torch.tensor([value], dtype=torch.long)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return int(tensor.item())
+    return _agree(value, dist.ReduceOp.MAX)
 
 
 def average_gradients(model: torch.nn.Module, here: World) -> None:

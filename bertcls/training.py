@@ -249,6 +249,18 @@ class Trainer:
         self.last_shard = mine
         return [b for b in np.array_split(mine, steps) if len(b)] if steps else []
 
+    def agree_batch_size(self, pending: list[np.ndarray]) -> None:
+        """After a step: the memory manager's reading on every rank, the smallest batch size wins, and the next
+        batch is cut into as many pieces as the rank that needs most (so the ranks stay in lockstep)."""
+        self.memory.after_step()
+        self.memory.batch_size = agree_min(self.memory.batch_size)
+        if not pending:
+            agree_max(0)  # every rank takes part in the same collectives
+            return
+        pieces = agree_max(-(-len(pending[0]) // self.memory.batch_size))
+        if pieces > 1:
+            pending[:1] = np.array_split(pending[0], pieces)
+
     def train_epoch_distributed(self) -> float:
         losses, total = [], 0
         pending = self.epoch_shards()
@@ -265,6 +277,7 @@ class Trainer:
             total += len(indices)
             self.samples_seen += len(indices) * self.world.size
             self.trigger("on_batch_end", total, rows, value)
+            self.agree_batch_size(pending)
             stop = self.stop_request is not None and self.stop_request.requested
             if broadcast_from_main(stop):
                 self.interrupted = True
