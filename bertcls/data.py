@@ -62,10 +62,11 @@ def decode_bytes(raw: bytes, encoding: str, source: str) -> str:
     """Decode a file's bytes, naming the line of the first bad byte and the ``--encoding`` option. A file that is
     not text at all (a spreadsheet, an archive) is named as such instead of being decoded as latin-1 noise; NUL
     bytes in a text file are removed with a warning."""
-    kind = binary_kind(raw)
+    wide = any(width in encoding.replace("-", "").replace("_", "") for width in ("16", "32"))
+    kind = None if wide else binary_kind(raw)  # UTF-16/32 text is full of NUL bytes
     if kind is not None:
         raise DataError(f"{source} is not a text CSV file: it looks like {kind}; export it as CSV first.")
-    if b"\x00" in raw and not raw.startswith((b"\xff\xfe", b"\xfe\xff")) and "16" not in encoding:
+    if b"\x00" in raw and not raw.startswith((b"\xff\xfe", b"\xfe\xff")) and not wide:
         logger.warning("%s holds %d NUL byte(s); they were removed.", source, raw.count(b"\x00"))
         raw = raw.replace(b"\x00", b"")
     try:

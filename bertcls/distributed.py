@@ -58,7 +58,8 @@ def init_from_env(device_type: str = "cpu") -> World:
     if not launched():
         return SINGLE
     if not dist.is_initialized():
-        backend = "nccl" if device_type == "cuda" else "gloo"
+        # on GPUs the small agreements (flags, batch sizes, gathered rows) are CPU tensors: gloo carries those
+        backend = "cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=TIMEOUT)
         if device_type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -102,23 +103,29 @@ def agree_min(value: int) -> int:
     return _agree(value, dist.ReduceOp.MIN)
 
 
+def agree_sum(value: int) -> int:
+    return _agree(value, dist.ReduceOp.SUM)
+
+
 def agree_max(value: int) -> int:
     """The largest ``value`` over all ranks (e.g. 1 when any rank ran out of memory)."""
     return _agree(value, dist.ReduceOp.MAX)
 
 
-def average_gradients(model: torch.nn.Module, here: World) -> None:
-    """Average the trainable parameters' gradients over the ranks in one flattened all-reduce (what DDP does in
-    buckets); a parameter without a gradient on a rank counts as zero there."""
+def average_gradients(model: torch.nn.Module, rows: int) -> int:
+    """Average the trainable parameters' gradients over the ranks, weighted by the rows each rank's (mean) loss
+    covered, in one flattened all-reduce; a rank with no rows counts for nothing. Returns the rows of all ranks."""
     params = [p for p in model.parameters() if p.requires_grad]
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    grads = [p.grad * rows if p.grad is not None else torch.zeros_like(p) for p in params]
     from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
     flat = _flatten_dense_tensors(grads)
     dist.all_reduce(flat)
-    flat /= here.size
+    total = agree_sum(rows)
+    flat /= max(1, total)
     for param, grad in zip(params, _unflatten_dense_tensors(flat, grads), strict=True):
         param.grad = grad
+    return total
 
 
 def barrier() -> None:
@@ -139,10 +146,15 @@ def check_same_settings(settings_dump: dict) -> None:
 
 
 def gather_rows(local: np.ndarray, count: int, here: World) -> np.ndarray:
-    """Reassemble rows computed as ``here.shard(count)`` on every rank into one array in row order."""
-    parts = all_gather_objects(local)
-    width = next((p.shape[1:] for p in parts if p is not None and len(p)), local.shape[1:])
-    out = np.zeros((count, *width), dtype=local.dtype)
+    """Reassemble rows computed as ``here.shard(count)`` on every rank into one array in row order (tensors padded
+    to the largest share and all-gathered: no pickling of the data)."""
+    longest = -(-count // here.size)
+    padded = torch.zeros((longest, *local.shape[1:]), dtype=torch.from_numpy(local[:0]).dtype)
+    padded[: len(local)] = torch.from_numpy(np.ascontiguousarray(local))
+    parts = [torch.empty_like(padded) for _ in range(here.size)]
+    dist.all_gather(parts, padded)
+    out = np.zeros((count, *local.shape[1:]), dtype=local.dtype)
     for rank, part in enumerate(parts):
-        out[np.arange(rank, count, here.size)] = part
+        rows = np.arange(rank, count, here.size)
+        out[rows] = part[: len(rows)].numpy()
     return out

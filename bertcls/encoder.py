@@ -18,6 +18,7 @@ from torch import nn
 
 from bertcls.config import DEFAULT_ENCODER, EncoderSection
 from bertcls.errors import BertclsError
+from bertcls.interrupts import Interrupted
 from bertcls.precision import autocast
 
 logger = logging.getLogger(__name__)
@@ -118,6 +119,8 @@ def _fetch_from_hub(name: str) -> Path:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(repo_id=name))
+    except Interrupted:
+        raise
     except Exception as exc:  # noqa: BLE001 - any hub failure becomes one clear sentence
         raise BertclsError(
             f"Encoder {name!r} is not a local folder and could not be fetched from the Hugging Face hub "

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,11 +31,12 @@ def pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(target: Path) -> int:
-    """Delete temp files of ``target`` left by processes that died mid-write (their PID is in the name)."""
-    removed = 0
-    for tmp in target.parent.glob(f".{target.name}.*.tmp"):
-        parts = tmp.name[len(target.name) + 2 :].split(".")
-        if parts and parts[0].isdigit() and not pid_alive(int(parts[0])):
+    """Delete temp files of ``target`` left by processes of this host that died mid-write (the host and PID are in
+    the name; another host's temp files are never touched)."""
+    removed, prefix = 0, f".{target.name}.{socket.gethostname()}."
+    for tmp in target.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = tmp.name[len(prefix) :].split(".")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
             removed += 1
     return removed
@@ -47,7 +50,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(target)
     mode = file_mode(target)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
+    prefix = f".{target.name}.{socket.gethostname()}.{os.getpid()}."
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

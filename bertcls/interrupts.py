@@ -4,6 +4,7 @@ one aborts at once. Commands exit 130 (SIGINT) or 143 (SIGTERM)."""
 from __future__ import annotations
 
 import signal
+import time
 from types import FrameType
 
 SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
@@ -27,8 +28,11 @@ class StopRequest:
     """Installed around a training run: the first SIGINT/SIGTERM sets ``signum`` (the trainer polls it after every
     step); a second raises :class:`Interrupted` at once."""
 
+    REPEAT_WINDOW_S = 2.0  # torchrun forwards the Ctrl-C a worker already got: a quick repeat is the same one
+
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._first_at = 0.0
         self._previous: dict[int, object] = {}
 
     @property
@@ -36,9 +40,13 @@ class StopRequest:
         return self.signum is not None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum is not None:
-            raise Interrupted(signum, "Interrupted again: stopped at once; nothing half-written was left behind.")
-        self.signum = signum
+        now = time.monotonic()
+        if self.signum is None:
+            self.signum, self._first_at = signum, now
+            return
+        if signum == self.signum and now - self._first_at < self.REPEAT_WINDOW_S:
+            return
+        raise Interrupted(signum, "Interrupted again: stopped at once; nothing half-written was left behind.")
 
     def __enter__(self) -> StopRequest:
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -28,12 +28,16 @@ def read_holder(path: Path) -> dict | None:
 
 
 def _try_create(path: Path, info: dict) -> bool:
+    """Create the lock with its content in one step (write a temp file, hard-link it to the lock's name: the link
+    fails if the lock exists, and a reader never sees an empty lock)."""
+    tmp = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(info), encoding="utf-8")
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.link(tmp, path)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(info, handle)
+    finally:
+        tmp.unlink(missing_ok=True)
     return True
 
 
@@ -83,7 +87,8 @@ def root_lock(root: Path, command: str, study: str | None = None) -> Iterator[No
                 f"--output-root (if that process is gone, delete {path})."
             )
         logger.warning("Taking over the lock of %s, which is no longer running.", _describe(holder or {}))
-        path.unlink(missing_ok=True)
+        if read_holder(path) == holder:  # not already taken over by another process in the meantime
+            path.unlink(missing_ok=True)
     else:
         raise DataError(f"Could not take the lock {path}; try again.")
     try:

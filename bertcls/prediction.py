@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import logging
-import os
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -216,16 +216,21 @@ def prediction_columns(
 ProgressFn = Callable[[int], None]
 
 
-class _Sink:
-    """Where output goes: an atomic temp file, or standard output."""
+DISCARD = None  # the output of a torchrun rank other than 0: nothing is written anywhere
 
-    def __init__(self, target: str):
+
+class _Sink:
+    """Where output goes: an atomic temp file, standard output, or nowhere (``DISCARD``)."""
+
+    def __init__(self, target: str | None):
         self.target = target
         self._context = None
         self.handle: TextIO | None = None
 
     def __enter__(self) -> TextIO:
-        if self.target == STDIO:
+        if self.target is DISCARD:
+            self.handle = io.StringIO()  # emptied after every chunk by the caller's truncate
+        elif self.target == STDIO:
             self.handle = sys.stdout
         else:
             self._context = atomic_path(self.target)
@@ -257,8 +262,11 @@ def predict_csv(
     """Stream ``source`` (a path or ``-``) to ``target`` (a path or ``-``) chunk by chunk."""
     summary = PredictSummary()
     index = {label: i for i, label in enumerate(predictor.labels)}
-    if not world().main:
-        target = os.devnull  # under torchrun the ranks predict together and rank 0 writes the one output file
+    here = world()
+    if here.distributed and source == STDIO:
+        raise DataError("Under torchrun every rank reads the input file; pass --data-file FILE, not standard input.")
+    if not here.main:
+        target = DISCARD  # under torchrun the ranks predict together and rank 0 writes the one output file
     input_source: TextIO | Path = sys.stdin if source == STDIO else Path(source)
     if isinstance(input_source, Path) and not input_source.is_file():
         raise DataError(f"Input file {source} does not exist.")
@@ -284,6 +292,9 @@ def predict_csv(
                 original = escape_frame(original, list(original.columns))
             out = pd.concat([original.reset_index(drop=True), columns.reset_index(drop=True)], axis=1)
             out.to_csv(handle, header=number == 0, index=False)
+            if target is DISCARD:
+                handle.seek(0)
+                handle.truncate()
             summary.rows += len(chunk)
             summary.empty_rows += int(empty.sum())
             if progress:

@@ -8,7 +8,8 @@ import re
 from typing import Any
 
 MASK = "***"
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)(?P<password>[^@\s/]+)(?P<at>@)")
+# the password runs to the last "@" of the URL (it may itself hold "/" or "@"), the host follows it
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)(?P<password>\S+)(?P<at>@)(?=[^@\s]*)")
 
 
 def redact(text: str) -> str:
@@ -35,6 +36,8 @@ class RedactingFilter(logging.Filter):
         cleaned = redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = redact(record.exc_text)
         return True

@@ -15,6 +15,7 @@ from bertcls.config_sources import flatten
 from bertcls.data import Splits
 from bertcls.errors import CheckpointError, DataError
 from bertcls.fileio import atomic_path
+from bertcls.interrupts import Interrupted
 from bertcls.redaction import redact_data
 
 logger = logging.getLogger(__name__)
@@ -69,9 +70,12 @@ def read_resume(path: Path, settings_fp: dict[str, str]) -> dict:
         raise DataError(f"Nothing to resume: {path} does not exist (it is written after each epoch of a run).")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+        saved_settings = payload["settings"]
+    except Interrupted:
+        raise
     except Exception as exc:  # noqa: BLE001 - any unreadable file is one sentence
         raise CheckpointError(f"The resume state {path} cannot be read ({type(exc).__name__}).") from None
-    changed = _differences(payload["settings"], settings_fp)
+    changed = _differences(saved_settings, settings_fp)
     if changed:
         raise DataError(f"Cannot resume: the settings differ from the interrupted run's: {'; '.join(changed[:5])}.")
     return payload

@@ -234,7 +234,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
         if agree_max(failed):
             return None
-        average_gradients(self.model, self.world)
+        self.samples_seen += average_gradients(self.model, len(indices))  # the same on every rank
         self._update()
         return value
 
@@ -247,7 +247,7 @@ class Trainer:
         mine = order[self.world.rank :: self.world.size]
         steps = -(-len(order[0 :: self.world.size]) // self.memory.batch_size)  # rank 0 has the most rows
         self.last_shard = mine
-        return [b for b in np.array_split(mine, steps) if len(b)] if steps else []
+        return np.array_split(mine, steps) if steps else []  # a share may be empty: the rank still takes part
 
     def agree_batch_size(self, pending: list[np.ndarray]) -> None:
         """After a step: the memory manager's reading on every rank, the smallest batch size wins, and the next
@@ -275,7 +275,6 @@ class Trainer:
                 continue
             losses.append(value * len(indices))
             total += len(indices)
-            self.samples_seen += len(indices) * self.world.size
             self.trigger("on_batch_end", total, rows, value)
             self.agree_batch_size(pending)
             stop = self.stop_request is not None and self.stop_request.requested
@@ -407,7 +406,10 @@ class Trainer:
                 "torch": torch.get_rng_state(),
                 "python": random.getstate(),
                 "numpy_global": plain_numpy_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             },
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "calm_steps": getattr(self.memory, "calm_steps", 0),
             "early_stopping": list(self.stopper.history),
             "batch_size": self.memory.batch_size,
             "result": {
@@ -427,6 +429,12 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
         np.random.set_state(numpy_state_from_plain(state["rng"]["numpy_global"]))
+        if state["rng"].get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if hasattr(self.memory, "calm_steps"):
+            self.memory.calm_steps = state.get("calm_steps", 0)
         self.stopper.history = list(state["early_stopping"])
         self.memory.batch_size = state["batch_size"]
         saved = state["result"]

@@ -30,7 +30,7 @@ from bertcls.checkpoint import (
 )
 from bertcls.config import ClassifierSection, DataSection, Settings
 from bertcls.data import DataReport, Splits, load_splits, write_splits
-from bertcls.distributed import SINGLE, World, world
+from bertcls.distributed import SINGLE, World, broadcast_from_main, world
 from bertcls.encoder import pick_device
 from bertcls.errors import ConfigError, DataError
 from bertcls.features import EmbeddingService, truncation_summary
@@ -312,7 +312,9 @@ def guard_precision(service: EmbeddingService, train: pd.DataFrame, names: list[
     service, and goes into every checkpoint made with it)."""
     rows = train.iloc[sample_indices(len(train), settings.model.seed)]
     labels = encode_labels(rows, settings.data, names, "train")
-    service.precision_check = service.check_precision(rows[settings.data.text_column].tolist(), labels)
+    check = broadcast_from_main(service.check_precision(rows[settings.data.text_column].tolist(), labels))
+    service.set_precision(check.used)  # under torchrun every rank follows rank 0's verdict
+    service.precision_check = check
 
 
 def run_training(

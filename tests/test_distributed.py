@@ -4,6 +4,7 @@ that differ between ranks. Plain runs are covered by every other test (no torchr
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 
@@ -76,6 +77,7 @@ def test_frozen_train_embeds_sharded_and_predict_matches_one_process(workspace, 
     from bertcls.cli.app import run
 
     assert run(["predict", "--output-root", str(root), "--data-file", str(small_csv), "--output-file", "one.csv"]) == 0
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)  # rank 1's discarded output never replaced /dev/null
     two, one = (pd.read_csv(root / "predictions" / name) for name in ("two.csv", "one.csv"))
     assert list(two.text) == list(one.text) and (two.predicted_label == one.predicted_label).all()
     assert np.allclose(two.confidence, one.confidence, atol=1e-5)

@@ -189,7 +189,7 @@ def test_atomic_writes_follow_the_umask_and_clean_up_after_killed_writers(tmp_pa
 
     dead = subprocess.Popen(["true"])
     dead.wait()
-    leftover = tmp_path / f".out.csv.{dead.pid}.abc123.tmp"
+    leftover = tmp_path / f".out.csv.{socket.gethostname()}.{dead.pid}.abc123.tmp"
     leftover.write_text("half a file")
     old = os.umask(0o022)
     try:
@@ -245,3 +245,12 @@ def test_killed_workers_running_trial_is_failed_at_once(workspace, bbc_small, tm
     assert trials[orphan.number].state == TrialState.FAIL
     assert sum(t.state == TrialState.COMPLETE for t in trials.values()) == 2
     assert np.isfinite([t.value for t in trials.values() if t.state == TrialState.COMPLETE]).all()
+
+
+def test_passwords_with_slashes_or_at_signs_are_masked_whole():
+    from bertcls.redaction import redact
+
+    for url in ("postgresql://u:pa/ss@db.example:5432/x", "mysql://user:p@ss@host/db", "postgresql://u:plain@h/d"):
+        masked = redact(f"Cannot open {url} now")
+        assert "***@" in masked and "pa/ss" not in masked and "p@ss" not in masked and "plain" not in masked
+    assert redact("sqlite:///runs/study.db") == "sqlite:///runs/study.db"

@@ -69,6 +69,15 @@ def evaluate(
     )
     settings = resolved.settings
     setup_logging(resolved, "evaluate")
+    from bertcls.distributed import launched
+
+    if launched():
+        from bertcls.errors import DataError
+
+        raise DataError(
+            "bertcls evaluate does not run under torchrun; start it as a plain command (optimize scales out "
+            "through a shared --storage)."
+        )
     root = settings.root
     ckpt = load_named_checkpoint(best_model, root)
     data_cfg = ckpt.trained_settings(root).data.model_copy(update={"encoding": settings.data.encoding})

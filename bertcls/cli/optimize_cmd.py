@@ -105,6 +105,15 @@ def optimize(
     )
     settings = resolved.settings
     setup_logging(resolved, "optimize")
+    from bertcls.distributed import launched
+
+    if launched():
+        from bertcls.errors import DataError
+
+        raise DataError(
+            "bertcls optimize does not run under torchrun; start it as a plain command (optimize scales out "
+            "through a shared --storage)."
+        )
     title = f"Study {settings.tuning.study_name} ({settings.tuning.strategy})"
     live = Live(
         Table(title=title),
@@ -138,7 +147,12 @@ def optimize(
                 )
             live.update(table)
 
+    import optuna
+
     from bertcls.locking import root_lock
+
+    optuna.logging.disable_default_handler()  # Optuna's records go through bertcls's handlers (which mask secrets)
+    optuna.logging.enable_propagation()
 
     with root_lock(settings.root, "optimize", study=settings.tuning.study_name):
         with live if settings.verbosity >= 1 else _null():

@@ -12,6 +12,7 @@ import optuna
 from optuna.trial import TrialState
 
 from bertcls.config import TuningSection
+from bertcls.interrupts import Interrupted
 from bertcls.redaction import redact
 
 try:
@@ -47,6 +48,8 @@ def make_storage(url: str, cfg: TuningSection) -> optuna.storages.BaseStorage:
             f"The storage {url.split(':', 1)[0]} needs a driver that is not installed ({exc.name}); "
             "for PostgreSQL install bertcls[postgres]."
         ) from None
+    except Interrupted:
+        raise
     except Exception as exc:  # noqa: BLE001 - connection errors come in many types
         raise BertclsError(
             f"Cannot open the Optuna storage {redact(url)}: {type(exc).__name__}: {str(exc).splitlines()[0]}"

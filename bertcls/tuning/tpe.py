@@ -160,7 +160,10 @@ def fail_orphaned_trials(study: optuna.Study) -> int:
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         pid = trial.user_attrs.get("pid")
         if trial.user_attrs.get("host") == host and pid is not None and not pid_alive(int(pid)):
-            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            try:
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            except (ValueError, RuntimeError):  # another worker failed it first
+                continue
             logger.warning("Trial %d belonged to process %s, which is gone: marked failed.", trial.number, pid)
             failed += 1
     return failed
