@@ -91,6 +91,17 @@ class PredictSummary:
         }
 
 
+def model_labeller(model, lexical, texts: list[str], device: torch.device, batch_size: int = 256):
+    """A trained model's labels for embeddings of ``texts`` (the precision guard's labeller; the texts' TF-IDF part
+    is the same at any precision, so it is computed once)."""
+    matrix = lexical.transform(texts) if lexical is not None else None
+
+    def label(vectors: np.ndarray) -> np.ndarray:
+        return predict_embedded(model, vectors, matrix, device, batch_size).argmax(axis=1)
+
+    return label
+
+
 class Predictor:
     """Loads a checkpoint once and turns texts into class probabilities."""
 
@@ -109,21 +120,11 @@ class Predictor:
     def temperature(self) -> float:
         return self.model.temperature
 
-    def labeller(self, texts: list[str], batch_size: int):
-        """This model's labels for embeddings of ``texts`` (their TF-IDF part is the same at any precision)."""
-        lexical = self.lexical.transform(texts) if self.lexical is not None else None
-
-        def label(vectors: np.ndarray) -> np.ndarray:
-            return predict_embedded(self.model, vectors, lexical, self.device, batch_size).argmax(axis=1)
-
-        return label
-
     def check_precision(self, texts: list[str], batch_size: int) -> None:
         """The guard, on the first texts this model predicts at a reduced precision its training did not check."""
         sample = [texts[i] for i in sample_indices(len(texts), seed=0)]
-        check, _ = measure(
-            self.encoder, sample, self.encoder.precision, self.device, batch_size, self.labeller(sample, batch_size)
-        )
+        label = model_labeller(self.model, self.lexical, sample, self.device, batch_size)
+        check, _ = measure(self.encoder, sample, self.encoder.precision, self.device, batch_size, label)
         log_check(check)
         self.encoder.precision, self.precision_check, self._unchecked = check.used, check, False
 

@@ -46,7 +46,7 @@ from bertcls.evaluation.trust import (
 from bertcls.features import EmbeddingService
 from bertcls.fileio import write_csv_atomic, write_text_atomic
 from bertcls.precision import for_checkpoint, sample_indices
-from bertcls.prediction import Predictor
+from bertcls.prediction import Predictor, model_labeller
 
 logger = logging.getLogger(__name__)
 RESULTS_DIR = "evaluation_results"
@@ -85,9 +85,7 @@ def score_texts(
     model.to(device)
     if service.precision_unchecked:
         sample = [texts[i] for i in sample_indices(len(texts), seed=0)]
-        sample_matrix = lexical.transform(sample) if lexical is not None else None
-        label = lambda v: predict_embedded(model, v, sample_matrix, device).argmax(axis=1)  # noqa: E731
-        service.check_precision(sample, labeller=label)
+        service.check_precision(sample, labeller=model_labeller(model, lexical, sample, device))
         service.precision_unchecked = False
     vectors, _ = service.embed(texts)
     matrix = lexical.transform(texts) if lexical is not None else None
