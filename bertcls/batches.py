@@ -12,12 +12,13 @@ import numpy as np
 import torch
 
 from bertcls.lexical import sparse_batch
-from bertcls.metrics import accuracy, macro_f1
+from bertcls.metrics import accuracy, decide, macro_f1, multilabel_scores
 from bertcls.model import TextClassifier
 
 
 class BatchSource(Protocol):
-    """Turns row indices into model inputs; knows how to order rows for an epoch."""
+    """Turns row indices into model inputs; knows how to order rows for an epoch. ``labels``: class indices
+    (multiclass) or a 0/1 float matrix with one column per label (multilabel)."""
 
     labels: np.ndarray
 
@@ -26,6 +27,12 @@ class BatchSource(Protocol):
     def batch(self, indices: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]: ...
 
     def epoch_order(self, rng: np.random.Generator, batch_size: int) -> np.ndarray: ...
+
+
+def as_labels(labels: np.ndarray) -> np.ndarray:
+    """Class indices as int64, a multi-label 0/1 matrix as float32 (what the two losses take)."""
+    labels = np.asarray(labels)
+    return labels.astype(np.float32) if labels.ndim == 2 else labels.astype(np.int64)
 
 
 def with_lexical(batch: dict[str, torch.Tensor], lexical, indices: np.ndarray, device: torch.device) -> dict:
@@ -40,7 +47,7 @@ class EmbeddingBatches:
 
     def __init__(self, embeddings: np.ndarray, labels: np.ndarray, lexical=None):
         self.embeddings = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
-        self.labels = np.asarray(labels, dtype=np.int64)
+        self.labels = as_labels(labels)
         self.lexical = lexical
 
     def __len__(self) -> int:
@@ -60,7 +67,7 @@ class TextBatches:
     def __init__(self, encoder, texts: list[str], labels: np.ndarray, lengths: np.ndarray, lexical=None):
         self.encoder = encoder
         self.texts = texts
-        self.labels = np.asarray(labels, dtype=np.int64)
+        self.labels = as_labels(labels)
         self.lengths = np.asarray(lengths)
         self.lexical = lexical
 
@@ -112,10 +119,13 @@ def predict_logits(
 def predict_proba(
     model: TextClassifier, source: BatchSource, device: torch.device, batch_size: int = 256
 ) -> np.ndarray:
-    """Class probabilities: softmax of the logits divided by the model's calibrated temperature."""
+    """Class probabilities: softmax of the logits divided by the model's calibrated temperature (a sigmoid per label
+    for a multi-label model)."""
     logits = torch.from_numpy(predict_logits(model, source, device, batch_size))
     if logits.numel() == 0:
         return logits.numpy()
+    if model.multilabel:  # a temperature per label
+        return torch.sigmoid(logits / torch.as_tensor(model.temperature, dtype=logits.dtype)).numpy()
     return torch.softmax(logits / model.temperature, dim=-1).numpy()
 
 
@@ -123,11 +133,19 @@ def predict_embedded(
     model: TextClassifier, vectors: np.ndarray, lexical, device: torch.device, batch_size: int = 256
 ) -> np.ndarray:
     """Probabilities of texts given as their embeddings (and TF-IDF rows, for a model with a lexical layer)."""
-    source = EmbeddingBatches(vectors, np.zeros(len(vectors), dtype=np.int64), lexical)
+    source = EmbeddingBatches(vectors, np.zeros(len(vectors), dtype=np.int64), lexical)  # labels unused
     return predict_proba(model, source, device, batch_size)
 
 
-def score(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
+def score(
+    probs: np.ndarray, labels: np.ndarray, num_classes: int, thresholds=None, min_labels: int = 0
+) -> dict[str, float]:
+    """Loss, accuracy and macro F1 (multi-label: binary cross-entropy, subset accuracy, macro/micro/samples F1 and
+    Hamming loss of the labels given at ``thresholds``)."""
+    if labels.ndim == 2:
+        p = np.clip(probs.astype(np.float64), 1e-12, 1 - 1e-12)
+        loss = float(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)).mean()) if len(labels) else 0.0
+        return {"loss": loss, **multilabel_scores(labels, decide(probs, thresholds, min_labels))}
     predicted = probs.argmax(axis=1)
     picked = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
     return {

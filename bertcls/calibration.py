@@ -1,5 +1,8 @@
 """Temperature scaling: one scalar T fitted on the validation split so that softmax(logits / T) has the lowest
-negative log-likelihood (Guo et al., 2017). It changes confidences, never the predicted label."""
+negative log-likelihood (Guo et al., 2017). It changes confidences, never the predicted label.
+
+A multi-label model gets one T per label (each fitted on that label's binary cross-entropy), and then one decision
+threshold per label, tuned on the calibrated validation probabilities for that label's F1."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from scipy.optimize import minimize_scalar
 
 from bertcls.batches import BatchSource, predict_logits
 from bertcls.config import CalibrationSection
+from bertcls.metrics import tune_thresholds
 
 logger = logging.getLogger(__name__)
 LOG_T_BOUNDS = (np.log(0.05), np.log(20.0))
@@ -29,6 +33,9 @@ class CalibrationRecord(BaseModel):
     val_nll_after: float | None = None
     val_ece_before: float | None = None
     val_ece_after: float | None = None
+    thresholds: list[float] | None = None  # multi-label: each label's decision threshold, in label order
+    temperatures: list[float] | None = None  # multi-label: each label's temperature (``temperature``: their
+    # geometric mean, for display)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -63,10 +70,28 @@ def ece(confidence: np.ndarray, correct: np.ndarray, bins: int) -> float:
     return float(total)
 
 
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def binary_nll(logits: np.ndarray, labels: np.ndarray, temperature=1.0) -> float:
+    """Mean binary cross-entropy of 0/1 ``labels`` under sigmoid(logits / temperature), over every row and label
+    (``temperature``: one number, or one per label)."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    return float((np.logaddexp(0.0, z) - labels * z).mean())
+
+
+def label_decisions(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (row, label) decision at 0.5 as a confidence (max of p and 1 - p) and whether it is right: the units in
+    which a multi-label model's calibration is measured."""
+    return np.maximum(probs, 1 - probs).ravel(), ((probs >= 0.5) == (labels > 0)).ravel()
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The T in [0.05, 20] with the lowest validation NLL (a bounded 1-D search over log T)."""
+    loss = binary_nll if labels.ndim == 2 else nll
     result = minimize_scalar(
-        lambda log_t: nll(logits, labels, float(np.exp(log_t))), bounds=LOG_T_BOUNDS, method="bounded"
+        lambda log_t: loss(logits, labels, float(np.exp(log_t))), bounds=LOG_T_BOUNDS, method="bounded"
     )
     return float(np.exp(result.x))
 
@@ -76,11 +101,22 @@ def uncalibrate(probs: np.ndarray, temperature: float) -> np.ndarray:
     return np.exp(log_softmax(temperature * np.log(np.clip(probs.astype(np.float64), 1e-300, 1.0))))
 
 
+def uncalibrate_sigmoid(probs: np.ndarray, temperature) -> np.ndarray:
+    """Multi-label probabilities before temperature scaling: sigmoid(T * logit(p)) (T: one, or one per label)."""
+    p = np.clip(probs.astype(np.float64), 1e-12, 1 - 1e-12)
+    return sigmoid(temperature * np.log(p / (1 - p)))
+
+
 def calibrate(
     model, val: BatchSource, device: torch.device, cfg: CalibrationSection, bins: int = 10
 ) -> CalibrationRecord:
-    """Fit the model's temperature on ``val`` (``calibration.method: temperature``) and set it on the model."""
+    """Fit the model's temperature on ``val`` (``calibration.method: temperature``) and set it on the model; a
+    multi-label model then gets its per-label thresholds (with or without a temperature)."""
     model.temperature = 1.0
+    if model.multilabel:
+        record = calibrate_multilabel(model, val, device, cfg, bins)
+        model.thresholds = record.thresholds
+        return record
     if cfg.method == "none" or len(val) == 0:
         return CalibrationRecord()
     logits = predict_logits(model, val, device)
@@ -111,6 +147,44 @@ def calibrate(
         record.val_ece_before,
         record.val_ece_after,
     )
+    return record
+
+
+def label_temperatures(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """One temperature per label, each fitted on that label's binary NLL; a label decided right on every
+    validation row keeps 1 (its likelihood would only rise as T fell to the bound)."""
+    temperatures = np.ones(labels.shape[1])
+    for k in range(labels.shape[1]):
+        column, truth = logits[:, [k]], labels[:, [k]]
+        if not label_decisions(sigmoid(column), truth)[1].all():
+            temperatures[k] = fit_temperature(column, truth)
+    return temperatures
+
+
+def calibrate_multilabel(
+    model, val: BatchSource, device: torch.device, cfg: CalibrationSection, bins: int
+) -> CalibrationRecord:
+    """A temperature per label, then per-label thresholds on the calibrated validation probabilities."""
+    if len(val) == 0:
+        return CalibrationRecord(thresholds=[0.5] * model.head.spec.num_classes)
+    logits, labels = predict_logits(model, val, device), val.labels
+    fitted = cfg.method == "temperature"
+    temperatures = label_temperatures(logits, labels) if fitted else np.ones(labels.shape[1])
+    model.temperature = temperatures.astype(np.float32)
+    thresholds = tune_thresholds(sigmoid(logits / temperatures), labels)
+    ece_at = lambda t: ece(*label_decisions(sigmoid(logits / t), labels), bins)  # noqa: E731
+    record = CalibrationRecord(
+        method=cfg.method,
+        temperature=float(np.exp(np.log(temperatures).mean())),
+        temperatures=[float(t) for t in temperatures],
+        val_rows=len(labels),
+        val_nll_before=binary_nll(logits, labels) if fitted else None,
+        val_nll_after=binary_nll(logits, labels, temperatures) if fitted else None,
+        val_ece_before=ece_at(1.0) if fitted else None,
+        val_ece_after=ece_at(temperatures) if fitted else None,
+        thresholds=[float(t) for t in thresholds],
+    )
+    logger.info("%d per-label temperatures and thresholds fitted on %d validation rows", len(thresholds), len(labels))
     return record
 
 

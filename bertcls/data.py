@@ -13,6 +13,7 @@ import pandas as pd
 from bertcls.config import DataSection
 from bertcls.errors import DataError
 from bertcls.fileio import write_csv_atomic
+from bertcls.labelsets import check_flag_columns, check_label_counts, check_separator_used, label_keys, split_multilabel
 
 logger = logging.getLogger(__name__)
 SPLIT_NAMES = ("train", "val", "test")
@@ -101,6 +102,11 @@ def require_columns(frame: pd.DataFrame, columns: list[str], source: str) -> Non
         )
 
 
+def label_columns_of(cfg: DataSection) -> list[str]:
+    """The columns that hold the labels: the 0/1 columns of a multi-label file, or the one label column."""
+    return list(cfg.label_columns) if cfg.label_columns else [cfg.label_column]
+
+
 def read_labelled_csv(path: Path, cfg: DataSection, require_label: bool = True) -> pd.DataFrame:
     """Read a CSV, check its columns, and return it with string cells."""
     try:
@@ -110,7 +116,7 @@ def read_labelled_csv(path: Path, cfg: DataSection, require_label: bool = True) 
     except OSError as exc:
         raise DataError(f"Data file {path} cannot be read: {exc.strerror}.") from None
     frame = read_csv_text(decode_bytes(raw, cfg.encoding, f"Data file {path}"), f"Data file {path}")
-    columns = [cfg.text_column] + ([cfg.label_column] if require_label else [])
+    columns = [cfg.text_column] + (label_columns_of(cfg) if require_label else [])
     require_columns(frame, columns, f"Data file {path}")
     return frame
 
@@ -126,52 +132,84 @@ class DataReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def _bad_rows(frame: pd.DataFrame, cfg: DataSection) -> list[int]:
+def _blank_rows(frame: pd.DataFrame, cfg: DataSection, multilabel: bool = False) -> pd.Series:
+    """Rows with empty text, or empty label (single-label only: an empty multi-label cell means no label)."""
+    blank = frame[cfg.text_column].str.strip() == ""
+    return blank if multilabel else blank | (frame[cfg.label_column].str.strip() == "")
+
+
+def _bad_rows(frame: pd.DataFrame, cfg: DataSection, multilabel: bool = False) -> list[int]:
     """CSV line numbers of rows with empty text or label (the ``source_row`` column where present)."""
-    text_blank = frame[cfg.text_column].str.strip() == ""
-    label_blank = frame[cfg.label_column].str.strip() == ""
-    positions = np.flatnonzero((text_blank | label_blank).to_numpy())
+    positions = np.flatnonzero(_blank_rows(frame, cfg, multilabel).to_numpy())
     if SOURCE_ROW in frame.columns:
         lines = pd.to_numeric(frame[SOURCE_ROW], errors="coerce").to_numpy()[positions]
         return [int(r) if r == r else int(i) + 2 for r, i in zip(lines, positions, strict=True)]
     return [int(i) + 2 for i in positions]
 
 
-def _conflicting_texts(frame: pd.DataFrame, cfg: DataSection) -> pd.Series:
-    labels_per_text = frame.groupby(cfg.text_column)[cfg.label_column].nunique()
+def _conflicting_texts(frame: pd.DataFrame, cfg: DataSection, labels: pd.Series) -> pd.Series:
+    labels_per_text = labels.groupby(frame[cfg.text_column]).nunique()
     return labels_per_text[labels_per_text > 1]
 
 
+def drop_bad_rows(frame: pd.DataFrame, cfg: DataSection, source: str, report: DataReport, multilabel: bool):
+    """Rows with empty text (or empty single label): an error, or dropped with a warning (``on_bad_rows: drop``)."""
+    bad = _bad_rows(frame, cfg, multilabel)
+    if not bad:
+        return frame
+    what = "empty text" if multilabel else "empty text or label"
+    if cfg.on_bad_rows == "error":
+        raise DataError(
+            f"{source} has {len(bad)} row(s) with {what} (CSV lines {_row_list(bad)}); "
+            "fix them or set data.on_bad_rows: drop."
+        )
+    report.dropped_rows = bad
+    report.warnings.append(f"Dropped {len(bad)} row(s) with {what} (CSV lines {_row_list(bad)}).")
+    return frame[~_blank_rows(frame, cfg, multilabel)].reset_index(drop=True)
+
+
 def check_labelled(
-    frame: pd.DataFrame, cfg: DataSection, source: str, min_per_class: int = 3
+    frame: pd.DataFrame,
+    cfg: DataSection,
+    source: str,
+    min_per_class: int = 3,
+    multilabel: bool = False,
+    require_separator: bool = False,
 ) -> tuple[pd.DataFrame, DataReport]:
-    """Run every data check; returns the frame to use (bad rows dropped only if ``on_bad_rows: drop``)."""
+    """Run every data check; returns the frame to use (bad rows dropped only if ``on_bad_rows: drop``). For
+    multi-label data the checks apply per label, and ``require_separator`` refuses a one-column file in which no
+    text has several labels."""
     report = DataReport(rows=len(frame))
-    bad = _bad_rows(frame, cfg)
-    if bad:
-        if cfg.on_bad_rows == "error":
-            raise DataError(
-                f"{source} has {len(bad)} row(s) with empty text or label (CSV lines {_row_list(bad)}); "
-                "fix them or set data.on_bad_rows: drop."
-            )
-        report.dropped_rows = bad
-        report.warnings.append(f"Dropped {len(bad)} row(s) with empty text or label (CSV lines {_row_list(bad)}).")
-        blank = (frame[cfg.text_column].str.strip() == "") | (frame[cfg.label_column].str.strip() == "")
-        frame = frame[~blank].reset_index(drop=True)
-    conflicts = _conflicting_texts(frame, cfg)
+    if multilabel:
+        check_flag_columns(frame, cfg, source)
+    frame = drop_bad_rows(frame, cfg, source, report, multilabel)
+    if multilabel and require_separator:
+        check_separator_used(frame, cfg, source)
+    labels = label_keys(frame, cfg) if multilabel else frame[cfg.label_column]
+    conflicts = _conflicting_texts(frame, cfg, labels)
     if len(conflicts):
         example = str(conflicts.index[0])[:60]
+        which = "label sets" if multilabel else "labels"
         raise DataError(
-            f"{source} has {len(conflicts)} text(s) that appear with different labels (e.g. {example!r}); "
-            "give each text one label."
+            f"{source} has {len(conflicts)} text(s) that appear with different {which} (e.g. {example!r}); "
+            f"give each text one {'label set' if multilabel else 'label'}."
         )
-    report.duplicate_rows = int(frame.duplicated(subset=[cfg.text_column, cfg.label_column]).sum())
+    report.duplicate_rows = int(pd.DataFrame({"t": frame[cfg.text_column], "l": labels}).duplicated().sum())
     if report.duplicate_rows:
         report.warnings.append(
             f"{report.duplicate_rows} exact duplicate row(s) found; they are kept and always share a split."
         )
+    if multilabel:
+        report.class_counts = check_label_counts(frame, cfg, source, min_per_class)
+    else:
+        report.class_counts = check_class_counts(frame, cfg, source, min_per_class)
+    for warning in report.warnings:
+        logger.warning(warning)
+    return frame, report
+
+
+def check_class_counts(frame: pd.DataFrame, cfg: DataSection, source: str, min_per_class: int) -> dict[str, int]:
     counts = frame[cfg.label_column].value_counts()
-    report.class_counts = {str(k): int(v) for k, v in counts.items()}
     if len(counts) < 2:
         raise DataError(f"{source} has {len(counts)} class(es); a classifier needs at least 2.")
     unique_per_class = frame.drop_duplicates(subset=[cfg.text_column])[cfg.label_column].value_counts()
@@ -182,9 +220,7 @@ def check_labelled(
             f"{source}: class(es) {listed} have fewer than {min_per_class} distinct texts, too few to split; "
             "add examples or remove the class."
         )
-    for warning in report.warnings:
-        logger.warning(warning)
-    return frame, report
+    return {str(k): int(v) for k, v in counts.items()}
 
 
 @dataclass
@@ -282,8 +318,11 @@ def exclude_rows(
     return kept
 
 
-def load_splits(cfg: DataSection, output_root: str | Path, seed: int) -> tuple[Splits, DataReport]:
-    """Explicit train/val/test files skip the split; otherwise split ``data_file`` (nothing is written here)."""
+def load_splits(
+    cfg: DataSection, output_root: str | Path, seed: int, multilabel: bool = False
+) -> tuple[Splits, DataReport]:
+    """Explicit train/val/test files skip the split; otherwise split ``data_file`` (nothing is written here).
+    Multi-label data is split by iterative stratification."""
     if cfg.train_file:
         parts = {}
         report = DataReport()
@@ -292,18 +331,26 @@ def load_splits(cfg: DataSection, output_root: str | Path, seed: int) -> tuple[S
             raw = with_source_rows(read_labelled_csv(resolved, cfg))
             if name in ("train", "val"):  # label issues come from the cross-validated train and val rows
                 raw = exclude_rows(raw, cfg, output_root, str(resolved), split=name)
-            frame, part_report = check_labelled(raw, cfg, f"Data file {resolved}", min_per_class=1)
+            frame, part_report = check_labelled(
+                raw,
+                cfg,
+                f"Data file {resolved}",
+                1 if not multilabel or name == "train" else 0,
+                multilabel,
+                require_separator=name == "train",
+            )
             parts[name] = frame
             report.rows += part_report.rows
             report.warnings += part_report.warnings
-        report.class_counts = {str(k): int(v) for k, v in parts["train"][cfg.label_column].value_counts().items()}
+            if name == "train":
+                report.class_counts = part_report.class_counts
         return Splits(**parts), report
     if not cfg.data_file:
         raise DataError("No data file given; pass --data-file or set data.data_file in the config.")
     resolved = resolve_data_path(cfg.data_file, output_root)
     raw = with_source_rows(read_labelled_csv(resolved, cfg))
     raw = exclude_rows(raw, cfg, output_root, str(resolved))
-    frame, report = check_labelled(raw, cfg, f"Data file {resolved}")
-    splits = split_by_text(frame, cfg, seed)
+    frame, report = check_labelled(raw, cfg, f"Data file {resolved}", 3, multilabel, require_separator=True)
+    splits = Splits(**split_multilabel(frame, cfg, seed)) if multilabel else split_by_text(frame, cfg, seed)
     logger.info("Split %s", ", ".join(f"{k}={len(v)}" for k, v in splits.items()))
     return splits, report

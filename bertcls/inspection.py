@@ -58,6 +58,13 @@ def _lexical_summary(spec) -> str:
     return f"TF-IDF: {spec.num_word_features:,} word {tuple(spec.word_ngrams)}-grams{chars}, linear layer on the logits"
 
 
+def _task_summary(ckpt: Checkpoint) -> str:
+    if not ckpt.multilabel:
+        return "multiclass (one label per text, softmax)"
+    at_least = ", at least one label per text" if ckpt.min_labels else ""
+    return f"multilabel (a sigmoid per label, a threshold per label tuned on validation{at_least})"
+
+
 def describe_checkpoint(ckpt: Checkpoint, output_root: str | Path) -> dict[str, Any]:
     """Everything about a checkpoint; the architecture is the record the loader builds from."""
     meta, arch = ckpt.meta, ckpt.architecture
@@ -72,6 +79,7 @@ def describe_checkpoint(ckpt: Checkpoint, output_root: str | Path) -> dict[str, 
             "format_version": meta.format_version,
         },
         "architecture": {
+            "task": _task_summary(ckpt),
             "encoder": encoder.name_or_path,
             "encoder_folder": str(folder),
             "model_type": encoder.model_type,
@@ -92,6 +100,7 @@ def describe_checkpoint(ckpt: Checkpoint, output_root: str | Path) -> dict[str, 
         },
         "parameters": parameter_counts(ckpt, folder),
         "labels": ckpt.labels,
+        "thresholds": dict(zip(ckpt.labels, ckpt.thresholds, strict=True)) if ckpt.multilabel else None,
         "config": meta.settings,
         "history": [entry.model_dump() for entry in meta.history],
         "best_epoch": meta.best_epoch,

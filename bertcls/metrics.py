@@ -1,4 +1,5 @@
-"""Accuracy and macro F1 in numpy (identical to scikit-learn's with ``zero_division=0``), and the epoch record."""
+"""Accuracy and F1 in numpy (identical to scikit-learn's with ``zero_division=0``) for one label per text and for
+label sets, per-label decision thresholds, and the epoch record."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ class EpochRecord(BaseModel):
     val_loss: float
     accuracy: float
     f1: float
+    micro_f1: float | None = None
+    samples_f1: float | None = None
     lr: float
     batch_size: int
     seconds: float
@@ -38,3 +41,72 @@ def per_class_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
     return float(per_class_f1(y_true, y_pred, num_classes).mean())
+
+
+def tune_thresholds(probs: np.ndarray, truth: np.ndarray, default: float = 0.5) -> np.ndarray:
+    """Per label, the probability cut with the best F1 on these rows (a label is given at probability >= cut): the
+    midpoint between the lowest probability kept and the next one below. A label without positive rows keeps
+    ``default``."""
+    probs = np.asarray(probs, dtype=np.float64)  # a float32 midpoint of adjacent values rounds onto the lower one
+    thresholds = np.full(probs.shape[1], default, dtype=np.float64)
+    for k in range(probs.shape[1]):
+        positives = truth[:, k] > 0
+        if not positives.any():
+            continue
+        order = np.argsort(-probs[:, k], kind="stable")
+        ranked, hits = probs[order, k], positives[order]
+        last_of_value = np.flatnonzero(np.append(ranked[1:] != ranked[:-1], True))  # cut only between values
+        tp = np.cumsum(hits)[last_of_value]
+        f1 = 2 * tp / (last_of_value + 1 + positives.sum())
+        best = last_of_value[int(np.argmax(f1))]
+        below = ranked[best + 1] if best + 1 < len(ranked) else 0.0
+        thresholds[k] = (ranked[best] + below) / 2
+    return thresholds
+
+
+def decide(probs: np.ndarray, thresholds, min_labels: int = 0) -> np.ndarray:
+    """The labels given (a boolean matrix): probability >= the label's threshold; with ``min_labels`` 1 a row no
+    label reaches gets its most probable label."""
+    cut = np.full(probs.shape[1], 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    given = probs >= cut
+    if min_labels and len(probs):
+        empty = ~given.any(axis=1)
+        given[np.flatnonzero(empty), probs[empty].argmax(axis=1)] = True
+    return given
+
+
+def label_counts(truth: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """True positives, false positives and false negatives per label."""
+    truth, given = truth > 0, np.asarray(given, dtype=bool)
+    return (truth & given).sum(axis=0), (~truth & given).sum(axis=0), (truth & ~given).sum(axis=0)
+
+
+def per_label_scores(truth: np.ndarray, given: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 and support of every label."""
+    tp, fp, fn = label_counts(truth, given)
+    ratio = lambda a, b: np.divide(a, b, out=np.zeros(len(a)), where=b > 0)  # noqa: E731
+    return {
+        "precision": ratio(tp, tp + fp),
+        "recall": ratio(tp, tp + fn),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
+        "support": (truth > 0).sum(axis=0),
+    }
+
+
+def multilabel_scores(truth: np.ndarray, given: np.ndarray) -> dict[str, float]:
+    """Macro F1 (``f1``), micro and samples F1, subset accuracy (``accuracy``) and Hamming loss."""
+    truth, given = truth > 0, np.asarray(given, dtype=bool)
+    if not len(truth):
+        return {"f1": 0.0, "micro_f1": 0.0, "samples_f1": 0.0, "accuracy": 0.0, "hamming_loss": 0.0}
+    tp, fp, fn = label_counts(truth, given)
+    micro = 2 * tp.sum() / max(1, 2 * tp.sum() + fp.sum() + fn.sum())
+    row_tp = (truth & given).sum(axis=1)
+    row_denominator = truth.sum(axis=1) + given.sum(axis=1)
+    samples = np.divide(2 * row_tp, row_denominator, out=np.zeros(len(truth)), where=row_denominator > 0)
+    return {
+        "f1": float(per_label_scores(truth, given)["f1"].mean()),
+        "micro_f1": float(micro),
+        "samples_f1": float(samples.mean()),
+        "accuracy": float((truth == given).all(axis=1).mean()),
+        "hamming_loss": float((truth != given).mean()),
+    }

@@ -32,18 +32,25 @@ class HeadSpec(BaseModel):
     dropout_rate: float = Field(ge=0.0, lt=1.0)
     num_classes: int = Field(ge=1)
     standardize: bool = False
+    task: Literal["multiclass", "multilabel"] = "multiclass"
 
     @classmethod
-    def from_config(cls, cfg: ClassifierSection, in_dim: int, num_classes: int, frozen: bool = True) -> HeadSpec:
+    def from_config(
+        cls, cfg: ClassifierSection, in_dim: int, num_classes: int, frozen: bool = True, task: str = "multiclass"
+    ) -> HeadSpec:
         """Inputs are standardised (per-dimension mean and std of the training embeddings) only for a frozen encoder,
-        whose embeddings do not move during training."""
+        whose embeddings do not move during training. ``task``: one softmax over the classes (multiclass) or one
+        sigmoid per label (multilabel). A linear head (see ``classifier.head``) has no hidden layer and reads the
+        embeddings as they are (its L2 penalty is what scales them)."""
+        linear = cfg.resolved_head(task, frozen) == "linear"
         return cls(
             in_dim=in_dim,
-            hidden_dims=list(cfg.hidden_dims),
+            hidden_dims=[] if linear else list(cfg.hidden_dims),
             activation=cfg.activation,
             dropout_rate=cfg.dropout_rate,
             num_classes=num_classes,
-            standardize=cfg.standardize_inputs and frozen,
+            standardize=cfg.standardize_inputs and frozen and not linear,
+            task=task,
         )
 
     def layers(self) -> list[dict]:
@@ -124,7 +131,13 @@ class TextClassifier(nn.Module):
         self.head = head
         self.encoder = encoder
         self.lexical = lexical
-        self.temperature = 1.0  # probabilities are softmax(logits / temperature); set by calibration
+        self.temperature = 1.0  # probabilities are softmax (or sigmoid) of logits / temperature; set by calibration
+        self.thresholds: list[float] | None = None  # multi-label: a label is given when its probability reaches its own
+        self.min_labels = 0  # multi-label: 1 gives the most probable label to a text no label reaches
+
+    @property
+    def multilabel(self) -> bool:
+        return self.head.spec.task == "multilabel"
 
     def logit_parts(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The head's logits and the lexical layer's (None without one); the model's output is their sum."""

@@ -17,12 +17,14 @@ import torch
 
 from bertcls.batches import predict_embedded
 from bertcls.checkpoint import Checkpoint, build_classifier
+from bertcls.config import DataSection
 from bertcls.data import binary_kind, require_columns
 from bertcls.distributed import gather_rows, world
 from bertcls.encoder import embed_documents
 from bertcls.errors import DataError
 from bertcls.fileio import atomic_path
-from bertcls.metrics import accuracy, macro_f1
+from bertcls.labelsets import check_flag_columns, label_matrix, unknown_labels
+from bertcls.metrics import accuracy, decide, macro_f1, multilabel_scores
 from bertcls.precision import PrecisionCheck, for_checkpoint, log_check, measure, sample_indices
 
 logger = logging.getLogger(__name__)
@@ -54,6 +56,8 @@ class PredictOptions:
     top_k: int | None = None
     escape_formulas: bool = True
     min_confidence: float | None = None
+    label_separator: str = "|"
+    label_columns: list[str] | None = None
 
 
 @dataclass
@@ -66,16 +70,26 @@ class PredictSummary:
     has_labels: bool = False
     abstained: list[bool] = field(default_factory=list)
     abstaining: bool = False
+    multilabel: bool = False
+    true_sets: list[np.ndarray] = field(default_factory=list)  # multi-label: 0/1 rows of the labelled input
+    given_sets: list[np.ndarray] = field(default_factory=list)  # multi-label: the labels given to those rows
+    decisions: int = 0  # multi-label with --min-confidence: label decisions, and how many were unsure
+    unsure: int = 0
 
     def coverage(self) -> float | None:
-        """Share of the rows with text that got a prediction (``--min-confidence`` only)."""
+        """Share of the rows with text that got a prediction (``--min-confidence`` only); multi-label: share of the
+        label decisions that were sure enough."""
         if not self.abstaining or not self.abstained:
             return None
+        if self.multilabel:
+            return 1.0 - self.unsure / max(1, self.decisions)
         return 1.0 - float(np.mean(self.abstained))
 
     def metrics(self, num_classes: int) -> dict[str, float] | None:
         """Accuracy and macro F1 over labelled rows (the kept ones when abstaining); labels the model never saw
         count as errors."""
+        if self.multilabel:
+            return self._multilabel_metrics()
         if not self.has_labels or not self.true_labels:
             return None
         y_true, y_pred = np.array(self.true_labels), np.array(self.predicted)
@@ -89,6 +103,19 @@ class PredictSummary:
             "f1": macro_f1(y_true, y_pred, num_classes),
             "rows": int(len(y_true)),
         }
+
+    def _multilabel_metrics(self) -> dict[str, float] | None:
+        """Macro, micro and samples F1 and subset accuracy over labelled rows (the rows with no unsure label when
+        abstaining)."""
+        if not self.has_labels or not self.true_sets:
+            return None
+        truth, given = np.vstack(self.true_sets), np.vstack(self.given_sets)
+        if self.abstaining:
+            kept = ~np.array(self.abstained, dtype=bool)
+            truth, given = truth[kept], given[kept]
+        if not len(truth):
+            return {"accuracy": float("nan"), "f1": float("nan"), "rows": 0}
+        return {**multilabel_scores(truth, given), "rows": int(len(truth))}
 
 
 def model_labeller(model, lexical, texts: list[str], device: torch.device, batch_size: int = 256):
@@ -108,6 +135,7 @@ class Predictor:
     def __init__(self, ckpt: Checkpoint, output_root: str | Path, device: torch.device, precision: str = "fp32"):
         self.ckpt = ckpt
         self.labels = ckpt.labels
+        self.multilabel, self.thresholds, self.min_labels = ckpt.multilabel, ckpt.thresholds, ckpt.min_labels
         self.device = device
         self.model, self.encoder = build_classifier(ckpt, output_root)
         self.model.to(device)
@@ -118,7 +146,7 @@ class Predictor:
 
     @property
     def temperature(self) -> float:
-        return self.model.temperature
+        return self.ckpt.temperature  # a multi-label model's: the geometric mean of its per-label temperatures
 
     def check_precision(self, texts: list[str], batch_size: int) -> None:
         """The guard, on the first texts this model predicts at a reduced precision its training did not check."""
@@ -214,6 +242,65 @@ def prediction_columns(
     return frame
 
 
+def unsure_labels(probs: np.ndarray, given: np.ndarray, min_confidence: float) -> np.ndarray:
+    """Multi-label ``--min-confidence``: a label decision is unsure when the probability of what was decided (p for
+    a label given, 1 - p for one not given) is below ``min_confidence`` (at 1, every decision)."""
+    if min_confidence >= 1.0:
+        return np.ones_like(given, dtype=bool)
+    return np.where(given, probs, 1.0 - probs) < min_confidence
+
+
+def multilabel_columns(
+    probs: np.ndarray, predictor, top_k: int | None, empty: np.ndarray, min_confidence: float | None, separator: str
+) -> pd.DataFrame:
+    """predicted_labels (joined by the separator), prob_<label> for every label and, with ``top_k``, the k most
+    probable labels. With ``min_confidence``, unsure labels are left out of predicted_labels and named in
+    unsure_labels, and abstained says whether the row has any."""
+    labels = np.array(predictor.labels, dtype=object)
+    given = decide(probs, predictor.thresholds, predictor.min_labels)
+    unsure = unsure_labels(probs, given, min_confidence) if min_confidence is not None else np.zeros_like(given)
+    join = lambda mask: [separator.join(labels[row]) for row in mask]  # noqa: E731
+    out: dict[str, object] = {"predicted_labels": join(given & ~unsure)}
+    if min_confidence is not None:
+        out["unsure_labels"] = join(unsure)
+        out["abstained"] = np.where(unsure.any(axis=1), "true", "false")
+    for i, label in enumerate(predictor.labels):
+        out[f"prob_{label}"] = probs[:, i]
+    if top_k:
+        order = np.argsort(-probs, axis=1)[:, :top_k]
+        for rank in range(top_k):
+            out[f"top{rank + 1}_label"] = labels[order[:, rank]]
+            out[f"top{rank + 1}_prob"] = probs[np.arange(len(probs)), order[:, rank]]
+    frame = pd.DataFrame(out).astype(object)
+    frame.loc[empty, :] = ""
+    return frame
+
+
+def note_multilabel(
+    summary: PredictSummary, chunk: pd.DataFrame, probs: np.ndarray, predictor, options: PredictOptions
+) -> None:
+    """Keep the labelled rows' true and given label sets, and the unsure decisions, for the summary."""
+    given = decide(probs, predictor.thresholds, predictor.min_labels)
+    if options.min_confidence is not None:
+        unsure = unsure_labels(probs, given, options.min_confidence)
+        summary.abstaining = True
+        summary.abstained += unsure.any(axis=1).tolist()
+        summary.decisions += unsure.size
+        summary.unsure += int(unsure.sum())
+        given = given & ~unsure
+    if summary.has_labels:
+        cfg = DataSection(
+            label_column=options.label_column,
+            label_separator=options.label_separator,
+            label_columns=options.label_columns,
+        )
+        check_flag_columns(chunk, cfg, "The input")
+        summary.true_sets.append(label_matrix(chunk, cfg, predictor.labels))
+        summary.given_sets.append(given)
+        for label, count in unknown_labels(chunk, cfg, predictor.labels).items():
+            summary.unseen_labels[label] = summary.unseen_labels.get(label, 0) + count
+
+
 ProgressFn = Callable[[int], None]
 
 
@@ -257,12 +344,25 @@ def _labelled_indices(
     return [index.get(label, -1) for label in truth]
 
 
+def note_multiclass(
+    summary: PredictSummary, chunk: pd.DataFrame, probs: np.ndarray, keep: np.ndarray, index: dict, options
+) -> None:
+    """Keep the abstentions and, for labelled input, the true and predicted classes for the summary."""
+    if options.min_confidence is not None:
+        summary.abstaining = True
+        summary.abstained += abstains(probs[keep].max(axis=1), options.min_confidence).tolist()
+    if summary.has_labels and keep.any():
+        summary.true_labels += _labelled_indices(chunk, options, index, keep, summary)
+        summary.predicted += probs[keep].argmax(axis=1).tolist()
+
+
 def predict_csv(
     predictor: Predictor, source: str, target: str, options: PredictOptions, progress: ProgressFn | None = None
 ) -> PredictSummary:
     """Stream ``source`` (a path or ``-``) to ``target`` (a path or ``-``) chunk by chunk."""
-    summary = PredictSummary()
+    summary = PredictSummary(multilabel=getattr(predictor, "multilabel", False))
     index = {label: i for i, label in enumerate(predictor.labels)}
+    label_columns = options.label_columns or [options.label_column]
     here = world()
     if here.distributed and source == STDIO:
         raise DataError("Under torchrun every rank reads the input file; pass --data-file FILE, not standard input.")
@@ -274,20 +374,21 @@ def predict_csv(
     with _Sink(target) as handle:
         for number, chunk in enumerate(read_chunks(input_source, options)):
             if number == 0:
-                summary.has_labels = options.label_column in chunk.columns
+                summary.has_labels = all(c in chunk.columns for c in label_columns)
             texts = chunk[options.text_column].to_numpy()
             empty = np.array([not t.strip() for t in texts], dtype=bool)
             keep = ~empty
             probs = np.zeros((len(chunk), len(predictor.labels)), dtype=np.float32)
             if keep.any():
                 probs[keep] = predictor.predict_proba(texts[keep].tolist(), options.batch_size)
-            columns = prediction_columns(probs, predictor.labels, options.top_k, empty, options.min_confidence)
-            if options.min_confidence is not None:
-                summary.abstaining = True
-                summary.abstained += abstains(probs[keep].max(axis=1), options.min_confidence).tolist()
-            if summary.has_labels and keep.any():
-                summary.true_labels += _labelled_indices(chunk, options, index, keep, summary)
-                summary.predicted += probs[keep].argmax(axis=1).tolist()
+            if summary.multilabel:
+                sep = options.label_separator
+                columns = multilabel_columns(probs, predictor, options.top_k, empty, options.min_confidence, sep)
+                if keep.any():
+                    note_multilabel(summary, chunk[keep], probs[keep], predictor, options)
+            else:
+                columns = prediction_columns(probs, predictor.labels, options.top_k, empty, options.min_confidence)
+                note_multiclass(summary, chunk, probs, keep, index, options)
             original = chunk.drop(columns=[c for c in columns.columns if c in chunk.columns])
             if options.escape_formulas:
                 original = escape_frame(original, list(original.columns))

@@ -10,12 +10,13 @@ from pathlib import Path
 import torch
 
 from bertcls.callbacks import TrainerCallback
-from bertcls.config import Settings
+from bertcls.config import DataSection, Settings
 from bertcls.config_sources import flatten
 from bertcls.data import Splits
 from bertcls.errors import CheckpointError, DataError
 from bertcls.fileio import atomic_path
 from bertcls.interrupts import Interrupted
+from bertcls.labelsets import label_keys
 from bertcls.redaction import redact_data
 
 logger = logging.getLogger(__name__)
@@ -33,12 +34,13 @@ def settings_fingerprint(settings: Settings) -> dict[str, str]:
     return {key: repr(value) for key, value in sorted(flat.items()) if key not in RUNTIME_KEYS}
 
 
-def data_fingerprint(splits: Splits, text_column: str, label_column: str) -> dict[str, str]:
-    """A hash of each split's texts and labels, in order."""
+def data_fingerprint(splits: Splits, cfg: DataSection, multilabel: bool = False) -> dict[str, str]:
+    """A hash of each split's texts and labels (label sets), in order."""
     out = {}
     for name, frame in splits.items():
         digest = hashlib.sha256()
-        for text, label in zip(frame[text_column], frame[label_column], strict=True):
+        labels = label_keys(frame, cfg) if multilabel else frame[cfg.label_column]
+        for text, label in zip(frame[cfg.text_column], labels, strict=True):
             digest.update(text.encode("utf-8") + b"\x1f" + label.encode("utf-8") + b"\x1e")
         out[name] = f"{len(frame)} rows, sha256 {digest.hexdigest()[:16]}"
     return out

@@ -19,7 +19,7 @@ from bertcls.config import CalibrationSection, EarlyStoppingSection, LexicalSect
 from bertcls.distributed import SINGLE, World, agree_max, agree_min, average_gradients, broadcast_from_main, gather_rows
 from bertcls.early_stopping import EarlyStopping
 from bertcls.memory import MemoryManager, is_out_of_memory
-from bertcls.metrics import EpochRecord
+from bertcls.metrics import EpochRecord, tune_thresholds
 from bertcls.model import TextClassifier, load_trainable_state, trainable_state
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def build_optimizer(
     model: TextClassifier, cfg: OptimizerSection, encoder_lr: float, lexical: LexicalSection | None = None
 ) -> torch.optim.Optimizer:
     """Separate parameter groups (and learning rates) for the head, the lexical layer and a trainable encoder."""
-    groups = [{"params": list(model.head.parameters()), "lr": cfg.lr, "name": "head"}]
+    groups = [{"params": list(model.head.parameters()), "lr": cfg.head_lr(model.multilabel), "name": "head"}]
     if model.lexical is not None:
         rates = lexical or LexicalSection()
         groups.append(
@@ -104,6 +104,16 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return weights
 
 
+def positive_weights(labels: np.ndarray) -> np.ndarray:
+    """Multi-label ``balanced``: each label's negatives per positive (``pos_weight`` of the binary cross-entropy), so
+    a label's positive and negative texts weigh the same in total; a label without positives gets 1."""
+    positives = labels.sum(axis=0).astype(np.float64)
+    weights = np.ones(labels.shape[1])
+    present = positives > 0
+    weights[present] = (len(labels) - positives[present]) / positives[present]
+    return weights
+
+
 def schedule_factor(progress: float, warmup_ratio: float) -> float:
     """Linear warmup to 1, then linear decay to 0, as a function of the fraction of training done."""
     if warmup_ratio > 0 and progress < warmup_ratio:
@@ -138,7 +148,10 @@ class Trainer:
         self.optimizer = build_optimizer(model, optim_cfg, encoder_lr, lexical_cfg)
         self.stopper = EarlyStopping(stopping_cfg)
         weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=device)
-        self.loss_fn = nn.CrossEntropyLoss(weight=weight)
+        # multi-label: one sigmoid per label; class_weights are then each label's weight of its positive texts
+        self.loss_fn = (
+            nn.BCEWithLogitsLoss(pos_weight=weight) if model.multilabel else nn.CrossEntropyLoss(weight=weight)
+        )
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and device.type == "cuda" else None
         self.callbacks: list[TrainerCallback] = []
@@ -313,14 +326,17 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Loss, accuracy and macro F1 on the validation split (under torchrun each rank scores its share and the
-        probabilities are gathered, so every rank sees the same numbers)."""
+        probabilities are gathered, so every rank sees the same numbers). A multi-label model is scored with the
+        per-label thresholds that suit these probabilities best, as the finished model will be."""
         if not self.world.distributed:
             probs = predict_proba(self.model, self.val_data, self.device)
         else:
             rows = self.world.shard(len(self.val_data))
             local = predict_proba(self.model, RowSubset(self.val_data, rows), self.device)
             probs = gather_rows(local, len(self.val_data), self.world)
-        return score(probs, self.val_data.labels, self.num_classes)
+        labels = self.val_data.labels
+        thresholds = tune_thresholds(probs, labels) if self.model.multilabel else None
+        return score(probs, labels, self.num_classes, thresholds, self.model.min_labels)
 
     def run_epoch(self) -> EpochRecord | None:
         """Train and evaluate one epoch, keep the best weights, apply early stopping. An interrupted epoch is
@@ -339,6 +355,8 @@ class Trainer:
             val_loss=metrics["loss"],
             accuracy=metrics["accuracy"],
             f1=metrics["f1"],
+            micro_f1=metrics.get("micro_f1"),
+            samples_f1=metrics.get("samples_f1"),
             lr=self.optimizer.param_groups[0]["lr"],
             batch_size=self.memory.batch_size,
             seconds=time.perf_counter() - started,

@@ -29,12 +29,14 @@ from bertcls.checkpoint import (
     save_checkpoint,
 )
 from bertcls.config import ClassifierSection, DataSection, Settings
+from bertcls.convex import ConvexTrainer
 from bertcls.data import DataReport, Splits, load_splits, write_splits
 from bertcls.distributed import SINGLE, World, broadcast_from_main, world
 from bertcls.encoder import pick_device
 from bertcls.errors import ConfigError, DataError
 from bertcls.features import EmbeddingService, truncation_summary
 from bertcls.interrupts import Interrupted
+from bertcls.labelsets import label_matrix, names_of, unknown_labels
 from bertcls.lexical import LexicalFeatures
 from bertcls.memory import MemoryManager, default_probe
 from bertcls.model import HeadSpec, LexicalLayer, MLPHead, TextClassifier, count_parameters, load_trainable_state
@@ -49,7 +51,7 @@ from bertcls.resume import (
     resume_path,
     settings_fingerprint,
 )
-from bertcls.training import Trainer, TrainResult, balanced_class_weights
+from bertcls.training import Trainer, TrainResult, balanced_class_weights, positive_weights
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +62,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def label_names(train: pd.DataFrame, cfg: DataSection) -> list[str]:
+def label_names(train: pd.DataFrame, cfg: DataSection, multilabel: bool = False) -> list[str]:
+    if multilabel:
+        return names_of(train, cfg)
     return sorted(train[cfg.label_column].unique().tolist())
 
 
-def encode_labels(frame: pd.DataFrame, cfg: DataSection, names: list[str], source: str) -> np.ndarray:
+def encode_labels(
+    frame: pd.DataFrame, cfg: DataSection, names: list[str], source: str, multilabel: bool = False
+) -> np.ndarray:
+    """Class indices, or for multi-label data the 0/1 matrix; a label the training split lacks is an error."""
+    if multilabel:
+        unseen = unknown_labels(frame, cfg, names)
+        if unseen:
+            raise DataError(
+                f"The {source} split has label(s) {', '.join(map(repr, sorted(unseen)))} that the training split lacks."
+            )
+        return label_matrix(frame, cfg, names)
     index = {name: i for i, name in enumerate(names)}
     unseen = sorted(set(frame[cfg.label_column]) - set(index))
     if unseen:
@@ -115,7 +129,7 @@ def build_features(
     all_lengths = []
     for split_name, frame in splits.items():
         texts = frame[cfg.text_column].tolist()
-        labels = encode_labels(frame, cfg, names, split_name)
+        labels = encode_labels(frame, cfg, names, split_name, settings.multilabel)
         if lexical is not None and split_name not in matrices:
             matrices[split_name] = lexical.transform(texts)
         sources[split_name], lengths = batch_source(service, texts, labels, fine_tune, matrices.get(split_name))
@@ -143,14 +157,25 @@ def build_features(
     return FeatureSet(sources, truncation, fine_tune, lexical)
 
 
-def head_spec(cfg: ClassifierSection, dim: int, num_classes: int, frozen: bool = True) -> HeadSpec:
+def head_spec(
+    cfg: ClassifierSection, dim: int, num_classes: int, frozen: bool = True, task: str = "multiclass"
+) -> HeadSpec:
     if cfg.bert_hidden_size != dim:
         raise ConfigError(
             f"classifier.bert_hidden_size is {cfg.bert_hidden_size} but the encoder gives {dim}-dimensional "
             "embeddings; "
             f"set classifier.bert_hidden_size: {dim}."
         )
-    return HeadSpec.from_config(cfg, dim, num_classes, frozen)
+    return HeadSpec.from_config(cfg, dim, num_classes, frozen, task)
+
+
+def start_at_label_priors(head: MLPHead, labels: np.ndarray) -> None:
+    """Multi-label: the output layer's biases start at each label's log-odds in the training split (as RetinaNet's
+    prior initialisation), not at 0 (probability 0.5 for every label): with rare labels the head otherwise spends
+    its first epochs only learning how rare they are."""
+    prior = np.clip(labels.mean(axis=0), 1e-4, 1 - 1e-4)
+    with torch.no_grad():
+        head.net[-1].bias.copy_(torch.as_tensor(np.log(prior / (1 - prior)), dtype=head.net[-1].bias.dtype))
 
 
 def make_trainer(
@@ -167,32 +192,43 @@ def make_trainer(
     lexical = None
     if features.lexical is not None:
         lexical = LexicalLayer(features.lexical.spec.num_features, num_classes)
-    spec = head_spec(settings.classifier, service.dim, num_classes, frozen=not features.fine_tune)
+    spec = head_spec(settings.classifier, service.dim, num_classes, not features.fine_tune, settings.model.task)
     model = TextClassifier(MLPHead(spec), encoder, lexical)
+    model.min_labels = settings.classifier.min_labels
     memory = MemoryManager(settings.memory, settings.model.batch_size_for(features.fine_tune), default_probe(device))
     train = features.sources["train"]
     if model.head.scale is not None:
         model.head.scale.fit(train.embeddings)
+    if model.multilabel:
+        start_at_label_priors(model.head, train.labels)
     weights = None
-    if settings.classifier.class_weights == "balanced":
-        weights = balanced_class_weights(train.labels, num_classes)
-    return Trainer(
-        model,
-        features.sources["train"],
-        features.sources["val"],
-        num_classes,
-        settings.model,
-        settings.optimizer,
-        settings.early_stopping,
-        memory,
-        device,
-        settings.encoder.encoder_lr,
-        settings.lexical,
-        weights,
-        service.precision,
-        settings.calibration,
-        ranks,
+    if settings.classifier.resolved_class_weights(settings.model.task) == "balanced":
+        multilabel = train.labels.ndim == 2
+        weights = positive_weights(train.labels) if multilabel else balanced_class_weights(train.labels, num_classes)
+    args = (model, train, features.sources["val"], num_classes, settings.model, settings.optimizer)
+    kwargs = dict(
+        stopping_cfg=settings.early_stopping,
+        memory=memory,
+        device=device,
+        encoder_lr=settings.encoder.encoder_lr,
+        lexical_cfg=settings.lexical,
+        class_weights=weights,
+        precision=service.precision,
+        calibration=settings.calibration,
+        ranks=ranks,
     )
+    if (
+        not spec.hidden_dims
+        and settings.classifier.resolved_head(settings.model.task, not features.fine_tune) == "linear"
+    ):
+        cfg = settings.classifier
+        logger.info(
+            "Linear head fitted by L-BFGS (classifier.linear_l2 %g): hidden_dims, dropout, the optimizer settings "
+            "and the batch size do not apply to it",
+            cfg.linear_l2,
+        )
+        return ConvexTrainer(*args, l2=cfg.linear_l2, embedding_penalty=cfg.linear_embedding_penalty, **kwargs)
+    return Trainer(*args, **kwargs)
 
 
 def rebuild_model(
@@ -203,8 +239,9 @@ def rebuild_model(
     lexical = None
     if any(k.startswith("lexical.") for k in state):
         lexical = LexicalLayer(state["lexical.weight"].shape[0], num_classes)
-    spec = head_spec(settings.classifier, service.dim, num_classes, frozen=encoder is None)
+    spec = head_spec(settings.classifier, service.dim, num_classes, encoder is None, settings.model.task)
     model = TextClassifier(MLPHead(spec), encoder, lexical)
+    model.min_labels = settings.classifier.min_labels
     load_trainable_state(model, state)
     return model.to(service.device).eval()
 
@@ -212,9 +249,16 @@ def rebuild_model(
 def split_metrics(
     model: TextClassifier, features: FeatureSet, device: torch.device, num_classes: int
 ) -> dict[str, dict[str, float]]:
-    """Loss, accuracy and macro F1 of a trained model on the val and test splits."""
+    """Loss, accuracy and macro F1 (multi-label: also micro and samples F1 and Hamming loss, at the model's
+    thresholds) of a trained model on the val and test splits."""
     return {
-        split: score(predict_proba(model, features.sources[split], device), features.sources[split].labels, num_classes)
+        split: score(
+            predict_proba(model, features.sources[split], device),
+            features.sources[split].labels,
+            num_classes,
+            model.thresholds,
+            model.min_labels,
+        )
         for split in ("val", "test")
     }
 
@@ -238,7 +282,7 @@ def checkpoint_meta(
     if fine_tuned:  # fine-tuning reads the first max_seq_len tokens of each text, and so must prediction
         described.update(long_texts="truncate", max_chunks=1)
     encoder = EncoderRef(**described, fine_tuned=fine_tuned)
-    head = head_spec(settings.classifier, encoder.dim, len(names), frozen=not fine_tuned)
+    head = head_spec(settings.classifier, encoder.dim, len(names), not fine_tuned, settings.model.task)
     if head != model.head.spec:
         raise ValueError(f"the settings describe head {head}, but the model has {model.head.spec}")
     if (lexical is None) != (model.lexical is None):
@@ -292,8 +336,8 @@ def prepare(settings: Settings, hooks: WorkflowHooks) -> PreparedRun:
     beside the model once it exists, so a failed run leaves an earlier model and its splits together."""
     seed_everything(settings.model.seed)
     hooks.on_stage("Checking and splitting data")
-    splits, report = load_splits(settings.data, settings.root, settings.model.seed)
-    names = label_names(splits.train, settings.data)
+    splits, report = load_splits(settings.data, settings.root, settings.model.seed, settings.multilabel)
+    names = label_names(splits.train, settings.data, settings.multilabel)
     hooks.on_stage("Preparing encoder")
     device = pick_device(settings.model.device)
     precision = resolve_precision(settings.model.precision, device)
@@ -311,7 +355,9 @@ def guard_precision(service: EmbeddingService, train: pd.DataFrame, names: list[
     """Check the service's reduced precision on a sample of the training texts (the verdict stays on the
     service, and goes into every checkpoint made with it)."""
     rows = train.iloc[sample_indices(len(train), settings.model.seed)]
-    labels = encode_labels(rows, settings.data, names, "train")
+    labels = encode_labels(rows, settings.data, names, "train", settings.multilabel)
+    if labels.ndim == 2:  # the guard's class means: each text's first label (no label: a class of its own)
+        labels = np.where(labels.any(axis=1), labels.argmax(axis=1), labels.shape[1])
     check = broadcast_from_main(service.check_precision(rows[settings.data.text_column].tolist(), labels))
     service.set_precision(check.used)  # under torchrun every rank follows rank 0's verdict
     service.precision_check = check
@@ -336,7 +382,7 @@ def run_training(
     trainer = make_trainer(settings, run.features, run.service, len(run.names), ranks)
     trainer.add_callback(hooks)
     trainer.stop_request = stop_request
-    data_fp = data_fingerprint(run.splits, settings.data.text_column, settings.data.label_column)
+    data_fp = data_fingerprint(run.splits, settings.data, settings.multilabel)
     if payload is not None:
         trainer.load_resume_state(check_resume_data(payload, data_fp))
         logger.info("Resuming after epoch %d from %s", trainer.epoch, state_path)

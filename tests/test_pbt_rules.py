@@ -36,10 +36,13 @@ def test_explore_stays_in_bounds_and_within_factors():
     edge = {"lr": SPACE.lr[1], "weight_decay": SPACE.weight_decay[0], "dropout_rate": 0.3, "warmup_ratio": 0.29}
     for _ in range(500):
         new = explore(edge, rng, SPACE, (0.8, 1.2))
-        for name in PERTURBED:
+        for name in edge:
             low, high = getattr(SPACE, name)
             assert low <= new[name] <= high
         assert 0.8 * 0.3 <= new["dropout_rate"] <= 1.2 * 0.3
+    assert set(edge) < set(PERTURBED)
+    linear = explore({"linear_l2": SPACE.linear_l2[1]}, rng, SPACE, (0.8, 1.2))  # the linear head's one knob
+    assert set(linear) == {"linear_l2"} and SPACE.linear_l2[1] * 0.8 <= linear["linear_l2"] <= SPACE.linear_l2[1]
 
 
 def test_bottom_member_exploits_a_top_member_with_state():

@@ -41,6 +41,26 @@ DataFile = Annotated[Optional[str], option("--data-file", help="Labelled CSV (te
 Encoding = Annotated[Optional[str], option("--encoding", help="Text encoding of the CSV files (default utf-8).")]
 TextColumn = Annotated[Optional[str], option("--text-column", help="Name of the text column (default text).")]
 LabelColumn = Annotated[Optional[str], option("--label-column", help="Name of the label column (default category).")]
+MultiLabel = Annotated[
+    Optional[bool],
+    option("--multi-label/--single-label", help="Texts carry any number of labels (model.task: multilabel)."),
+]
+LabelSeparator = Annotated[
+    Optional[str], option("--label-separator", help="Multi-label: what joins the labels in a label cell (default |).")
+]
+LabelColumns = Annotated[
+    Optional[str],
+    option("--label-columns", help="Multi-label: comma-separated 0/1 columns, one per label (instead of one column)."),
+]
+
+
+def task_flags(multi_label: bool | None, separator: str | None, columns: str | None) -> dict[str, Any]:
+    """The dotted settings of the multi-label options (None where not given)."""
+    task = None if multi_label is None else ("multilabel" if multi_label else "multiclass")
+    names = None if columns is None else [c.strip() for c in columns.split(",") if c.strip()]
+    return {"model.task": task, "data.label_separator": separator, "data.label_columns": names}
+
+
 BestModel = Annotated[
     Optional[str],
     option(

@@ -134,12 +134,13 @@ def render(outcome) -> None:
     table.add_row("negative log-likelihood", f"{after.nll:.4f} (before calibration {before.nll:.4f})")
     table.add_row("temperature", f"{after.temperature:.3f}")
     best = trust.threshold
-    table.add_row(
-        "abstain below confidence",
-        f"{best.threshold:.3f}: {best.coverage:.1%} of rows kept at accuracy {best.accuracy:.4f}"
-        if best is not None
-        else "no threshold reaches the target accuracy",
-    )
+    if not outcome.multilabel:
+        table.add_row(
+            "abstain below confidence",
+            f"{best.threshold:.3f}: {best.coverage:.1%} of rows kept at accuracy {best.accuracy:.4f}"
+            if best is not None
+            else "no threshold reaches the target accuracy",
+        )
     if trust.label_issues is not None:
         table.add_row("likely label issues", f"{len(trust.label_issues):,} (label_issues.csv)")
     if trust.near_duplicates is not None:
@@ -151,8 +152,10 @@ def render(outcome) -> None:
     if outcome.cv is not None:
         mean, std = outcome.cv.iloc[-2], outcome.cv.iloc[-1]
         folds = len(outcome.cv) - 2
-        table.add_row(f"CV macro F1 ({folds} folds)", f"{mean['macro_f1']:.4f} ± {std['macro_f1']:.4f}")
-        table.add_row(f"CV accuracy ({folds} folds)", f"{mean['accuracy']:.4f} ± {std['accuracy']:.4f}")
+        for key in ("macro_f1", "micro_f1", "accuracy", "subset_accuracy"):
+            if key in outcome.cv.columns:
+                name = key.replace("_", " ").replace("f1", "F1")
+                table.add_row(f"CV {name} ({folds} folds)", f"{mean[key]:.4f} ± {std[key]:.4f}")
     out_console.print(table)
     print_unseen_labels(out_console, outcome.unseen_labels)
     out_console.print(

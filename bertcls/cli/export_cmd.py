@@ -53,6 +53,11 @@ def export(
     require_onnx()
     root = settings.root
     ckpt = load_named_checkpoint(best_model, root)
+    if ckpt.multilabel:
+        raise DataError(
+            f"{ckpt.path.name} is a multi-label model; the ONNX export handles single-label models only, so predict "
+            "it with the torch backend."
+        )
     trained = ckpt.trained_settings(root).data
     path = resolve_data_path(data_file, root) if data_file else root / "data" / "val.csv"
     if not path.is_file():

@@ -29,6 +29,7 @@ def _count(value: int | None) -> str:
 def architecture_panel(info: dict) -> Panel:
     arch = info["architecture"]
     keys = (
+        "task",
         "encoder",
         "model_type",
         "layers",
@@ -43,7 +44,8 @@ def architecture_panel(info: dict) -> Panel:
         "calibration",
     )
     rows = {k: arch[k] for k in keys}
-    head = Table(title="MLP head (as saved in the checkpoint)", show_edge=False)
+    kind = "MLP head" if len(arch["head"]) > 1 else "Linear head"
+    head = Table(title=f"{kind} (as saved in the checkpoint)", show_edge=False)
     for column in ("layer", "in", "out", "activation", "dropout"):
         head.add_column(column)
     for i, layer in enumerate(arch["head"], start=1):
@@ -126,6 +128,13 @@ def config_table(config: dict) -> Table:
     return table
 
 
+def label_text(info: dict) -> str:
+    """The labels; a multi-label model's with their decision thresholds."""
+    if not info.get("thresholds"):
+        return ", ".join(info["labels"])
+    return ", ".join(f"{label} (>= {t:.3f})" for label, t in info["thresholds"].items())
+
+
 def render(info: dict) -> None:
     params = info["parameters"]
     counts = {
@@ -140,7 +149,7 @@ def render(info: dict) -> None:
         Columns(
             [
                 Panel(_kv_table(counts), title="Parameters"),
-                Panel(", ".join(info["labels"]), title=f"Labels ({len(info['labels'])})"),
+                Panel(label_text(info), title=f"Labels ({len(info['labels'])})"),
             ]
         )
     )

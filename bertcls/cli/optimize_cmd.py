@@ -11,9 +11,14 @@ from bertcls.cli.common import (
     ConfigFile,
     DataFile,
     Device,
+    LabelColumn,
+    LabelColumns,
+    LabelSeparator,
     MaxSeqLen,
+    MultiLabel,
     OutputRoot,
     Precision,
+    TextColumn,
     Threads,
     Verbosity,
     build_config,
@@ -21,10 +26,11 @@ from bertcls.cli.common import (
     option,
     out_console,
     setup_logging,
+    task_flags,
 )
 
-KEY_PARAMS = ("lr", "batch_size", "num_hidden_layers", "dropout_rate", "activation")
-HEADERS = ("#", "state", "value", "lr", "batch", "layers", "dropout", "act", "test F1", "s")
+KEY_PARAMS = ("lr", "batch_size", "num_hidden_layers", "dropout_rate", "activation", "linear_l2")
+HEADERS = ("#", "state", "value", "lr", "batch", "layers", "dropout", "act", "l2", "test F1", "s")
 
 
 def _fmt(value) -> str:
@@ -74,6 +80,11 @@ def optimize(
     max_seq_len: MaxSeqLen = None,
     num_epochs: Annotated[Optional[int], option("--num-epochs", help="Maximum epochs per trial.")] = None,
     data_file: DataFile = None,
+    text_column: TextColumn = None,
+    label_column: LabelColumn = None,
+    multi_label: MultiLabel = None,
+    label_separator: LabelSeparator = None,
+    label_columns: LabelColumns = None,
     seed: Annotated[Optional[int], option("--seed", help="Random seed.")] = None,
     device: Device = None,
     precision: Precision = None,
@@ -97,6 +108,9 @@ def optimize(
             "model.max_seq_len": max_seq_len,
             "model.num_epochs": num_epochs,
             "data.data_file": data_file,
+            "data.text_column": text_column,
+            "data.label_column": label_column,
+            **task_flags(multi_label, label_separator, label_columns),
             "model.seed": seed,
             "model.device": device,
             "model.precision": precision,
@@ -134,16 +148,14 @@ def optimize(
 
         def on_pbt_epoch(self, epoch: int, members: list) -> None:
             table = Table(title=f"{title}: epoch {epoch}")
-            for column in ("member", "metric", "best", "lr", "dropout", "layers"):
+            for column in ("member", "metric", "best", "lr", "dropout", "layers", "l2"):
                 table.add_column(column, justify="right")
             for m in members:
                 table.add_row(
                     str(m.index),
                     f"{m.last_metric:.4f}",
                     f"{m.trainer.result.best_metric:.4f}",
-                    f"{m.params['lr']:.2e}",
-                    f"{m.params['dropout_rate']:.2f}",
-                    str(m.params["num_hidden_layers"]),
+                    *(_fmt(m.params.get(k)) for k in ("lr", "dropout_rate", "num_hidden_layers", "linear_l2")),
                 )
             live.update(table)
 
@@ -162,6 +174,7 @@ def optimize(
     summary.add_column("measure")
     summary.add_column("value", overflow="fold")
     summary.add_row("trial", str(outcome.best_trial))
+    summary.add_row("task", settings.model.task)
     summary.add_row(f"validation {settings.model.metric}", f"{outcome.best_value:.4f}")
     summary.add_row("test macro F1", _fmt(outcome.test_metrics.get("f1")))
     summary.add_row("parameters", ", ".join(f"{k}={_fmt(v)}" for k, v in outcome.params.items()))

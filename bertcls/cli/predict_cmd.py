@@ -30,6 +30,7 @@ from bertcls.cli.common import (
 from bertcls.cli.common import TextColumn as TextColumnOption
 
 STDIO = "-"
+MULTILABEL_NAMES = {"f1": "macro F1", "micro_f1": "micro F1", "samples_f1": "samples F1", "accuracy": "subset accuracy"}
 
 
 def count_rows(path: Path) -> int | None:
@@ -82,7 +83,11 @@ def predict(
     batch_size: BatchSize = None,
     top_k: Annotated[
         Optional[int],
-        option("--top-k", help="Write the top K labels and probabilities instead of one column per class.", min=1),
+        option(
+            "--top-k",
+            help="Write the top K labels and probabilities instead of one column per class (multi-label: as well).",
+            min=1,
+        ),
     ] = None,
     escape_formulas: Annotated[
         bool,
@@ -94,7 +99,8 @@ def predict(
         Optional[float],
         option(
             "--min-confidence",
-            help="Abstain below this top probability (0-1): no predicted_label, abstained=true.",
+            help="Abstain below this top probability (0-1): no predicted_label, abstained=true. Multi-label: per "
+            "label, a label decided with less confidence goes to unsure_labels.",
             min=0.0,
             max=1.0,
         ),
@@ -148,6 +154,8 @@ def predict(
         top_k=top_k and min(top_k, len(predictor.labels)),
         escape_formulas=escape_formulas,
         min_confidence=min_confidence,
+        label_separator=trained.label_separator,
+        label_columns=trained.label_columns,
     )
     source = data_file if data_file == STDIO else str(resolve_data_path(data_file, root))
     target = resolve_output(output_file or "predictions.csv", root)
@@ -205,13 +213,18 @@ def report(summary, num_classes: int, target: str, console, temperature: float =
     coverage = summary.coverage()
     if coverage is not None:
         kept = len(summary.abstained) - sum(summary.abstained)
-        table.add_row("coverage (rows predicted, not abstained)", f"{coverage:.1%} ({kept:,} rows)")
+        if summary.multilabel:
+            table.add_row("label decisions sure enough", f"{coverage:.1%} ({kept:,} rows without an unsure label)")
+        else:
+            table.add_row("coverage (rows predicted, not abstained)", f"{coverage:.1%} ({kept:,} rows)")
     metrics = summary.metrics(num_classes)
     if metrics:
         kept_note = " (kept rows)" if coverage is not None else ""
         table.add_row(f"labelled rows scored{kept_note}", f"{metrics['rows']:,}")
-        table.add_row("accuracy", f"{metrics['accuracy']:.4f}")
-        table.add_row("macro F1", f"{metrics['f1']:.4f}")
+        names = MULTILABEL_NAMES if summary.multilabel else {"accuracy": "accuracy", "f1": "macro F1"}
+        for key, name in names.items():
+            if key in metrics:
+                table.add_row(name, f"{metrics[key]:.4f}")
     console.print(table)
     print_unseen_labels(console, summary.unseen_labels)
     if target != STDIO:

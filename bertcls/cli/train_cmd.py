@@ -14,7 +14,10 @@ from bertcls.cli.common import (
     Device,
     Encoding,
     LabelColumn,
+    LabelColumns,
+    LabelSeparator,
     MaxSeqLen,
+    MultiLabel,
     OutputRoot,
     Precision,
     TextColumn,
@@ -24,17 +27,30 @@ from bertcls.cli.common import (
     option,
     out_console,
     setup_logging,
+    task_flags,
 )
 from bertcls.cli.progress import RichTrainingHooks, new_progress
+
+METRIC_COLUMNS = {"accuracy": "accuracy", "f1": "macro F1", "loss": "loss"}
+MULTILABEL_COLUMNS = {
+    "f1": "macro F1",
+    "micro_f1": "micro F1",
+    "samples_f1": "samples F1",
+    "accuracy": "subset accuracy",
+    "hamming_loss": "Hamming loss",
+    "loss": "loss",
+}
 
 
 def metrics_table(metrics: dict[str, dict[str, float]], title: str = "Metrics") -> Table:
     table = Table(title=title)
     table.add_column("split")
-    for name in ("accuracy", "macro F1", "loss"):
+    multilabel = any("micro_f1" in values for values in metrics.values())
+    columns = MULTILABEL_COLUMNS if multilabel else METRIC_COLUMNS
+    for name in columns.values():
         table.add_column(name, justify="right")
     for split, values in metrics.items():
-        table.add_row(split, f"{values['accuracy']:.4f}", f"{values['f1']:.4f}", f"{values['loss']:.4f}")
+        table.add_row(split, *(f"{values.get(key, float('nan')):.4f}" for key in columns))
     return table
 
 
@@ -49,6 +65,18 @@ def train(
     test_file: Annotated[Optional[str], option("--test-file", help="Explicit test CSV.")] = None,
     text_column: TextColumn = None,
     label_column: LabelColumn = None,
+    multi_label: MultiLabel = None,
+    label_separator: LabelSeparator = None,
+    label_columns: LabelColumns = None,
+    min_labels: Annotated[
+        Optional[int],
+        option(
+            "--min-labels",
+            help="Multi-label: 1 gives every text at least its most probable label (default 0).",
+            min=0,
+            max=1,
+        ),
+    ] = None,
     encoding: Encoding = None,
     on_bad_rows: Annotated[
         Optional[str], option("--on-bad-rows", help="error (default) or drop rows with empty text/label.")
@@ -62,7 +90,14 @@ def train(
     max_seq_len: MaxSeqLen = None,
     lr: Annotated[Optional[float], option("--lr", help="Learning rate of the head.")] = None,
     seed: Annotated[Optional[int], option("--seed", help="Random seed.")] = None,
-    metric: Annotated[Optional[str], option("--metric", help="f1 or accuracy: the monitored metric.")] = None,
+    metric: Annotated[
+        Optional[str],
+        option(
+            "--metric",
+            help="The monitored metric: f1 (macro) or accuracy; multi-label also micro_f1 or samples_f1 "
+            "(accuracy is then subset accuracy).",
+        ),
+    ] = None,
     device: Device = None,
     precision: Precision = None,
     threads: Threads = None,
@@ -108,6 +143,8 @@ def train(
             "optimizer.lr": lr,
             "encoder.name_or_path": encoder,
             "encoder.freeze": freeze,
+            "classifier.min_labels": min_labels,
+            **task_flags(multi_label, label_separator, label_columns),
         },
     )
     settings = resolved.settings

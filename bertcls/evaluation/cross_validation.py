@@ -14,6 +14,7 @@ from bertcls.batches import BatchSource, EmbeddingBatches, TextBatches, predict_
 from bertcls.config import Settings
 from bertcls.errors import DataError
 from bertcls.features import EmbeddingService
+from bertcls.labelsets import fold_parts, iterative_stratification, label_matrix, names_of
 from bertcls.workflow import FeatureSet, fit_lexical, make_trainer
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,8 @@ class FoldResult:
     labels: list[str]
     stop_reason: str
     epochs: int
+    thresholds: list[float] | None = None  # multi-label: the fold model's decision thresholds
+    min_labels: int = 0
 
 
 def check_folds(frame: pd.DataFrame, text_column: str, label_column: str, folds: int) -> None:
@@ -46,10 +49,30 @@ def fold_indices(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) 
     return list(splitter.split(np.zeros(len(labels)), labels, groups))
 
 
+def warn_rare_labels(matrix: np.ndarray, groups: np.ndarray, names: list[str], folds: int) -> None:
+    """Multi-label: a label with fewer distinct texts than folds is missing from some folds (not an error: rare
+    labels are common in multi-label data)."""
+    first = pd.Series(np.arange(len(groups))).groupby(groups).first().to_numpy()
+    counts = matrix[first].sum(axis=0)
+    rare = [f"{names[k]!r} ({int(counts[k])})" for k in np.flatnonzero(counts < folds)]
+    if rare:
+        logger.warning(
+            "Label(s) %s have fewer texts than the %d folds; some folds test without them.", ", ".join(rare), folds
+        )
+
+
 def _inner_validation(
     train_idx: np.ndarray, labels: np.ndarray, groups: np.ndarray, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Hold out about 10% of a fold's training rows (grouped by text) for early stopping."""
+    """Hold out about 10% of a fold's training rows (grouped by text) for early stopping (multi-label rows by
+    iterative stratification)."""
+    if labels.ndim == 2:
+        sub_groups = groups[train_idx]
+        first = pd.Series(np.arange(len(train_idx))).groupby(sub_groups).first().to_numpy()
+        part = iterative_stratification(labels[train_idx][first], [0.9, 0.1], seed)
+        part_of = dict(zip(sub_groups[first], part, strict=True))
+        inner = np.array([part_of[g] for g in sub_groups])
+        return train_idx[inner == 0], train_idx[inner == 1]
     n_inner = max(2, min(10, int(np.bincount(labels[train_idx]).min())))
     inner_train, inner_val = fold_indices(labels[train_idx], groups[train_idx], n_inner, seed)[0]
     return train_idx[inner_train], train_idx[inner_val]
@@ -68,15 +91,28 @@ def cross_validate(
 ) -> list[FoldResult]:
     """Retrain on K-1 folds and predict the held-out fold, K times."""
     text_col, label_col = settings.data.text_column, settings.data.label_column
-    check_folds(frame, text_col, label_col, folds)
-    names = sorted(frame[label_col].unique().tolist())
-    labels = frame[label_col].map({n: i for i, n in enumerate(names)}).to_numpy(dtype=np.int64)
     texts = frame[text_col].tolist()
     groups = pd.factorize(frame[text_col])[0]
+    if settings.multilabel:
+        distinct = len(set(texts))
+        if distinct < folds:
+            raise DataError(
+                f"Cross-validation with {folds} folds needs at least {folds} distinct texts; there are "
+                f"{distinct}. Use a smaller --cv-folds or --cv-folds 0 to skip it."
+            )
+        names = names_of(frame, settings.data)
+        labels = label_matrix(frame, settings.data, names)
+        warn_rare_labels(labels, groups, names, folds)
+        splits = fold_parts(labels, groups, folds, settings.model.seed)
+    else:
+        check_folds(frame, text_col, label_col, folds)
+        names = sorted(frame[label_col].unique().tolist())
+        labels = frame[label_col].map({n: i for i, n in enumerate(names)}).to_numpy(dtype=np.int64)
+        splits = fold_indices(labels, groups, folds, settings.model.seed)
     fine_tune = not settings.encoder.freeze
     vectors = None if fine_tune else service.embed(texts)[0]
     results = []
-    for fold, (train_idx, test_idx) in enumerate(fold_indices(labels, groups, folds, settings.model.seed), start=1):
+    for fold, (train_idx, test_idx) in enumerate(splits, start=1):
         if on_fold:
             on_fold(fold, folds)
         inner_train, inner_val = _inner_validation(train_idx, labels, groups, settings.model.seed)
@@ -104,7 +140,19 @@ def cross_validate(
             len(test_idx),
             result.stop_reason,
         )
-        results.append(FoldResult(fold, test_idx, probs, names, result.stop_reason, len(result.history)))
+        model = trainer.model
+        results.append(
+            FoldResult(
+                fold,
+                test_idx,
+                probs,
+                names,
+                result.stop_reason,
+                len(result.history),
+                model.thresholds,
+                model.min_labels,
+            )
+        )
     if fine_tune:
         service.reload_encoder()  # the service embeds (and caches) with the pretrained encoder again
     return results

@@ -159,27 +159,40 @@ def distinctive_words(wrong: list[str], right: list[str], stopwords: set[str], t
 
 def wordcloud_plot(predictions: pd.DataFrame, labels: list[str], path: Path) -> Path:
     """One word cloud per true class: the words that set its misclassified texts apart from its correct ones."""
+    texts = {}
+    for label in labels:
+        own = predictions[predictions.true_label == label]
+        texts[label] = (
+            own[own.predicted_label != label].text.tolist(),
+            own[own.predicted_label == label].text.tolist(),
+        )
+    return cloud_grid(texts, "Words over-represented in misclassified texts, by true class", path)
+
+
+def cloud_grid(texts: dict[str, tuple[list[str], list[str]]], title: str, path: Path) -> Path:
+    """A word cloud per key of ``texts`` (label -> (texts with an error, texts decided right)): the words that set
+    the first group apart from the second."""
     from wordcloud import STOPWORDS, WordCloud
 
-    cols = min(3, len(labels))
-    rows = math.ceil(len(labels) / cols)
+    labels = list(texts)
+    cols = min(3, max(1, len(labels)))
+    rows = max(1, math.ceil(len(labels) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     stopwords = set(STOPWORDS) | {"said", "will", "also", "one", "two", "new", "year", "years", "says", "mr"}
     for ax, label in zip(axes.flat, labels, strict=False):
-        own = predictions[predictions.true_label == label]
-        wrong = own[own.predicted_label != label]
+        wrong, right = texts[label]
         ax.axis("off")
         ax.set_title(f"{label} ({len(wrong)} error{'' if len(wrong) == 1 else 's'})", fontsize=11)
-        weights = distinctive_words(wrong.text.tolist(), own[own.predicted_label == label].text.tolist(), stopwords)
+        weights = distinctive_words(wrong, right, stopwords)
         if not weights:
-            message = "no errors" if wrong.empty else "no distinctive words"
+            message = "no errors" if not wrong else "no distinctive words"
             ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=13, color="gray", transform=ax.transAxes)
             continue
         cloud = WordCloud(width=420, height=300, background_color="white", random_state=0)
         ax.imshow(cloud.generate_from_frequencies(weights), interpolation="bilinear")
     for ax in list(axes.flat)[len(labels) :]:
         ax.axis("off")
-    fig.suptitle("Words over-represented in misclassified texts, by true class")
+    fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -233,3 +246,40 @@ def risk_coverage_plot(curve: pd.DataFrame, target: float, best, path: Path) -> 
     ax.legend(loc="lower left", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def label_confusion_grid(counts: pd.DataFrame, path: Path) -> Path:
+    """Multi-label: one 2x2 confusion matrix per label (rows: truly absent/present; columns: not given/given)."""
+    cols = min(6, len(counts))
+    rows = math.ceil(len(counts) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.3 * rows), squeeze=False)
+    for ax, (_, row) in zip(axes.flat, counts.iterrows(), strict=False):
+        cells = np.array([[row.tn, row.fp], [row.fn, row.tp]]).astype(int)
+        sns.heatmap(cells, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax, linewidths=0.5, annot_kws={"size": 8})
+        ax.set_title(f"{row.label} (F1 {row.f1:.2f})", fontsize=9)
+        ax.set_xticklabels(["not given", "given"], fontsize=7)
+        ax.set_yticklabels(["absent", "present"], fontsize=7, rotation=0)
+    for ax in list(axes.flat)[len(counts) :]:
+        ax.axis("off")
+    fig.suptitle("Per-label confusion: truly absent/present against not given/given")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def cooccurrence_plot(true_counts: pd.DataFrame, predicted_counts: pd.DataFrame, path: Path) -> Path:
+    """Multi-label: how often two labels occur on the same text, in the true and in the predicted label sets."""
+    side = _side(len(true_counts))
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side))
+    for ax, frame, title in ((axes[0], true_counts, "True"), (axes[1], predicted_counts, "Predicted")):
+        _heatmap(ax, frame, "d", f"{title} label co-occurrence (diagonal: texts with the label)")
+        ax.set_xlabel("")
+        ax.set_ylabel("")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def label_wordcloud_plot(texts: dict[str, tuple[list[str], list[str]]], path: Path) -> Path:
+    """Multi-label: per label, the words that set its wrongly decided texts apart from its rightly decided ones
+    (``texts``: label -> (texts with an error on that label, texts with a right decision where it is present))."""
+    title = "Words over-represented in texts with a wrong decision, by label (labels with most errors)"
+    return cloud_grid(texts, title, path)

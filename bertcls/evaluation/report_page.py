@@ -13,7 +13,7 @@ KEY_PLOTS = ("confusion_matrix.png", "reliability_diagram.png", "risk_coverage.p
 TEXT_PREVIEW = 200
 
 
-def _short(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+def short_texts(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     frame = frame.copy()
     for column in columns:
         frame[column] = frame[column].astype(str).str.slice(0, TEXT_PREVIEW)
@@ -73,7 +73,7 @@ def report_page(ckpt, data, summary, unseen, cv, folds, trust, outcome, writer) 
     if cv is not None:
         sections.append(Section(f"Cross-validation ({folds} folds)", cv))
     if outcome.label_issues is not None:
-        issues = _short(outcome.label_issues, ["text"])
+        issues = short_texts(outcome.label_issues, ["text"])
         sections.append(
             Section(
                 "Likely label issues",
@@ -86,7 +86,7 @@ def report_page(ckpt, data, summary, unseen, cv, folds, trust, outcome, writer) 
             )
         )
     if outcome.near_duplicates is not None:
-        pairs = _short(outcome.near_duplicates, ["train_text", "test_text"])
+        pairs = short_texts(outcome.near_duplicates, ["train_text", "test_text"])
         sections.append(
             Section(
                 "Near-duplicates between training and test rows",
@@ -96,7 +96,7 @@ def report_page(ckpt, data, summary, unseen, cv, folds, trust, outcome, writer) 
             )
         )
     errors = pd.read_csv(staging / "error_analysis.csv", dtype={"text": str}, keep_default_na=False)
-    sections.append(Section("Most confident errors", _short(errors, ["text"]).head(50), text_columns=["text"]))
+    sections.append(Section("Most confident errors", short_texts(errors, ["text"]).head(50), text_columns=["text"]))
     sections.append(Section("Error metrics", pd.read_csv(staging / "error_metrics.csv")))
     key = [p for name in KEY_PLOTS for p in writer.plots if p.name == name]
     other = [p for p in writer.plots if p not in key]

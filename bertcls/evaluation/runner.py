@@ -102,6 +102,7 @@ class EvaluationOutcome:
     cv: pd.DataFrame | None = None
     files: list[str] = field(default_factory=list)
     trust: TrustOutcome | None = None
+    multilabel: bool = False
 
 
 class ResultWriter:
@@ -250,6 +251,14 @@ def write_near_duplicates(
     return frame
 
 
+def check_request(texts: list[str], cfg: EvaluationSection, folds: int, cv_data: pd.DataFrame | None) -> None:
+    """Refuse an evaluation that cannot run: no texts, or label issues without cross-validation."""
+    if not texts:
+        raise DataError("There are no rows with text to evaluate.")
+    if cfg.find_label_issues and (folds < 2 or cv_data is None):
+        raise DataError("Finding label issues needs cross-validation; pass --cv-folds 2 or more.")
+
+
 @dataclass
 class TrustOutcome:
     calibration: pd.DataFrame
@@ -270,15 +279,16 @@ def evaluate(
 ) -> EvaluationOutcome:
     """Score ``data``, cross-validate on ``cv_data`` (if folds > 0), and write ``<output_root>/evaluation_results/``.
     With ``reference`` (the training and validation rows), list near-duplicates between it and ``data``."""
+    if ckpt.multilabel:
+        from bertcls.evaluation.multilabel import evaluate_multilabel
+
+        return evaluate_multilabel(ckpt, data, cv_data, settings_now, folds, device, on_stage, reference)
     root, cfg = settings_now.root, settings_now.evaluation
     trained = ckpt.trained_settings(root)
     text_col, label_col = trained.data.text_column, trained.data.label_column
     labels = ckpt.labels
     texts, truth = data[text_col].tolist(), data[label_col].tolist()
-    if not texts:
-        raise DataError("There are no rows with text to evaluate.")
-    if cfg.find_label_issues and (folds < 2 or cv_data is None):
-        raise DataError("Finding label issues needs cross-validation; pass --cv-folds 2 or more.")
+    check_request(texts, cfg, folds, cv_data)
     writer = ResultWriter(root)
     try:
         on_stage("Scoring")

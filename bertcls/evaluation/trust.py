@@ -102,7 +102,8 @@ def label_issues(
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    ranked = find_label_issues(labels, oof_probs, return_indices_ranked_by="self_confidence")
+    # n_jobs=1: no worker processes forked from a process that holds torch threads (a forked worker can hang)
+    ranked = find_label_issues(labels, oof_probs, return_indices_ranked_by="self_confidence", n_jobs=1)
     quality = get_label_quality_scores(labels, oof_probs, method="self_confidence")
     rows = frame.iloc[ranked]
     # splits written before line numbers were kept have none: leave them blank rather than guess

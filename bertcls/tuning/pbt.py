@@ -18,7 +18,7 @@ from bertcls.config import Settings
 from bertcls.model import set_dropout
 from bertcls.training import Trainer
 from bertcls.tuning.pbt_rules import Decision, decide
-from bertcls.tuning.search_space import apply, sample
+from bertcls.tuning.search_space import apply, sample, uses_linear_head
 from bertcls.tuning.tpe import TuningContext
 from bertcls.workflow import make_trainer
 
@@ -69,8 +69,13 @@ def take_snapshot(member: Member) -> None:
 
 
 def set_hyperparameters(member: Member, params: dict[str, Any]) -> None:
-    """New lr, weight decay, dropout and warmup go into the running optimizer, modules and the member's settings."""
+    """New lr, weight decay, dropout and warmup go into the running optimizer, modules and the member's settings (for
+    the linear head: its L2 strength)."""
     trainer = member.trainer
+    if "linear_l2" in params:
+        trainer.l2 = params["linear_l2"]
+        member.settings, member.params = apply(member.settings, params), dict(params)
+        return
     head_group = trainer.optimizer.param_groups[0]
     ratio = params["lr"] / head_group["initial_lr"]
     for group in trainer.optimizer.param_groups:
@@ -135,7 +140,10 @@ def run_population(ctx: TuningContext, on_epoch: EpochFn | None = None) -> PBTOu
     """Train the population for ``num_epochs``; every ``perturbation_interval`` epochs the bottom quantile adapts."""
     cfg, space = ctx.settings.tuning.pbt, ctx.settings.tuning.search_space
     rng = np.random.default_rng(ctx.settings.model.seed)
-    members = [new_member(ctx, index, sample(rng, space)) for index in range(cfg.population_size)]
+    members = [
+        new_member(ctx, index, sample(rng, space, uses_linear_head(ctx.settings)))
+        for index in range(cfg.population_size)
+    ]
     lineage: list[dict[str, Any]] = []
     metric = ctx.settings.model.metric
     for epoch in range(1, ctx.settings.model.num_epochs + 1):
@@ -146,7 +154,8 @@ def run_population(ctx: TuningContext, on_epoch: EpochFn | None = None) -> PBTOu
                 {
                     "epoch": epoch,
                     "metric": getattr(record, metric),
-                    "lr": member.params["lr"],
+                    "lr": member.params.get("lr"),
+                    "linear_l2": member.params.get("linear_l2"),
                     "val_loss": record.val_loss,
                 }
             )

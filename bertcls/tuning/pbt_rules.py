@@ -10,7 +10,7 @@ import numpy as np
 from bertcls.config import PBTSection, SearchSpace
 from bertcls.tuning.search_space import distributions
 
-PERTURBED = ("lr", "weight_decay", "dropout_rate", "warmup_ratio")
+PERTURBED = ("lr", "weight_decay", "dropout_rate", "warmup_ratio", "linear_l2")
 
 
 def quantile_size(population: int, fraction: float) -> int:
@@ -27,9 +27,9 @@ def explore(
     params: dict[str, float], rng: np.random.Generator, space: SearchSpace, factors: tuple[float, float]
 ) -> dict[str, float]:
     """Multiply each perturbed parameter by a factor drawn uniformly from ``factors``, clipped to the search bounds."""
-    bounds = distributions(space)
+    bounds = {**distributions(space), **distributions(space, linear=True)}
     new = dict(params)
-    for name in PERTURBED:
+    for name in (p for p in PERTURBED if p in params):
         new[name] = float(np.clip(params[name] * rng.uniform(*factors), bounds[name].low, bounds[name].high))
     return new
 
@@ -67,6 +67,6 @@ def decide(
             source = None
             new = explore(params[member], rng, space, cfg.perturb_factors)
             action = "explore"
-        changes = {k: (params[member][k], new[k]) for k in PERTURBED if new[k] != params[member][k]}
+        changes = {k: (params[member][k], new[k]) for k in PERTURBED if k in new and new[k] != params[member][k]}
         decisions.append(Decision(member, action, source, new, changes))
     return decisions

@@ -64,17 +64,18 @@ def write_pbt_results(members, lineage: list[dict], folder: Path) -> list[Path]:
 
     write_text_atomic(folder / "pbt_lineage.json", json.dumps(lineage, indent=2))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    knob = "lr" if all(c.get("lr") is not None for m in members for c in m.curve) else "linear_l2"
     for member in members:
         epochs = [c["epoch"] for c in member.curve]
         top.plot(epochs, [c["metric"] for c in member.curve], marker="o", label=f"member {member.index}")
-        bottom.plot(epochs, [c["lr"] for c in member.curve], marker="o")
+        bottom.plot(epochs, [c.get(knob) for c in member.curve], marker="o")
     for event in lineage:
         if event["action"] == "exploit":
             top.axvline(event["epoch"], color="gray", alpha=0.3, linestyle="--")
     top.set_ylabel("validation metric")
     top.legend()
     top.set_title("PBT population (dashed: an exploit)")
-    bottom.set_ylabel("learning rate")
+    bottom.set_ylabel("learning rate" if knob == "lr" else "L2 strength (linear head)")
     bottom.set_yscale("log")
     bottom.set_xlabel("epoch")
     fig.tight_layout()

@@ -16,7 +16,7 @@ from bertcls.config import Settings
 from bertcls.data import write_splits
 from bertcls.tuning import results
 from bertcls.tuning.pbt import Member, PBTOutcome, run_population
-from bertcls.tuning.search_space import distributions
+from bertcls.tuning.search_space import distributions, uses_linear_head
 from bertcls.tuning.study import count_trials, default_storage_url, make_storage, open_study, redact
 from bertcls.tuning.tpe import TrialSeededSampler, TuningContext, run_trials
 from bertcls.workflow import checkpoint_meta, prepare, rebuild_model, split_metrics
@@ -68,7 +68,7 @@ def save_member(ctx: TuningContext, member: Member, lineage: list[dict[str, Any]
 
 def record_population(ctx: TuningContext, study: optuna.Study, outcome: PBTOutcome) -> None:
     """Save every member's checkpoint and add each member to the study as a finished trial."""
-    space = distributions(ctx.settings.tuning.search_space)
+    space = distributions(ctx.settings.tuning.search_space, uses_linear_head(ctx.settings))
     for member in outcome.members:
         path, metrics = save_member(ctx, member, outcome.lineage)
         result = member.trainer.result

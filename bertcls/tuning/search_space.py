@@ -25,8 +25,17 @@ def hidden_dims(layers: int) -> list[int]:
     return [max(MIN_HIDDEN_WIDTH, FIRST_HIDDEN_WIDTH // 2**i) for i in range(layers)]
 
 
-def distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
-    """The searched parameters and their ranges: the single definition of the search space."""
+def uses_linear_head(settings: Settings) -> bool:
+    """Whether the settings train the linear head (see ``classifier.head``), whose one searched parameter is its L2
+    strength: depth, widths, dropout, activation, learning rate and batch size do not apply to it."""
+    return settings.classifier.resolved_head(settings.model.task, settings.encoder.freeze) == "linear"
+
+
+def distributions(space: SearchSpace, linear: bool = False) -> dict[str, BaseDistribution]:
+    """The searched parameters and their ranges: the single definition of the search space (``linear``: the linear
+    head's)."""
+    if linear:
+        return {"linear_l2": FloatDistribution(*space.linear_l2, log=True)}
     return {
         "batch_size": CategoricalDistribution(list(space.batch_size)),
         "num_hidden_layers": IntDistribution(*space.num_hidden_layers),
@@ -47,6 +56,7 @@ SETTINGS_PATHS: dict[str, str] = {
     "weight_decay": "optimizer.weight_decay",
     "warmup_ratio": "optimizer.warmup_ratio",
     "activation": "classifier.activation",
+    "linear_l2": "classifier.linear_l2",
 }
 CONVERSIONS: dict[str, Callable[[Any], Any]] = {"num_hidden_layers": hidden_dims}
 
@@ -62,9 +72,9 @@ def suggest_value(trial, name: str, dist: BaseDistribution) -> Any:
     raise TypeError(f"unsupported distribution {type(dist).__name__} for {name}")
 
 
-def suggest(trial, space: SearchSpace) -> dict[str, Any]:
+def suggest(trial, space: SearchSpace, linear: bool = False) -> dict[str, Any]:
     """Ask an Optuna trial for one value of each searched parameter."""
-    return {name: suggest_value(trial, name, dist) for name, dist in distributions(space).items()}
+    return {name: suggest_value(trial, name, dist) for name, dist in distributions(space, linear).items()}
 
 
 def sample_value(rng: np.random.Generator, dist: BaseDistribution) -> Any:
@@ -80,9 +90,9 @@ def sample_value(rng: np.random.Generator, dist: BaseDistribution) -> Any:
     raise TypeError(f"unsupported distribution {type(dist).__name__}")
 
 
-def sample(rng: np.random.Generator, space: SearchSpace) -> dict[str, Any]:
+def sample(rng: np.random.Generator, space: SearchSpace, linear: bool = False) -> dict[str, Any]:
     """A random point of the space (PBT's initial population)."""
-    return {name: sample_value(rng, dist) for name, dist in distributions(space).items()}
+    return {name: sample_value(rng, dist) for name, dist in distributions(space, linear).items()}
 
 
 def original_early_stopping(trial_number: int, num_epochs: int, base: EarlyStoppingSection) -> EarlyStoppingSection:

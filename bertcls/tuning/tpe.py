@@ -20,7 +20,7 @@ from bertcls.checkpoint import TuningProvenance, save_checkpoint
 from bertcls.config import Settings
 from bertcls.features import EmbeddingService
 from bertcls.fileio import pid_alive
-from bertcls.tuning.search_space import apply, original_early_stopping, suggest
+from bertcls.tuning.search_space import apply, original_early_stopping, suggest, uses_linear_head
 from bertcls.tuning.study import count_trials
 from bertcls.workflow import FeatureSet, build_features, checkpoint_meta, make_trainer, split_metrics
 
@@ -147,7 +147,7 @@ def make_objective(ctx: TuningContext, study: optuna.Study, target: int) -> Call
             raise SurplusTrial(f"trial {trial.number} is not needed: the study already has {target} trials")
         trial.set_user_attr("host", socket.gethostname())  # so a later run can tell its process died
         trial.set_user_attr("pid", os.getpid())
-        params = suggest(trial, ctx.settings.tuning.search_space)
+        params = suggest(trial, ctx.settings.tuning.search_space, uses_linear_head(ctx.settings))
         return train_trial(ctx, trial, params)
 
     return objective
