@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from common import REPO, bertcls, save_result, timed
+from common import REPO, save_result, train_on_splits
 
 sys.path.insert(0, str(REPO))
 from bertcls.config import DataSection  # noqa: E402
@@ -90,29 +90,7 @@ def baseline(method: str, paths: dict[str, Path]) -> dict[str, float]:
 
 
 def bertcls_scores(paths: dict[str, Path], root: Path, *flags: str) -> dict[str, float]:
-    timed(
-        bertcls(
-            "train",
-            "--output-root",
-            str(root),
-            "--train-file",
-            str(paths["train"]),
-            "--val-file",
-            str(paths["val"]),
-            "--test-file",
-            str(paths["test"]),
-            "--label-column",
-            "labels",
-            "--multi-label",
-            "--verbosity",
-            "0",
-            *flags,
-        ),
-        cwd=root.parent,
-    )
-    from bertcls.checkpoint import load_checkpoint
-
-    test = load_checkpoint(root / "best_trials" / "best_model.pt").meta.metrics["test"]
+    test = train_on_splits(paths, root, "--label-column", "labels", "--multi-label", *flags)
     return {"macro_f1": test["f1"], "micro_f1": test["micro_f1"]}
 
 

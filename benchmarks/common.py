@@ -44,6 +44,32 @@ def bertcls(*args: str) -> list[str]:
     return [sys.executable, "-m", "bertcls", *args]
 
 
+def train_on_splits(paths: dict[str, Path], root: Path, *flags: str) -> dict[str, float]:
+    """``bertcls train`` on the train/val/test files of ``paths`` (quietly, in its own process, from ``root``'s
+    parent folder); returns the saved model's test metrics."""
+    timed(
+        bertcls(
+            "train",
+            "--output-root",
+            str(root),
+            "--train-file",
+            str(paths["train"]),
+            "--val-file",
+            str(paths["val"]),
+            "--test-file",
+            str(paths["test"]),
+            "--verbosity",
+            "0",
+            *flags,
+        ),
+        cwd=root.parent,
+    )
+    sys.path.insert(0, str(REPO))
+    from bertcls.checkpoint import load_checkpoint
+
+    return load_checkpoint(root / "best_trials" / "best_model.pt").meta.metrics["test"]
+
+
 def save_result(name: str, data: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from common import REPO, bertcls, save_result, st_encode_script, timed
+from common import REPO, bertcls, save_result, st_encode_script, timed, train_on_splits
 
 DATA = {
     "bbc": REPO.parent / "shared" / "data" / "bbc-text.csv",
@@ -121,27 +121,7 @@ def hf_trainer(paths: dict[str, Path], tokens: int) -> float:
 
 
 def bertcls_f1(paths: dict[str, Path], root: Path, *flags: str) -> float:
-    timed(
-        bertcls(
-            "train",
-            "--output-root",
-            str(root),
-            "--train-file",
-            str(paths["train"]),
-            "--val-file",
-            str(paths["val"]),
-            "--test-file",
-            str(paths["test"]),
-            "--verbosity",
-            "0",
-            *flags,
-        ),
-        cwd=root.parent,
-    )
-    sys.path.insert(0, str(REPO))
-    from bertcls.checkpoint import load_checkpoint
-
-    return load_checkpoint(root / "best_trials" / "best_model.pt").meta.metrics["test"]["f1"]
+    return train_on_splits(paths, root, *flags)["f1"]
 
 
 def run_method(method: str, name: str, paths: dict[str, Path], work: Path) -> tuple[float, float]:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from bertcls.lexical import sparse_batch
-from bertcls.metrics import accuracy, decide, macro_f1, multilabel_scores
+from bertcls.metrics import accuracy, binary_log_loss, decide, macro_f1, multilabel_scores
 from bertcls.model import TextClassifier
 
 
@@ -143,8 +143,7 @@ def score(
     """Loss, accuracy and macro F1 (multi-label: binary cross-entropy, subset accuracy, macro/micro/samples F1 and
     Hamming loss of the labels given at ``thresholds``)."""
     if labels.ndim == 2:
-        p = np.clip(probs.astype(np.float64), 1e-12, 1 - 1e-12)
-        loss = float(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)).mean()) if len(labels) else 0.0
+        loss = binary_log_loss(probs, labels) if len(labels) else 0.0
         return {"loss": loss, **multilabel_scores(labels, decide(probs, thresholds, min_labels))}
     predicted = probs.argmax(axis=1)
     picked = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)

@@ -13,7 +13,13 @@ import pandas as pd
 from bertcls.config import DataSection
 from bertcls.errors import DataError
 from bertcls.fileio import write_csv_atomic
-from bertcls.labelsets import check_flag_columns, check_label_counts, check_separator_used, label_keys, split_multilabel
+from bertcls.labelsets import (
+    check_flag_columns,
+    check_label_counts,
+    check_separator_used,
+    label_series,
+    split_multilabel,
+)
 
 logger = logging.getLogger(__name__)
 SPLIT_NAMES = ("train", "val", "test")
@@ -185,7 +191,7 @@ def check_labelled(
     frame = drop_bad_rows(frame, cfg, source, report, multilabel)
     if multilabel and require_separator:
         check_separator_used(frame, cfg, source)
-    labels = label_keys(frame, cfg) if multilabel else frame[cfg.label_column]
+    labels = label_series(frame, cfg, multilabel)
     conflicts = _conflicting_texts(frame, cfg, labels)
     if len(conflicts):
         example = str(conflicts.index[0])[:60]

@@ -34,6 +34,11 @@ def label_keys(frame: pd.DataFrame, cfg: DataSection) -> pd.Series:
     return pd.Series([cfg.label_separator.join(s) for s in label_sets(frame, cfg)], index=frame.index, dtype=object)
 
 
+def label_series(frame: pd.DataFrame, cfg: DataSection, multilabel: bool) -> pd.Series:
+    """Each row's label: the label cell, or for multi-label data its label set as one string (:func:`label_keys`)."""
+    return label_keys(frame, cfg) if multilabel else frame[cfg.label_column]
+
+
 def names_of(frame: pd.DataFrame, cfg: DataSection) -> list[str]:
     """The labels of a multi-label frame, sorted (the 0/1 columns count even where no row has them)."""
     if cfg.label_columns:
@@ -91,8 +96,8 @@ def check_separator_used(frame: pd.DataFrame, cfg: DataSection, source: str) -> 
 def check_label_counts(frame: pd.DataFrame, cfg: DataSection, source: str, min_per_label: int) -> dict[str, int]:
     """Texts per label (distinct texts); at least 2 labels, each with ``min_per_label`` distinct texts."""
     distinct = frame.drop_duplicates(subset=[cfg.text_column])
-    matrix = label_matrix(distinct, cfg, names_of(frame, cfg))
-    counts = dict(zip(names_of(frame, cfg), matrix.sum(axis=0).astype(int).tolist(), strict=True))
+    names = names_of(frame, cfg)
+    counts = dict(zip(names, label_matrix(distinct, cfg, names).sum(axis=0).astype(int).tolist(), strict=True))
     if min_per_label and len(counts) < 2:
         raise DataError(f"{source} has {len(counts)} label(s); a multi-label classifier needs at least 2.")
     small = {k: v for k, v in counts.items() if v < min_per_label}
@@ -175,21 +180,23 @@ def move_one(part, positive, guarded, rows, target, n_parts) -> bool:
 
 def split_multilabel(frame: pd.DataFrame, cfg: DataSection, seed: int) -> dict[str, pd.DataFrame]:
     """train/val/test by iterative stratification over distinct texts; every row of a text follows that text."""
-    unique = frame.drop_duplicates(subset=[cfg.text_column]).reset_index(drop=True)
-    matrix = label_matrix(unique, cfg, names_of(frame, cfg))
+    groups = pd.factorize(frame[cfg.text_column])[0]
     fractions = [1 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction]
-    part = iterative_stratification(matrix, fractions, seed)
+    part = grouped_parts(label_matrix(frame, cfg, names_of(frame, cfg)), groups, fractions, seed)
     names = np.array(["train", "val", "test"])
-    assignment = dict(zip(unique[cfg.text_column], names[part], strict=True))
-    where = frame[cfg.text_column].map(assignment)
-    return {name: frame[where == name].reset_index(drop=True) for name in names}
+    return {name: frame[names[part] == name].reset_index(drop=True) for name in names}
+
+
+def grouped_parts(matrix: np.ndarray, groups: np.ndarray, fractions: list[float], seed: int) -> np.ndarray:
+    """The part of each row: iterative stratification over groups (identical texts), one draw per group in the
+    order of the group keys, every row following its group."""
+    _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    return iterative_stratification(matrix[first], fractions, seed)[inverse]
 
 
 def fold_parts(matrix: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """K-fold (train, test) row indices for multi-label rows, stratified iteratively over groups of identical
     texts (a group's rows share its fold)."""
-    first = pd.Series(np.arange(len(groups))).groupby(groups).first().to_numpy()
-    part_of_group = iterative_stratification(matrix[first], [1.0 / folds] * folds, seed)
-    part = part_of_group[pd.Series(groups).map(dict(zip(groups[first], range(len(first)), strict=True))).to_numpy()]
+    part = grouped_parts(matrix, groups, [1.0 / folds] * folds, seed)
     rows = np.arange(len(groups))
     return [(rows[part != k], rows[part == k]) for k in range(folds)]

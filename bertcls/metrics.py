@@ -64,6 +64,14 @@ def tune_thresholds(probs: np.ndarray, truth: np.ndarray, default: float = 0.5) 
     return thresholds
 
 
+def binary_log_loss(probs: np.ndarray, truth: np.ndarray) -> float:
+    """Mean binary cross-entropy of 0/1 ``truth`` under probabilities ``probs``, over every row and label."""
+    if not len(truth):
+        return float("nan")
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return float(-(truth * np.log(p) + (1 - truth) * np.log(1 - p)).mean())
+
+
 def decide(probs: np.ndarray, thresholds, min_labels: int = 0) -> np.ndarray:
     """The labels given (a boolean matrix): probability >= the label's threshold; with ``min_labels`` 1 a row no
     label reaches gets its most probable label."""

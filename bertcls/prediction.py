@@ -135,7 +135,7 @@ class Predictor:
     def __init__(self, ckpt: Checkpoint, output_root: str | Path, device: torch.device, precision: str = "fp32"):
         self.ckpt = ckpt
         self.labels = ckpt.labels
-        self.multilabel, self.thresholds, self.min_labels = ckpt.multilabel, ckpt.thresholds, ckpt.min_labels
+        self.multilabel = ckpt.multilabel
         self.device = device
         self.model, self.encoder = build_classifier(ckpt, output_root)
         self.model.to(device)
@@ -143,6 +143,10 @@ class Predictor:
         self.windowing = ckpt.architecture.encoder.windowing()
         self.encoder.precision, self._unchecked = for_checkpoint(ckpt.meta.precision, precision, device)
         self.precision_check = PrecisionCheck(requested=self.encoder.precision, used=self.encoder.precision)
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        """Multi-label: the labels given, by the model's per-label thresholds and ``min_labels``."""
+        return decide(probs, self.model.thresholds, self.model.min_labels)
 
     @property
     def temperature(self) -> float:
@@ -251,20 +255,24 @@ def unsure_labels(probs: np.ndarray, given: np.ndarray, min_confidence: float) -
 
 
 def multilabel_columns(
-    probs: np.ndarray, predictor, top_k: int | None, empty: np.ndarray, min_confidence: float | None, separator: str
+    probs: np.ndarray,
+    names: list[str],
+    given: np.ndarray,
+    unsure: np.ndarray | None,
+    top_k: int | None,
+    empty: np.ndarray,
+    separator: str,
 ) -> pd.DataFrame:
     """predicted_labels (joined by the separator), prob_<label> for every label and, with ``top_k``, the k most
-    probable labels. With ``min_confidence``, unsure labels are left out of predicted_labels and named in
-    unsure_labels, and abstained says whether the row has any."""
-    labels = np.array(predictor.labels, dtype=object)
-    given = decide(probs, predictor.thresholds, predictor.min_labels)
-    unsure = unsure_labels(probs, given, min_confidence) if min_confidence is not None else np.zeros_like(given)
+    probable labels. With ``unsure`` (``--min-confidence``), unsure labels are left out of predicted_labels and
+    named in unsure_labels, and abstained says whether the row has any."""
+    labels = np.array(names, dtype=object)
     join = lambda mask: [separator.join(labels[row]) for row in mask]  # noqa: E731
-    out: dict[str, object] = {"predicted_labels": join(given & ~unsure)}
-    if min_confidence is not None:
+    out: dict[str, object] = {"predicted_labels": join(given if unsure is None else given & ~unsure)}
+    if unsure is not None:
         out["unsure_labels"] = join(unsure)
         out["abstained"] = np.where(unsure.any(axis=1), "true", "false")
-    for i, label in enumerate(predictor.labels):
+    for i, label in enumerate(names):
         out[f"prob_{label}"] = probs[:, i]
     if top_k:
         order = np.argsort(-probs, axis=1)[:, :top_k]
@@ -277,12 +285,15 @@ def multilabel_columns(
 
 
 def note_multilabel(
-    summary: PredictSummary, chunk: pd.DataFrame, probs: np.ndarray, predictor, options: PredictOptions
+    summary: PredictSummary,
+    chunk: pd.DataFrame,
+    given: np.ndarray,
+    unsure: np.ndarray | None,
+    names: list[str],
+    options: PredictOptions,
 ) -> None:
     """Keep the labelled rows' true and given label sets, and the unsure decisions, for the summary."""
-    given = decide(probs, predictor.thresholds, predictor.min_labels)
-    if options.min_confidence is not None:
-        unsure = unsure_labels(probs, given, options.min_confidence)
+    if unsure is not None:
         summary.abstaining = True
         summary.abstained += unsure.any(axis=1).tolist()
         summary.decisions += unsure.size
@@ -295,9 +306,9 @@ def note_multilabel(
             label_columns=options.label_columns,
         )
         check_flag_columns(chunk, cfg, "The input")
-        summary.true_sets.append(label_matrix(chunk, cfg, predictor.labels))
+        summary.true_sets.append(label_matrix(chunk, cfg, names))
         summary.given_sets.append(given)
-        for label, count in unknown_labels(chunk, cfg, predictor.labels).items():
+        for label, count in unknown_labels(chunk, cfg, names).items():
             summary.unseen_labels[label] = summary.unseen_labels.get(label, 0) + count
 
 
@@ -382,10 +393,15 @@ def predict_csv(
             if keep.any():
                 probs[keep] = predictor.predict_proba(texts[keep].tolist(), options.batch_size)
             if summary.multilabel:
-                sep = options.label_separator
-                columns = multilabel_columns(probs, predictor, options.top_k, empty, options.min_confidence, sep)
+                given = predictor.decide(probs)
+                unsure = None
+                if options.min_confidence is not None:
+                    unsure = unsure_labels(probs, given, options.min_confidence)
+                names, sep = predictor.labels, options.label_separator
+                columns = multilabel_columns(probs, names, given, unsure, options.top_k, empty, sep)
                 if keep.any():
-                    note_multilabel(summary, chunk[keep], probs[keep], predictor, options)
+                    kept_unsure = None if unsure is None else unsure[keep]
+                    note_multilabel(summary, chunk[keep], given[keep], kept_unsure, names, options)
             else:
                 columns = prediction_columns(probs, predictor.labels, options.top_k, empty, options.min_confidence)
                 note_multiclass(summary, chunk, probs, keep, index, options)

@@ -16,7 +16,7 @@ from bertcls.data import Splits
 from bertcls.errors import CheckpointError, DataError
 from bertcls.fileio import atomic_path
 from bertcls.interrupts import Interrupted
-from bertcls.labelsets import label_keys
+from bertcls.labelsets import label_series
 from bertcls.redaction import redact_data
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def data_fingerprint(splits: Splits, cfg: DataSection, multilabel: bool = False)
     out = {}
     for name, frame in splits.items():
         digest = hashlib.sha256()
-        labels = label_keys(frame, cfg) if multilabel else frame[cfg.label_column]
+        labels = label_series(frame, cfg, multilabel)
         for text, label in zip(frame[cfg.text_column], labels, strict=True):
             digest.update(text.encode("utf-8") + b"\x1f" + label.encode("utf-8") + b"\x1e")
         out[name] = f"{len(frame)} rows, sha256 {digest.hexdigest()[:16]}"

@@ -203,8 +203,9 @@ def make_trainer(
         start_at_label_priors(model.head, train.labels)
     weights = None
     if settings.classifier.resolved_class_weights(settings.model.task) == "balanced":
-        multilabel = train.labels.ndim == 2
-        weights = positive_weights(train.labels) if multilabel else balanced_class_weights(train.labels, num_classes)
+        weights = (
+            positive_weights(train.labels) if model.multilabel else balanced_class_weights(train.labels, num_classes)
+        )
     args = (model, train, features.sources["val"], num_classes, settings.model, settings.optimizer)
     kwargs = dict(
         stopping_cfg=settings.early_stopping,
@@ -217,10 +218,7 @@ def make_trainer(
         calibration=settings.calibration,
         ranks=ranks,
     )
-    if (
-        not spec.hidden_dims
-        and settings.classifier.resolved_head(settings.model.task, not features.fine_tune) == "linear"
-    ):
+    if settings.classifier.resolved_head(settings.model.task, not features.fine_tune) == "linear":
         cfg = settings.classifier
         logger.info(
             "Linear head fitted by L-BFGS (classifier.linear_l2 %g): hidden_dims, dropout, the optimizer settings "

@@ -14,7 +14,7 @@ from bertcls.batches import BatchSource, EmbeddingBatches, TextBatches, predict_
 from bertcls.config import Settings
 from bertcls.errors import DataError
 from bertcls.features import EmbeddingService
-from bertcls.labelsets import fold_parts, iterative_stratification, label_matrix, names_of
+from bertcls.labelsets import fold_parts, grouped_parts, label_matrix, names_of
 from bertcls.workflow import FeatureSet, fit_lexical, make_trainer
 
 logger = logging.getLogger(__name__)
@@ -52,8 +52,7 @@ def fold_indices(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) 
 def warn_rare_labels(matrix: np.ndarray, groups: np.ndarray, names: list[str], folds: int) -> None:
     """Multi-label: a label with fewer distinct texts than folds is missing from some folds (not an error: rare
     labels are common in multi-label data)."""
-    first = pd.Series(np.arange(len(groups))).groupby(groups).first().to_numpy()
-    counts = matrix[first].sum(axis=0)
+    counts = matrix[np.unique(groups, return_index=True)[1]].sum(axis=0)
     rare = [f"{names[k]!r} ({int(counts[k])})" for k in np.flatnonzero(counts < folds)]
     if rare:
         logger.warning(
@@ -67,11 +66,7 @@ def _inner_validation(
     """Hold out about 10% of a fold's training rows (grouped by text) for early stopping (multi-label rows by
     iterative stratification)."""
     if labels.ndim == 2:
-        sub_groups = groups[train_idx]
-        first = pd.Series(np.arange(len(train_idx))).groupby(sub_groups).first().to_numpy()
-        part = iterative_stratification(labels[train_idx][first], [0.9, 0.1], seed)
-        part_of = dict(zip(sub_groups[first], part, strict=True))
-        inner = np.array([part_of[g] for g in sub_groups])
+        inner = grouped_parts(labels[train_idx], groups[train_idx], [0.9, 0.1], seed)
         return train_idx[inner == 0], train_idx[inner == 1]
     n_inner = max(2, min(10, int(np.bincount(labels[train_idx]).min())))
     inner_train, inner_val = fold_indices(labels[train_idx], groups[train_idx], n_inner, seed)[0]

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from bertcls.calibration import ece, label_decisions, uncalibrate_sigmoid
-from bertcls.metrics import multilabel_scores, per_label_scores
+from bertcls.metrics import binary_log_loss, multilabel_scores, per_label_scores
 
 
 def joined(matrix: np.ndarray, labels: list[str], separator: str) -> list[str]:
@@ -121,14 +121,12 @@ def calibration_frame(probs, truth, temperature, shown: float, bins: int) -> pd.
     single-label calibration.csv."""
     rows = []
     for stage, p in (("before", uncalibrate_sigmoid(probs, temperature)), ("after", probs.astype(np.float64))):
-        clipped = np.clip(p, 1e-12, 1 - 1e-12)
-        likelihood = truth * np.log(clipped) + (1 - truth) * np.log(1 - clipped)
         rows.append(
             {
                 "calibration": stage,
                 "temperature": 1.0 if stage == "before" else shown,
                 "ece": ece(*label_decisions(p, truth), bins),
-                "nll": float(-likelihood.mean()) if len(truth) else float("nan"),
+                "nll": binary_log_loss(p, truth),
             }
         )
     return pd.DataFrame(rows)
