@@ -80,7 +80,16 @@ def run(argv: list[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        leave_process_group()
     return result if isinstance(result, int) else 0
+
+
+def leave_process_group() -> None:
+    """Under torchrun, destroy the process group before the interpreter exits: left to finalisation, gloo's worker
+    threads can abort the process ("terminate called without an active exception", SIGABRT) after a good run."""
+    distributed = sys.modules.get("bertcls.distributed")  # never imported (and torch never loaded) on plain runs
+    if distributed is not None:
+        distributed.shutdown()
 
 
 def main() -> None:
