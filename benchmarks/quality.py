@@ -214,13 +214,14 @@ def main() -> None:
     parser.add_argument("--no-cost", action="store_true", help="skip the cold-train / encode cost measurement")
     args = parser.parse_args()
     sets, seeds = args.sets.split(","), [int(s) for s in args.split_seeds.split(",")]
+    issue_split_only = seeds == [0]  # the issue's split alone: keys, folders and result file as before
     work = Path(tempfile.mkdtemp(prefix="bench-quality-"))
     results: dict[str, dict[str, tuple[float, float]]] = {}
     try:
         for name in sets:
             for seed in seeds:
-                key = name if seeds == [0] else f"{name}@{seed}"
-                folder = work if seeds == [0] else work / f"split{seed}"  # cold embedding caches per split
+                key = name if issue_split_only else f"{name}@{seed}"
+                folder = work if issue_split_only else work / f"split{seed}"  # cold embedding caches per split
                 paths = make_splits(name, folder / f"{name}-data", seed)
                 results[key] = {}
                 for method in args.methods.split(","):
@@ -228,7 +229,7 @@ def main() -> None:
                     print(key, method, results[key][method], flush=True)
         cost = {} if args.no_cost else encode_cost(work)
         print(table(results))
-        if seeds == [0]:
+        if issue_split_only:
             save_result("quality", {"macro_f1_and_seconds": results, "cost": cost, "table": table(results)})
         else:
             results = merged_with_earlier(results, seeds)

@@ -92,10 +92,7 @@ class PredictSummary:
             return self._multilabel_metrics()
         if not self.has_labels or not self.true_labels:
             return None
-        y_true, y_pred = np.array(self.true_labels), np.array(self.predicted)
-        if self.abstaining:
-            kept = ~np.array(self.abstained, dtype=bool)
-            y_true, y_pred = y_true[kept], y_pred[kept]
+        y_true, y_pred = self._kept(np.array(self.true_labels), np.array(self.predicted))
         if not len(y_true):
             return {"accuracy": float("nan"), "f1": float("nan"), "rows": 0}
         return {
@@ -104,15 +101,19 @@ class PredictSummary:
             "rows": int(len(y_true)),
         }
 
+    def _kept(self, truth: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rows a metric counts: all of them, or the ones not abstained on when abstaining."""
+        if not self.abstaining:
+            return truth, given
+        kept = ~np.array(self.abstained, dtype=bool)
+        return truth[kept], given[kept]
+
     def _multilabel_metrics(self) -> dict[str, float] | None:
         """Macro, micro and samples F1 and subset accuracy over labelled rows (the rows with no unsure label when
         abstaining)."""
         if not self.has_labels or not self.true_sets:
             return None
-        truth, given = np.vstack(self.true_sets), np.vstack(self.given_sets)
-        if self.abstaining:
-            kept = ~np.array(self.abstained, dtype=bool)
-            truth, given = truth[kept], given[kept]
+        truth, given = self._kept(np.vstack(self.true_sets), np.vstack(self.given_sets))
         if not len(truth):
             return {"accuracy": float("nan"), "f1": float("nan"), "rows": 0}
         return {**multilabel_scores(truth, given), "rows": int(len(truth))}
