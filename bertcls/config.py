@@ -89,7 +89,7 @@ class EncoderSection(StrictModel):
 class ClassifierSection(StrictModel):
     bert_hidden_size: int = Field(384, ge=1)
     hidden_dims: list[int] = Field(default_factory=lambda: [512])
-    dropout_rate: float = Field(0.3, ge=0.0, lt=1.0)
+    dropout_rate: float = Field(0.1, ge=0.0, lt=1.0)
     activation: Literal[ACTIVATIONS] = "gelu"  # type: ignore[valid-type]
     standardize_inputs: bool = True
     lexical_features: bool = True
