@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
@@ -23,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, bertcls, peak_rss_mb, save_result  # noqa: E402
+from common import REPO, benchmark_parser, bertcls, parse_args, peak_rss_mb, save_result  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 WORDS = "market team film phone vote bank match album court energy profit coach drama server budget".split()
@@ -81,9 +80,9 @@ def train_rss(root: Path, data: Path, work: Path) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
-    args = parser.parse_args()
+    args = parse_args(parser)
     work = Path(tempfile.mkdtemp(prefix="bench-cache-"))
     try:
         frame = synthetic_texts(args.rows)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, bertcls, save_result, timed  # noqa: E402
+from common import REPO, benchmark_parser, bertcls, parse_args, save_result, timed  # noqa: E402
 from quality import make_splits  # noqa: E402
 
 sys.path.insert(0, str(REPO))
@@ -43,6 +43,7 @@ def run(two_ranks: bool, root: Path, paths: dict, work: Path, *flags: str) -> fl
 def main() -> None:
     from bertcls.checkpoint import load_checkpoint
 
+    parse_args(benchmark_parser(__doc__))
     work = Path(tempfile.mkdtemp(prefix="bench-dist-"))
     results: dict = {}
     try:

@@ -18,7 +18,6 @@ Not a timed test: run it by hand.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
@@ -27,20 +26,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from common import REPO, save_result, train_on_splits
+from common import REPO, benchmark_parser, data_file, parse_args, save_result, train_on_splits
 
 sys.path.insert(0, str(REPO))
 from bertcls.config import DataSection  # noqa: E402
 from bertcls.labelsets import iterative_stratification, label_matrix, names_of  # noqa: E402
 from bertcls.metrics import decide, multilabel_scores, tune_thresholds  # noqa: E402
 
-DATA = REPO.parent / "shared" / "data" / "goemotions.csv"
 METHODS = ("tfidf_lr", "emb_lr", "bertcls", "bertcls_ft")
 CFG = DataSection(label_column="labels")
 
 
 def make_splits(folder: Path, seed: int) -> dict[str, Path]:
-    frame = pd.read_csv(DATA, dtype=str, keep_default_na=False)
+    frame = pd.read_csv(data_file("goemotions.csv"), dtype=str, keep_default_na=False)
     # a few texts occur twice with different label sets (bertcls refuses those): the first annotation is kept
     frame = frame.drop_duplicates(subset=["text", "split"])
     dev, test = frame[frame.split == "dev"].reset_index(drop=True), frame[frame.split == "test"]
@@ -113,12 +111,12 @@ def table(results: dict[str, dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
     parser.add_argument("--name", default="multilabel", help="name of the results file")
     parser.add_argument("extra", nargs="*", help="extra flags for both bertcls runs (after --)")
-    args = parser.parse_args()
+    args = parse_args(parser)
     work = Path(tempfile.mkdtemp(prefix="bench-multilabel-"))
     results: dict[str, dict] = {}
     try:

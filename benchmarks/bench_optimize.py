@@ -7,25 +7,24 @@ Run: python benchmarks/bench_optimize.py [--trials 20]
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BBC, bertcls, save_result, timed  # noqa: E402
+from common import benchmark_parser, bertcls, data_file, parse_args, save_result, timed  # noqa: E402
 
 MAX_SEQ_LEN = 128
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--trials", type=int, default=20)
-    args = parser.parse_args()
+    args = parse_args(parser)
     work = Path(tempfile.mkdtemp(prefix="bench-optimize-"))
     try:
-        common = ("--data-file", str(BBC), "--max-seq-len", str(MAX_SEQ_LEN), "--verbosity", "0")
+        common = ("--data-file", str(data_file("bbc-text.csv")), "--max-seq-len", str(MAX_SEQ_LEN), "--verbosity", "0")
         train_wall, _ = timed(bertcls("train", "--output-root", str(work / "train"), *common), cwd=work)
         opt_wall, _ = timed(
             bertcls(

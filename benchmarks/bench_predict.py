@@ -9,7 +9,6 @@ Run: python benchmarks/bench_predict.py [--rows N]
 
 from __future__ import annotations
 
-import argparse
 import csv
 import shutil
 import statistics
@@ -18,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BBC, bertcls, peak_rss_mb, save_result, st_encode_script, timed  # noqa: E402
+from common import benchmark_parser, bertcls, data_file, parse_args, peak_rss_mb, save_result, st_encode_script, timed  # noqa: E402
 
 MAX_SEQ_LEN = 128
 SHORT_TEXTS = [
@@ -42,14 +41,14 @@ def write_short_rows(path: Path, rows: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved baseline/predict rounds (median reported)")
-    args = parser.parse_args()
+    args = parse_args(parser)
     work = Path(tempfile.mkdtemp(prefix="bench-predict-"))
     try:
         subset = work / "subset.csv"
-        with open(BBC, encoding="utf-8") as src:
+        with open(data_file("bbc-text.csv"), encoding="utf-8") as src:
             lines = list(csv.reader(src))
         with open(subset, "w", newline="", encoding="utf-8") as dst:
             csv.writer(dst).writerows([lines[0]] + lines[1:][::7])
@@ -86,8 +85,8 @@ def main() -> None:
 
         st_walls, predict_walls = [], []
         for _ in range(args.repeats):
-            st_walls.append(timed([sys.executable, "-c", st_encode_script(BBC, MAX_SEQ_LEN)])[0])
-            predict_walls.append(timed(predict(BBC, work / "bbc_pred.csv"), cwd=work)[0])
+            st_walls.append(timed([sys.executable, "-c", st_encode_script(data_file("bbc-text.csv"), MAX_SEQ_LEN)])[0])
+            predict_walls.append(timed(predict(data_file("bbc-text.csv"), work / "bbc_pred.csv"), cwd=work)[0])
         ratios = [s / p for s, p in zip(st_walls, predict_walls, strict=True)]
         tiny = work / "tiny.csv"
         write_short_rows(tiny, 10)

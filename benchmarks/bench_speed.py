@@ -18,7 +18,6 @@ Needs the onnx and bench extras (``pip install -e '.[onnx,bench]'``). Not a time
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BBC, REPO, bertcls, save_result, timed  # noqa: E402
+from common import REPO, benchmark_parser, bertcls, data_file, parse_args, save_result, timed  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 TOKENS = 128
@@ -39,7 +38,7 @@ FT_BATCH = 16
 def make_splits(folder: Path) -> dict[str, Path]:
     from sklearn.model_selection import train_test_split
 
-    df = pd.read_csv(BBC)
+    df = pd.read_csv(data_file("bbc-text.csv"))
     train, test = train_test_split(df, test_size=0.2, stratify=df["category"], random_state=0)
     fit, val = train_test_split(train, test_size=0.1, stratify=train["category"], random_state=0)
     folder.mkdir(parents=True, exist_ok=True)
@@ -187,11 +186,11 @@ def fine_tune_speed(work: Path, paths: dict[str, Path], rows: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ft-rows", type=int, default=640)
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: predict,train,finetune")
-    args = parser.parse_args()
+    args = parse_args(parser)
     skip = set(args.skip.split(","))
     work = Path(tempfile.mkdtemp(prefix="bench-speed-"))
     results: dict = {}

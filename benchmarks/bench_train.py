@@ -6,7 +6,6 @@ Reports: cold run / plain SentenceTransformer.encode (target <= 1.15), warm-cach
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 import sys
@@ -14,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BBC, bertcls, save_result, st_encode_script, timed  # noqa: E402
+from common import benchmark_parser, bertcls, data_file, parse_args, save_result, st_encode_script, timed  # noqa: E402
 
 MAX_SEQ_LEN = 128
 
@@ -39,16 +38,16 @@ def logistic_regression_f1(root: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = benchmark_parser(__doc__)
     parser.add_argument(
         "--repeats", type=int, default=3, help="interleaved baseline/cold/warm rounds (medians reported)"
     )
-    args = parser.parse_args()
+    args = parse_args(parser)
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     try:
         baseline, encode_only, cold, warm = [], [], [], []
         for round_number in range(args.repeats):
-            wall, done = timed([sys.executable, "-c", st_encode_script(BBC, MAX_SEQ_LEN)])
+            wall, done = timed([sys.executable, "-c", st_encode_script(data_file("bbc-text.csv"), MAX_SEQ_LEN)])
             baseline.append(wall)
             encode_only.append(float(done.stdout.strip().splitlines()[-1]))
             root = work / f"out{round_number}"
@@ -57,7 +56,7 @@ def main() -> None:
                 "--output-root",
                 str(root),
                 "--data-file",
-                str(BBC),
+                str(data_file("bbc-text.csv")),
                 "--max-seq-len",
                 str(MAX_SEQ_LEN),
                 "--verbosity",

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BBC, REPO, bertcls, save_result, timed  # noqa: E402
+from common import REPO, benchmark_parser, bertcls, data_file, parse_args, save_result, timed  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 FLIP_FRACTION = 0.05
@@ -33,7 +33,7 @@ SEED = 0
 
 def flipped_bbc(folder: Path) -> tuple[Path, set[int]]:
     """A BBC copy with 5% of rows given another label; returns the file and the flipped CSV line numbers."""
-    frame = pd.read_csv(BBC).drop_duplicates(subset="text").reset_index(drop=True)
+    frame = pd.read_csv(data_file("bbc-text.csv")).drop_duplicates(subset="text").reset_index(drop=True)
     rng = np.random.default_rng(SEED)
     rows = rng.choice(len(frame), size=int(FLIP_FRACTION * len(frame)), replace=False)
     names = sorted(frame.category.unique())
@@ -94,6 +94,7 @@ def near_duplicate_speed() -> dict[str, float]:
 
 
 def main() -> None:
+    parse_args(benchmark_parser(__doc__))
     work = Path(tempfile.mkdtemp(prefix="bench-trust-"))
     results: dict = {}
     try:
@@ -104,7 +105,7 @@ def main() -> None:
         results["calibration_noisy_labels"] = calibration(noisy)
         print(results, flush=True)
         clean = work / "clean"
-        evaluate(clean, BBC, work, "--cv-folds", "0")
+        evaluate(clean, data_file("bbc-text.csv"), work, "--cv-folds", "0")
         results["calibration_clean"] = calibration(clean)
         results["near_duplicates"] = near_duplicate_speed()
         save_result("trust", results)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -10,8 +11,40 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BBC = REPO.parent / "shared" / "data" / "bbc-text.csv"
+DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
+_data_dir = DEFAULT_DATA_DIR  # set from --data-dir by parse_args
 RESULTS = REPO / "benchmarks" / "results"
+
+
+def benchmark_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """An argument parser with the ``--data-dir`` every benchmark takes."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help="folder holding bbc-text.csv, sms-spam.csv and goemotions.csv (default: ../shared/data beside the repo)",
+    )
+    return parser
+
+
+def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    global _data_dir
+    args = parser.parse_args()
+    _data_dir = args.data_dir
+    return args
+
+
+def data_file(name: str) -> Path:
+    """A data set of ``--data-dir``, or one sentence on where to put it (the BBC articles are not redistributable,
+    so the repository does not ship them)."""
+    path = _data_dir / name
+    if not path.is_file():
+        raise SystemExit(
+            f"{path} does not exist: put {name} in {_data_dir} (or pass --data-dir FOLDER); the benchmarks' README "
+            "section says where each data set comes from."
+        )
+    return path
 
 
 def timed(cmd: list[str], **kwargs) -> tuple[float, subprocess.CompletedProcess]:

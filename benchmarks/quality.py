@@ -18,7 +18,6 @@ The HF Trainer baseline needs ``accelerate`` (``pip install -e '.[bench]'``). No
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -27,13 +26,27 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from common import REPO, RESULTS, bertcls, save_result, st_encode_script, timed, train_on_splits
+from common import (
+    REPO,
+    RESULTS,
+    benchmark_parser,
+    bertcls,
+    data_file,
+    parse_args,
+    save_result,
+    st_encode_script,
+    timed,
+    train_on_splits,
+)
 
-DATA = {
-    "bbc": REPO.parent / "shared" / "data" / "bbc-text.csv",
-    "sms": REPO.parent / "shared" / "data" / "sms-spam.csv",
-    "tickets": REPO / "examples" / "support_tickets.csv",
-}
+TICKETS = REPO / "examples" / "support_tickets.csv"
+
+
+def dataset(name: str) -> Path:
+    """The CSV of a set: BBC and SMS from --data-dir, the tickets from examples/."""
+    return TICKETS if name == "tickets" else data_file({"bbc": "bbc-text.csv", "sms": "sms-spam.csv"}[name])
+
+
 TOKENS = {"bbc": 128, "sms": 64, "tickets": 64}  # fine-tuning tokens (the issue's recipe); frozen runs use 128
 METHODS = ("tfidf_svc", "emb_lr", "hf_trainer", "bertcls", "bertcls_ft")
 FT_EPOCHS = 2
@@ -42,7 +55,7 @@ FT_EPOCHS = 2
 def make_splits(name: str, folder: Path, seed: int = 0) -> dict[str, Path]:
     from sklearn.model_selection import train_test_split
 
-    df = pd.read_csv(DATA[name])
+    df = pd.read_csv(dataset(name))
     train, test = train_test_split(df, test_size=0.2, stratify=df["category"], random_state=seed)
     fit, val = train_test_split(train, test_size=0.1, stratify=train["category"], random_state=seed)
     paths = {"train80": train, "train": fit, "val": val, "test": test}
@@ -155,7 +168,7 @@ def run_method(method: str, name: str, paths: dict[str, Path], work: Path) -> tu
 
 def encode_cost(work: Path) -> dict[str, float]:
     """Cold bertcls train on all of BBC (default settings) over one plain ST encode of the same texts."""
-    csv = DATA["bbc"]
+    csv = dataset("bbc")
     st_wall, _ = timed([sys.executable, "-c", st_encode_script(csv, 128)])
     root = work / "bbc-cold"
     train_wall, _ = timed(
@@ -207,12 +220,12 @@ def over_splits(results: dict, sets: list[str], seeds: list[int]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--sets", default="bbc,sms,tickets")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--split-seeds", default="0", help="random_state of each split (the issue's split is 0)")
     parser.add_argument("--no-cost", action="store_true", help="skip the cold-train / encode cost measurement")
-    args = parser.parse_args()
+    args = parse_args(parser)
     sets, seeds = args.sets.split(","), [int(s) for s in args.split_seeds.split(",")]
     issue_split_only = seeds == [0]  # the issue's split alone: keys, folders and result file as before
     work = Path(tempfile.mkdtemp(prefix="bench-quality-"))

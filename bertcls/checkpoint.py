@@ -27,6 +27,7 @@ from bertcls.config import Settings
 from bertcls.encoder import BUNDLED_ALIASES, Encoder, Windowing, export_default_encoder, fingerprint
 from bertcls.errors import CheckpointError
 from bertcls.fileio import atomic_path
+from bertcls.layout import RunLayout
 from bertcls.lexical import VOCABULARY_KEY, LexicalFeatures, LexicalSpec
 from bertcls.metrics import EpochRecord
 from bertcls.model import HeadSpec, LexicalLayer, MLPHead, TextClassifier, load_trainable_state
@@ -124,17 +125,9 @@ def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def resolve_checkpoint_path(name: str, output_root: str | Path) -> Path:
-    """A bare file name resolves under ``<output_root>/best_trials/``."""
-    path = Path(name)
-    if len(path.parts) == 1 and not path.exists():
-        return Path(output_root) / "best_trials" / path
-    return path
-
-
 def load_named_checkpoint(name: str | None, output_root: str | Path) -> Checkpoint:
     """``--best-model``/``--model`` as given (default ``best_model.pt``), resolved and loaded."""
-    return load_checkpoint(resolve_checkpoint_path(name or "best_model.pt", output_root))
+    return load_checkpoint(RunLayout.of(output_root).checkpoint(name))
 
 
 def save_checkpoint(
@@ -328,7 +321,7 @@ def encoder_folder_for(ref: EncoderRef, output_root: str | Path) -> Path:
     """The local encoder a checkpoint refers to (the bundled default is re-exported if missing)."""
     if ref.name_or_path.lower() in BUNDLED_ALIASES:
         stored = Path(ref.folder)
-        return stored if stored.is_dir() else export_default_encoder(Path(output_root))
+        return stored if stored.is_dir() else export_default_encoder(output_root)
     return Path(ref.folder)
 
 

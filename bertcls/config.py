@@ -198,6 +198,7 @@ class DataSection(StrictModel):
     test_fraction: float = Field(0.1, gt=0, lt=0.5)
     encoding: str = "utf-8"
     on_bad_rows: Literal["error", "drop"] = "error"
+    on_conflicting_labels: Literal["error", "drop", "majority", "union"] = "error"
     exclude_rows: str | None = None
 
     _expand = field_validator("data_file", "train_file", "val_file", "test_file", "exclude_rows", mode="before")(

@@ -18,11 +18,12 @@ from bertcls.labelsets import (
     check_label_counts,
     check_separator_used,
     label_series,
+    label_sets,
     split_multilabel,
 )
+from bertcls.layout import SPLIT_NAMES, RunLayout
 
 logger = logging.getLogger(__name__)
-SPLIT_NAMES = ("train", "val", "test")
 MAX_ROWS_LISTED = 10
 SOURCE_ROW = "source_row"  # a row's CSV line number in the file it came from
 
@@ -34,7 +35,7 @@ def resolve_data_path(path: str, output_root: str | Path) -> Path:
         return candidate
     if candidate.is_absolute():
         raise DataError(f"Data file {path} does not exist.")
-    under_root = Path(output_root) / "data" / candidate
+    under_root = RunLayout.of(output_root).data_dir / candidate
     if under_root.exists():
         return under_root
     raise DataError(f"Data file {path} was not found (looked in the working directory and {under_root.parent}).")
@@ -144,18 +145,97 @@ def _blank_rows(frame: pd.DataFrame, cfg: DataSection, multilabel: bool = False)
     return blank if multilabel else blank | (frame[cfg.label_column].str.strip() == "")
 
 
-def _bad_rows(frame: pd.DataFrame, cfg: DataSection, multilabel: bool = False) -> list[int]:
-    """CSV line numbers of rows with empty text or label (the ``source_row`` column where present)."""
-    positions = np.flatnonzero(_blank_rows(frame, cfg, multilabel).to_numpy())
+def _csv_lines(frame: pd.DataFrame, positions: np.ndarray) -> list[int]:
+    """CSV line numbers of the rows at ``positions`` (the ``source_row`` column where present)."""
     if SOURCE_ROW in frame.columns:
         lines = pd.to_numeric(frame[SOURCE_ROW], errors="coerce").to_numpy()[positions]
         return [int(r) if r == r else int(i) + 2 for r, i in zip(lines, positions, strict=True)]
     return [int(i) + 2 for i in positions]
 
 
+def _bad_rows(frame: pd.DataFrame, cfg: DataSection, multilabel: bool = False) -> list[int]:
+    """CSV line numbers of rows with empty text or label."""
+    return _csv_lines(frame, np.flatnonzero(_blank_rows(frame, cfg, multilabel).to_numpy()))
+
+
 def _conflicting_texts(frame: pd.DataFrame, cfg: DataSection, labels: pd.Series) -> pd.Series:
     labels_per_text = labels.groupby(frame[cfg.text_column]).nunique()
     return labels_per_text[labels_per_text > 1]
+
+
+def _majority_labels(frame: pd.DataFrame, cfg: DataSection, conflicted: pd.Series, source: str) -> pd.Series:
+    """Each conflicting text's most frequent label (single-label); a tie is an error naming the lines."""
+    winners = {}
+    for text, group in frame[conflicted].groupby(cfg.text_column, sort=False):
+        counts = group[cfg.label_column].value_counts()
+        if len(counts) > 1 and counts.iloc[0] == counts.iloc[1]:
+            lines = _csv_lines(frame, np.flatnonzero((frame[cfg.text_column] == text).to_numpy()))
+            raise DataError(
+                f"{source}: text {str(text)[:60]!r} has no majority label (CSV lines {_row_list(lines)}); "
+                "fix those rows or set --on-conflicting-labels drop."
+            )
+        winners[text] = counts.index[0]
+    return frame.loc[conflicted, cfg.text_column].map(winners)
+
+
+def _label_set_unions(frame: pd.DataFrame, cfg: DataSection, conflicted: pd.Series) -> pd.DataFrame:
+    """Every row of a conflicting text given the union of that text's label sets (multi-label, either form)."""
+    sets = pd.Series(label_sets(frame, cfg), index=frame.index)
+    unions = (
+        sets[conflicted]
+        .groupby(frame.loc[conflicted, cfg.text_column])
+        .agg(lambda parts: tuple(sorted(set().union(*parts))))
+    )
+    merged = frame.loc[conflicted, cfg.text_column].map(unions)
+    frame = frame.copy()
+    if cfg.label_columns:
+        for column in cfg.label_columns:
+            frame.loc[conflicted, column] = merged.map(lambda labels, c=column: "1" if c in labels else "0")
+    else:
+        frame.loc[conflicted, cfg.label_column] = merged.map(cfg.label_separator.join)
+    return frame
+
+
+def resolve_conflicting_labels(
+    frame: pd.DataFrame, cfg: DataSection, source: str, report: DataReport, multilabel: bool
+) -> pd.DataFrame:
+    """Texts that appear with different labels (label sets): an error naming the CSV lines, or, by
+    ``data.on_conflicting_labels``, their rows dropped, relabelled to the majority label, or given the union."""
+    labels = label_series(frame, cfg, multilabel)
+    conflicts = _conflicting_texts(frame, cfg, labels)
+    if not len(conflicts):
+        return frame
+    conflicted = frame[cfg.text_column].isin(conflicts.index)
+    lines = _csv_lines(frame, np.flatnonzero(conflicted.to_numpy()))
+    which = "label sets" if multilabel else "labels"
+    policy = cfg.on_conflicting_labels
+    found = f"{len(conflicts)} text(s) that appear with different {which} (e.g. {str(conflicts.index[0])[:60]!r})"
+    if policy == "error":
+        other = "union" if multilabel else "majority"
+        raise DataError(
+            f"{source} has {found} on CSV lines {_row_list(lines)}; give each text one "
+            f"{'label set' if multilabel else 'label'}, or set --on-conflicting-labels drop or {other}."
+        )
+    if policy == ("majority" if multilabel else "union"):
+        task = "multi-label" if multilabel else "single-label"
+        raise DataError(
+            f"--on-conflicting-labels {policy} does not apply to {task} data; use drop or "
+            f"{'union' if multilabel else 'majority'}."
+        )
+    if policy == "drop":
+        report.warnings.append(f"Dropped {len(lines)} row(s) of {found} (CSV lines {_row_list(lines)}).")
+        return frame[~conflicted].reset_index(drop=True)
+    if policy == "majority":
+        majority = _majority_labels(frame, cfg, conflicted, source)
+        changed = int((frame.loc[conflicted, cfg.label_column] != majority).sum())
+        frame = frame.copy()
+        frame.loc[conflicted, cfg.label_column] = majority
+        report.warnings.append(f"Gave {changed} row(s) of {found} their text's majority label.")
+        return frame
+    merged = _label_set_unions(frame, cfg, conflicted)
+    changed = int((label_series(merged, cfg, multilabel) != labels).sum())
+    report.warnings.append(f"Gave {changed} row(s) of {found} the union of their text's label sets.")
+    return merged
 
 
 def drop_bad_rows(frame: pd.DataFrame, cfg: DataSection, source: str, report: DataReport, multilabel: bool):
@@ -191,15 +271,8 @@ def check_labelled(
     frame = drop_bad_rows(frame, cfg, source, report, multilabel)
     if multilabel and require_separator:
         check_separator_used(frame, cfg, source)
+    frame = resolve_conflicting_labels(frame, cfg, source, report, multilabel)
     labels = label_series(frame, cfg, multilabel)
-    conflicts = _conflicting_texts(frame, cfg, labels)
-    if len(conflicts):
-        example = str(conflicts.index[0])[:60]
-        which = "label sets" if multilabel else "labels"
-        raise DataError(
-            f"{source} has {len(conflicts)} text(s) that appear with different {which} (e.g. {example!r}); "
-            f"give each text one {'label set' if multilabel else 'label'}."
-        )
     report.duplicate_rows = int(pd.DataFrame({"t": frame[cfg.text_column], "l": labels}).duplicated().sum())
     if report.duplicate_rows:
         report.warnings.append(
@@ -273,9 +346,9 @@ def split_by_text(frame: pd.DataFrame, cfg: DataSection, seed: int) -> Splits:
 
 def write_splits(splits: Splits, output_root: str | Path) -> dict[str, Path]:
     """``<output_root>/data/{train,val,test}.csv``: the rows a model was trained, validated and tested on."""
-    folder = Path(output_root) / "data"
-    paths = {name: write_csv_atomic(folder / f"{name}.csv", part) for name, part in splits.items()}
-    logger.info("Wrote the splits to %s", folder)
+    layout = RunLayout.of(output_root)
+    paths = {name: write_csv_atomic(layout.split_file(name), part) for name, part in splits.items()}
+    logger.info("Wrote the splits to %s", layout.data_dir)
     return paths
 
 

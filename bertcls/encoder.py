@@ -19,6 +19,7 @@ from torch import nn
 from bertcls.config import DEFAULT_ENCODER, EncoderSection
 from bertcls.errors import BertclsError
 from bertcls.interrupts import Interrupted
+from bertcls.layout import RunLayout
 from bertcls.precision import autocast
 
 logger = logging.getLogger(__name__)
@@ -96,9 +97,9 @@ def fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def export_default_encoder(output_root: Path) -> Path:
+def export_default_encoder(output_root: str | Path) -> Path:
     """Copy the bundled all-MiniLM-L6-v2 into ``<output_root>/bert_encoder/`` once."""
-    target = Path(output_root) / "bert_encoder"
+    target = RunLayout.of(output_root).encoder_dir
     if (target / "model.safetensors").is_file():
         return target
     source = _bundled_model_dir()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -63,6 +64,17 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def replace_dir(staging: Path, final: Path) -> Path:
+    """Put the finished folder ``staging`` in the place of ``final`` (renames only: ``final`` is never half
+    written), then delete the old one."""
+    old = final.with_name(f".{final.name}.old.{staging.name.rsplit('.', 1)[-1]}")
+    if final.exists():
+        final.rename(old)
+    staging.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
 def write_text_atomic(target: str | Path, text: str) -> Path:

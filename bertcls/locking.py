@@ -15,9 +15,9 @@ from pathlib import Path
 
 from bertcls.errors import DataError
 from bertcls.fileio import pid_alive
+from bertcls.layout import RunLayout
 
 logger = logging.getLogger(__name__)
-LOCK_NAME = ".bertcls.lock"
 
 
 def read_holder(path: Path) -> dict | None:
@@ -66,7 +66,7 @@ def root_lock(root: Path, command: str, study: str | None = None) -> Iterator[No
         return
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    path = root / LOCK_NAME
+    path = RunLayout(root).lock
     info = {
         "pid": os.getpid(),
         "host": socket.gethostname(),

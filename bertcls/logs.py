@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import os
 from pathlib import Path
 
+from bertcls.layout import RunLayout
 from bertcls.redaction import RedactingFilter
 
 VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
@@ -22,15 +21,9 @@ NOISY_LIBRARIES = (
 )
 
 
-def log_file_path(output_root: Path, command: str) -> Path:
-    """``logs/<command>_<YYYYmmdd_HHMMSS>_<pid>.log``: two commands started in the same second never share one."""
-    stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
-    return Path(output_root) / "logs" / f"{command}_{stamp}_{os.getpid()}.log"
-
-
 def attach_file_log(output_root: Path, command: str) -> Path:
     """Log everything from bertcls at debug level to a timestamped file; returns its path."""
-    path = log_file_path(output_root, command)
+    path = RunLayout.of(output_root).log_file(command)
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setLevel(logging.DEBUG)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +21,12 @@ from torch import nn
 from bertcls.checkpoint import Checkpoint, build_classifier, now_iso
 from bertcls.encoder import bounded, pool_windows, split_into_windows, window_batches
 from bertcls.errors import BertclsError
-from bertcls.fileio import atomic_path
+from bertcls.fileio import atomic_path, replace_dir
+from bertcls.layout import RunLayout
 from bertcls.lexical import LexicalFeatures, LexicalSpec
 from bertcls.metrics import macro_f1
 
 logger = logging.getLogger(__name__)
-EXPORT_DIR = "export"
 MANIFEST = "export.json"
 FP32_MAX_DIFF = 1e-4
 INT8_MIN_AGREEMENT = 0.99
@@ -295,7 +294,7 @@ def export_model(
     torch model's fp32 probabilities); the old export is replaced only when the new one passes."""
     require_onnx()
     output_root = Path(output_root)
-    staging = output_root / f".{EXPORT_DIR}.{uuid.uuid4().hex[:8]}"
+    staging = RunLayout.staging_for(RunLayout(output_root).export_dir)
     staging.mkdir(parents=True)
     try:
         model, encoder = build_classifier(ckpt, output_root)
@@ -330,12 +329,7 @@ def export_model(
             checks = check_export(staging, torch_probs, texts, truth, ckpt.labels, int8=True)
         manifest.checks = checks
         (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
-        final = output_root / EXPORT_DIR
-        old = output_root / f".{EXPORT_DIR}.old.{uuid.uuid4().hex[:8]}"
-        if final.exists():
-            final.rename(old)
-        staging.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        final = replace_dir(staging, RunLayout(output_root).export_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -37,6 +37,7 @@ from bertcls.errors import ConfigError, DataError
 from bertcls.features import EmbeddingService, truncation_summary
 from bertcls.interrupts import Interrupted
 from bertcls.labelsets import label_matrix, names_of, unknown_labels
+from bertcls.layout import RunLayout
 from bertcls.lexical import LexicalFeatures
 from bertcls.memory import MemoryManager, default_probe
 from bertcls.model import HeadSpec, LexicalLayer, MLPHead, TextClassifier, count_parameters, load_trainable_state
@@ -422,7 +423,7 @@ def save_trained(settings: Settings, run: PreparedRun, trainer: Trainer) -> Trai
         data=data,
         calibration=trainer.calibration,
     )
-    path = save_checkpoint(settings.root / "best_trials" / "best_model.pt", result.best_state, meta, lexical)
+    path = save_checkpoint(RunLayout(settings.root).best_model, result.best_state, meta, lexical)
     write_splits(run.splits, settings.root)
     service = run.service
     lexical_count = lexical.spec.num_features if lexical is not None else 0

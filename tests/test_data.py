@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from conftest import bbc_frame
+import pytest
+from conftest import SMS, read_csv
 
 from bertcls.config import DataSection
 from bertcls.data import check_labelled, read_labelled_csv, split_by_text
+from bertcls.errors import DataError
 
 
 def rows(n_per_class: int = 4, classes=("a", "b", "c")) -> list[tuple[str, str]]:
@@ -73,6 +75,29 @@ def test_conflicting_labels(cli, tmp_path):
     path = write_csv(tmp_path / "d.csv", rows() + [("text a number 0", "b")])
     code, _, err = train_exit(cli, path)
     assert code == 2 and "different labels" in err
+    assert "CSV lines 2, 14" in err and "--on-conflicting-labels" in err and len(err.strip().splitlines()) == 1
+    code, _, err = train_exit(cli, path, "--on-conflicting-labels", "union")
+    assert code == 2 and "does not apply to single-label data" in err
+
+
+CONFLICTED = rows() + [("text a number 0", "b"), ("text a number 0", "a"), ("text b number 1", "c")]
+
+
+def test_conflicting_labels_dropped_with_a_count():
+    frame = pd.DataFrame(CONFLICTED, columns=["text", "category"])
+    kept, report = check_labelled(frame, DataSection(on_conflicting_labels="drop"), "d.csv")
+    assert len(kept) == len(frame) - 5 and not kept.text.isin(["text a number 0", "text b number 1"]).any()
+    assert any("Dropped 5 row(s) of 2 text(s)" in w for w in report.warnings)
+
+
+def test_conflicting_labels_take_the_majority_and_a_tie_names_its_lines():
+    frame = pd.DataFrame(CONFLICTED[:-1], columns=["text", "category"])
+    kept, report = check_labelled(frame, DataSection(on_conflicting_labels="majority"), "d.csv")
+    assert set(kept[kept.text == "text a number 0"].category) == {"a"} and len(kept) == len(frame)
+    assert any("Gave 1 row(s) of 1 text(s)" in w and "majority" in w for w in report.warnings)
+    tied = pd.DataFrame(CONFLICTED, columns=["text", "category"])
+    with pytest.raises(DataError, match=r"'text b number 1' has no majority label \(CSV lines 7, 16\)"):
+        check_labelled(tied, DataSection(on_conflicting_labels="majority"), "d.csv")
 
 
 def test_exact_duplicates_are_counted_and_kept():
@@ -102,8 +127,8 @@ def test_relative_path_resolves_under_output_root_data(tmp_path):
     assert resolve_data_path("x.csv", tmp_path / "out") == tmp_path / "out" / "data" / "x.csv"
 
 
-def test_bbc_split_has_no_text_in_two_splits():
-    frame = bbc_frame()
+def test_sms_split_has_no_text_in_two_splits():
+    frame = read_csv(SMS)
     assert frame.text.duplicated().sum() > 50  # the data really has duplicates
     splits = split_by_text(frame, DataSection(), seed=0)
     seen = [set(part.text) for _, part in splits.items()]

@@ -17,7 +17,7 @@ from bertcls.checkpoint import load_checkpoint
 from bertcls.config import EncoderSection
 from bertcls.distributed import World
 from bertcls.features import EmbeddingService
-from tests.conftest import bbc_subset
+from tests.conftest import thread_subset
 
 
 def torchrun(*args, cwd) -> subprocess.CompletedProcess:
@@ -29,8 +29,8 @@ def torchrun(*args, cwd) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def small_csv(tmp_path_factory):
-    path = tmp_path_factory.mktemp("dist") / "bbc100.csv"
-    bbc_subset(20, seed=4).to_csv(path, index=False)
+    path = tmp_path_factory.mktemp("dist") / "threads100.csv"
+    thread_subset(20, seed=4).to_csv(path, index=False)
     return path
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import bbc_subset
+from conftest import thread_subset
 
 from bertcls.checkpoint import build_classifier, load_checkpoint, save_checkpoint
 from bertcls.config import EncoderSection, LexicalSection
@@ -37,8 +37,8 @@ def train(root, data, **flags):
 
 @pytest.fixture(scope="module")
 def small_data(workspace):
-    path = workspace / "bbc40.csv"
-    bbc_subset(8, seed=3).to_csv(path, index=False)
+    path = workspace / "threads40.csv"
+    thread_subset(8, seed=3).to_csv(path, index=False)
     return path
 
 
@@ -70,7 +70,7 @@ def test_lexical_vectorizer_rebuilt_from_terms_and_idf_transforms_identically():
 def test_a_text_of_three_windows_gives_three_cache_entries_and_their_pooled_vector(workspace):
     cfg = EncoderSection(long_texts="chunks", chunk_stride=20, max_chunks=8)
     service = EmbeddingService(cfg, 32, workspace / "chunks", DEVICE)
-    tokens = service.tokenizer(bbc_subset(1)["text"][0], add_special_tokens=False)["input_ids"]
+    tokens = service.tokenizer(thread_subset(1)["text"][0], add_special_tokens=False)["input_ids"]
     text = service.tokenizer.decode(tokens[:65])  # 65 tokens: windows of 30 every 20 tokens -> 3 windows
     ids = service.tokenizer(text, add_special_tokens=False)["input_ids"]
     assert len(text_windows(ids, 32, 20, 8)) == 3

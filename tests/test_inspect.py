@@ -15,7 +15,7 @@ def test_panels_show_parameters_and_labels(cli, trained_model):
         "Parameters",
         "trainable",
         "frozen",
-        "business, entertainment, politics, sport, tech",
+        "account, billing, feedback, shipping, technical",
         "Training history",
         "Final metrics",
         "matches",

@@ -10,17 +10,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO
+from conftest import GOEMOTIONS
 from sklearn.metrics import accuracy_score, f1_score, hamming_loss, precision_recall_fscore_support
 
 from bertcls.calibration import binary_nll
 from bertcls.checkpoint import load_checkpoint
 from bertcls.config import DataSection
+from bertcls.data import DataReport, resolve_conflicting_labels
+from bertcls.errors import DataError
 from bertcls.labelsets import iterative_stratification, label_matrix, label_sets, names_of, split_multilabel
 from bertcls.metrics import decide, multilabel_scores, per_label_scores, tune_thresholds
 from bertcls.training import positive_weights
 
-GOEMOTIONS = REPO.parent / "shared" / "data" / "goemotions.csv"
 KEEP = ["admiration", "amusement", "anger", "curiosity", "gratitude", "love", "neutral", "sadness"]
 
 
@@ -189,11 +190,33 @@ def test_bad_multilabel_input_is_one_sentence_and_exit_2(cli, ml_data, tmp_path)
     conflict = pd.concat([frame, frame.head(1).assign(labels="anger")], ignore_index=True)
     conflict.to_csv("conflict.csv", index=False)
     code, _, err = cli("train", "--data-file", "conflict.csv", "--label-column", "labels", "--multi-label")
-    assert code == 2 and "different label sets" in err
+    assert code == 2 and "different label sets" in err and "--on-conflicting-labels drop or union" in err
+
     rare = pd.concat([frame, pd.DataFrame({"text": ["so proud", "proud of you"], "labels": ["pride|joy", "pride"]})])
     rare.to_csv("rare.csv", index=False)
     code, _, err = cli("train", "--data-file", "rare.csv", "--label-column", "labels", "--multi-label")
     assert code == 2 and "'joy' (1)" in err and "'pride' (2)" in err and "too few to split" in err
+
+
+@pytest.mark.parametrize("layout", ["separated", "flags"])
+def test_conflicting_label_sets_take_their_union_in_either_form(layout):
+    """GoEmotions' dev rows hold "I like it!" twice as love and once as admiration."""
+    texts = ["I like it!", "I like it!", "I like it!", "so sad", "lol", "lol", "meh"]
+    cells = ["love", "love", "admiration", "sadness", "amusement|love", "amusement", ""]
+    names = ["admiration", "amusement", "love", "sadness"]
+    frame = pd.DataFrame({"text": texts, "labels": cells})
+    cfg = DataSection(label_column="labels", on_conflicting_labels="union")
+    if layout == "flags":
+        flags = {name: ["1" if name in cell.split("|") else "0" for cell in cells] for name in names}
+        frame = pd.DataFrame({"text": texts, **flags})
+        cfg = DataSection(label_columns=names, on_conflicting_labels="union")
+    merged = resolve_conflicting_labels(frame, cfg, "d.csv", report := DataReport(), multilabel=True)
+    assert label_sets(merged, cfg) == [("admiration", "love")] * 3 + [("sadness",)] + [("amusement", "love")] * 2 + [()]
+    assert report.warnings == ["Gave 4 row(s) of 2 text(s) that appear with different label sets (e.g. 'I like it!') "
+                               "the union of their text's label sets."]  # fmt: skip
+    with pytest.raises(DataError, match="majority does not apply to multi-label data; use drop or union"):
+        resolve_conflicting_labels(frame, cfg.model_copy(update={"on_conflicting_labels": "majority"}), "d.csv",
+                                   DataReport(), multilabel=True)  # fmt: skip
 
 
 # --- a multi-label checkpoint through every command --------------------------------------------------------------

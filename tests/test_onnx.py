@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from bertcls.checkpoint import load_named_checkpoint
-from bertcls.onnx_backend import EXPORT_DIR, ExportError, OnnxPredictor, check_export
+from bertcls.layout import RunLayout
+from bertcls.onnx_backend import ExportError, OnnxPredictor, check_export
 from bertcls.prediction import Predictor
-from tests.conftest import bbc_subset
+from tests.conftest import thread_subset
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def fp32_export(trained_model):
     from bertcls.cli.app import run
 
     assert run(["export", "--output-root", str(trained_model), "--format", "onnx", "--verbosity", "0"]) == 0
-    return trained_model / EXPORT_DIR
+    return RunLayout(trained_model).export_dir
 
 
 def torch_probs(root, texts):
@@ -31,19 +32,19 @@ def test_fp32_export_matches_torch_probabilities(trained_model, fp32_export):
     manifest = OnnxPredictor(fp32_export).manifest
     assert not manifest.int8 and manifest.checks["max_prob_diff"] <= 1e-4 and manifest.checks["texts"] > 0
     assert manifest.lexical is not None  # the model's TF-IDF features travel with the export
-    texts = bbc_subset(6, seed=7).text.tolist()
+    texts = thread_subset(6, seed=7).text.tolist()
     onnx_probs = OnnxPredictor(fp32_export, threads=1).predict_proba(texts, 8)
     assert np.abs(onnx_probs - torch_probs(trained_model, texts)).max() <= 1e-4
 
 
-def test_predict_backend_onnx_writes_the_same_labels_as_torch(trained_model, fp32_export, bbc_small, cli):
+def test_predict_backend_onnx_writes_the_same_labels_as_torch(trained_model, fp32_export, threads_small, cli):
     code, _, err = cli(
-        "predict", "--output-root", trained_model, "--data-file", bbc_small, "--backend", "onnx",
+        "predict", "--output-root", trained_model, "--data-file", threads_small, "--backend", "onnx",
         "--output-file", "onnx.csv",
     )  # fmt: skip
     assert code == 0, err
     code, _, err = cli(
-        "predict", "--output-root", trained_model, "--data-file", bbc_small, "--precision", "fp32",
+        "predict", "--output-root", trained_model, "--data-file", threads_small, "--precision", "fp32",
         "--output-file", "torch.csv",
     )  # fmt: skip
     assert code == 0, err
@@ -57,20 +58,20 @@ def test_predict_backend_onnx_writes_the_same_labels_as_torch(trained_model, fp3
 def test_int8_export_is_checked_and_kept_only_when_it_agrees(trained_model, fp32_export, cli, tmp_path):
     code, out, err = cli("export", "--output-root", trained_model, "--int8", "--verbosity", "0")
     assert code == 0, err
-    manifest = OnnxPredictor(trained_model / EXPORT_DIR).manifest
+    manifest = OnnxPredictor(RunLayout(trained_model).export_dir).manifest
     assert manifest.int8 and manifest.encoder_file == "encoder.int8.onnx"
     assert manifest.checks["label_agreement"] >= 0.99
     assert manifest.checks["macro_f1_torch"] - manifest.checks["macro_f1_onnx"] <= 0.005
     # the check itself: torch probabilities the export cannot match make it fail with one sentence
-    texts = bbc_subset(4, seed=8).text.tolist()
+    texts = thread_subset(4, seed=8).text.tolist()
     probs = torch_probs(trained_model, texts)
     wrong = np.roll(probs, 1, axis=1)
     labels = load_named_checkpoint(None, trained_model).labels
     truth = [labels[i] for i in probs.argmax(1)]
     with pytest.raises(ExportError, match="agrees with torch on"):
-        check_export(trained_model / EXPORT_DIR, wrong, texts, truth, labels, int8=True)
+        check_export(RunLayout(trained_model).export_dir, wrong, texts, truth, labels, int8=True)
     with pytest.raises(ExportError, match="differs from torch"):
-        check_export(trained_model / EXPORT_DIR, wrong, texts, truth, labels, int8=False)
+        check_export(RunLayout(trained_model).export_dir, wrong, texts, truth, labels, int8=False)
 
 
 def test_export_without_check_data_fails_cleanly_and_keeps_the_old_export(trained_model, fp32_export, cli, tmp_path):
@@ -85,8 +86,8 @@ def test_onnx_threads_are_applied(fp32_export):
     assert predictor.encoder.get_session_options().intra_op_num_threads == 1
 
 
-def test_backend_onnx_without_the_extra_is_one_sentence(trained_model, bbc_small, cli, monkeypatch):
+def test_backend_onnx_without_the_extra_is_one_sentence(trained_model, threads_small, cli, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the extra were not installed
-    code, _, err = cli("predict", "--output-root", trained_model, "--data-file", bbc_small, "--backend", "onnx")
+    code, _, err = cli("predict", "--output-root", trained_model, "--data-file", threads_small, "--backend", "onnx")
     assert code == 2
     assert "pip install -e '.[onnx]'" in " ".join(err.split()) and "Traceback" not in err

@@ -76,9 +76,9 @@ def test_hidden_width_rule():
     assert [hidden_dims(n) for n in (1, 2, 4)] == [[512], [512, 256], [512, 256, 128, 64]]
 
 
-def test_tpe_study_finishes_and_best_model_predicts(cli, workspace, bbc_small, tmp_path):
+def test_tpe_study_finishes_and_best_model_predicts(cli, workspace, threads_small, tmp_path):
     root = workspace / "tuning"
-    code, out, err = cli(*optimize_args(root, bbc_small, "bert_opt", "--n-trials", "3"))
+    code, out, err = cli(*optimize_args(root, threads_small, "bert_opt", "--n-trials", "3"))
     assert code == 0, err
     study = study_of(root, "bert_opt")
     assert len([t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 3
@@ -108,9 +108,11 @@ def test_tpe_study_finishes_and_best_model_predicts(cli, workspace, bbc_small, t
     assert code == 0 and "macro F1" in out, err
 
 
-def test_hopeless_trial_is_pruned(workspace, bbc_small):
+def test_hopeless_trial_is_pruned(workspace, threads_small):
     root = workspace / "tuning"
-    settings = tuning_settings(root, bbc_small, "prune", **{"tuning.n_trials": 4, "model.num_epochs": 8})
+    # the lexical part has its own learning rate and alone separates the threads: the trial's lr is hopeless without it
+    flags = {"tuning.n_trials": 4, "model.num_epochs": 8, "classifier.lexical_features": False}
+    settings = tuning_settings(root, threads_small, "prune", **flags)
     study = open_study(
         make_storage(default_storage_url(root, "prune"), settings.tuning), "prune", TrialSeededSampler(0)
     )
@@ -123,22 +125,22 @@ def test_hopeless_trial_is_pruned(workspace, bbc_small):
     assert "pruned" in study_of(root, "prune").trials[3].user_attrs["stop_reason"]
 
 
-def test_second_run_resumes_and_adds_trials(workspace, bbc_small):
+def test_second_run_resumes_and_adds_trials(workspace, threads_small):
     root = workspace / "tuning"
-    run_optimize(tuning_settings(root, bbc_small, "resume", **{"tuning.n_trials": 2}))
+    run_optimize(tuning_settings(root, threads_small, "resume", **{"tuning.n_trials": 2}))
     first = [(t.number, t.value, t.params) for t in study_of(root, "resume").trials]
-    outcome = run_optimize(tuning_settings(root, bbc_small, "resume", **{"tuning.n_trials": 3}))
+    outcome = run_optimize(tuning_settings(root, threads_small, "resume", **{"tuning.n_trials": 3}))
     trials = study_of(root, "resume").trials
     assert len(trials) == 3 and outcome.ran_here == 1
     assert [(t.number, t.value, t.params) for t in trials[:2]] == first
     assert (root / "best_trials" / "best_model_resume_exp1.pt").is_file()
 
 
-def test_same_seed_same_suggestions(workspace, bbc_small):
+def test_same_seed_same_suggestions(workspace, threads_small):
     values = []
     root = workspace / "tuning"
     for name in ("seed-a", "seed-b"):
-        run_optimize(tuning_settings(root, bbc_small, name, **{"tuning.n_trials": 2, "model.num_epochs": 2}))
+        run_optimize(tuning_settings(root, threads_small, name, **{"tuning.n_trials": 2, "model.num_epochs": 2}))
         values.append([t.params for t in study_of(root, name).trials])
     assert values[0] == values[1]
 
@@ -151,12 +153,12 @@ def env() -> dict:
     return {k: v for k, v in os.environ.items() if not k.startswith("BERTCLS_")} | {"HF_HUB_OFFLINE": "1"}
 
 
-def test_two_processes_share_one_study(workspace, bbc_small, tmp_path):
+def test_two_processes_share_one_study(workspace, threads_small, tmp_path):
     root = workspace / "tuning"
     run_optimize(
-        tuning_settings(root, bbc_small, "warm", **{"tuning.n_trials": 1, "model.num_epochs": 2})
+        tuning_settings(root, threads_small, "warm", **{"tuning.n_trials": 1, "model.num_epochs": 2})
     )  # fill the cache
-    args = optimize_args(root, bbc_small, "workers", "--n-trials", "6", epochs=4)
+    args = optimize_args(root, threads_small, "workers", "--n-trials", "6", epochs=4)
     workers = [
         subprocess.Popen(bertcls_cmd(*args), cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for _ in range(2)
@@ -177,12 +179,12 @@ def test_two_processes_share_one_study(workspace, bbc_small, tmp_path):
     assert len(ran) == 2 and sum(ran) >= 6  # every finished trial was run by one of the two workers
 
 
-def test_dead_workers_running_trial_is_marked_failed(workspace, bbc_small, tmp_path):
+def test_dead_workers_running_trial_is_marked_failed(workspace, threads_small, tmp_path):
     root = workspace / "tuning"
     config = tmp_path / "hb.yml"
     config.write_text("tuning:\n  heartbeat_interval: 1\n  grace_period: 2\n")
-    run_optimize(tuning_settings(root, bbc_small, "hb", **{"tuning.n_trials": 1, "model.num_epochs": 2}))
-    args = optimize_args(root, bbc_small, "hb", "--config", config, "--n-trials", "3", epochs=200)
+    run_optimize(tuning_settings(root, threads_small, "hb", **{"tuning.n_trials": 1, "model.num_epochs": 2}))
+    args = optimize_args(root, threads_small, "hb", "--config", config, "--n-trials", "3", epochs=200)
     worker = subprocess.Popen(
         bertcls_cmd(*args), cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -198,7 +200,7 @@ def test_dead_workers_running_trial_is_marked_failed(workspace, bbc_small, tmp_p
     settings = resolve_settings(
         {
             "output_root": str(root),
-            "data.data_file": str(bbc_small),
+            "data.data_file": str(threads_small),
             "model.max_seq_len": 128,
             "verbosity": 0,
             "model.num_epochs": 3,
@@ -214,8 +216,8 @@ def test_dead_workers_running_trial_is_marked_failed(workspace, bbc_small, tmp_p
 
 
 @pytest.fixture(scope="module")
-def pbt_context(workspace, bbc_small):
-    settings = tuning_settings(workspace / "tuning", bbc_small, "pbt-unit", **{"tuning.pbt.population_size": 2})
+def pbt_context(workspace, threads_small):
+    settings = tuning_settings(workspace / "tuning", threads_small, "pbt-unit", **{"tuning.pbt.population_size": 2})
     run = prepare(settings, WorkflowHooks())
     return TuningContext(
         settings, run.service, run.features, run.splits, run.names, workspace / "tuning" / "pbt-unit", "pbt-unit"
@@ -254,9 +256,9 @@ def test_explore_changes_the_running_optimizer_and_dropout(pbt_context):
     assert member.settings.optimizer.lr == 1e-3 and member.settings.classifier.dropout_rate == 0.5
 
 
-def test_pbt_command_saves_best_member_and_lineage(cli, workspace, bbc_small):
+def test_pbt_command_saves_best_member_and_lineage(cli, workspace, threads_small):
     root = workspace / "tuning"
-    code, out, err = cli(*optimize_args(root, bbc_small, "pbt", "--strategy", "pbt"))
+    code, out, err = cli(*optimize_args(root, threads_small, "pbt", "--strategy", "pbt"))
     assert code == 0, err
     folder = root / "optuna" / "pbt"
     assert (folder / "pbt_lineage.json").is_file() and (folder / "pbt_members.png").is_file()
@@ -311,7 +313,7 @@ def test_pbt_population_initial_points_come_from_the_search_space(pbt_context):
             assert value in dist.choices if hasattr(dist, "choices") else dist.low <= value <= dist.high
 
 
-def test_pbt_best_model_from_the_repo_config_goes_through_predict_evaluate_and_inspect(cli, tmp_path, bbc_small):
+def test_pbt_best_model_from_the_repo_config_goes_through_predict_evaluate_and_inspect(cli, tmp_path, threads_small):
     """The issue's report: with config.yml's [412, 220, 118] head in effect, PBT's export must be usable."""
     (tmp_path / "config.yml").write_text(
         "classifier:\n  hidden_dims: [412, 220, 118]\n  activation: relu\n"
@@ -319,7 +321,7 @@ def test_pbt_best_model_from_the_repo_config_goes_through_predict_evaluate_and_i
         "  pbt:\n    population_size: 4\n    perturbation_interval: 1\n    exploit_probability: 1.0\n"
     )
     root = tmp_path / "runs" / "pbt"
-    code, out, err = cli(*optimize_args(root, bbc_small, "pbtv", "--strategy", "pbt", "--n-trials", "4", epochs=4))
+    code, out, err = cli(*optimize_args(root, threads_small, "pbtv", "--strategy", "pbt", "--n-trials", "4", epochs=4))
     assert code == 0, err
     from bertcls.checkpoint import load_checkpoint
 
@@ -333,14 +335,14 @@ def test_pbt_best_model_from_the_repo_config_goes_through_predict_evaluate_and_i
         "--output-root",
         root,
         "--data-file",
-        bbc_small,
+        threads_small,
         "--output-file",
         tmp_path / "p.csv",
         "--verbosity",
         "0",
     )
     assert code == 0, err
-    assert len(pd.read_csv(tmp_path / "p.csv")) == len(pd.read_csv(bbc_small))
+    assert len(pd.read_csv(tmp_path / "p.csv")) == len(pd.read_csv(threads_small))
     code, out, err = cli("evaluate", "--output-root", root, "--cv-folds", "3", "--verbosity", "0")
     assert code == 0 and "CV macro F1 (3 folds)" in out, err
     code, out, err = cli("inspect", "--output-root", root, "--json")

@@ -18,7 +18,7 @@ URL = os.environ.get("TEST_POSTGRES_URL")
 pytestmark = pytest.mark.skipif(not URL, reason="no PostgreSQL server: TEST_POSTGRES_URL is unset (.ci/run starts one)")
 
 
-def test_two_workers_share_a_postgres_study(workspace, bbc_small, tmp_path):
+def test_two_workers_share_a_postgres_study(workspace, threads_small, tmp_path):
     from bertcls.config_sources import resolve_settings
     from bertcls.tuning.runner import run_optimize
 
@@ -27,7 +27,7 @@ def test_two_workers_share_a_postgres_study(workspace, bbc_small, tmp_path):
         resolve_settings(
             {
                 "output_root": str(root),
-                "data.data_file": str(bbc_small),
+                "data.data_file": str(threads_small),
                 "model.max_seq_len": 128,
                 "verbosity": 0,
                 "model.num_epochs": 2,
@@ -46,7 +46,7 @@ def test_two_workers_share_a_postgres_study(workspace, bbc_small, tmp_path):
         "--output-root",
         str(root),
         "--data-file",
-        str(bbc_small),
+        str(threads_small),
         "--study-name",
         name,
         "--storage",

@@ -17,7 +17,7 @@ from bertcls.precision import (
     read_cpu_flags,
     resolve_precision,
 )
-from tests.conftest import bbc_subset
+from tests.conftest import thread_subset
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -90,7 +90,7 @@ class DegradedEncoder:
 
 
 def texts_and_labels(per_class: int = 8):
-    frame = bbc_subset(per_class, seed=3)
+    frame = thread_subset(per_class, seed=3)
     codes = {name: i for i, name in enumerate(sorted(frame.category.unique()))}
     return frame.text.tolist(), frame.category.map(codes).to_numpy()
 
@@ -127,10 +127,10 @@ def test_cache_keeps_fp32_and_bf16_embeddings_apart(workspace):
     assert not np.array_equal(a, b) and np.allclose(a, b, atol=0.05)
 
 
-def test_training_records_the_precision_and_consumers_use_it(workspace, bbc_small, cli, tmp_path):
+def test_training_records_the_precision_and_consumers_use_it(workspace, threads_small, cli, tmp_path):
     root = tmp_path / "bf16"
     code, out, err = cli(
-        "train", "--output-root", root, "--data-file", bbc_small, "--num-epochs", "2", "--precision", "bf16",
+        "train", "--output-root", root, "--data-file", threads_small, "--num-epochs", "2", "--precision", "bf16",
         "--max-seq-len", "64", "--verbosity", "0",
     )  # fmt: skip
     assert code == 0, err
@@ -144,11 +144,11 @@ def test_training_records_the_precision_and_consumers_use_it(workspace, bbc_smal
     assert predictor.encoder.precision == "bf16" and not predictor._unchecked  # training checked it
     code, out, _ = cli("inspect", "--output-root", root)
     assert code == 0 and "bf16 (checked against fp32" in " ".join(out.split())
-    code, _, err = cli("predict", "--output-root", root, "--data-file", bbc_small, "--precision", "bf16")
+    code, _, err = cli("predict", "--output-root", root, "--data-file", threads_small, "--precision", "bf16")
     assert code == 0, err
 
 
-def test_predicting_at_a_precision_training_did_not_check_runs_the_guard(trained_model, bbc_small):
+def test_predicting_at_a_precision_training_did_not_check_runs_the_guard(trained_model, threads_small):
     from bertcls.checkpoint import load_named_checkpoint
     from bertcls.prediction import Predictor
 
@@ -156,18 +156,18 @@ def test_predicting_at_a_precision_training_did_not_check_runs_the_guard(trained
     ckpt.meta.precision = PrecisionCheck(requested="fp32", used="fp32")  # as if trained where bf16 was absent
     predictor = Predictor(ckpt, trained_model, CPU, "bf16")
     assert predictor._unchecked
-    texts = bbc_subset(4, seed=5).text.tolist()
+    texts = thread_subset(4, seed=5).text.tolist()
     probs = predictor.predict_proba(texts, 8)
     assert probs.shape == (len(texts), len(ckpt.labels))
     assert predictor.precision_check.sample == len(texts) and predictor.precision_check.used == "bf16"
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_threads_flag_sets_torch_threads(trained_model, bbc_small, cli, threads):
+def test_threads_flag_sets_torch_threads(trained_model, threads_small, cli, threads):
     before = torch.get_num_threads()
     try:
         code, _, err = cli(
-            "predict", "--output-root", trained_model, "--data-file", bbc_small, "--threads", threads,
+            "predict", "--output-root", trained_model, "--data-file", threads_small, "--threads", threads,
             "--output-file", "threads.csv",
         )  # fmt: skip
         assert code == 0, err

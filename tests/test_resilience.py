@@ -21,7 +21,7 @@ from bertcls.checkpoint import load_checkpoint
 from bertcls.config_sources import resolve_settings
 from bertcls.errors import DataError
 from bertcls.interrupts import Interrupted, StopRequest
-from bertcls.locking import LOCK_NAME
+from bertcls.layout import RunLayout
 from bertcls.resume import resume_path
 from bertcls.workflow import run_training
 
@@ -45,14 +45,14 @@ class StopAfter(WorkflowHooks):
             self.request.signum = signal.SIGINT
 
 
-def test_resume_after_an_interrupt_ends_like_an_uninterrupted_run(workspace, bbc_small):
-    whole = run_training(settings_for(workspace / "resume-whole", bbc_small))
+def test_resume_after_an_interrupt_ends_like_an_uninterrupted_run(workspace, threads_small):
+    whole = run_training(settings_for(workspace / "resume-whole", threads_small))
     root = workspace / "resume-split"
     request = StopRequest()
     with pytest.raises(Interrupted, match="after epoch 2"):
-        run_training(settings_for(root, bbc_small), StopAfter(request, 2), request)
+        run_training(settings_for(root, threads_small), StopAfter(request, 2), request)
     assert resume_path(root).is_file() and load_checkpoint(root / "best_trials" / "best_model.pt").meta.best_epoch <= 2
-    resumed = run_training(settings_for(root, bbc_small), resume=True)
+    resumed = run_training(settings_for(root, threads_small), resume=True)
     assert not resume_path(root).exists()  # a finished run removes its resume state
     strip = lambda history: [{k: v for k, v in r.model_dump().items() if k != "seconds"} for r in history]  # noqa: E731
     assert strip(resumed.result.history) == strip(whole.result.history)
@@ -61,22 +61,22 @@ def test_resume_after_an_interrupt_ends_like_an_uninterrupted_run(workspace, bbc
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_with_other_settings_or_nothing_to_resume_is_refused(workspace, bbc_small, tmp_path):
+def test_resume_with_other_settings_or_nothing_to_resume_is_refused(workspace, threads_small, tmp_path):
     root = workspace / "resume-refused"
     request = StopRequest()
     with pytest.raises(Interrupted):
-        run_training(settings_for(root, bbc_small), StopAfter(request, 1), request)
+        run_training(settings_for(root, threads_small), StopAfter(request, 1), request)
     with pytest.raises(DataError, match=r"settings differ.*optimizer\.lr"):
-        run_training(settings_for(root, bbc_small, **{"optimizer.lr": 0.01}), resume=True)
+        run_training(settings_for(root, threads_small, **{"optimizer.lr": 0.01}), resume=True)
     with pytest.raises(DataError, match="Nothing to resume"):
-        run_training(settings_for(tmp_path / "fresh", bbc_small), resume=True)
+        run_training(settings_for(tmp_path / "fresh", threads_small), resume=True)
 
 
-def test_sigint_to_a_real_train_saves_the_best_epoch(workspace, bbc_small, tmp_path):
+def test_sigint_to_a_real_train_saves_the_best_epoch(workspace, threads_small, tmp_path):
     root = workspace / "sigint"
     config = tmp_path / "no_stop.yml"
     config.write_text("early_stopping:\n  enabled: false\n")
-    command = [sys.executable, "-m", "bertcls", "train", "--output-root", str(root), "--data-file", str(bbc_small)]
+    command = [sys.executable, "-m", "bertcls", "train", "--output-root", str(root), "--data-file", str(threads_small)]
     command += ["--num-epochs", "200", "--max-seq-len", "64", "--config", str(config), "--verbosity", "0"]
     worker = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
@@ -91,38 +91,38 @@ def test_sigint_to_a_real_train_saves_the_best_epoch(workspace, bbc_small, tmp_p
     assert "Interrupted after epoch" in err and "--resume" in err and "Traceback" not in err
     ckpt = load_checkpoint(root / "best_trials" / "best_model.pt")
     assert len(ckpt.meta.history) >= 3 and ckpt.meta.stop_reason.startswith("interrupted")
-    assert not list(root.rglob("*.tmp")) and not (root / LOCK_NAME).exists()
+    assert not list(root.rglob("*.tmp")) and not RunLayout(root).lock.exists()
 
 
-def test_a_second_writer_is_refused_and_a_stale_lock_is_taken_over(trained_model, bbc_small, cli, tmp_path):
+def test_a_second_writer_is_refused_and_a_stale_lock_is_taken_over(trained_model, threads_small, cli, tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    lock = tmp_path / "root" / LOCK_NAME
+    lock = RunLayout(tmp_path / "root").lock
     lock.parent.mkdir()
     info = {"pid": holder.pid, "host": socket.gethostname(), "command": "train", "started": "2026-11-27T10:00:00"}
     lock.write_text(pd.Series(info).to_json())
     try:
-        code, _, err = cli("train", "--output-root", lock.parent, "--data-file", bbc_small)
+        code, _, err = cli("train", "--output-root", lock.parent, "--data-file", threads_small)
         assert code == 2 and f"PID {holder.pid}" in err and "bertcls train" in err
     finally:
         holder.kill()
         holder.wait()
-    stale = trained_model / LOCK_NAME
+    stale = RunLayout(trained_model).lock
     stale.write_text(pd.Series({**info, "pid": holder.pid}).to_json())  # that process is gone now
     code, _, err = cli("evaluate", "--output-root", trained_model, "--cv-folds", "0", "--verbosity", "0")
     assert code == 0, err
     assert "Taking over the lock" in err and not stale.exists()
 
 
-def test_no_password_reaches_any_file_or_output(workspace, bbc_small, cli, tmp_path, monkeypatch):
+def test_no_password_reaches_any_file_or_output(workspace, threads_small, cli, tmp_path, monkeypatch):
     root = tmp_path / "secret-root"
     url = f"postgresql://bertcls:{SECRET}@127.0.0.1:9/nowhere"
-    code, out, err = cli(*optimize_cli(root, bbc_small, "--storage", url))
+    code, out, err = cli(*optimize_cli(root, threads_small, "--storage", url))
     assert code == 2 and SECRET not in out + err and "***" in err
     monkeypatch.setenv("BERTCLS_TUNING__STORAGE", url)
     code, out, err = cli("config", "validate", "--output-root", root)
     assert code == 0 and SECRET not in out + err and "bertcls:***@" in " ".join(out.split())
     code, out, err = cli(
-        "train", "--output-root", root, "--data-file", bbc_small, "--num-epochs", "1", "--verbosity", "2"
+        "train", "--output-root", root, "--data-file", threads_small, "--num-epochs", "1", "--verbosity", "2"
     )  # the resolved settings (with the URL) are logged and saved in the checkpoint
     assert code == 0 and SECRET not in out + err
     for path in root.rglob("*"):
@@ -134,27 +134,27 @@ def optimize_cli(root, data, *extra):
     return ("optimize", "--output-root", root, "--data-file", data, "--n-trials", "1", "--verbosity", "2", *extra)
 
 
-def test_a_failed_run_keeps_the_earlier_model_and_its_splits(workspace, bbc_small, cli, tmp_path):
+def test_a_failed_run_keeps_the_earlier_model_and_its_splits(workspace, threads_small, cli, tmp_path):
     root = workspace / "keep-earlier"
-    code, _, err = cli("train", "--output-root", root, "--data-file", bbc_small, "--num-epochs", "1", "-v", "0")
+    code, _, err = cli("train", "--output-root", root, "--data-file", threads_small, "--num-epochs", "1", "-v", "0")
     assert code == 0, err
     before = {p.name: p.read_bytes() for p in (root / "data").iterdir()}
     other = tmp_path / "other.csv"
-    pd.read_csv(bbc_small).head(150).to_csv(other, index=False)
+    pd.read_csv(threads_small).head(150).to_csv(other, index=False)
     code, _, err = cli("train", "--output-root", root, "--data-file", other, "--device", "cuda")
     assert code == 2 and "not available" in err
     assert {p.name: p.read_bytes() for p in (root / "data").iterdir()} == before
 
 
-def test_bad_outputs_and_environment_are_one_sentence(trained_model, bbc_small, cli, tmp_path, monkeypatch):
+def test_bad_outputs_and_environment_are_one_sentence(trained_model, threads_small, cli, tmp_path, monkeypatch):
     folder = tmp_path / "a-folder.csv"
     folder.mkdir()
     started = time.monotonic()
-    code, _, err = cli("predict", "--output-root", trained_model, "--data-file", bbc_small, "--output-file", folder)
+    code, _, err = cli("predict", "--output-root", trained_model, "--data-file", threads_small, "--output-file", folder)
     assert code == 2 and "is a directory" in err and time.monotonic() - started < 20  # refused before any work
     a_file = tmp_path / "root.txt"
     a_file.write_text("not a folder")
-    code, _, err = cli("train", "--output-root", a_file, "--data-file", bbc_small)
+    code, _, err = cli("train", "--output-root", a_file, "--data-file", threads_small)
     assert code == 2 and "is a file" in err
     code, _, err = cli("config", "validate", "--config", tmp_path)
     assert code == 2 and "is a directory" in err
@@ -163,7 +163,7 @@ def test_bad_outputs_and_environment_are_one_sentence(trained_model, bbc_small, 
     assert code == 2 and "BERTCLS_CLASSIFIER__HIDDEN_DIMS" in err and "Traceback" not in err
 
 
-def test_binary_and_nul_inputs(trained_model, bbc_small, cli, tmp_path, caplog):
+def test_binary_and_nul_inputs(trained_model, threads_small, cli, tmp_path, caplog):
     import zipfile
 
     sheet = tmp_path / "sheet.csv"
@@ -212,7 +212,7 @@ def test_work_per_text_cell_is_bounded(workspace):
     assert features.transform([huge])[0].sum() > 0
 
 
-def test_killed_workers_running_trial_is_failed_at_once(workspace, bbc_small, tmp_path):
+def test_killed_workers_running_trial_is_failed_at_once(workspace, threads_small, tmp_path):
     import optuna
     from optuna.trial import TrialState
 
@@ -223,7 +223,7 @@ def test_killed_workers_running_trial_is_failed_at_once(workspace, bbc_small, tm
     settings = resolve_settings(
         {
             "output_root": str(root),
-            "data.data_file": str(bbc_small),
+            "data.data_file": str(threads_small),
             "model.max_seq_len": 64,
             "verbosity": 0,
             "model.num_epochs": 2,

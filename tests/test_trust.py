@@ -10,7 +10,7 @@ import torch
 from bertcls.calibration import fit_temperature, nll, uncalibrate
 from bertcls.checkpoint import build_classifier, load_named_checkpoint
 from bertcls.evaluation.trust import near_duplicates, risk_coverage, threshold_for
-from tests.conftest import bbc_subset
+from tests.conftest import thread_subset
 
 
 def overconfident_logits(seed: int = 0, rows: int = 400, classes: int = 4):
@@ -38,7 +38,7 @@ def test_uncalibrate_recovers_the_raw_probabilities():
     assert np.allclose(uncalibrate(calibrated, 3.0), raw, atol=1e-6)
 
 
-def test_temperature_round_trips_through_the_checkpoint(trained_model, bbc_small, cli):
+def test_temperature_round_trips_through_the_checkpoint(trained_model, threads_small, cli):
     ckpt = load_named_checkpoint(None, trained_model)
     record = ckpt.meta.calibration
     assert record.method == "temperature" and record.val_nll_after <= record.val_nll_before + 1e-9
@@ -48,11 +48,11 @@ def test_temperature_round_trips_through_the_checkpoint(trained_model, bbc_small
     assert code == 0 and f"temperature {record.temperature:.3f}" in out
 
 
-def test_min_confidence_one_abstains_everywhere_and_zero_nowhere(trained_model, bbc_small, cli):
+def test_min_confidence_one_abstains_everywhere_and_zero_nowhere(trained_model, threads_small, cli):
     for threshold, expected in (("1.0", "true"), ("0", "false")):
         name = f"abstain_{threshold}.csv"
         code, out, err = cli(
-            "predict", "--output-root", trained_model, "--data-file", bbc_small, "--min-confidence", threshold,
+            "predict", "--output-root", trained_model, "--data-file", threads_small, "--min-confidence", threshold,
             "--output-file", name,
         )  # fmt: skip
         assert code == 0, err
@@ -63,8 +63,10 @@ def test_min_confidence_one_abstains_everywhere_and_zero_nowhere(trained_model, 
 
 
 @pytest.mark.parametrize("value", ["-0.1", "1.5", "high"])
-def test_bad_min_confidence_is_one_sentence(trained_model, bbc_small, cli, value):
-    code, _, err = cli("predict", "--output-root", trained_model, "--data-file", bbc_small, "--min-confidence", value)
+def test_bad_min_confidence_is_one_sentence(trained_model, threads_small, cli, value):
+    code, _, err = cli(
+        "predict", "--output-root", trained_model, "--data-file", threads_small, "--min-confidence", value
+    )
     assert code == 2 and "min-confidence" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
@@ -77,8 +79,8 @@ def test_risk_coverage_names_the_threshold_that_reaches_a_target():
     assert threshold_for(curve.assign(accuracy=0.5), 0.99) is None
 
 
-def test_label_issue_finder_finds_flipped_labels(trained_model, bbc_small, cli, tmp_path):
-    frame = pd.read_csv(bbc_small, dtype=str, keep_default_na=False)
+def test_label_issue_finder_finds_flipped_labels(trained_model, threads_small, cli, tmp_path):
+    frame = pd.read_csv(threads_small, dtype=str, keep_default_na=False)
     rng = np.random.default_rng(0)
     flipped = rng.choice(len(frame), size=10, replace=False)
     names = sorted(frame.category.unique())
@@ -105,21 +107,21 @@ def test_find_label_issues_needs_folds(trained_model, cli):
     assert code == 2 and "--cv-folds 2 or more" in err
 
 
-def test_exclude_rows_leaves_exactly_those_rows_out(bbc_small, cli, tmp_path):
+def test_exclude_rows_leaves_exactly_those_rows_out(threads_small, cli, tmp_path):
     listed = tmp_path / "issues.csv"
     pd.DataFrame({"source_row": [2, 5, 17], "text": ["x", "y", "z"]}).to_csv(listed, index=False)
     root = tmp_path / "excluded"
     code, _, err = cli(
-        "train", "--output-root", root, "--data-file", bbc_small, "--exclude-rows", listed, "--num-epochs", "1",
+        "train", "--output-root", root, "--data-file", threads_small, "--exclude-rows", listed, "--num-epochs", "1",
         "--verbosity", "0",
     )  # fmt: skip
     assert code == 0, err
     kept = pd.concat([pd.read_csv(root / "data" / f"{s}.csv") for s in ("train", "val", "test")])
-    assert len(kept) == len(pd.read_csv(bbc_small)) - 3
+    assert len(kept) == len(pd.read_csv(threads_small)) - 3
     assert not {2, 5, 17} & set(kept.source_row) and kept.source_row.is_unique
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"source_row": [99999]}).to_csv(bad, index=False)
-    code, _, err = cli("train", "--output-root", root, "--data-file", bbc_small, "--exclude-rows", bad)
+    code, _, err = cli("train", "--output-root", root, "--data-file", threads_small, "--exclude-rows", bad)
     assert code == 2 and "does not have" in err
 
 
@@ -128,7 +130,7 @@ def test_near_duplicate_with_a_changed_label_is_found(workspace):
     from bertcls.evaluation.trust import near_duplicate_frame
     from bertcls.features import EmbeddingService
 
-    frame = bbc_subset(3, seed=11)
+    frame = thread_subset(3, seed=11)
     train, test = frame.iloc[:12].reset_index(drop=True), frame.iloc[12:].reset_index(drop=True)
     copied = train.iloc[[4]].assign(category="not-" + train.category[4])  # the same text, another label
     test = pd.concat([test, copied], ignore_index=True)

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from bertcls.config_sources import ResolvedConfig, resolve_settings
+from bertcls.layout import RunLayout
 from bertcls.logs import NOISY_LIBRARIES, VERBOSITY_LEVELS, attach_file_log
 from bertcls.redaction import RedactingFilter
 
@@ -134,7 +135,7 @@ def setup_logging(resolved: ResolvedConfig, command: str) -> Path:
 
     if not world().main:  # another rank of a torchrun launch: errors only, no log file of its own
         console.setLevel(logging.ERROR)
-        return settings.root / "logs"
+        return RunLayout(settings.root).logs_dir
     path = attach_file_log(settings.root, command)
     logging.getLogger("bertcls").debug("Resolved configuration: %s", settings.model_dump(mode="json"))
     logging.getLogger("bertcls").debug("Config file: %s", resolved.config_path)

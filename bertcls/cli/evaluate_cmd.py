@@ -23,6 +23,7 @@ from bertcls.cli.common import (
     print_unseen_labels,
     setup_logging,
 )
+from bertcls.layout import RunLayout
 
 
 def evaluate(
@@ -113,7 +114,7 @@ def read_split(root, name: str, data_cfg):
     from bertcls.data import read_labelled_csv
     from bertcls.errors import DataError
 
-    path = root / "data" / f"{name}.csv"
+    path = RunLayout(root).split_file(name)
     if not path.is_file():
         raise DataError(
             f"No {name} split at {path}; run bertcls train with this --output-root first, or pass --data-file."

@@ -19,6 +19,7 @@ from bertcls.cli.common import (
     out_console,
     setup_logging,
 )
+from bertcls.layout import RunLayout
 
 
 def export(
@@ -59,7 +60,7 @@ def export(
             "it with the torch backend."
         )
     trained = ckpt.trained_settings(root).data
-    path = resolve_data_path(data_file, root) if data_file else root / "data" / "val.csv"
+    path = resolve_data_path(data_file, root) if data_file else RunLayout(root).split_file("val")
     if not path.is_file():
         raise DataError(f"No data to check the export on: {path} does not exist; pass --data-file with labelled rows.")
     frame = read_labelled_csv(path, trained)

@@ -28,6 +28,7 @@ from bertcls.cli.common import (
     setup_logging,
 )
 from bertcls.cli.common import TextColumn as TextColumnOption
+from bertcls.layout import RunLayout
 
 STDIO = "-"
 MULTILABEL_NAMES = {"f1": "macro F1", "micro_f1": "micro F1", "samples_f1": "samples F1", "accuracy": "subset accuracy"}
@@ -47,7 +48,7 @@ def resolve_output(name: str, root: Path) -> str:
     if name == STDIO:
         return STDIO
     path = Path(name)
-    return str(root / "predictions" / path if len(path.parts) == 1 else path)
+    return str(RunLayout(root).predictions_dir / path if len(path.parts) == 1 else path)
 
 
 def check_target(target: str) -> None:
@@ -183,11 +184,12 @@ def load_predictor(backend: str, best_model: str | None, settings):
     if backend == "onnx":
         from bertcls.config import DataSection
         from bertcls.errors import DataError
-        from bertcls.onnx_backend import EXPORT_DIR, OnnxPredictor, stale_export
+        from bertcls.layout import RunLayout
+        from bertcls.onnx_backend import OnnxPredictor, stale_export
 
         if best_model:
             raise DataError("--best-model does not apply to --backend onnx, which runs <output_root>/export/.")
-        predictor = OnnxPredictor(settings.root / EXPORT_DIR, settings.model.num_threads)
+        predictor = OnnxPredictor(RunLayout(settings.root).export_dir, settings.model.num_threads)
         manifest = predictor.manifest
         if stale_export(manifest, predictor.folder):
             err_console.print(

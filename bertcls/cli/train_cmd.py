@@ -81,6 +81,14 @@ def train(
     on_bad_rows: Annotated[
         Optional[str], option("--on-bad-rows", help="error (default) or drop rows with empty text/label.")
     ] = None,
+    on_conflicting_labels: Annotated[
+        Optional[str],
+        option(
+            "--on-conflicting-labels",
+            help="A text given different labels: error (default), drop its rows, majority (single-label: the most "
+            "frequent label) or union (multi-label: the union of its label sets).",
+        ),
+    ] = None,
     exclude_rows: Annotated[
         Optional[str],
         option("--exclude-rows", help="CSV with a source_row column (e.g. label_issues.csv): leave those rows out."),
@@ -131,6 +139,7 @@ def train(
             "data.label_column": label_column,
             "data.encoding": encoding,
             "data.on_bad_rows": on_bad_rows,
+            "data.on_conflicting_labels": on_conflicting_labels,
             "data.exclude_rows": exclude_rows,
             "model.num_epochs": num_epochs,
             "model.batch_size": batch_size,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,12 +43,12 @@ from bertcls.evaluation.trust import (
     truth_indices,
 )
 from bertcls.features import EmbeddingService
-from bertcls.fileio import write_csv_atomic, write_text_atomic
+from bertcls.fileio import replace_dir, write_csv_atomic, write_text_atomic
+from bertcls.layout import RunLayout
 from bertcls.precision import for_checkpoint, sample_indices
 from bertcls.prediction import Predictor, model_labeller
 
 logger = logging.getLogger(__name__)
-RESULTS_DIR = "evaluation_results"
 StageFn = Callable[[str], None]
 
 
@@ -109,8 +108,8 @@ class ResultWriter:
     """Writes into a staging folder that replaces ``evaluation_results/`` in one step at the end."""
 
     def __init__(self, output_root: Path):
-        self.final = output_root / RESULTS_DIR
-        self.staging = output_root / f".{RESULTS_DIR}.{uuid.uuid4().hex[:8]}"
+        self.final = RunLayout(output_root).evaluation_dir
+        self.staging = RunLayout.staging_for(self.final)
         self.staging.mkdir(parents=True)
         self.plots: list[Path] = []
 
@@ -123,12 +122,7 @@ class ResultWriter:
             self.plots.append(path)
 
     def commit(self) -> Path:
-        old = self.final.with_name(f".{RESULTS_DIR}.old.{uuid.uuid4().hex[:8]}")
-        if self.final.exists():
-            self.final.rename(old)
-        self.staging.rename(self.final)
-        shutil.rmtree(old, ignore_errors=True)
-        return self.final
+        return replace_dir(self.staging, self.final)
 
     def abort(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)

@@ -13,6 +13,7 @@ import optuna
 
 from bertcls.errors import BertclsError
 from bertcls.fileio import atomic_path, write_csv_atomic, write_text_atomic
+from bertcls.layout import RunLayout
 from bertcls.tuning.study import finished_trials
 
 logger = logging.getLogger(__name__)
@@ -107,19 +108,20 @@ def best_local_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     raise BertclsError("No completed trial of this study has its checkpoint on this machine.")
 
 
-def next_experiment_path(best_dir: Path, study_name: str) -> Path:
+def next_experiment_path(layout: RunLayout, study_name: str) -> Path:
     """best_model_<study>_exp<N>.pt, N counting the earlier exports of that study name."""
     pattern = re.compile(rf"best_model_{re.escape(study_name)}_exp(\d+)\.pt$")
-    taken = [int(m.group(1)) for p in best_dir.glob(f"best_model_{study_name}_exp*.pt") if (m := pattern.match(p.name))]
-    return best_dir / f"best_model_{study_name}_exp{max(taken) + 1 if taken else 0}.pt"
+    found = layout.best_dir.glob(f"best_model_{study_name}_exp*.pt")
+    taken = [int(m.group(1)) for p in found if (m := pattern.match(p.name))]
+    return layout.study_best_model(study_name, max(taken) + 1 if taken else 0)
 
 
 def export_best(checkpoint: Path, output_root: Path, study_name: str) -> tuple[Path, Path]:
     """Copy the best checkpoint to best_trials/best_model_<study>_exp<N>.pt and best_trials/best_model.pt."""
-    best_dir = output_root / "best_trials"
-    best_dir.mkdir(parents=True, exist_ok=True)
-    exp_path = next_experiment_path(best_dir, study_name)
-    for target in (exp_path, best_dir / "best_model.pt"):
+    layout = RunLayout(output_root)
+    layout.best_dir.mkdir(parents=True, exist_ok=True)
+    exp_path = next_experiment_path(layout, study_name)
+    for target in (exp_path, layout.best_model):
         with atomic_path(target) as tmp:
             shutil.copyfile(checkpoint, tmp)
-    return exp_path, best_dir / "best_model.pt"
+    return exp_path, layout.best_model

@@ -14,6 +14,7 @@ from bertcls.callbacks import WorkflowHooks
 from bertcls.checkpoint import TuningProvenance, save_checkpoint
 from bertcls.config import Settings
 from bertcls.data import write_splits
+from bertcls.layout import RunLayout
 from bertcls.tuning import results
 from bertcls.tuning.pbt import Member, PBTOutcome, run_population
 from bertcls.tuning.search_space import distributions, uses_linear_head
@@ -93,7 +94,7 @@ def run_optimize(settings: Settings, hooks: OptimizeHooks | None = None) -> Opti
     hooks = hooks or OptimizeHooks()
     tuning, root = settings.tuning, settings.root
     run = prepare(settings, hooks)  # embeddings computed once for the study
-    folder = root / "optuna" / tuning.study_name
+    folder = RunLayout(root).study_dir(tuning.study_name)
     folder.mkdir(parents=True, exist_ok=True)
     url = tuning.storage or default_storage_url(root, tuning.study_name)
     hooks.on_stage(f"Study {tuning.study_name!r} in {redact(url)}")

@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from bertcls.config import TuningSection
 from bertcls.interrupts import Interrupted
+from bertcls.layout import RunLayout
 from bertcls.redaction import redact
 
 try:
@@ -27,7 +28,7 @@ JOURNAL_PREFIX = "journal:"
 
 
 def default_storage_url(output_root: Path, study_name: str) -> str:
-    path = (Path(output_root) / "optuna" / f"{study_name}.db").resolve()
+    path = RunLayout.of(output_root).study_db(study_name).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
 
