@@ -1,5 +1,6 @@
-"""Several processes under ``torchrun``: torch.distributed (gloo on CPU, nccl on CUDA). Without torchrun's
-environment (``WORLD_SIZE`` unset or 1) every helper here is a no-op and runs are exactly as before."""
+"""The parallel strategy: one process, or several under ``torchrun`` (torch.distributed, gloo on CPU, nccl on
+CUDA). Without torchrun's environment (``WORLD_SIZE`` unset or 1) the strategy is ``SINGLE``, whose collectives
+are no-ops, and runs are exactly as before. Rank questions are answered here and nowhere else."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +24,11 @@ TIMEOUT = dt.timedelta(hours=6)  # rank 0 may train a head for a long time while
 
 
 @dataclass(frozen=True)
-class World:
+class Parallel:
+    """The parallel strategy: who this process is among the processes of one launch, and every question that needs
+    the others. One process (``SINGLE``: every collective is a no-op and returns its input) or the ranks of a
+    torchrun launch; code elsewhere asks this object, never ``torch.distributed`` or a rank number."""
+
     rank: int = 0
     size: int = 1
     local_rank: int = 0
@@ -31,29 +38,122 @@ class World:
         return self.size > 1
 
     @property
-    def main(self) -> bool:
+    def is_main(self) -> bool:
+        """The process that writes files and decides (rank 0)."""
         return self.rank == 0
 
     def shard(self, count: int) -> np.ndarray:
         """This rank's rows of ``count``: every size-th one, starting at its rank (disjoint, covering all)."""
         return np.arange(self.rank, count, self.size)
 
+    def deal(self, order: np.ndarray) -> tuple[np.ndarray, int]:
+        """This rank's rows of an epoch ``order`` dealt out row by row, and the most rows any rank gets (rank 0's)."""
+        return order[self.rank :: self.size], len(order[0 :: self.size])
 
-SINGLE = World()
+    def map_sharded(self, compute: Callable[[Any], np.ndarray], items: Any, take: Callable = None) -> np.ndarray:
+        """``compute(items)`` in input order; under torchrun each rank computes its share (``take(items, rows)``,
+        a list of those items by default) and every rank gets all the rows back."""
+        if not self.distributed:
+            return compute(items)
+        rows = self.shard(len(items))
+        mine = take(items, rows) if take is not None else [items[i] for i in rows]
+        return self.gather_rows(compute(mine), len(items))
+
+    def gather_rows(self, local: np.ndarray, count: int) -> np.ndarray:
+        """Reassemble rows computed as ``shard(count)`` on every rank into one array in row order (tensors padded
+        to the largest share and all-gathered: no pickling of the data)."""
+        longest = -(-count // self.size)
+        padded = torch.zeros((longest, *local.shape[1:]), dtype=torch.from_numpy(local[:0]).dtype)
+        padded[: len(local)] = torch.from_numpy(np.ascontiguousarray(local))
+        parts = [torch.empty_like(padded) for _ in range(self.size)]
+        dist.all_gather(parts, padded)
+        out = np.zeros((count, *local.shape[1:]), dtype=local.dtype)
+        for rank, part in enumerate(parts):
+            rows = np.arange(rank, count, self.size)
+            out[rows] = part[: len(rows)].numpy()
+        return out
+
+    def all_gather_objects(self, value) -> list:
+        """Every rank's ``value``, in rank order."""
+        if not self.distributed:
+            return [value]
+        out = [None] * self.size
+        dist.all_gather_object(out, value)
+        return out
+
+    def broadcast(self, value):
+        """Rank 0's ``value`` on every rank."""
+        if not self.distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def _agree(self, value: int, op) -> int:
+        if not self.distributed:
+            return value
+        tensor = torch.tensor([value], dtype=torch.long)
+        dist.all_reduce(tensor, op=op)
+        return int(tensor.item())
+
+    def agree_min(self, value: int) -> int:
+        """The smallest ``value`` over all ranks (e.g. a batch size one rank had to lower)."""
+        return self._agree(value, dist.ReduceOp.MIN)
+
+    def agree_max(self, value: int) -> int:
+        """The largest ``value`` over all ranks (e.g. 1 when any rank ran out of memory)."""
+        return self._agree(value, dist.ReduceOp.MAX)
+
+    def agree_sum(self, value: int) -> int:
+        return self._agree(value, dist.ReduceOp.SUM)
+
+    def reduce_boolean_decision(self, decision: bool) -> bool:
+        """True on every rank when any rank decided so (Lightning's ``Strategy.reduce_boolean_decision``)."""
+        return bool(self.agree_max(int(decision)))
+
+    def sum_floats(self, values: list[float]) -> list[float]:
+        if not self.distributed:
+            return list(values)
+        total = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(total)
+        return total.tolist()
+
+    def average_gradients(self, model: torch.nn.Module, rows: int) -> int:
+        """Average the trainable parameters' gradients over the ranks, weighted by the rows each rank's (mean) loss
+        covered, in one flattened all-reduce; a rank with no rows counts for nothing. Returns the rows of all
+        ranks."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        grads = [p.grad * rows if p.grad is not None else torch.zeros_like(p) for p in params]
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+        flat = _flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        total = self.agree_sum(rows)
+        flat /= max(1, total)
+        for param, grad in zip(params, _unflatten_dense_tensors(flat, grads), strict=True):
+            param.grad = grad
+        return total
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+SINGLE = Parallel()
 
 
 def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def world() -> World:
-    """The running process group's view of this process (SINGLE when not under torchrun)."""
+def world() -> Parallel:
+    """The strategy of this process: the running process group's view of it under torchrun, else ``SINGLE``."""
     if not (dist.is_available() and dist.is_initialized()):
         return SINGLE
-    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Parallel(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def init_from_env(device_type: str = "cpu") -> World:
+def init_from_env(device_type: str = "cpu") -> Parallel:
     """Join the process group torchrun describes (once); gloo on CPU, nccl on CUDA."""
     if not launched():
         return SINGLE
@@ -71,90 +171,13 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def all_gather_objects(value) -> list:
-    """Every rank's ``value``, in rank order (just ``[value]`` outside torchrun)."""
-    here = world()
-    if not here.distributed:
-        return [value]
-    out = [None] * here.size
-    dist.all_gather_object(out, value)
-    return out
-
-
-def broadcast_from_main(value):
-    """Rank 0's ``value`` on every rank."""
-    if not world().distributed:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _agree(value: int, op) -> int:
-    if not world().distributed:
-        return value
-    tensor = torch.tensor([value], dtype=torch.long)
-    dist.all_reduce(tensor, op=op)
-    return int(tensor.item())
-
-
-def agree_min(value: int) -> int:
-    """The smallest ``value`` over all ranks (e.g. a batch size one rank had to lower)."""
-    return _agree(value, dist.ReduceOp.MIN)
-
-
-def agree_sum(value: int) -> int:
-    return _agree(value, dist.ReduceOp.SUM)
-
-
-def agree_max(value: int) -> int:
-    """The largest ``value`` over all ranks (e.g. 1 when any rank ran out of memory)."""
-    return _agree(value, dist.ReduceOp.MAX)
-
-
-def average_gradients(model: torch.nn.Module, rows: int) -> int:
-    """Average the trainable parameters' gradients over the ranks, weighted by the rows each rank's (mean) loss
-    covered, in one flattened all-reduce; a rank with no rows counts for nothing. Returns the rows of all ranks."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = [p.grad * rows if p.grad is not None else torch.zeros_like(p) for p in params]
-    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-
-    flat = _flatten_dense_tensors(grads)
-    dist.all_reduce(flat)
-    total = agree_sum(rows)
-    flat /= max(1, total)
-    for param, grad in zip(params, _unflatten_dense_tensors(flat, grads), strict=True):
-        param.grad = grad
-    return total
-
-
-def barrier() -> None:
-    if world().distributed:
-        dist.barrier()
-
-
 def check_same_settings(settings_dump: dict) -> None:
     """Fail on every rank, with one sentence, when the ranks resolved different settings."""
     digest = hashlib.sha256(json.dumps(settings_dump, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    digests = all_gather_objects(digest)
+    digests = world().all_gather_objects(digest)
     if len(set(digests)) > 1:
         ranks = ", ".join(f"rank {r}: {d}" for r, d in enumerate(digests))
         raise ConfigError(
             f"The ranks of this torchrun launch resolved different settings ({ranks}); give every rank "
             "the same flags, config file and BERTCLS_ variables."
         )
-
-
-def gather_rows(local: np.ndarray, count: int, here: World) -> np.ndarray:
-    """Reassemble rows computed as ``here.shard(count)`` on every rank into one array in row order (tensors padded
-    to the largest share and all-gathered: no pickling of the data)."""
-    longest = -(-count // here.size)
-    padded = torch.zeros((longest, *local.shape[1:]), dtype=torch.from_numpy(local[:0]).dtype)
-    padded[: len(local)] = torch.from_numpy(np.ascontiguousarray(local))
-    parts = [torch.empty_like(padded) for _ in range(here.size)]
-    dist.all_gather(parts, padded)
-    out = np.zeros((count, *local.shape[1:]), dtype=local.dtype)
-    for rank, part in enumerate(parts):
-        rows = np.arange(rank, count, here.size)
-        out[rows] = part[: len(rows)].numpy()
-    return out

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from bertcls.config import EncoderSection
-from bertcls.distributed import gather_rows, world
+from bertcls.distributed import world
 from bertcls.embedding_cache import CacheStats, EmbeddingCache, embed_cached, embed_keyed, text_hash, window_hash
 from bertcls.encoder import (
     Encoder,
@@ -97,7 +97,7 @@ class EmbeddingService:
         args = (self.root, self.fingerprint, self.max_seq_len, self.cfg.pooling)
         self.cache = EmbeddingCache(*args, precision=precision)
         self.window_cache = EmbeddingCache(*args, kind="windows", precision=precision)
-        self.cache.writable = self.window_cache.writable = world().main  # under torchrun only rank 0 writes
+        self.cache.writable = self.window_cache.writable = world().is_main  # under torchrun only rank 0 writes
         if getattr(self, "_encoder", None) is not None:
             self._encoder.precision = precision
 
@@ -149,14 +149,11 @@ class EmbeddingService:
 
     def _encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         logger.info("Encoding %d texts not found in the cache", len(texts))
-        here = world()
-        if here.distributed:  # each rank encodes every size-th text; every rank gets all of them back
-            mine = [texts[i] for i in here.shard(len(texts))]
-            vectors = self.encoder.embed(mine, self.cfg.encode_batch_size, self.device, self.progress)
-            lengths = self.encoder.token_lengths(mine)
-            return gather_rows(vectors, len(texts), here), gather_rows(lengths, len(texts), here)
-        vectors = self.encoder.embed(texts, self.cfg.encode_batch_size, self.device, self.progress)
-        return vectors, self.encoder.token_lengths(texts)
+        here = world()  # under torchrun each rank encodes every size-th text; every rank gets all of them back
+        vectors = here.map_sharded(
+            lambda part: self.encoder.embed(part, self.cfg.encode_batch_size, self.device, self.progress), texts
+        )
+        return vectors, here.map_sharded(self.encoder.token_lengths, texts)
 
     def embed(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings and untruncated token lengths, in input order: of the first ``max_seq_len`` tokens
@@ -167,13 +164,11 @@ class EmbeddingService:
 
     def _encode_windows(self, windows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         logger.info("Encoding %d text windows not found in the cache", len(windows))
-        here = world()
         lengths = np.array([len(w) for w in windows], dtype=np.int64)
-        if here.distributed:
-            mine = [windows[i] for i in here.shard(len(windows))]
-            vectors = self.encoder.embed_windows(mine, self.cfg.encode_batch_size, self.device, self.progress)
-            return gather_rows(vectors, len(windows), here), lengths
-        vectors = self.encoder.embed_windows(windows, self.cfg.encode_batch_size, self.device, self.progress)
+        vectors = world().map_sharded(
+            lambda part: self.encoder.embed_windows(part, self.cfg.encode_batch_size, self.device, self.progress),
+            windows,
+        )
         return vectors, lengths
 
     def _embed_chunked(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -61,7 +61,7 @@ def root_lock(root: Path, command: str, study: str | None = None) -> Iterator[No
     rank 0 holds it for the whole launch."""
     from bertcls.distributed import world
 
-    if not world().main:
+    if not world().is_main:
         yield
         return
     root = Path(root)

@@ -19,7 +19,7 @@ from bertcls.batches import predict_embedded
 from bertcls.checkpoint import Checkpoint, build_classifier
 from bertcls.config import DataSection
 from bertcls.data import binary_kind, require_columns
-from bertcls.distributed import gather_rows, world
+from bertcls.distributed import world
 from bertcls.encoder import embed_documents
 from bertcls.errors import DataError
 from bertcls.fileio import atomic_path
@@ -163,12 +163,9 @@ class Predictor:
 
     def embed(self, texts: list[str], batch_size: int) -> np.ndarray:
         """Document vectors; under torchrun each rank embeds every size-th text and all get all of them."""
-        here = world()
-        if not here.distributed:
-            return embed_documents(self.encoder, texts, batch_size, self.device, self.windowing)
-        mine = [texts[i] for i in here.shard(len(texts))]
-        local = embed_documents(self.encoder, mine, batch_size, self.device, self.windowing)
-        return gather_rows(local, len(texts), here)
+        return world().map_sharded(
+            lambda part: embed_documents(self.encoder, part, batch_size, self.device, self.windowing), texts
+        )
 
     def predict_proba(self, texts: list[str], batch_size: int) -> np.ndarray:
         """Probabilities in input order, from the same features the model was trained on (whole-text windows and
@@ -378,7 +375,7 @@ def predict_csv(
     here = world()
     if here.distributed and source == STDIO:
         raise DataError("Under torchrun every rank reads the input file; pass --data-file FILE, not standard input.")
-    if not here.main:
+    if not here.is_main:
         target = DISCARD  # under torchrun the ranks predict together and rank 0 writes the one output file
     input_source: TextIO | Path = sys.stdin if source == STDIO else Path(source)
     if isinstance(input_source, Path) and not input_source.is_file():

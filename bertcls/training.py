@@ -16,7 +16,7 @@ from bertcls.batches import BatchSource, RowSubset, predict_proba, score
 from bertcls.calibration import CalibrationRecord, calibrate
 from bertcls.callbacks import TrainerCallback
 from bertcls.config import CalibrationSection, EarlyStoppingSection, LexicalSection, ModelSection, OptimizerSection
-from bertcls.distributed import SINGLE, World, agree_max, agree_min, average_gradients, broadcast_from_main, gather_rows
+from bertcls.distributed import SINGLE, Parallel
 from bertcls.early_stopping import EarlyStopping
 from bertcls.memory import MemoryManager, is_out_of_memory
 from bertcls.metrics import EpochRecord, tune_thresholds
@@ -140,7 +140,7 @@ class Trainer:
         class_weights: np.ndarray | None = None,
         precision: str = "fp32",
         calibration: CalibrationSection | None = None,
-        ranks: World = SINGLE,
+        ranks: Parallel = SINGLE,
     ):
         self.model, self.train_data, self.val_data = model.to(device), train, val
         self.num_classes, self.model_cfg, self.optim_cfg = num_classes, model_cfg, optim_cfg
@@ -166,14 +166,14 @@ class Trainer:
         self.stop_request = None  # an interrupts.StopRequest, polled after every step
         self.interrupted = False
         self.resumed = False
-        self.world = ranks  # several only for fine-tuning under torchrun
+        self.parallel = ranks  # several only for fine-tuning under torchrun
         self.parts = self._logit_parts_module()
 
     def _logit_parts_module(self) -> nn.Module:
         """The model's (head, lexical) logits as a module; under torchrun wrapped in DistributedDataParallel, which
         averages the gradients of every rank at each step."""
         parts = LogitParts(self.model)
-        if not self.world.distributed:
+        if not self.parallel.distributed:
             return parts
         from torch.nn.parallel import DistributedDataParallel
 
@@ -245,20 +245,24 @@ class Trainer:
                 raise
             failed = 1
             self.optimizer.zero_grad(set_to_none=True)
-        if agree_max(failed):
+        if self.parallel.agree_max(failed):
             return None
-        self.samples_seen += average_gradients(self.model, len(indices))  # the same on every rank
+        self.samples_seen += self.parallel.average_gradients(self.model, len(indices))  # the same on every rank
         self._update()
         return value
 
     def epoch_shards(self) -> list[np.ndarray]:
-        """Under torchrun, this rank's batches of the epoch: the seeded, length-grouped epoch order (the same on
-        every rank) dealt out row by row, so the ranks' shards are disjoint and together are the whole epoch, cut
-        into the same number of batches on every rank (DistributedDataParallel steps in lockstep)."""
-        self.memory.batch_size = agree_min(self.memory.batch_size)
+        """Under torchrun, this rank's batches of the epoch, at the batch size every rank agrees on."""
+        self.memory.batch_size = self.parallel.agree_min(self.memory.batch_size)
+        return self.deal_epoch()
+
+    def deal_epoch(self) -> list[np.ndarray]:
+        """The seeded, length-grouped epoch order (the same on every rank) dealt out row by row, so the ranks'
+        shards are disjoint and together are the whole epoch, cut into the same number of batches on every rank
+        (DistributedDataParallel steps in lockstep)."""
         order = self.train_data.epoch_order(self.rng, self.memory.batch_size)
-        mine = order[self.world.rank :: self.world.size]
-        steps = -(-len(order[0 :: self.world.size]) // self.memory.batch_size)  # rank 0 has the most rows
+        mine, most = self.parallel.deal(order)
+        steps = -(-most // self.memory.batch_size)
         self.last_shard = mine
         return np.array_split(mine, steps) if steps else []  # a share may be empty: the rank still takes part
 
@@ -266,11 +270,11 @@ class Trainer:
         """After a step: the memory manager's reading on every rank, the smallest batch size wins, and the next
         batch is cut into as many pieces as the rank that needs most (so the ranks stay in lockstep)."""
         self.memory.after_step()
-        self.memory.batch_size = agree_min(self.memory.batch_size)
+        self.memory.batch_size = self.parallel.agree_min(self.memory.batch_size)
         if not pending:
-            agree_max(0)  # every rank takes part in the same collectives
+            self.parallel.agree_max(0)  # every rank takes part in the same collectives
             return
-        pieces = agree_max(-(-len(pending[0]) // self.memory.batch_size))
+        pieces = self.parallel.agree_max(-(-len(pending[0]) // self.memory.batch_size))
         if pieces > 1:
             pending[:1] = np.array_split(pending[0], pieces)
 
@@ -283,7 +287,7 @@ class Trainer:
             value = self._distributed_step(indices)
             if value is None:  # some rank ran out of memory: every rank halves, and retries this batch in halves
                 self.memory.on_out_of_memory()
-                self.memory.batch_size = agree_min(self.memory.batch_size)
+                self.memory.batch_size = self.parallel.agree_min(self.memory.batch_size)
                 pending[:0] = np.array_split(indices, 2)
                 continue
             losses.append(value * len(indices))
@@ -291,17 +295,16 @@ class Trainer:
             self.trigger("on_batch_end", total, rows, value)
             self.agree_batch_size(pending)
             stop = self.stop_request is not None and self.stop_request.requested
-            if broadcast_from_main(stop):
+            if self.parallel.broadcast(stop):
                 self.interrupted = True
                 break
-        mean = torch.tensor([sum(losses), total], dtype=torch.float64)
-        torch.distributed.all_reduce(mean)
-        return float(mean[0] / max(1.0, float(mean[1])))
+        loss_sum, rows_seen = self.parallel.sum_floats([sum(losses), total])
+        return float(loss_sum / max(1.0, rows_seen))
 
     def train_epoch(self) -> float:
         """One pass over the training rows; an out-of-memory step is retried with a halved batch."""
         self.model.train()
-        if self.world.distributed:
+        if self.parallel.distributed:
             return self.train_epoch_distributed()
         order = self.train_data.epoch_order(self.rng, self.memory.batch_size)
         position, losses = 0, []
@@ -328,12 +331,9 @@ class Trainer:
         """Loss, accuracy and macro F1 on the validation split (under torchrun each rank scores its share and the
         probabilities are gathered, so every rank sees the same numbers). A multi-label model is scored with the
         per-label thresholds that suit these probabilities best, as the finished model will be."""
-        if not self.world.distributed:
-            probs = predict_proba(self.model, self.val_data, self.device)
-        else:
-            rows = self.world.shard(len(self.val_data))
-            local = predict_proba(self.model, RowSubset(self.val_data, rows), self.device)
-            probs = gather_rows(local, len(self.val_data), self.world)
+        probs = self.parallel.map_sharded(
+            lambda part: predict_proba(self.model, part, self.device), self.val_data, take=RowSubset
+        )
         labels = self.val_data.labels
         thresholds = tune_thresholds(probs, labels) if self.model.multilabel else None
         return score(probs, labels, self.num_classes, thresholds, self.model.min_labels)
@@ -367,7 +367,7 @@ class Trainer:
             self.result.best_metric, self.result.best_epoch = monitored, self.epoch
             self.result.best_state = trainable_state(self.model)
         stop = self.stopper.update(monitored)
-        if broadcast_from_main(stop) if self.world.distributed else stop:  # rank 0 decides; every rank follows
+        if self.parallel.broadcast(stop):  # rank 0 decides; every rank follows
             self.should_stop, self.stop_reason = True, self.stopper.reason
         logger.debug("epoch %d: %s", self.epoch, record)
         self.trigger("on_epoch_end", record)

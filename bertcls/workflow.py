@@ -31,7 +31,7 @@ from bertcls.checkpoint import (
 from bertcls.config import ClassifierSection, DataSection, Settings
 from bertcls.convex import ConvexTrainer
 from bertcls.data import DataReport, Splits, load_splits, write_splits
-from bertcls.distributed import SINGLE, World, broadcast_from_main, world
+from bertcls.distributed import SINGLE, Parallel, world
 from bertcls.encoder import pick_device
 from bertcls.errors import ConfigError, DataError
 from bertcls.features import EmbeddingService, truncation_summary
@@ -180,7 +180,7 @@ def start_at_label_priors(head: MLPHead, labels: np.ndarray) -> None:
 
 
 def make_trainer(
-    settings: Settings, features: FeatureSet, service: EmbeddingService, num_classes: int, ranks: World = SINGLE
+    settings: Settings, features: FeatureSet, service: EmbeddingService, num_classes: int, ranks: Parallel = SINGLE
 ) -> Trainer:
     """A fresh model and trainer for one run (a fold, a trial or a population member share this); ``ranks``: the
     torchrun processes that train it together (fine-tuning only)."""
@@ -357,7 +357,7 @@ def guard_precision(service: EmbeddingService, train: pd.DataFrame, names: list[
     labels = encode_labels(rows, settings.data, names, "train", settings.multilabel)
     if labels.ndim == 2:  # the guard's class means: each text's first label (no label: a class of its own)
         labels = np.where(labels.any(axis=1), labels.argmax(axis=1), labels.shape[1])
-    check = broadcast_from_main(service.check_precision(rows[settings.data.text_column].tolist(), labels))
+    check = world().broadcast(service.check_precision(rows[settings.data.text_column].tolist(), labels))
     service.set_precision(check.used)  # under torchrun every rank follows rank 0's verdict
     service.precision_check = check
 
@@ -375,7 +375,7 @@ def run_training(
     payload = read_resume(state_path, settings_fp) if resume else None
     run = prepare(settings, hooks)
     here = world()
-    if here.distributed and not run.features.fine_tune and not here.main:
+    if not run.features.fine_tune and not here.is_main:
         return None  # frozen mode: the embeddings were computed sharded; rank 0 trains the head
     ranks = here if run.features.fine_tune else SINGLE  # a frozen head trains on rank 0 alone
     trainer = make_trainer(settings, run.features, run.service, len(run.names), ranks)
@@ -385,11 +385,11 @@ def run_training(
     if payload is not None:
         trainer.load_resume_state(check_resume_data(payload, data_fp))
         logger.info("Resuming after epoch %d from %s", trainer.epoch, state_path)
-    if here.main:
+    if here.is_main:
         trainer.add_callback(ResumeWriter(state_path, settings_fp, data_fp))
     hooks.on_stage("Training")
     result = trainer.fit()
-    if not here.main:
+    if not here.is_main:
         return None  # only rank 0 writes the checkpoint, the splits and files
     if trainer.interrupted and not result.best_state:
         raise Interrupted(stop_request.signum, "Interrupted before the first epoch finished; nothing was saved.")

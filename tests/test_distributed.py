@@ -15,7 +15,7 @@ import torch
 
 from bertcls.checkpoint import load_checkpoint
 from bertcls.config import EncoderSection
-from bertcls.distributed import World
+from bertcls.distributed import Parallel
 from bertcls.features import EmbeddingService
 from tests.conftest import thread_subset
 
@@ -34,6 +34,7 @@ def small_csv(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_epoch_shards_are_disjoint_and_cover_the_epoch(workspace, small_csv):
     from bertcls.callbacks import WorkflowHooks
     from bertcls.config_sources import resolve_settings
@@ -45,9 +46,9 @@ def test_epoch_shards_are_disjoint_and_cover_the_epoch(workspace, small_csv):
     shards = []
     for rank in (0, 1):
         trainer = make_trainer(settings, run.features, run.service, len(run.names), SINGLE)
-        trainer.world = World(rank, 2)  # the dealing only; no process group is needed for it
+        trainer.parallel = Parallel(rank, 2)  # the dealing only; no process group is needed for it
         trainer.memory.batch_size = 7
-        batches = trainer.epoch_shards()
+        batches = trainer.deal_epoch()
         shards.append((batches, np.concatenate(batches)))
     (batches0, rows0), (batches1, rows1) = shards
     assert len(batches0) == len(batches1)  # lockstep
@@ -55,6 +56,7 @@ def test_epoch_shards_are_disjoint_and_cover_the_epoch(workspace, small_csv):
     assert sorted(np.concatenate([rows0, rows1])) == list(range(len(run.features.sources["train"])))
 
 
+@pytest.mark.slow
 def test_frozen_train_embeds_sharded_and_predict_matches_one_process(workspace, small_csv, tmp_path):
     root = tmp_path / "frozen"
     done = torchrun(
@@ -83,6 +85,7 @@ def test_frozen_train_embeds_sharded_and_predict_matches_one_process(workspace, 
     assert np.allclose(two.confidence, one.confidence, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_fine_tuning_with_two_ranks_writes_one_checkpoint_and_learns(small_csv, tmp_path):
     root = tmp_path / "ddp"
     done = torchrun(
@@ -97,6 +100,7 @@ def test_fine_tuning_with_two_ranks_writes_one_checkpoint_and_learns(small_csv, 
     assert ckpt.fine_tuned and len(history) == 2 and history[1].train_loss < history[0].train_loss
 
 
+@pytest.mark.slow
 def test_ranks_with_different_settings_fail_on_every_rank(small_csv, tmp_path):
     (tmp_path / "config.yml").write_text("output_root: runs/rank_${LOCAL_RANK}\n")
     done = torchrun("train", "--data-file", small_csv, "--num-epochs", "1", cwd=tmp_path)
@@ -126,6 +130,7 @@ sys.exit(run(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_an_out_of_memory_step_on_one_rank_makes_every_rank_halve(small_csv, tmp_path):
     script = tmp_path / "oom.py"
     script.write_text(OOM_ON_RANK_1.format(repo=str(__import__("pathlib").Path(__file__).resolve().parents[1])))

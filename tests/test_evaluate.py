@@ -64,6 +64,7 @@ def read(path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"text": str, "true_label": str, "predicted_label": str}, keep_default_na=False)
 
 
+@pytest.mark.slow
 def test_every_file_exists_and_is_not_empty(evaluated):
     for name in TOP_FILES + [
         f"fold_{k}/{f}"

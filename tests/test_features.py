@@ -85,6 +85,7 @@ def test_a_text_of_three_windows_gives_three_cache_entries_and_their_pooled_vect
     assert service.stats.hits == 3  # a second pass reads all three windows from the cache
 
 
+@pytest.mark.slow
 def test_predict_reads_the_whole_text_with_chunks_and_the_prefix_with_truncate(workspace, small_data):
     common = {"classifier.lexical_features": False}
     chunked = train(workspace / "chunked", small_data, **{"encoder.long_texts": "chunks", **common})

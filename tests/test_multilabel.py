@@ -222,6 +222,7 @@ def test_conflicting_label_sets_take_their_union_in_either_form(layout):
 # --- a multi-label checkpoint through every command --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_both_input_forms_give_the_same_model(cli, workspace, ml_model, ml_data):
     flags = as_flag_columns(pd.read_csv(ml_data, dtype=str, keep_default_na=False))
     flags.to_csv("flags.csv", index=False)
@@ -276,6 +277,7 @@ def test_min_confidence_applies_per_label(cli, ml_model):
     assert "label decisions sure enough" in out
 
 
+@pytest.mark.slow
 def test_evaluate_with_cross_validation_and_inspect(cli, ml_model):
     code, out, err = cli(
         "evaluate", "--output-root", str(ml_model), "--cv-folds", "3", "--find-label-issues", "-v", "0"
@@ -298,6 +300,7 @@ def test_evaluate_with_cross_validation_and_inspect(cli, ml_model):
     assert set(info["thresholds"]) == set(KEEP)
 
 
+@pytest.mark.slow
 def test_optimize_tpe_and_the_trial_pass_through_predict_and_inspect(cli, workspace, ml_data):
     root = workspace / "ml-opt"
     code, out, err = cli("optimize", "--output-root", str(root), "--data-file", str(ml_data), "--label-column",
@@ -324,6 +327,7 @@ def test_optimize_tpe_and_the_trial_pass_through_predict_and_inspect(cli, worksp
     assert code == 0, err
 
 
+@pytest.mark.slow
 def test_fine_tuning_multilabel_with_min_labels_and_micro_f1(cli, workspace, ml_data):
     root = workspace / "ml-ft"
     code, out, err = cli("train", "--output-root", str(root), "--data-file", str(ml_data), "--label-column", "labels",

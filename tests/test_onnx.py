@@ -28,6 +28,7 @@ def torch_probs(root, texts):
     return Predictor(load_named_checkpoint(None, root), root, torch.device("cpu"), "fp32").predict_proba(texts, 16)
 
 
+@pytest.mark.slow
 def test_fp32_export_matches_torch_probabilities(trained_model, fp32_export):
     manifest = OnnxPredictor(fp32_export).manifest
     assert not manifest.int8 and manifest.checks["max_prob_diff"] <= 1e-4 and manifest.checks["texts"] > 0
@@ -37,6 +38,7 @@ def test_fp32_export_matches_torch_probabilities(trained_model, fp32_export):
     assert np.abs(onnx_probs - torch_probs(trained_model, texts)).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_predict_backend_onnx_writes_the_same_labels_as_torch(trained_model, fp32_export, threads_small, cli):
     code, _, err = cli(
         "predict", "--output-root", trained_model, "--data-file", threads_small, "--backend", "onnx",
@@ -55,6 +57,7 @@ def test_predict_backend_onnx_writes_the_same_labels_as_torch(trained_model, fp3
     assert np.allclose(onnx.confidence, torch_out.confidence, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_int8_export_is_checked_and_kept_only_when_it_agrees(trained_model, fp32_export, cli, tmp_path):
     code, out, err = cli("export", "--output-root", trained_model, "--int8", "--verbosity", "0")
     assert code == 0, err

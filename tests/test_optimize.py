@@ -76,6 +76,7 @@ def test_hidden_width_rule():
     assert [hidden_dims(n) for n in (1, 2, 4)] == [[512], [512, 256], [512, 256, 128, 64]]
 
 
+@pytest.mark.slow
 def test_tpe_study_finishes_and_best_model_predicts(cli, workspace, threads_small, tmp_path):
     root = workspace / "tuning"
     code, out, err = cli(*optimize_args(root, threads_small, "bert_opt", "--n-trials", "3"))
@@ -153,6 +154,7 @@ def env() -> dict:
     return {k: v for k, v in os.environ.items() if not k.startswith("BERTCLS_")} | {"HF_HUB_OFFLINE": "1"}
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_study(workspace, threads_small, tmp_path):
     root = workspace / "tuning"
     run_optimize(
@@ -179,6 +181,7 @@ def test_two_processes_share_one_study(workspace, threads_small, tmp_path):
     assert len(ran) == 2 and sum(ran) >= 6  # every finished trial was run by one of the two workers
 
 
+@pytest.mark.slow
 def test_dead_workers_running_trial_is_marked_failed(workspace, threads_small, tmp_path):
     root = workspace / "tuning"
     config = tmp_path / "hb.yml"
@@ -256,6 +259,7 @@ def test_explore_changes_the_running_optimizer_and_dropout(pbt_context):
     assert member.settings.optimizer.lr == 1e-3 and member.settings.classifier.dropout_rate == 0.5
 
 
+@pytest.mark.slow
 def test_pbt_command_saves_best_member_and_lineage(cli, workspace, threads_small):
     root = workspace / "tuning"
     code, out, err = cli(*optimize_args(root, threads_small, "pbt", "--strategy", "pbt"))
@@ -313,6 +317,7 @@ def test_pbt_population_initial_points_come_from_the_search_space(pbt_context):
             assert value in dist.choices if hasattr(dist, "choices") else dist.low <= value <= dist.high
 
 
+@pytest.mark.slow
 def test_pbt_best_model_from_the_repo_config_goes_through_predict_evaluate_and_inspect(cli, tmp_path, threads_small):
     """The issue's report: with config.yml's [412, 220, 118] head in effect, PBT's export must be usable."""
     (tmp_path / "config.yml").write_text(

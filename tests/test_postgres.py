@@ -15,7 +15,10 @@ import pytest
 from optuna.trial import TrialState
 
 URL = os.environ.get("TEST_POSTGRES_URL")
-pytestmark = pytest.mark.skipif(not URL, reason="no PostgreSQL server: TEST_POSTGRES_URL is unset (.ci/run starts one)")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not URL, reason="no PostgreSQL server: TEST_POSTGRES_URL is unset (.ci/run starts one)"),
+]
 
 
 def test_two_workers_share_a_postgres_study(workspace, threads_small, tmp_path):

@@ -127,6 +127,7 @@ def test_cache_keeps_fp32_and_bf16_embeddings_apart(workspace):
     assert not np.array_equal(a, b) and np.allclose(a, b, atol=0.05)
 
 
+@pytest.mark.slow
 def test_training_records_the_precision_and_consumers_use_it(workspace, threads_small, cli, tmp_path):
     root = tmp_path / "bf16"
     code, out, err = cli(
@@ -162,6 +163,7 @@ def test_predicting_at_a_precision_training_did_not_check_runs_the_guard(trained
     assert predictor.precision_check.sample == len(texts) and predictor.precision_check.used == "bf16"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("threads", [1, 2])
 def test_threads_flag_sets_torch_threads(trained_model, threads_small, cli, threads):
     before = torch.get_num_threads()

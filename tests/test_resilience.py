@@ -45,6 +45,7 @@ class StopAfter(WorkflowHooks):
             self.request.signum = signal.SIGINT
 
 
+@pytest.mark.slow
 def test_resume_after_an_interrupt_ends_like_an_uninterrupted_run(workspace, threads_small):
     whole = run_training(settings_for(workspace / "resume-whole", threads_small))
     root = workspace / "resume-split"
@@ -61,6 +62,7 @@ def test_resume_after_an_interrupt_ends_like_an_uninterrupted_run(workspace, thr
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_resume_with_other_settings_or_nothing_to_resume_is_refused(workspace, threads_small, tmp_path):
     root = workspace / "resume-refused"
     request = StopRequest()
@@ -72,6 +74,7 @@ def test_resume_with_other_settings_or_nothing_to_resume_is_refused(workspace, t
         run_training(settings_for(tmp_path / "fresh", threads_small), resume=True)
 
 
+@pytest.mark.slow
 def test_sigint_to_a_real_train_saves_the_best_epoch(workspace, threads_small, tmp_path):
     root = workspace / "sigint"
     config = tmp_path / "no_stop.yml"
@@ -94,6 +97,7 @@ def test_sigint_to_a_real_train_saves_the_best_epoch(workspace, threads_small, t
     assert not list(root.rglob("*.tmp")) and not RunLayout(root).lock.exists()
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_and_a_stale_lock_is_taken_over(trained_model, threads_small, cli, tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     lock = RunLayout(tmp_path / "root").lock
@@ -113,6 +117,7 @@ def test_a_second_writer_is_refused_and_a_stale_lock_is_taken_over(trained_model
     assert "Taking over the lock" in err and not stale.exists()
 
 
+@pytest.mark.slow
 def test_no_password_reaches_any_file_or_output(workspace, threads_small, cli, tmp_path, monkeypatch):
     root = tmp_path / "secret-root"
     url = f"postgresql://bertcls:{SECRET}@127.0.0.1:9/nowhere"
@@ -134,6 +139,7 @@ def optimize_cli(root, data, *extra):
     return ("optimize", "--output-root", root, "--data-file", data, "--n-trials", "1", "--verbosity", "2", *extra)
 
 
+@pytest.mark.slow
 def test_a_failed_run_keeps_the_earlier_model_and_its_splits(workspace, threads_small, cli, tmp_path):
     root = workspace / "keep-earlier"
     code, _, err = cli("train", "--output-root", root, "--data-file", threads_small, "--num-epochs", "1", "-v", "0")
@@ -212,6 +218,7 @@ def test_work_per_text_cell_is_bounded(workspace):
     assert features.transform([huge])[0].sum() > 0
 
 
+@pytest.mark.slow
 def test_killed_workers_running_trial_is_failed_at_once(workspace, threads_small, tmp_path):
     import optuna
     from optuna.trial import TrialState

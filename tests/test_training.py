@@ -50,6 +50,7 @@ def test_embeddings_equal_sentence_transformers(trained_model):
     assert np.allclose(ours, reference.encode(texts), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_fine_tuning_lowers_the_loss_and_round_trips(workspace, tmp_path):
     from bertcls.checkpoint import build_classifier, save_checkpoint
     from bertcls.model import trainable_state
@@ -114,6 +115,7 @@ def test_frozen_checkpoint_round_trip_gives_identical_logits(trained_model, tmp_
     assert head_state and all(torch.equal(model_a.head.state_dict()[k], v) for k, v in head_state.items())
 
 
+@pytest.mark.slow
 def test_train_command_end_to_end(cli, workspace, threads_small):
     root = workspace / "cli-train"
     code, out, err = cli(

@@ -48,6 +48,7 @@ def test_temperature_round_trips_through_the_checkpoint(trained_model, threads_s
     assert code == 0 and f"temperature {record.temperature:.3f}" in out
 
 
+@pytest.mark.slow
 def test_min_confidence_one_abstains_everywhere_and_zero_nowhere(trained_model, threads_small, cli):
     for threshold, expected in (("1.0", "true"), ("0", "false")):
         name = f"abstain_{threshold}.csv"
@@ -79,6 +80,7 @@ def test_risk_coverage_names_the_threshold_that_reaches_a_target():
     assert threshold_for(curve.assign(accuracy=0.5), 0.99) is None
 
 
+@pytest.mark.slow
 def test_label_issue_finder_finds_flipped_labels(trained_model, threads_small, cli, tmp_path):
     frame = pd.read_csv(threads_small, dtype=str, keep_default_na=False)
     rng = np.random.default_rng(0)
@@ -107,6 +109,7 @@ def test_find_label_issues_needs_folds(trained_model, cli):
     assert code == 2 and "--cv-folds 2 or more" in err
 
 
+@pytest.mark.slow
 def test_exclude_rows_leaves_exactly_those_rows_out(threads_small, cli, tmp_path):
     listed = tmp_path / "issues.csv"
     pd.DataFrame({"source_row": [2, 5, 17], "text": ["x", "y", "z"]}).to_csv(listed, index=False)

@@ -112,7 +112,7 @@ def join_torchrun(resolved: ResolvedConfig) -> None:
 
     here = distributed.init_from_env(pick_device(resolved.settings.model.device).type)
     distributed.check_same_settings(resolved.settings.model_dump(mode="json"))
-    if not here.main:
+    if not here.is_main:
         out_console.quiet = err_console.quiet = True
 
 
@@ -133,7 +133,7 @@ def setup_logging(resolved: ResolvedConfig, command: str) -> Path:
         logging.getLogger(name).setLevel(logging.ERROR)
     from bertcls.distributed import world
 
-    if not world().main:  # another rank of a torchrun launch: errors only, no log file of its own
+    if not world().is_main:  # another rank of a torchrun launch: errors only, no log file of its own
         console.setLevel(logging.ERROR)
         return RunLayout(settings.root).logs_dir
     path = attach_file_log(settings.root, command)

@@ -160,7 +160,7 @@ def train(
     log_path = setup_logging(resolved, "train")
     from bertcls.distributed import world
 
-    progress = new_progress(settings.verbosity >= 1 and world().main)
+    progress = new_progress(settings.verbosity >= 1 and world().is_main)
     hooks = RichTrainingHooks(progress, settings.model.metric, settings.model.num_epochs)
     with root_lock(settings.root, "train"), StopRequest() as stop, progress:
         outcome = run_training(settings, hooks, stop, resume)
