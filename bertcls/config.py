@@ -1,7 +1,8 @@
 """The configuration schema: every section, its defaults and its validation.
 
 How values are found (flags > environment > YAML > defaults) lives in :mod:`bertcls.config_sources`. Only the
-command layer builds a full :class:`Settings`; core functions take the section they need.
+command layer builds a full :class:`Settings`. Many core functions still take the whole :class:`Settings` (the
+workflow, tuning and evaluation entry points); the smaller ones take the section they need.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
@@ -131,7 +132,9 @@ class TextClassifier(nn.Module):
         self.head = head
         self.encoder = encoder
         self.lexical = lexical
-        self.temperature = 1.0  # probabilities are softmax (or sigmoid) of logits / temperature; set by calibration
+        # probabilities are softmax (or sigmoid) of logits / temperature, set by calibration: one float, or for a
+        # multi-label model one float32 array with a temperature per label
+        self.temperature: float | np.ndarray = 1.0
         self.thresholds: list[float] | None = None  # multi-label: a label is given when its probability reaches its own
         self.min_labels = 0  # multi-label: 1 gives the most probable label to a text no label reaches
 

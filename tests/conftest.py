@@ -37,7 +37,7 @@ def read_csv(path: Path) -> pd.DataFrame:
 
 def thread_frame(per_class: int = 80) -> pd.DataFrame:
     """Support threads in 5 classes, shuffled tickets from ``examples/support_tickets.csv``: most threads are 6 to
-    10 tickets of their class and 2 to 4 of other classes; one in eight is hard, 4 or 5 tickets of its class and as
+    10 tickets of their class and 2 to 4 of other classes; one in ten is hard, 4 or 5 tickets of its class and as
     many of one other class. 100 to 280 tokens, so nearly all are truncated at 128 tokens as real documents are,
     and the model makes a few honest errors (as it did on news articles), which calibration and reports need."""
     tickets = read_csv(TICKETS)
@@ -47,7 +47,7 @@ def thread_frame(per_class: int = 80) -> pd.DataFrame:
     for label, texts in groups.items():
         others = [other for other in groups if other != label]
         for _ in range(per_class):
-            if rng.random() < 1 / 8:
+            if rng.random() < 1 / 10:
                 own = int(rng.integers(4, 6))
                 parts = list(rng.choice(texts, size=own, replace=False))
                 parts += list(rng.choice(groups[str(rng.choice(others))], size=own, replace=False))
