@@ -127,7 +127,7 @@ def now_iso() -> str:
 
 def load_named_checkpoint(name: str | None, output_root: str | Path) -> Checkpoint:
     """``--best-model``/``--model`` as given (default ``best_model.pt``), resolved and loaded."""
-    return load_checkpoint(RunLayout.of(output_root).checkpoint(name))
+    return load_checkpoint(RunLayout(output_root).checkpoint(name))
 
 
 def save_checkpoint(

@@ -35,7 +35,7 @@ def resolve_data_path(path: str, output_root: str | Path) -> Path:
         return candidate
     if candidate.is_absolute():
         raise DataError(f"Data file {path} does not exist.")
-    under_root = RunLayout.of(output_root).data_dir / candidate
+    under_root = RunLayout(output_root).data_dir / candidate
     if under_root.exists():
         return under_root
     raise DataError(f"Data file {path} was not found (looked in the working directory and {under_root.parent}).")
@@ -201,6 +201,13 @@ def resolve_conflicting_labels(
 ) -> pd.DataFrame:
     """Texts that appear with different labels (label sets): an error naming the CSV lines, or, by
     ``data.on_conflicting_labels``, their rows dropped, relabelled to the majority label, or given the union."""
+    policy = cfg.on_conflicting_labels
+    if policy == ("majority" if multilabel else "union"):  # refused whether or not this file has conflicts
+        task = "multi-label" if multilabel else "single-label"
+        raise DataError(
+            f"--on-conflicting-labels {policy} does not apply to {task} data; use drop or "
+            f"{'union' if multilabel else 'majority'}."
+        )
     labels = label_series(frame, cfg, multilabel)
     conflicts = _conflicting_texts(frame, cfg, labels)
     if not len(conflicts):
@@ -208,19 +215,12 @@ def resolve_conflicting_labels(
     conflicted = frame[cfg.text_column].isin(conflicts.index)
     lines = _csv_lines(frame, np.flatnonzero(conflicted.to_numpy()))
     which = "label sets" if multilabel else "labels"
-    policy = cfg.on_conflicting_labels
     found = f"{len(conflicts)} text(s) that appear with different {which} (e.g. {str(conflicts.index[0])[:60]!r})"
     if policy == "error":
         other = "union" if multilabel else "majority"
         raise DataError(
             f"{source} has {found} on CSV lines {_row_list(lines)}; give each text one "
             f"{'label set' if multilabel else 'label'}, or set --on-conflicting-labels drop or {other}."
-        )
-    if policy == ("majority" if multilabel else "union"):
-        task = "multi-label" if multilabel else "single-label"
-        raise DataError(
-            f"--on-conflicting-labels {policy} does not apply to {task} data; use drop or "
-            f"{'union' if multilabel else 'majority'}."
         )
     if policy == "drop":
         report.warnings.append(f"Dropped {len(lines)} row(s) of {found} (CSV lines {_row_list(lines)}).")
@@ -346,7 +346,7 @@ def split_by_text(frame: pd.DataFrame, cfg: DataSection, seed: int) -> Splits:
 
 def write_splits(splits: Splits, output_root: str | Path) -> dict[str, Path]:
     """``<output_root>/data/{train,val,test}.csv``: the rows a model was trained, validated and tested on."""
-    layout = RunLayout.of(output_root)
+    layout = RunLayout(output_root)
     paths = {name: write_csv_atomic(layout.split_file(name), part) for name, part in splits.items()}
     logger.info("Wrote the splits to %s", layout.data_dir)
     return paths

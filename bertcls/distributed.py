@@ -50,7 +50,9 @@ class Parallel:
         """This rank's rows of an epoch ``order`` dealt out row by row, and the most rows any rank gets (rank 0's)."""
         return order[self.rank :: self.size], len(order[0 :: self.size])
 
-    def map_sharded(self, compute: Callable[[Any], np.ndarray], items: Any, take: Callable = None) -> np.ndarray:
+    def map_sharded(
+        self, compute: Callable[[Any], np.ndarray], items: Any, take: Callable[[Any, np.ndarray], Any] | None = None
+    ) -> np.ndarray:
         """``compute(items)`` in input order; under torchrun each rank computes its share (``take(items, rows)``,
         a list of those items by default) and every rank gets all the rows back."""
         if not self.distributed:

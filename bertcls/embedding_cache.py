@@ -111,7 +111,7 @@ class EmbeddingCache:
         self, root: Path, fingerprint: str, max_seq_len: int, pooling: str, kind: str = "texts", precision: str = "fp32"
     ):
         suffix = ("" if kind == "texts" else f"_{kind}") + ("" if precision == "fp32" else f"_{precision}")
-        self.folder = RunLayout.of(root).cache_dir / f"{fingerprint[:16]}_len{max_seq_len}_{pooling}{suffix}"
+        self.folder = RunLayout(root).cache_dir / f"{fingerprint[:16]}_len{max_seq_len}_{pooling}{suffix}"
         self._shards: list[Shard] | None = None
         self.writable = True  # False on the ranks of a torchrun launch other than rank 0
 

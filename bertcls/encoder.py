@@ -99,7 +99,7 @@ def fingerprint(folder: Path) -> str:
 
 def export_default_encoder(output_root: str | Path) -> Path:
     """Copy the bundled all-MiniLM-L6-v2 into ``<output_root>/bert_encoder/`` once."""
-    target = RunLayout.of(output_root).encoder_dir
+    target = RunLayout(output_root).encoder_dir
     if (target / "model.safetensors").is_file():
         return target
     source = _bundled_model_dir()

@@ -32,9 +32,8 @@ SPLIT_NAMES = ("train", "val", "test")
 class RunLayout:
     root: Path
 
-    @classmethod
-    def of(cls, root: str | Path) -> RunLayout:
-        return cls(Path(root))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))  # a str from the settings or a flag becomes a Path
 
     @property
     def lock(self) -> Path:
@@ -78,11 +77,15 @@ class RunLayout:
     def cache_dir(self) -> Path:
         return self.root / "cache"
 
+    @property
+    def optuna_dir(self) -> Path:
+        return self.root / "optuna"
+
     def study_db(self, study_name: str) -> Path:
-        return self.root / "optuna" / f"{study_name}.db"
+        return self.optuna_dir / f"{study_name}.db"
 
     def study_dir(self, study_name: str) -> Path:
-        return self.root / "optuna" / study_name
+        return self.optuna_dir / study_name
 
     @property
     def evaluation_dir(self) -> Path:

@@ -23,7 +23,7 @@ NOISY_LIBRARIES = (
 
 def attach_file_log(output_root: Path, command: str) -> Path:
     """Log everything from bertcls at debug level to a timestamped file; returns its path."""
-    path = RunLayout.of(output_root).log_file(command)
+    path = RunLayout(output_root).log_file(command)
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setLevel(logging.DEBUG)

@@ -17,15 +17,10 @@ from bertcls.errors import CheckpointError, DataError
 from bertcls.fileio import atomic_path
 from bertcls.interrupts import Interrupted
 from bertcls.labelsets import label_series
-from bertcls.layout import RunLayout
 from bertcls.redaction import redact_data
 
 logger = logging.getLogger(__name__)
 RUNTIME_KEYS = {"verbosity", "output_root", "model.device", "model.num_threads", "data.encoding"}
-
-
-def resume_path(root: Path) -> Path:
-    return RunLayout.of(root).resume_state
 
 
 def settings_fingerprint(settings: Settings) -> dict[str, str]:

@@ -233,7 +233,7 @@ class Trainer:
         else the gradients are averaged across ranks and every rank takes the same step."""
         self._apply_schedule()
         self.optimizer.zero_grad(set_to_none=True)
-        failed, value = 0, 0.0
+        failed, value = False, 0.0
         try:
             if len(indices):
                 with self.parts.no_sync():
@@ -243,9 +243,9 @@ class Trainer:
         except (RuntimeError, torch.OutOfMemoryError) as exc:
             if not is_out_of_memory(exc):
                 raise
-            failed = 1
+            failed = True
             self.optimizer.zero_grad(set_to_none=True)
-        if self.parallel.agree_max(failed):
+        if self.parallel.reduce_boolean_decision(failed):
             return None
         self.samples_seen += self.parallel.average_gradients(self.model, len(indices))  # the same on every rank
         self._update()

@@ -44,14 +44,7 @@ from bertcls.model import HeadSpec, LexicalLayer, MLPHead, TextClassifier, count
 from bertcls.precision import describe as describe_precision
 from bertcls.precision import resolve_precision, sample_indices
 from bertcls.redaction import redact_data
-from bertcls.resume import (
-    ResumeWriter,
-    check_resume_data,
-    data_fingerprint,
-    read_resume,
-    resume_path,
-    settings_fingerprint,
-)
+from bertcls.resume import ResumeWriter, check_resume_data, data_fingerprint, read_resume, settings_fingerprint
 from bertcls.training import Trainer, TrainResult, balanced_class_weights, positive_weights
 
 logger = logging.getLogger(__name__)
@@ -371,7 +364,7 @@ def run_training(
     interrupted run can go on with ``resume``. A ``stop_request`` that fires saves the best epoch so far, then
     raises :class:`Interrupted`."""
     hooks = hooks or WorkflowHooks()
-    settings_fp, state_path = settings_fingerprint(settings), resume_path(settings.root)
+    settings_fp, state_path = settings_fingerprint(settings), RunLayout(settings.root).resume_state
     payload = read_resume(state_path, settings_fp) if resume else None
     run = prepare(settings, hooks)
     here = world()

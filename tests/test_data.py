@@ -145,3 +145,9 @@ def test_bad_data_does_not_clobber_existing_model(cli, tmp_path):
     path = write_csv(tmp_path / "d.csv", rows(classes=("only",)))
     code, _, _ = train_exit(cli, path)
     assert code == 2 and model.read_bytes() == b"previous model"
+
+
+def test_a_policy_for_the_other_task_is_refused_even_without_conflicts():
+    frame = pd.DataFrame(rows(), columns=["text", "category"])
+    with pytest.raises(DataError, match="union does not apply to single-label data"):
+        check_labelled(frame, DataSection(on_conflicting_labels="union"), "d.csv")

@@ -22,7 +22,6 @@ from bertcls.config_sources import resolve_settings
 from bertcls.errors import DataError
 from bertcls.interrupts import Interrupted, StopRequest
 from bertcls.layout import RunLayout
-from bertcls.resume import resume_path
 from bertcls.workflow import run_training
 
 SECRET = "s3cretpw-xyz"
@@ -52,9 +51,10 @@ def test_resume_after_an_interrupt_ends_like_an_uninterrupted_run(workspace, thr
     request = StopRequest()
     with pytest.raises(Interrupted, match="after epoch 2"):
         run_training(settings_for(root, threads_small), StopAfter(request, 2), request)
-    assert resume_path(root).is_file() and load_checkpoint(root / "best_trials" / "best_model.pt").meta.best_epoch <= 2
+    layout = RunLayout(root)
+    assert layout.resume_state.is_file() and load_checkpoint(layout.best_model).meta.best_epoch <= 2
     resumed = run_training(settings_for(root, threads_small), resume=True)
-    assert not resume_path(root).exists()  # a finished run removes its resume state
+    assert not layout.resume_state.exists()  # a finished run removes its resume state
     strip = lambda history: [{k: v for k, v in r.model_dump().items() if k != "seconds"} for r in history]  # noqa: E731
     assert strip(resumed.result.history) == strip(whole.result.history)
     assert resumed.result.best_epoch == whole.result.best_epoch and resumed.metrics == whole.metrics

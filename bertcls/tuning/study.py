@@ -28,7 +28,7 @@ JOURNAL_PREFIX = "journal:"
 
 
 def default_storage_url(output_root: Path, study_name: str) -> str:
-    path = RunLayout.of(output_root).study_db(study_name).resolve()
+    path = RunLayout(output_root).study_db(study_name).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
 
