@@ -1,24 +1,28 @@
 """Model inputs and inference: turning row indices into batches (precomputed embeddings or tokens, plus TF-IDF
-rows), class probabilities over a source, and the loss/accuracy/macro F1 of those probabilities.
+rows), and the logits and probabilities of a model over a source.
 
 Prediction, evaluation and the training loop share these; nothing here trains.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 
+from bertcls.calibration import CalibrationRecord
 from bertcls.lexical import sparse_batch
-from bertcls.metrics import accuracy, binary_log_loss, decide, macro_f1, multilabel_scores
 from bertcls.model import TextClassifier
+from bertcls.task import DecisionRule
+
+if TYPE_CHECKING:
+    from bertcls.config import CalibrationSection
 
 
 class BatchSource(Protocol):
-    """Turns row indices into model inputs; knows how to order rows for an epoch. ``labels``: class indices
-    (multiclass) or a 0/1 float matrix with one column per label (multilabel)."""
+    """Turns row indices into model inputs; knows how to order rows for an epoch. ``labels``: as the model's task
+    encodes them (class indices, or a 0/1 float matrix with one column per label)."""
 
     labels: np.ndarray
 
@@ -27,12 +31,6 @@ class BatchSource(Protocol):
     def batch(self, indices: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]: ...
 
     def epoch_order(self, rng: np.random.Generator, batch_size: int) -> np.ndarray: ...
-
-
-def as_labels(labels: np.ndarray) -> np.ndarray:
-    """Class indices as int64, a multi-label 0/1 matrix as float32 (what the two losses take)."""
-    labels = np.asarray(labels)
-    return labels.astype(np.float32) if labels.ndim == 2 else labels.astype(np.int64)
 
 
 def with_lexical(batch: dict[str, torch.Tensor], lexical, indices: np.ndarray, device: torch.device) -> dict:
@@ -47,7 +45,7 @@ class EmbeddingBatches:
 
     def __init__(self, embeddings: np.ndarray, labels: np.ndarray, lexical=None):
         self.embeddings = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
-        self.labels = as_labels(labels)
+        self.labels = np.asarray(labels)
         self.lexical = lexical
 
     def __len__(self) -> int:
@@ -67,7 +65,7 @@ class TextBatches:
     def __init__(self, encoder, texts: list[str], labels: np.ndarray, lengths: np.ndarray, lexical=None):
         self.encoder = encoder
         self.texts = texts
-        self.labels = as_labels(labels)
+        self.labels = np.asarray(labels)
         self.lengths = np.asarray(lengths)
         self.lexical = lexical
 
@@ -119,14 +117,12 @@ def predict_logits(
 def predict_proba(
     model: TextClassifier, source: BatchSource, device: torch.device, batch_size: int = 256
 ) -> np.ndarray:
-    """Class probabilities: softmax of the logits divided by the model's calibrated temperature (a sigmoid per label
-    for a multi-label model)."""
+    """Probabilities of the logits under the model's calibrated temperature, as its task makes them (a softmax, or
+    a sigmoid per label)."""
     logits = torch.from_numpy(predict_logits(model, source, device, batch_size))
     if logits.numel() == 0:
         return logits.numpy()
-    if model.multilabel:  # a temperature per label
-        return torch.sigmoid(logits / torch.as_tensor(model.temperature, dtype=logits.dtype)).numpy()
-    return torch.softmax(logits / model.temperature, dim=-1).numpy()
+    return model.probabilities(logits).numpy()
 
 
 def predict_embedded(
@@ -137,18 +133,21 @@ def predict_embedded(
     return predict_proba(model, source, device, batch_size)
 
 
-def score(
-    probs: np.ndarray, labels: np.ndarray, num_classes: int, thresholds=None, min_labels: int = 0
-) -> dict[str, float]:
-    """Loss, accuracy and macro F1 (multi-label: binary cross-entropy, subset accuracy, macro/micro/samples F1 and
-    Hamming loss of the labels given at ``thresholds``)."""
-    if labels.ndim == 2:
-        loss = binary_log_loss(probs, labels) if len(labels) else 0.0
-        return {"loss": loss, **multilabel_scores(labels, decide(probs, thresholds, min_labels))}
-    predicted = probs.argmax(axis=1)
-    picked = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
-    return {
-        "loss": float(-np.log(picked).mean()),
-        "accuracy": accuracy(labels, predicted),
-        "f1": macro_f1(labels, predicted, num_classes),
-    }
+def score_source(model: TextClassifier, source: BatchSource, device: torch.device) -> dict[str, float]:
+    """The loss and metrics of a model's decisions on a labelled source, as its task scores them."""
+    probs = predict_proba(model, source, device)
+    return model.task.score(probs, source.labels, model.head.spec.num_classes, model.rule)
+
+
+def calibrate(
+    model: TextClassifier, val: BatchSource, device: torch.device, cfg: CalibrationSection, bins: int = 10
+) -> CalibrationRecord:
+    """Fit the model's calibration on ``val`` as its task does (a temperature; per-label temperatures and
+    thresholds) and give the model the rule it describes."""
+    min_labels = model.rule.min_labels
+    model.rule = DecisionRule(min_labels=min_labels)
+    empty = np.zeros((0, model.head.spec.num_classes), dtype=np.float32)
+    logits = predict_logits(model, val, device) if len(val) else empty
+    record = model.task.calibrate(logits, val.labels, cfg, bins)
+    model.rule = DecisionRule.calibrated(record, min_labels)
+    return record

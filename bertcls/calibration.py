@@ -1,23 +1,15 @@
-"""Temperature scaling: one scalar T fitted on the validation split so that softmax(logits / T) has the lowest
-negative log-likelihood (Guo et al., 2017). It changes confidences, never the predicted label.
-
-A multi-label model gets one T per label (each fitted on that label's binary cross-entropy), and then one decision
-threshold per label, tuned on the calibrated validation probabilities for that label's F1."""
+"""Temperature scaling's toolbox: the record calibration leaves in a checkpoint, NLLs, ECE binning, the bounded
+search for T (Guo et al., 2017), and undoing a temperature. Temperature scaling changes confidences, never the
+predicted label. Each task (:mod:`bertcls.task`) fits its own form: one T, or one T and one threshold per label."""
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Callable
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict
 from scipy.optimize import minimize_scalar
 
-from bertcls.batches import BatchSource, predict_logits
-from bertcls.config import CalibrationSection
-from bertcls.metrics import tune_thresholds
-
-logger = logging.getLogger(__name__)
 LOG_T_BOUNDS = (np.log(0.05), np.log(20.0))
 
 
@@ -87,9 +79,9 @@ def label_decisions(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, 
     return np.maximum(probs, 1 - probs).ravel(), ((probs >= 0.5) == (labels > 0)).ravel()
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The T in [0.05, 20] with the lowest validation NLL (a bounded 1-D search over log T)."""
-    loss = binary_nll if labels.ndim == 2 else nll
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, loss: Callable[..., float] = nll) -> float:
+    """The T in [0.05, 20] with the lowest validation ``loss`` (:func:`nll`, or :func:`binary_nll` for sigmoids): a
+    bounded 1-D search over log T."""
     result = minimize_scalar(
         lambda log_t: loss(logits, labels, float(np.exp(log_t))), bounds=LOG_T_BOUNDS, method="bounded"
     )
@@ -105,87 +97,6 @@ def uncalibrate_sigmoid(probs: np.ndarray, temperature) -> np.ndarray:
     """Multi-label probabilities before temperature scaling: sigmoid(T * logit(p)) (T: one, or one per label)."""
     p = np.clip(probs.astype(np.float64), 1e-12, 1 - 1e-12)
     return sigmoid(temperature * np.log(p / (1 - p)))
-
-
-def calibrate(
-    model, val: BatchSource, device: torch.device, cfg: CalibrationSection, bins: int = 10
-) -> CalibrationRecord:
-    """Fit the model's temperature on ``val`` (``calibration.method: temperature``) and set it on the model; a
-    multi-label model then gets its per-label thresholds (with or without a temperature)."""
-    model.temperature = 1.0
-    if model.multilabel:
-        record = calibrate_multilabel(model, val, device, cfg, bins)
-        model.thresholds = record.thresholds
-        return record
-    if cfg.method == "none" or len(val) == 0:
-        return CalibrationRecord()
-    logits = predict_logits(model, val, device)
-    labels = val.labels
-    if (logits.argmax(axis=1) == labels).all():
-        # with no error to learn from, the likelihood only rises as T falls to its bound (every confidence 1.0)
-        logger.info("No validation errors to calibrate against: temperature stays 1")
-        return CalibrationRecord(method="temperature", val_rows=len(labels))
-    temperature = fit_temperature(logits, labels)
-    model.temperature = temperature
-    correct = logits.argmax(axis=1) == labels
-    confidence = lambda t: np.exp(log_softmax(logits / t)).max(axis=1)  # noqa: E731
-    record = CalibrationRecord(
-        method="temperature",
-        temperature=temperature,
-        val_rows=len(labels),
-        val_nll_before=nll(logits, labels),
-        val_nll_after=nll(logits, labels, temperature),
-        val_ece_before=ece(confidence(1.0), correct, bins),
-        val_ece_after=ece(confidence(temperature), correct, bins),
-    )
-    logger.info(
-        "Temperature %.3f fitted on %d validation rows: NLL %.4f -> %.4f, ECE %.4f -> %.4f",
-        temperature,
-        len(labels),
-        record.val_nll_before,
-        record.val_nll_after,
-        record.val_ece_before,
-        record.val_ece_after,
-    )
-    return record
-
-
-def label_temperatures(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """One temperature per label, each fitted on that label's binary NLL; a label decided right on every
-    validation row keeps 1 (its likelihood would only rise as T fell to the bound)."""
-    temperatures = np.ones(labels.shape[1])
-    for k in range(labels.shape[1]):
-        column, truth = logits[:, [k]], labels[:, [k]]
-        if not label_decisions(sigmoid(column), truth)[1].all():
-            temperatures[k] = fit_temperature(column, truth)
-    return temperatures
-
-
-def calibrate_multilabel(
-    model, val: BatchSource, device: torch.device, cfg: CalibrationSection, bins: int
-) -> CalibrationRecord:
-    """A temperature per label, then per-label thresholds on the calibrated validation probabilities."""
-    if len(val) == 0:
-        return CalibrationRecord(thresholds=[0.5] * model.head.spec.num_classes)
-    logits, labels = predict_logits(model, val, device), val.labels
-    fitted = cfg.method == "temperature"
-    temperatures = label_temperatures(logits, labels) if fitted else np.ones(labels.shape[1])
-    model.temperature = temperatures.astype(np.float32)
-    thresholds = tune_thresholds(sigmoid(logits / temperatures), labels)
-    ece_at = lambda t: ece(*label_decisions(sigmoid(logits / t), labels), bins)  # noqa: E731
-    record = CalibrationRecord(
-        method=cfg.method,
-        temperature=float(np.exp(np.log(temperatures).mean())),
-        temperatures=[float(t) for t in temperatures],
-        val_rows=len(labels),
-        val_nll_before=binary_nll(logits, labels) if fitted else None,
-        val_nll_after=binary_nll(logits, labels, temperatures) if fitted else None,
-        val_ece_before=ece_at(1.0) if fitted else None,
-        val_ece_after=ece_at(temperatures) if fitted else None,
-        thresholds=[float(t) for t in thresholds],
-    )
-    logger.info("%d per-label temperatures and thresholds fitted on %d validation rows", len(thresholds), len(labels))
-    return record
 
 
 def describe(record: CalibrationRecord | None) -> str:

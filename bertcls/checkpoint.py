@@ -18,7 +18,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -32,6 +31,7 @@ from bertcls.lexical import VOCABULARY_KEY, LexicalFeatures, LexicalSpec
 from bertcls.metrics import EpochRecord
 from bertcls.model import HeadSpec, LexicalLayer, MLPHead, TextClassifier, load_trainable_state
 from bertcls.precision import PrecisionCheck
+from bertcls.task import DecisionRule, Task, task_for
 
 logger = logging.getLogger(__name__)
 FORMAT = "bertcls-checkpoint"
@@ -175,28 +175,19 @@ class Checkpoint:
         return self.meta.calibration.temperature if self.meta.calibration else 1.0
 
     @property
-    def scaling(self):
-        """What the logits are divided by: the temperature, or for a multi-label model one per label."""
-        stored = self.meta.calibration.temperatures if self.meta.calibration else None
-        if self.multilabel and stored:
-            return np.asarray(stored, dtype=np.float32)
-        return self.temperature
-
-    @property
-    def multilabel(self) -> bool:
-        return self.architecture.head.task == "multilabel"
-
-    @property
-    def thresholds(self) -> list[float] | None:
-        """A multi-label model's per-label decision thresholds (0.5 each where none were stored)."""
-        if not self.multilabel:
-            return None
-        stored = self.meta.calibration.thresholds if self.meta.calibration else None
-        return list(stored) if stored else [0.5] * len(self.meta.labels)
+    def task(self) -> Task:
+        return task_for(self.architecture.head.task)
 
     @property
     def min_labels(self) -> int:
         return int(self.meta.settings.get("classifier", {}).get("min_labels", 0))
+
+    @property
+    def rule(self) -> DecisionRule:
+        """How the model decides: the calibrated temperature(s), per-label thresholds and ``min_labels``."""
+        if self.meta.calibration is None:
+            return DecisionRule(min_labels=self.min_labels)
+        return DecisionRule.calibrated(self.meta.calibration, self.min_labels)
 
     def lexical_features(self) -> LexicalFeatures | None:
         """The fitted TF-IDF vectorizers the model was trained with (None when it uses none)."""
@@ -365,9 +356,7 @@ def build_classifier(
             )
         encoder = Encoder(folder, arch.encoder.max_seq_len, arch.encoder.pooling)
     lexical = None if arch.lexical is None else LexicalLayer(arch.lexical.num_features, arch.head.num_classes)
-    model = TextClassifier(MLPHead(arch.head), encoder, lexical)
+    model = TextClassifier(MLPHead(arch.head), encoder, lexical, ckpt.rule)
     load_weights(model, ckpt)
-    model.temperature = ckpt.scaling
-    model.thresholds, model.min_labels = ckpt.thresholds, ckpt.min_labels
     model.eval()
     return model, encoder

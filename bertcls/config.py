@@ -11,10 +11,13 @@ import ast
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from bertcls.task import Task
 
 ACTIVATIONS = ("relu", "gelu", "silu", "elu", "tanh", "leaky_relu", "prelu")
 ENV_PREFIX = "BERTCLS_"
@@ -100,19 +103,13 @@ class ClassifierSection(StrictModel):
     linear_l2: float = Field(1.0, gt=0)
     linear_embedding_penalty: float = Field(4.0, gt=0)
 
-    def resolved_class_weights(self, task: str) -> str:
-        """``auto``: balanced for one label per text (it lifted SMS spam), none for multi-label data (a per-label
-        ``pos_weight`` cost 1.5 macro-F1 points on GoEmotions with every split seed tried)."""
-        if self.class_weights != "auto":
-            return self.class_weights
-        return "none" if task == "multilabel" else "balanced"
+    def resolved_class_weights(self, task: Task) -> str:
+        """``auto``: the task's default (balanced for one label per text, none for label sets)."""
+        return task.default_class_weights if self.class_weights == "auto" else self.class_weights
 
-    def resolved_head(self, task: str, frozen: bool) -> str:
-        """``auto``: a linear head fitted to convergence (L-BFGS) for multi-label data on a frozen encoder, where it
-        beat the MLP head by 5 macro-F1 points on GoEmotions; the MLP head otherwise."""
-        if self.head != "auto":
-            return self.head
-        return "linear" if task == "multilabel" and frozen else "mlp"
+    def resolved_head(self, task: Task, frozen: bool) -> str:
+        """``auto``: the task's default (a linear head for label sets on a frozen encoder, the MLP otherwise)."""
+        return task.default_head(frozen) if self.head == "auto" else self.head
 
     @field_validator("hidden_dims")
     @classmethod
@@ -162,11 +159,9 @@ class OptimizerSection(StrictModel):
 
     _betas = field_validator("betas", mode="before")(classmethod(lambda cls, v: parse_betas(v)))
 
-    def head_lr(self, multilabel: bool = False) -> float:
-        """``lr``, or by default 1e-3 for one label per text and 1e-2 for multi-label heads: fine-tuning on
-        GoEmotions for 3 epochs reached 0.403 test macro F1 at 1e-2 against 0.336 at 1e-3 (a sigmoid head with
-        rare labels learns slowly)."""
-        return self.lr or (1e-2 if multilabel else 1e-3)
+    def head_lr(self, task: Task) -> float:
+        """``lr``, or the task's default (1e-3 for one label per text, 1e-2 for sigmoid heads with rare labels)."""
+        return self.lr or task.default_head_lr
 
     @field_validator("betas")
     @classmethod
@@ -377,10 +372,6 @@ class Settings(BaseSettings):
         if self.classifier.head == "linear" and not self.encoder.freeze:
             raise ValueError("classifier.head linear is fitted on a frozen encoder's embeddings; drop --fine-tune")
         return self
-
-    @property
-    def multilabel(self) -> bool:
-        return self.model.task == "multilabel"
 
     @property
     def root(self) -> Path:

@@ -44,7 +44,7 @@ class ConvexTrainer(Trainer):
     def penalty(self) -> torch.Tensor:
         """The L2 term, scaled to the mean loss: per row (softmax) or per row and label (sigmoids)."""
         rows = max(1, len(self.train_data))
-        units = rows * (self.num_classes if self.model.multilabel else 1)
+        units = self.model.task.loss_units(rows, self.num_classes)
         embedding = self.model.head.net[-1].weight.pow(2).sum() * self.embedding_penalty
         lexical = self.model.lexical.weight.pow(2).sum() if self.model.lexical is not None else 0.0
         return 0.5 * self.l2 / units * (embedding + lexical)

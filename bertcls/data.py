@@ -6,26 +6,23 @@ import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from bertcls.config import DataSection
+from bertcls.csvlines import SOURCE_ROW, csv_lines, row_list
 from bertcls.errors import DataError
 from bertcls.fileio import write_csv_atomic
-from bertcls.labelsets import (
-    check_flag_columns,
-    check_label_counts,
-    check_separator_used,
-    label_series,
-    label_sets,
-    split_multilabel,
-)
 from bertcls.layout import SPLIT_NAMES, RunLayout
 
+if TYPE_CHECKING:
+    from bertcls.task import Task
+
 logger = logging.getLogger(__name__)
-MAX_ROWS_LISTED = 10
-SOURCE_ROW = "source_row"  # a row's CSV line number in the file it came from
+# what a merging data.on_conflicting_labels policy gives the rows of a conflicting text
+MERGE_POLICIES = {"majority": "their text's majority label", "union": "the union of their text's label sets"}
 
 
 def resolve_data_path(path: str, output_root: str | Path) -> Path:
@@ -39,11 +36,6 @@ def resolve_data_path(path: str, output_root: str | Path) -> Path:
     if under_root.exists():
         return under_root
     raise DataError(f"Data file {path} was not found (looked in the working directory and {under_root.parent}).")
-
-
-def _row_list(rows: list[int]) -> str:
-    shown = ", ".join(str(r) for r in rows[:MAX_ROWS_LISTED])
-    return shown + (f" and {len(rows) - MAX_ROWS_LISTED} more" if len(rows) > MAX_ROWS_LISTED else "")
 
 
 BINARY_SIGNATURES = {
@@ -139,167 +131,84 @@ class DataReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def _blank_rows(frame: pd.DataFrame, cfg: DataSection, multilabel: bool = False) -> pd.Series:
-    """Rows with empty text, or empty label (single-label only: an empty multi-label cell means no label)."""
-    blank = frame[cfg.text_column].str.strip() == ""
-    return blank if multilabel else blank | (frame[cfg.label_column].str.strip() == "")
-
-
-def _csv_lines(frame: pd.DataFrame, positions: np.ndarray) -> list[int]:
-    """CSV line numbers of the rows at ``positions`` (the ``source_row`` column where present)."""
-    if SOURCE_ROW in frame.columns:
-        lines = pd.to_numeric(frame[SOURCE_ROW], errors="coerce").to_numpy()[positions]
-        return [int(r) if r == r else int(i) + 2 for r, i in zip(lines, positions, strict=True)]
-    return [int(i) + 2 for i in positions]
-
-
-def _bad_rows(frame: pd.DataFrame, cfg: DataSection, multilabel: bool = False) -> list[int]:
-    """CSV line numbers of rows with empty text or label."""
-    return _csv_lines(frame, np.flatnonzero(_blank_rows(frame, cfg, multilabel).to_numpy()))
-
-
 def _conflicting_texts(frame: pd.DataFrame, cfg: DataSection, labels: pd.Series) -> pd.Series:
     labels_per_text = labels.groupby(frame[cfg.text_column]).nunique()
     return labels_per_text[labels_per_text > 1]
 
 
-def _majority_labels(frame: pd.DataFrame, cfg: DataSection, conflicted: pd.Series, source: str) -> pd.Series:
-    """Each conflicting text's most frequent label (single-label); a tie is an error naming the lines."""
-    winners = {}
-    for text, group in frame[conflicted].groupby(cfg.text_column, sort=False):
-        counts = group[cfg.label_column].value_counts()
-        if len(counts) > 1 and counts.iloc[0] == counts.iloc[1]:
-            lines = _csv_lines(frame, np.flatnonzero((frame[cfg.text_column] == text).to_numpy()))
-            raise DataError(
-                f"{source}: text {str(text)[:60]!r} has no majority label (CSV lines {_row_list(lines)}); "
-                "fix those rows or set --on-conflicting-labels drop."
-            )
-        winners[text] = counts.index[0]
-    return frame.loc[conflicted, cfg.text_column].map(winners)
-
-
-def _label_set_unions(frame: pd.DataFrame, cfg: DataSection, conflicted: pd.Series) -> pd.DataFrame:
-    """Every row of a conflicting text given the union of that text's label sets (multi-label, either form)."""
-    sets = pd.Series(label_sets(frame, cfg), index=frame.index)
-    unions = (
-        sets[conflicted]
-        .groupby(frame.loc[conflicted, cfg.text_column])
-        .agg(lambda parts: tuple(sorted(set().union(*parts))))
-    )
-    merged = frame.loc[conflicted, cfg.text_column].map(unions)
-    frame = frame.copy()
-    if cfg.label_columns:
-        for column in cfg.label_columns:
-            frame.loc[conflicted, column] = merged.map(lambda labels, c=column: "1" if c in labels else "0")
-    else:
-        frame.loc[conflicted, cfg.label_column] = merged.map(cfg.label_separator.join)
-    return frame
-
-
 def resolve_conflicting_labels(
-    frame: pd.DataFrame, cfg: DataSection, source: str, report: DataReport, multilabel: bool
+    frame: pd.DataFrame, cfg: DataSection, source: str, report: DataReport, task: Task
 ) -> pd.DataFrame:
     """Texts that appear with different labels (label sets): an error naming the CSV lines, or, by
-    ``data.on_conflicting_labels``, their rows dropped, relabelled to the majority label, or given the union."""
+    ``data.on_conflicting_labels``, their rows dropped or merged by the task (the majority label, the union)."""
     policy = cfg.on_conflicting_labels
-    if policy == ("majority" if multilabel else "union"):  # refused whether or not this file has conflicts
-        task = "multi-label" if multilabel else "single-label"
+    if policy in MERGE_POLICIES and policy != task.merge_policy:  # refused whether or not this file has conflicts
         raise DataError(
-            f"--on-conflicting-labels {policy} does not apply to {task} data; use drop or "
-            f"{'union' if multilabel else 'majority'}."
+            f"--on-conflicting-labels {policy} does not apply to {task.title} data; use drop or {task.merge_policy}."
         )
-    labels = label_series(frame, cfg, multilabel)
+    labels = task.label_keys(frame, cfg)
     conflicts = _conflicting_texts(frame, cfg, labels)
     if not len(conflicts):
         return frame
     conflicted = frame[cfg.text_column].isin(conflicts.index)
-    lines = _csv_lines(frame, np.flatnonzero(conflicted.to_numpy()))
-    which = "label sets" if multilabel else "labels"
+    lines = csv_lines(frame, np.flatnonzero(conflicted.to_numpy()))
+    which = f"{task.label_noun}s"
     found = f"{len(conflicts)} text(s) that appear with different {which} (e.g. {str(conflicts.index[0])[:60]!r})"
     if policy == "error":
-        other = "union" if multilabel else "majority"
         raise DataError(
-            f"{source} has {found} on CSV lines {_row_list(lines)}; give each text one "
-            f"{'label set' if multilabel else 'label'}, or set --on-conflicting-labels drop or {other}."
+            f"{source} has {found} on CSV lines {row_list(lines)}; give each text one {task.label_noun}, or set "
+            f"--on-conflicting-labels drop or {task.merge_policy}."
         )
     if policy == "drop":
-        report.warnings.append(f"Dropped {len(lines)} row(s) of {found} (CSV lines {_row_list(lines)}).")
+        report.warnings.append(f"Dropped {len(lines)} row(s) of {found} (CSV lines {row_list(lines)}).")
         return frame[~conflicted].reset_index(drop=True)
-    if policy == "majority":
-        majority = _majority_labels(frame, cfg, conflicted, source)
-        changed = int((frame.loc[conflicted, cfg.label_column] != majority).sum())
-        frame = frame.copy()
-        frame.loc[conflicted, cfg.label_column] = majority
-        report.warnings.append(f"Gave {changed} row(s) of {found} their text's majority label.")
-        return frame
-    merged = _label_set_unions(frame, cfg, conflicted)
-    changed = int((label_series(merged, cfg, multilabel) != labels).sum())
-    report.warnings.append(f"Gave {changed} row(s) of {found} the union of their text's label sets.")
+    merged = task.merge_conflicts(frame, cfg, conflicted, source)
+    changed = int((task.label_keys(merged, cfg) != labels).sum())
+    report.warnings.append(f"Gave {changed} row(s) of {found} {MERGE_POLICIES[policy]}.")
     return merged
 
 
-def drop_bad_rows(frame: pd.DataFrame, cfg: DataSection, source: str, report: DataReport, multilabel: bool):
+def drop_bad_rows(frame: pd.DataFrame, cfg: DataSection, source: str, report: DataReport, task: Task):
     """Rows with empty text (or empty single label): an error, or dropped with a warning (``on_bad_rows: drop``)."""
-    bad = _bad_rows(frame, cfg, multilabel)
+    blank = task.blank_rows(frame, cfg)
+    bad = csv_lines(frame, np.flatnonzero(blank.to_numpy()))
     if not bad:
         return frame
-    what = "empty text" if multilabel else "empty text or label"
+    what = task.blank_description
     if cfg.on_bad_rows == "error":
         raise DataError(
-            f"{source} has {len(bad)} row(s) with {what} (CSV lines {_row_list(bad)}); "
+            f"{source} has {len(bad)} row(s) with {what} (CSV lines {row_list(bad)}); "
             "fix them or set data.on_bad_rows: drop."
         )
     report.dropped_rows = bad
-    report.warnings.append(f"Dropped {len(bad)} row(s) with {what} (CSV lines {_row_list(bad)}).")
-    return frame[~_blank_rows(frame, cfg, multilabel)].reset_index(drop=True)
+    report.warnings.append(f"Dropped {len(bad)} row(s) with {what} (CSV lines {row_list(bad)}).")
+    return frame[~blank].reset_index(drop=True)
 
 
 def check_labelled(
     frame: pd.DataFrame,
     cfg: DataSection,
     source: str,
+    task: Task,
     min_per_class: int = 3,
-    multilabel: bool = False,
-    require_separator: bool = False,
+    require_several: bool = False,
 ) -> tuple[pd.DataFrame, DataReport]:
-    """Run every data check; returns the frame to use (bad rows dropped only if ``on_bad_rows: drop``). For
-    multi-label data the checks apply per label, and ``require_separator`` refuses a one-column file in which no
-    text has several labels."""
+    """Run every data check; returns the frame to use (bad rows dropped only if ``on_bad_rows: drop``). The task
+    checks its labels (per label for multi-label data, where ``require_several`` refuses a one-column file in
+    which no text has several labels)."""
     report = DataReport(rows=len(frame))
-    if multilabel:
-        check_flag_columns(frame, cfg, source)
-    frame = drop_bad_rows(frame, cfg, source, report, multilabel)
-    if multilabel and require_separator:
-        check_separator_used(frame, cfg, source)
-    frame = resolve_conflicting_labels(frame, cfg, source, report, multilabel)
-    labels = label_series(frame, cfg, multilabel)
+    frame = drop_bad_rows(frame, cfg, source, report, task)
+    frame = resolve_conflicting_labels(frame, cfg, source, report, task)
+    labels = task.label_keys(frame, cfg)
     report.duplicate_rows = int(pd.DataFrame({"t": frame[cfg.text_column], "l": labels}).duplicated().sum())
     if report.duplicate_rows:
         report.warnings.append(
             f"{report.duplicate_rows} exact duplicate row(s) found; they are kept and always share a split."
         )
-    if multilabel:
-        report.class_counts = check_label_counts(frame, cfg, source, min_per_class)
-    else:
-        report.class_counts = check_class_counts(frame, cfg, source, min_per_class)
+    report.class_counts = task.check_labels(frame, cfg, source, min_per_class, require_several)
     for warning in report.warnings:
         logger.warning(warning)
     return frame, report
-
-
-def check_class_counts(frame: pd.DataFrame, cfg: DataSection, source: str, min_per_class: int) -> dict[str, int]:
-    counts = frame[cfg.label_column].value_counts()
-    if len(counts) < 2:
-        raise DataError(f"{source} has {len(counts)} class(es); a classifier needs at least 2.")
-    unique_per_class = frame.drop_duplicates(subset=[cfg.text_column])[cfg.label_column].value_counts()
-    small = unique_per_class[unique_per_class < min_per_class]
-    if len(small):
-        listed = ", ".join(f"{k!r} ({v})" for k, v in small.items())
-        raise DataError(
-            f"{source}: class(es) {listed} have fewer than {min_per_class} distinct texts, too few to split; "
-            "add examples or remove the class."
-        )
-    return {str(k): int(v) for k, v in counts.items()}
 
 
 @dataclass
@@ -310,38 +219,6 @@ class Splits:
 
     def items(self):
         return (("train", self.train), ("val", self.val), ("test", self.test))
-
-
-def _split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
-    """Rows of one class for val and test: rounded shares, at least one each, at least one left to train."""
-    n_test = max(1, round(n * test_fraction))
-    n_val = max(1, round(n * val_fraction))
-    while n_test + n_val > n - 1 and (n_test > 1 or n_val > 1):
-        if n_test >= n_val:
-            n_test -= 1
-        else:
-            n_val -= 1
-    return n_val, n_test
-
-
-def split_by_text(frame: pd.DataFrame, cfg: DataSection, seed: int) -> Splits:
-    """Stratified train/val/test split in which identical texts always land in the same split.
-
-    Distinct texts are shuffled per class with the seed and cut by the val/test fractions; every row of a text
-    follows that text.
-    """
-    rng = np.random.default_rng(seed)
-    unique = frame.drop_duplicates(subset=[cfg.text_column])
-    assignment: dict[str, str] = {}
-    for _, group in sorted(unique.groupby(cfg.label_column), key=lambda item: str(item[0])):
-        texts = group[cfg.text_column].to_numpy()[rng.permutation(len(group))]
-        n_val, n_test = _split_counts(len(texts), cfg.val_fraction, cfg.test_fraction)
-        assignment.update({t: "test" for t in texts[:n_test]})
-        assignment.update({t: "val" for t in texts[n_test : n_test + n_val]})
-        assignment.update({t: "train" for t in texts[n_test + n_val :]})
-    where = frame[cfg.text_column].map(assignment)
-    parts = {name: frame[where == name].reset_index(drop=True) for name in SPLIT_NAMES}
-    return Splits(**parts)
 
 
 def write_splits(splits: Splits, output_root: str | Path) -> dict[str, Path]:
@@ -397,11 +274,9 @@ def exclude_rows(
     return kept
 
 
-def load_splits(
-    cfg: DataSection, output_root: str | Path, seed: int, multilabel: bool = False
-) -> tuple[Splits, DataReport]:
-    """Explicit train/val/test files skip the split; otherwise split ``data_file`` (nothing is written here).
-    Multi-label data is split by iterative stratification."""
+def load_splits(cfg: DataSection, output_root: str | Path, seed: int, task: Task) -> tuple[Splits, DataReport]:
+    """Explicit train/val/test files skip the split; otherwise split ``data_file`` as the task splits (nothing is
+    written here)."""
     if cfg.train_file:
         parts = {}
         report = DataReport()
@@ -410,13 +285,9 @@ def load_splits(
             raw = with_source_rows(read_labelled_csv(resolved, cfg))
             if name in ("train", "val"):  # label issues come from the cross-validated train and val rows
                 raw = exclude_rows(raw, cfg, output_root, str(resolved), split=name)
+            minimum = 1 if name == "train" else task.min_per_label_in_eval_files
             frame, part_report = check_labelled(
-                raw,
-                cfg,
-                f"Data file {resolved}",
-                1 if not multilabel or name == "train" else 0,
-                multilabel,
-                require_separator=name == "train",
+                raw, cfg, f"Data file {resolved}", task, minimum, require_several=name == "train"
             )
             parts[name] = frame
             report.rows += part_report.rows
@@ -429,7 +300,7 @@ def load_splits(
     resolved = resolve_data_path(cfg.data_file, output_root)
     raw = with_source_rows(read_labelled_csv(resolved, cfg))
     raw = exclude_rows(raw, cfg, output_root, str(resolved))
-    frame, report = check_labelled(raw, cfg, f"Data file {resolved}", 3, multilabel, require_separator=True)
-    splits = Splits(**split_multilabel(frame, cfg, seed)) if multilabel else split_by_text(frame, cfg, seed)
+    frame, report = check_labelled(raw, cfg, f"Data file {resolved}", task, 3, require_several=True)
+    splits = Splits(**task.split(frame, cfg, seed))
     logger.info("Split %s", ", ".join(f"{k}={len(v)}" for k, v in splits.items()))
     return splits, report

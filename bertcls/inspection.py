@@ -58,19 +58,12 @@ def _lexical_summary(spec) -> str:
     return f"TF-IDF: {spec.num_word_features:,} word {tuple(spec.word_ngrams)}-grams{chars}, linear layer on the logits"
 
 
-def _task_summary(ckpt: Checkpoint) -> str:
-    if not ckpt.multilabel:
-        return "multiclass (one label per text, softmax)"
-    at_least = ", at least one label per text" if ckpt.min_labels else ""
-    return f"multilabel (a sigmoid per label, a threshold per label tuned on validation{at_least})"
-
-
 def describe_checkpoint(ckpt: Checkpoint, output_root: str | Path) -> dict[str, Any]:
     """Everything about a checkpoint; the architecture is the record the loader builds from."""
     meta, arch = ckpt.meta, ckpt.architecture
     folder = encoder_folder_for(arch.encoder, output_root)
     matches, actual = verify_encoder(arch.encoder, folder)
-    encoder = arch.encoder
+    encoder, thresholds = arch.encoder, ckpt.rule.thresholds
     return {
         "file": {
             "path": str(ckpt.path),
@@ -79,7 +72,7 @@ def describe_checkpoint(ckpt: Checkpoint, output_root: str | Path) -> dict[str, 
             "format_version": meta.format_version,
         },
         "architecture": {
-            "task": _task_summary(ckpt),
+            "task": ckpt.task.describe(ckpt.min_labels),
             "encoder": encoder.name_or_path,
             "encoder_folder": str(folder),
             "model_type": encoder.model_type,
@@ -100,7 +93,7 @@ def describe_checkpoint(ckpt: Checkpoint, output_root: str | Path) -> dict[str, 
         },
         "parameters": parameter_counts(ckpt, folder),
         "labels": ckpt.labels,
-        "thresholds": dict(zip(ckpt.labels, ckpt.thresholds, strict=True)) if ckpt.multilabel else None,
+        "thresholds": None if thresholds is None else dict(zip(ckpt.labels, thresholds, strict=True)),
         "config": meta.settings,
         "history": [entry.model_dump() for entry in meta.history],
         "best_epoch": meta.best_epoch,

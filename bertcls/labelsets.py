@@ -34,11 +34,6 @@ def label_keys(frame: pd.DataFrame, cfg: DataSection) -> pd.Series:
     return pd.Series([cfg.label_separator.join(s) for s in label_sets(frame, cfg)], index=frame.index, dtype=object)
 
 
-def label_series(frame: pd.DataFrame, cfg: DataSection, multilabel: bool) -> pd.Series:
-    """Each row's label: the label cell, or for multi-label data its label set as one string (:func:`label_keys`)."""
-    return label_keys(frame, cfg) if multilabel else frame[cfg.label_column]
-
-
 def names_of(frame: pd.DataFrame, cfg: DataSection) -> list[str]:
     """The labels of a multi-label frame, sorted (the 0/1 columns count even where no row has them)."""
     if cfg.label_columns:
@@ -178,7 +173,7 @@ def move_one(part, positive, guarded, rows, target, n_parts) -> bool:
     return False
 
 
-def split_multilabel(frame: pd.DataFrame, cfg: DataSection, seed: int) -> dict[str, pd.DataFrame]:
+def split_label_sets(frame: pd.DataFrame, cfg: DataSection, seed: int) -> dict[str, pd.DataFrame]:
     """train/val/test by iterative stratification over distinct texts; every row of a text follows that text."""
     groups = pd.factorize(frame[cfg.text_column])[0]
     fractions = [1 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction]

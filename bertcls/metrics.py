@@ -72,17 +72,6 @@ def binary_log_loss(probs: np.ndarray, truth: np.ndarray) -> float:
     return float(-(truth * np.log(p) + (1 - truth) * np.log(1 - p)).mean())
 
 
-def decide(probs: np.ndarray, thresholds, min_labels: int = 0) -> np.ndarray:
-    """The labels given (a boolean matrix): probability >= the label's threshold; with ``min_labels`` 1 a row no
-    label reaches gets its most probable label."""
-    cut = np.full(probs.shape[1], 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
-    given = probs >= cut
-    if min_labels and len(probs):
-        empty = ~given.any(axis=1)
-        given[np.flatnonzero(empty), probs[empty].argmax(axis=1)] = True
-    return given
-
-
 def label_counts(truth: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """True positives, false positives and false negatives per label."""
     truth, given = truth > 0, np.asarray(given, dtype=bool)
@@ -101,7 +90,7 @@ def per_label_scores(truth: np.ndarray, given: np.ndarray) -> dict[str, np.ndarr
     }
 
 
-def multilabel_scores(truth: np.ndarray, given: np.ndarray) -> dict[str, float]:
+def label_set_scores(truth: np.ndarray, given: np.ndarray) -> dict[str, float]:
     """Macro F1 (``f1``), micro and samples F1, subset accuracy (``accuracy``) and Hamming loss."""
     truth, given = truth > 0, np.asarray(given, dtype=bool)
     if not len(truth):

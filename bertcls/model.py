@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from bertcls.config import ACTIVATIONS, ClassifierSection
+from bertcls.task import DecisionRule, Task, TaskName, task_for
 
 ACTIVATION_LAYERS = {
     "relu": nn.ReLU,
@@ -33,16 +34,15 @@ class HeadSpec(BaseModel):
     dropout_rate: float = Field(ge=0.0, lt=1.0)
     num_classes: int = Field(ge=1)
     standardize: bool = False
-    task: Literal["multiclass", "multilabel"] = "multiclass"
+    task: TaskName = "multiclass"
 
     @classmethod
     def from_config(
-        cls, cfg: ClassifierSection, in_dim: int, num_classes: int, frozen: bool = True, task: str = "multiclass"
+        cls, cfg: ClassifierSection, in_dim: int, num_classes: int, task: Task, frozen: bool = True
     ) -> HeadSpec:
         """Inputs are standardised (per-dimension mean and std of the training embeddings) only for a frozen encoder,
-        whose embeddings do not move during training. ``task``: one softmax over the classes (multiclass) or one
-        sigmoid per label (multilabel). A linear head (see ``classifier.head``) has no hidden layer and reads the
-        embeddings as they are (its L2 penalty is what scales them)."""
+        whose embeddings do not move during training. A linear head (see ``classifier.head``) has no hidden layer
+        and reads the embeddings as they are (its L2 penalty is what scales them)."""
         linear = cfg.resolved_head(task, frozen) == "linear"
         return cls(
             in_dim=in_dim,
@@ -51,7 +51,7 @@ class HeadSpec(BaseModel):
             dropout_rate=cfg.dropout_rate,
             num_classes=num_classes,
             standardize=cfg.standardize_inputs and frozen and not linear,
-            task=task,
+            task=task.name,
         )
 
     def layers(self) -> list[dict]:
@@ -125,22 +125,29 @@ class LexicalLayer(nn.Module):
 
 class TextClassifier(nn.Module):
     """A head on precomputed embeddings (frozen encoder) or on an encoder it owns (fine-tuning), plus an optional
-    lexical layer whose logits are added to the head's."""
+    lexical layer whose logits are added to the head's. Its task (from the head's spec) turns logits into
+    probabilities and decisions under ``rule``, which calibration replaces."""
 
-    def __init__(self, head: MLPHead, encoder: nn.Module | None = None, lexical: LexicalLayer | None = None):
+    def __init__(
+        self,
+        head: MLPHead,
+        encoder: nn.Module | None = None,
+        lexical: LexicalLayer | None = None,
+        rule: DecisionRule | None = None,
+    ):
         super().__init__()
         self.head = head
         self.encoder = encoder
         self.lexical = lexical
-        # probabilities are softmax (or sigmoid) of logits / temperature, set by calibration: one float, or for a
-        # multi-label model one float32 array with a temperature per label
-        self.temperature: float | np.ndarray = 1.0
-        self.thresholds: list[float] | None = None  # multi-label: a label is given when its probability reaches its own
-        self.min_labels = 0  # multi-label: 1 gives the most probable label to a text no label reaches
+        self.task: Task = task_for(head.spec.task)
+        self.rule = rule or DecisionRule()
 
-    @property
-    def multilabel(self) -> bool:
-        return self.head.spec.task == "multilabel"
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.task.probabilities(logits, self.rule.temperature)
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        """Class indices, or a multi-label model's boolean matrix of the labels given."""
+        return self.task.decide(probs, self.rule)
 
     def logit_parts(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The head's logits and the lexical layer's (None without one); the model's output is their sum."""

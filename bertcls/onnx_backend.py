@@ -25,6 +25,7 @@ from bertcls.fileio import atomic_path, replace_dir
 from bertcls.layout import RunLayout
 from bertcls.lexical import LexicalFeatures, LexicalSpec
 from bertcls.metrics import macro_f1
+from bertcls.task import DecisionRule, SingleLabel, Task
 
 logger = logging.getLogger(__name__)
 MANIFEST = "export.json"
@@ -32,6 +33,8 @@ FP32_MAX_DIFF = 1e-4
 INT8_MIN_AGREEMENT = 0.99
 INT8_MAX_F1_DROP = 0.005
 OPSET = 17
+
+EXPORTABLE_TASK = SingleLabel()  # the graphs end in logits that one softmax turns into probabilities
 
 
 class ExportError(BertclsError):
@@ -173,6 +176,8 @@ class OnnxPredictor:
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
         self.labels = self.manifest.labels
+        self.task: Task = EXPORTABLE_TASK
+        self.rule = DecisionRule(temperature=self.manifest.temperature)
         try:
             self._open(ort, threads, AutoTokenizer)
         except Exception as exc:  # noqa: BLE001 - a damaged export is one sentence
@@ -230,10 +235,8 @@ class OnnxPredictor:
         if self.lexical is not None:
             weight, bias = self.lexical_weights
             logits += np.asarray(self.lexical.transform(distinct) @ weight) + bias
-        logits /= self.manifest.temperature
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
-        return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)[position]
+        probs = self.task.probabilities(torch.from_numpy(logits), self.rule.temperature).numpy()
+        return probs.astype(np.float32)[position]
 
 
 @dataclass

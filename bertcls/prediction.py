@@ -23,9 +23,8 @@ from bertcls.distributed import world
 from bertcls.encoder import embed_documents
 from bertcls.errors import DataError
 from bertcls.fileio import atomic_path
-from bertcls.labelsets import check_flag_columns, label_matrix, unknown_labels
-from bertcls.metrics import accuracy, decide, macro_f1, multilabel_scores
 from bertcls.precision import PrecisionCheck, for_checkpoint, log_check, measure, sample_indices
+from bertcls.task import DecisionRule, PredictionColumns, Task
 
 logger = logging.getLogger(__name__)
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -62,61 +61,52 @@ class PredictOptions:
 
 @dataclass
 class PredictSummary:
+    """What a prediction run saw: rows, empty texts, abstentions and, for labelled input, the true labels and the
+    decisions (as the model's task encodes them) for the metrics."""
+
+    task: Task
     rows: int = 0
     empty_rows: int = 0
-    true_labels: list[int] = field(default_factory=list)
-    predicted: list[int] = field(default_factory=list)
+    truths: list[np.ndarray] = field(default_factory=list)
+    givens: list[np.ndarray] = field(default_factory=list)
     unseen_labels: dict[str, int] = field(default_factory=dict)
     has_labels: bool = False
     abstained: list[bool] = field(default_factory=list)
     abstaining: bool = False
-    multilabel: bool = False
-    true_sets: list[np.ndarray] = field(default_factory=list)  # multi-label: 0/1 rows of the labelled input
-    given_sets: list[np.ndarray] = field(default_factory=list)  # multi-label: the labels given to those rows
-    decisions: int = 0  # multi-label with --min-confidence: label decisions, and how many were unsure
+    decisions: int = 0  # with --min-confidence: decisions made (rows, or label decisions), and how many were unsure
     unsure: int = 0
 
     def coverage(self) -> float | None:
-        """Share of the rows with text that got a prediction (``--min-confidence`` only); multi-label: share of the
-        label decisions that were sure enough."""
+        """Share of the decisions that were sure enough (``--min-confidence`` only): rows predicted, or for a
+        multi-label model label decisions."""
         if not self.abstaining or not self.abstained:
             return None
-        if self.multilabel:
-            return 1.0 - self.unsure / max(1, self.decisions)
-        return 1.0 - float(np.mean(self.abstained))
+        return 1.0 - self.unsure / max(1, self.decisions)
+
+    def note(self, columns: PredictionColumns, truth: np.ndarray | None, unseen: dict[str, int]) -> None:
+        """Keep the abstentions and, for labelled rows, the true labels and the decisions."""
+        if self.abstaining:
+            self.abstained += columns.abstained.tolist()
+            self.decisions += columns.unsure.size
+            self.unsure += int(columns.unsure.sum())
+        if truth is not None:
+            self.truths.append(truth)
+            self.givens.append(columns.given)
+            for label, count in unseen.items():
+                self.unseen_labels[label] = self.unseen_labels.get(label, 0) + count
 
     def metrics(self, num_classes: int) -> dict[str, float] | None:
-        """Accuracy and macro F1 over labelled rows (the kept ones when abstaining); labels the model never saw
-        count as errors."""
-        if self.multilabel:
-            return self._multilabel_metrics()
-        if not self.has_labels or not self.true_labels:
+        """The task's metrics over labelled rows (the rows not abstained on when abstaining); labels the model never
+        saw count as errors."""
+        if not self.has_labels or not self.truths:
             return None
-        y_true, y_pred = self._kept(np.array(self.true_labels), np.array(self.predicted))
-        if not len(y_true):
-            return {"accuracy": float("nan"), "f1": float("nan"), "rows": 0}
-        return {
-            "accuracy": accuracy(y_true, y_pred),
-            "f1": macro_f1(y_true, y_pred, num_classes),
-            "rows": int(len(y_true)),
-        }
-
-    def _kept(self, truth: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The rows a metric counts: all of them, or the ones not abstained on when abstaining."""
-        if not self.abstaining:
-            return truth, given
-        kept = ~np.array(self.abstained, dtype=bool)
-        return truth[kept], given[kept]
-
-    def _multilabel_metrics(self) -> dict[str, float] | None:
-        """Macro, micro and samples F1 and subset accuracy over labelled rows (the rows with no unsure label when
-        abstaining)."""
-        if not self.has_labels or not self.true_sets:
-            return None
-        truth, given = self._kept(np.vstack(self.true_sets), np.vstack(self.given_sets))
+        truth, given = np.concatenate(self.truths), np.concatenate(self.givens)
+        if self.abstaining:
+            kept = ~np.array(self.abstained, dtype=bool)
+            truth, given = truth[kept], given[kept]
         if not len(truth):
             return {"accuracy": float("nan"), "f1": float("nan"), "rows": 0}
-        return {**multilabel_scores(truth, given), "rows": int(len(truth))}
+        return {**self.task.decision_scores(truth, given, num_classes), "rows": int(len(truth))}
 
 
 def model_labeller(model, lexical, texts: list[str], device: torch.device, batch_size: int = 256):
@@ -136,7 +126,7 @@ class Predictor:
     def __init__(self, ckpt: Checkpoint, output_root: str | Path, device: torch.device, precision: str = "fp32"):
         self.ckpt = ckpt
         self.labels = ckpt.labels
-        self.multilabel = ckpt.multilabel
+        self.task = ckpt.task
         self.device = device
         self.model, self.encoder = build_classifier(ckpt, output_root)
         self.model.to(device)
@@ -145,9 +135,9 @@ class Predictor:
         self.encoder.precision, self._unchecked = for_checkpoint(ckpt.meta.precision, precision, device)
         self.precision_check = PrecisionCheck(requested=self.encoder.precision, used=self.encoder.precision)
 
-    def decide(self, probs: np.ndarray) -> np.ndarray:
-        """Multi-label: the labels given, by the model's per-label thresholds and ``min_labels``."""
-        return decide(probs, self.model.thresholds, self.model.min_labels)
+    @property
+    def rule(self) -> DecisionRule:
+        return self.model.rule
 
     @property
     def temperature(self) -> float:
@@ -211,105 +201,6 @@ def read_chunks(source: TextIO | Path, options: PredictOptions) -> Iterator[pd.D
         raise DataError(f"Input {name} is not a valid CSV file: {str(exc).strip()}.") from None
 
 
-def abstains(confidence: np.ndarray, min_confidence: float) -> np.ndarray:
-    """Rows to leave unlabelled: top probability below ``min_confidence``; at 1, every row (a softmax is never truly
-    certain, though float32 rounds large margins to 1.0)."""
-    return np.full(len(confidence), True) if min_confidence >= 1.0 else confidence < min_confidence
-
-
-def prediction_columns(
-    probs: np.ndarray, labels: list[str], top_k: int | None, empty: np.ndarray, min_confidence: float | None = None
-) -> pd.DataFrame:
-    """predicted_label, confidence and prob_<label> (or the top K labels); empty texts get empty cells. With
-    ``min_confidence``, rows below it keep their probabilities but get no label and ``abstained`` true."""
-    best = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
-    confidence = probs.max(axis=1) if len(probs) else np.zeros(0)
-    predicted = np.array(labels, dtype=object)[best]
-    if min_confidence is not None:
-        abstain = abstains(confidence, min_confidence)
-        predicted[abstain] = ""
-    out = {"predicted_label": predicted, "confidence": confidence}
-    if min_confidence is not None:
-        out["abstained"] = np.where(abstain, "true", "false")
-    if top_k:
-        order = np.argsort(-probs, axis=1)[:, :top_k]
-        for rank in range(top_k):
-            out[f"top{rank + 1}_label"] = np.array(labels, dtype=object)[order[:, rank]]
-            out[f"top{rank + 1}_prob"] = probs[np.arange(len(probs)), order[:, rank]]
-    else:
-        for i, label in enumerate(labels):
-            out[f"prob_{label}"] = probs[:, i]
-    frame = pd.DataFrame(out).astype(object)
-    frame.loc[empty, :] = ""
-    return frame
-
-
-def unsure_labels(probs: np.ndarray, given: np.ndarray, min_confidence: float) -> np.ndarray:
-    """Multi-label ``--min-confidence``: a label decision is unsure when the probability of what was decided (p for
-    a label given, 1 - p for one not given) is below ``min_confidence`` (at 1, every decision)."""
-    if min_confidence >= 1.0:
-        return np.ones_like(given, dtype=bool)
-    return np.where(given, probs, 1.0 - probs) < min_confidence
-
-
-def multilabel_columns(
-    probs: np.ndarray,
-    names: list[str],
-    given: np.ndarray,
-    unsure: np.ndarray | None,
-    top_k: int | None,
-    empty: np.ndarray,
-    separator: str,
-) -> pd.DataFrame:
-    """predicted_labels (joined by the separator), prob_<label> for every label and, with ``top_k``, the k most
-    probable labels. With ``unsure`` (``--min-confidence``), unsure labels are left out of predicted_labels and
-    named in unsure_labels, and abstained says whether the row has any."""
-    labels = np.array(names, dtype=object)
-    join = lambda mask: [separator.join(labels[row]) for row in mask]  # noqa: E731
-    out: dict[str, object] = {"predicted_labels": join(given if unsure is None else given & ~unsure)}
-    if unsure is not None:
-        out["unsure_labels"] = join(unsure)
-        out["abstained"] = np.where(unsure.any(axis=1), "true", "false")
-    for i, label in enumerate(names):
-        out[f"prob_{label}"] = probs[:, i]
-    if top_k:
-        order = np.argsort(-probs, axis=1)[:, :top_k]
-        for rank in range(top_k):
-            out[f"top{rank + 1}_label"] = labels[order[:, rank]]
-            out[f"top{rank + 1}_prob"] = probs[np.arange(len(probs)), order[:, rank]]
-    frame = pd.DataFrame(out).astype(object)
-    frame.loc[empty, :] = ""
-    return frame
-
-
-def note_multilabel(
-    summary: PredictSummary,
-    chunk: pd.DataFrame,
-    given: np.ndarray,
-    unsure: np.ndarray | None,
-    names: list[str],
-    options: PredictOptions,
-) -> None:
-    """Keep the labelled rows' true and given label sets, and the unsure decisions, for the summary."""
-    if unsure is not None:
-        summary.abstaining = True
-        summary.abstained += unsure.any(axis=1).tolist()
-        summary.decisions += unsure.size
-        summary.unsure += int(unsure.sum())
-        given = given & ~unsure
-    if summary.has_labels:
-        cfg = DataSection(
-            label_column=options.label_column,
-            label_separator=options.label_separator,
-            label_columns=options.label_columns,
-        )
-        check_flag_columns(chunk, cfg, "The input")
-        summary.true_sets.append(label_matrix(chunk, cfg, names))
-        summary.given_sets.append(given)
-        for label, count in unknown_labels(chunk, cfg, names).items():
-            summary.unseen_labels[label] = summary.unseen_labels.get(label, 0) + count
-
-
 ProgressFn = Callable[[int], None]
 
 
@@ -343,34 +234,14 @@ class _Sink:
         self._context.__exit__(*exc_info)
 
 
-def _labelled_indices(
-    chunk: pd.DataFrame, options: PredictOptions, index: dict[str, int], keep: np.ndarray, summary: PredictSummary
-) -> list[int]:
-    truth = chunk[options.label_column].to_numpy()[keep]
-    for label in truth:
-        if label not in index:
-            summary.unseen_labels[label] = summary.unseen_labels.get(label, 0) + 1
-    return [index.get(label, -1) for label in truth]
-
-
-def note_multiclass(
-    summary: PredictSummary, chunk: pd.DataFrame, probs: np.ndarray, keep: np.ndarray, index: dict, options
-) -> None:
-    """Keep the abstentions and, for labelled input, the true and predicted classes for the summary."""
-    if options.min_confidence is not None:
-        summary.abstaining = True
-        summary.abstained += abstains(probs[keep].max(axis=1), options.min_confidence).tolist()
-    if summary.has_labels and keep.any():
-        summary.true_labels += _labelled_indices(chunk, options, index, keep, summary)
-        summary.predicted += probs[keep].argmax(axis=1).tolist()
-
-
 def predict_csv(
     predictor: Predictor, source: str, target: str, options: PredictOptions, progress: ProgressFn | None = None
 ) -> PredictSummary:
     """Stream ``source`` (a path or ``-``) to ``target`` (a path or ``-``) chunk by chunk."""
-    summary = PredictSummary(multilabel=getattr(predictor, "multilabel", False))
-    index = {label: i for i, label in enumerate(predictor.labels)}
+    summary = PredictSummary(predictor.task, abstaining=options.min_confidence is not None)
+    cfg = DataSection(
+        label_column=options.label_column, label_separator=options.label_separator, label_columns=options.label_columns
+    )
     label_columns = options.label_columns or [options.label_column]
     here = world()
     if here.distributed and source == STDIO:
@@ -390,19 +261,15 @@ def predict_csv(
             probs = np.zeros((len(chunk), len(predictor.labels)), dtype=np.float32)
             if keep.any():
                 probs[keep] = predictor.predict_proba(texts[keep].tolist(), options.batch_size)
-            if summary.multilabel:
-                given = predictor.decide(probs)
-                unsure = None
-                if options.min_confidence is not None:
-                    unsure = unsure_labels(probs, given, options.min_confidence)
-                names, sep = predictor.labels, options.label_separator
-                columns = multilabel_columns(probs, names, given, unsure, options.top_k, empty, sep)
-                if keep.any():
-                    kept_unsure = None if unsure is None else unsure[keep]
-                    note_multilabel(summary, chunk[keep], given[keep], kept_unsure, names, options)
-            else:
-                columns = prediction_columns(probs, predictor.labels, options.top_k, empty, options.min_confidence)
-                note_multiclass(summary, chunk, probs, keep, index, options)
+            predicted = predictor.task.prediction_columns(
+                probs, predictor.labels, predictor.rule, options.top_k, options.min_confidence, cfg.label_separator
+            )
+            truth, unseen = None, {}
+            if summary.has_labels and keep.any():
+                truth, unseen = predictor.task.read_truth(chunk[keep], cfg, predictor.labels, "The input")
+            summary.note(predicted.kept(keep), truth, unseen)
+            columns = predicted.frame
+            columns.loc[empty, :] = ""  # empty texts keep their row, with empty cells
             original = chunk.drop(columns=[c for c in columns.columns if c in chunk.columns])
             if options.escape_formulas:
                 original = escape_frame(original, list(original.columns))

@@ -16,8 +16,8 @@ from bertcls.data import Splits
 from bertcls.errors import CheckpointError, DataError
 from bertcls.fileio import atomic_path
 from bertcls.interrupts import Interrupted
-from bertcls.labelsets import label_series
 from bertcls.redaction import redact_data
+from bertcls.task import Task
 
 logger = logging.getLogger(__name__)
 RUNTIME_KEYS = {"verbosity", "output_root", "model.device", "model.num_threads", "data.encoding"}
@@ -29,12 +29,12 @@ def settings_fingerprint(settings: Settings) -> dict[str, str]:
     return {key: repr(value) for key, value in sorted(flat.items()) if key not in RUNTIME_KEYS}
 
 
-def data_fingerprint(splits: Splits, cfg: DataSection, multilabel: bool = False) -> dict[str, str]:
+def data_fingerprint(splits: Splits, cfg: DataSection, task: Task) -> dict[str, str]:
     """A hash of each split's texts and labels (label sets), in order."""
     out = {}
     for name, frame in splits.items():
         digest = hashlib.sha256()
-        labels = label_series(frame, cfg, multilabel)
+        labels = task.label_keys(frame, cfg)
         for text, label in zip(frame[cfg.text_column], labels, strict=True):
             digest.update(text.encode("utf-8") + b"\x1f" + label.encode("utf-8") + b"\x1e")
         out[name] = f"{len(frame)} rows, sha256 {digest.hexdigest()[:16]}"

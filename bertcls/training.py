@@ -12,14 +12,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from bertcls.batches import BatchSource, RowSubset, predict_proba, score
-from bertcls.calibration import CalibrationRecord, calibrate
+from bertcls.batches import BatchSource, RowSubset, calibrate, predict_proba
+from bertcls.calibration import CalibrationRecord
 from bertcls.callbacks import TrainerCallback
 from bertcls.config import CalibrationSection, EarlyStoppingSection, LexicalSection, ModelSection, OptimizerSection
 from bertcls.distributed import SINGLE, Parallel
 from bertcls.early_stopping import EarlyStopping
 from bertcls.memory import MemoryManager, is_out_of_memory
-from bertcls.metrics import EpochRecord, tune_thresholds
+from bertcls.metrics import EpochRecord
 from bertcls.model import TextClassifier, load_trainable_state, trainable_state
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def build_optimizer(
     model: TextClassifier, cfg: OptimizerSection, encoder_lr: float, lexical: LexicalSection | None = None
 ) -> torch.optim.Optimizer:
     """Separate parameter groups (and learning rates) for the head, the lexical layer and a trainable encoder."""
-    groups = [{"params": list(model.head.parameters()), "lr": cfg.head_lr(model.multilabel), "name": "head"}]
+    groups = [{"params": list(model.head.parameters()), "lr": cfg.head_lr(model.task), "name": "head"}]
     if model.lexical is not None:
         rates = lexical or LexicalSection()
         groups.append(
@@ -95,25 +95,6 @@ def numpy_state_from_plain(state: dict) -> dict:
     return {**state, "state": {"key": np.asarray(inner["key"], dtype=np.uint32), "pos": inner["pos"]}}
 
 
-def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Inverse class frequency, n / (k * n_c), as scikit-learn's ``class_weight="balanced"``; unseen classes get 1."""
-    counts = np.bincount(np.asarray(labels), minlength=num_classes).astype(np.float64)
-    weights = np.ones(num_classes)
-    present = counts > 0
-    weights[present] = len(labels) / (num_classes * counts[present])
-    return weights
-
-
-def positive_weights(labels: np.ndarray) -> np.ndarray:
-    """Multi-label ``balanced``: each label's negatives per positive (``pos_weight`` of the binary cross-entropy), so
-    a label's positive and negative texts weigh the same in total; a label without positives gets 1."""
-    positives = labels.sum(axis=0).astype(np.float64)
-    weights = np.ones(labels.shape[1])
-    present = positives > 0
-    weights[present] = (len(labels) - positives[present]) / positives[present]
-    return weights
-
-
 def schedule_factor(progress: float, warmup_ratio: float) -> float:
     """Linear warmup to 1, then linear decay to 0, as a function of the fraction of training done."""
     if warmup_ratio > 0 and progress < warmup_ratio:
@@ -148,10 +129,7 @@ class Trainer:
         self.optimizer = build_optimizer(model, optim_cfg, encoder_lr, lexical_cfg)
         self.stopper = EarlyStopping(stopping_cfg)
         weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=device)
-        # multi-label: one sigmoid per label; class_weights are then each label's weight of its positive texts
-        self.loss_fn = (
-            nn.BCEWithLogitsLoss(pos_weight=weight) if model.multilabel else nn.CrossEntropyLoss(weight=weight)
-        )
+        self.loss_fn = model.task.loss(weight)
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and device.type == "cuda" else None
         self.callbacks: list[TrainerCallback] = []
@@ -329,14 +307,13 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Loss, accuracy and macro F1 on the validation split (under torchrun each rank scores its share and the
-        probabilities are gathered, so every rank sees the same numbers). A multi-label model is scored with the
-        per-label thresholds that suit these probabilities best, as the finished model will be."""
+        probabilities are gathered, so every rank sees the same numbers), under the rule the task would give the
+        finished model on these probabilities (a multi-label model's thresholds are tuned on them)."""
         probs = self.parallel.map_sharded(
             lambda part: predict_proba(self.model, part, self.device), self.val_data, take=RowSubset
         )
-        labels = self.val_data.labels
-        thresholds = tune_thresholds(probs, labels) if self.model.multilabel else None
-        return score(probs, labels, self.num_classes, thresholds, self.model.min_labels)
+        labels, task = self.val_data.labels, self.model.task
+        return task.score(probs, labels, self.num_classes, task.validation_rule(probs, labels, self.model.rule))
 
     def run_epoch(self) -> EpochRecord | None:
         """Train and evaluate one epoch, keep the best weights, apply early stopping. An interrupted epoch is

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bertcls.batches import BatchSource, EmbeddingBatches, TextBatches, predict_proba, score
+from bertcls.batches import BatchSource, EmbeddingBatches, TextBatches, score_source
 from bertcls.calibration import CalibrationRecord
 from bertcls.callbacks import WorkflowHooks
 from bertcls.checkpoint import (
@@ -28,15 +28,14 @@ from bertcls.checkpoint import (
     now_iso,
     save_checkpoint,
 )
-from bertcls.config import ClassifierSection, DataSection, Settings
+from bertcls.config import ClassifierSection, Settings
 from bertcls.convex import ConvexTrainer
 from bertcls.data import DataReport, Splits, load_splits, write_splits
 from bertcls.distributed import SINGLE, Parallel, world
 from bertcls.encoder import pick_device
-from bertcls.errors import ConfigError, DataError
+from bertcls.errors import ConfigError
 from bertcls.features import EmbeddingService, truncation_summary
 from bertcls.interrupts import Interrupted
-from bertcls.labelsets import label_matrix, names_of, unknown_labels
 from bertcls.layout import RunLayout
 from bertcls.lexical import LexicalFeatures
 from bertcls.memory import MemoryManager, default_probe
@@ -45,7 +44,8 @@ from bertcls.precision import describe as describe_precision
 from bertcls.precision import resolve_precision, sample_indices
 from bertcls.redaction import redact_data
 from bertcls.resume import ResumeWriter, check_resume_data, data_fingerprint, read_resume, settings_fingerprint
-from bertcls.training import Trainer, TrainResult, balanced_class_weights, positive_weights
+from bertcls.task import DecisionRule, Task, task_for
+from bertcls.training import Trainer, TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -54,32 +54,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def label_names(train: pd.DataFrame, cfg: DataSection, multilabel: bool = False) -> list[str]:
-    if multilabel:
-        return names_of(train, cfg)
-    return sorted(train[cfg.label_column].unique().tolist())
-
-
-def encode_labels(
-    frame: pd.DataFrame, cfg: DataSection, names: list[str], source: str, multilabel: bool = False
-) -> np.ndarray:
-    """Class indices, or for multi-label data the 0/1 matrix; a label the training split lacks is an error."""
-    if multilabel:
-        unseen = unknown_labels(frame, cfg, names)
-        if unseen:
-            raise DataError(
-                f"The {source} split has label(s) {', '.join(map(repr, sorted(unseen)))} that the training split lacks."
-            )
-        return label_matrix(frame, cfg, names)
-    index = {name: i for i, name in enumerate(names)}
-    unseen = sorted(set(frame[cfg.label_column]) - set(index))
-    if unseen:
-        raise DataError(
-            f"The {source} split has label(s) {', '.join(map(repr, unseen))} that the training split lacks."
-        )
-    return frame[cfg.label_column].map(index).to_numpy(dtype=np.int64)
 
 
 @dataclass
@@ -113,7 +87,7 @@ def batch_source(
 def build_features(
     service: EmbeddingService, splits: Splits, names: list[str], settings: Settings, fine_tune: bool
 ) -> FeatureSet:
-    cfg = settings.data
+    cfg, task = settings.data, task_for(settings.model.task)
     lexical, matrices = None, {}
     if settings.classifier.lexical_features:
         lexical, matrices["train"] = LexicalFeatures.fit_transform(
@@ -123,7 +97,7 @@ def build_features(
     all_lengths = []
     for split_name, frame in splits.items():
         texts = frame[cfg.text_column].tolist()
-        labels = encode_labels(frame, cfg, names, split_name, settings.multilabel)
+        labels = task.encode(frame, cfg, names, split_name)
         if lexical is not None and split_name not in matrices:
             matrices[split_name] = lexical.transform(texts)
         sources[split_name], lengths = batch_source(service, texts, labels, fine_tune, matrices.get(split_name))
@@ -151,25 +125,14 @@ def build_features(
     return FeatureSet(sources, truncation, fine_tune, lexical)
 
 
-def head_spec(
-    cfg: ClassifierSection, dim: int, num_classes: int, frozen: bool = True, task: str = "multiclass"
-) -> HeadSpec:
+def head_spec(cfg: ClassifierSection, dim: int, num_classes: int, task: Task, frozen: bool = True) -> HeadSpec:
     if cfg.bert_hidden_size != dim:
         raise ConfigError(
             f"classifier.bert_hidden_size is {cfg.bert_hidden_size} but the encoder gives {dim}-dimensional "
             "embeddings; "
             f"set classifier.bert_hidden_size: {dim}."
         )
-    return HeadSpec.from_config(cfg, dim, num_classes, frozen, task)
-
-
-def start_at_label_priors(head: MLPHead, labels: np.ndarray) -> None:
-    """Multi-label: the output layer's biases start at each label's log-odds in the training split (as RetinaNet's
-    prior initialisation), not at 0 (probability 0.5 for every label): with rare labels the head otherwise spends
-    its first epochs only learning how rare they are."""
-    prior = np.clip(labels.mean(axis=0), 1e-4, 1 - 1e-4)
-    with torch.no_grad():
-        head.net[-1].bias.copy_(torch.as_tensor(np.log(prior / (1 - prior)), dtype=head.net[-1].bias.dtype))
+    return HeadSpec.from_config(cfg, dim, num_classes, task, frozen)
 
 
 def make_trainer(
@@ -186,20 +149,18 @@ def make_trainer(
     lexical = None
     if features.lexical is not None:
         lexical = LexicalLayer(features.lexical.spec.num_features, num_classes)
-    spec = head_spec(settings.classifier, service.dim, num_classes, not features.fine_tune, settings.model.task)
-    model = TextClassifier(MLPHead(spec), encoder, lexical)
-    model.min_labels = settings.classifier.min_labels
+    task = task_for(settings.model.task)
+    spec = head_spec(settings.classifier, service.dim, num_classes, task, not features.fine_tune)
+    rule = DecisionRule(min_labels=settings.classifier.min_labels)
+    model = TextClassifier(MLPHead(spec), encoder, lexical, rule)
     memory = MemoryManager(settings.memory, settings.model.batch_size_for(features.fine_tune), default_probe(device))
     train = features.sources["train"]
     if model.head.scale is not None:
         model.head.scale.fit(train.embeddings)
-    if model.multilabel:
-        start_at_label_priors(model.head, train.labels)
+    task.init_output(model.head.net[-1].bias, train.labels)
     weights = None
-    if settings.classifier.resolved_class_weights(settings.model.task) == "balanced":
-        weights = (
-            positive_weights(train.labels) if model.multilabel else balanced_class_weights(train.labels, num_classes)
-        )
+    if settings.classifier.resolved_class_weights(task) == "balanced":
+        weights = task.balanced_weights(train.labels, num_classes)
     args = (model, train, features.sources["val"], num_classes, settings.model, settings.optimizer)
     kwargs = dict(
         stopping_cfg=settings.early_stopping,
@@ -212,7 +173,7 @@ def make_trainer(
         calibration=settings.calibration,
         ranks=ranks,
     )
-    if settings.classifier.resolved_head(settings.model.task, not features.fine_tune) == "linear":
+    if settings.classifier.resolved_head(task, not features.fine_tune) == "linear":
         cfg = settings.classifier
         logger.info(
             "Linear head fitted by L-BFGS (classifier.linear_l2 %g): hidden_dims, dropout, the optimizer settings "
@@ -231,28 +192,17 @@ def rebuild_model(
     lexical = None
     if any(k.startswith("lexical.") for k in state):
         lexical = LexicalLayer(state["lexical.weight"].shape[0], num_classes)
-    spec = head_spec(settings.classifier, service.dim, num_classes, encoder is None, settings.model.task)
-    model = TextClassifier(MLPHead(spec), encoder, lexical)
-    model.min_labels = settings.classifier.min_labels
+    task = task_for(settings.model.task)
+    spec = head_spec(settings.classifier, service.dim, num_classes, task, encoder is None)
+    rule = DecisionRule(min_labels=settings.classifier.min_labels)
+    model = TextClassifier(MLPHead(spec), encoder, lexical, rule)
     load_trainable_state(model, state)
     return model.to(service.device).eval()
 
 
-def split_metrics(
-    model: TextClassifier, features: FeatureSet, device: torch.device, num_classes: int
-) -> dict[str, dict[str, float]]:
-    """Loss, accuracy and macro F1 (multi-label: also micro and samples F1 and Hamming loss, at the model's
-    thresholds) of a trained model on the val and test splits."""
-    return {
-        split: score(
-            predict_proba(model, features.sources[split], device),
-            features.sources[split].labels,
-            num_classes,
-            model.thresholds,
-            model.min_labels,
-        )
-        for split in ("val", "test")
-    }
+def split_metrics(model: TextClassifier, features: FeatureSet, device: torch.device) -> dict[str, dict[str, float]]:
+    """The loss and metrics of a trained model on the val and test splits, as its task scores them."""
+    return {split: score_source(model, features.sources[split], device) for split in ("val", "test")}
 
 
 def checkpoint_meta(
@@ -274,7 +224,7 @@ def checkpoint_meta(
     if fine_tuned:  # fine-tuning reads the first max_seq_len tokens of each text, and so must prediction
         described.update(long_texts="truncate", max_chunks=1)
     encoder = EncoderRef(**described, fine_tuned=fine_tuned)
-    head = head_spec(settings.classifier, encoder.dim, len(names), not fine_tuned, settings.model.task)
+    head = head_spec(settings.classifier, encoder.dim, len(names), task_for(settings.model.task), not fine_tuned)
     if head != model.head.spec:
         raise ValueError(f"the settings describe head {head}, but the model has {model.head.spec}")
     if (lexical is None) != (model.lexical is None):
@@ -299,6 +249,7 @@ def checkpoint_meta(
 
 @dataclass
 class TrainOutcome:
+    task: Task
     checkpoint: Path
     result: TrainResult
     metrics: dict[str, dict[str, float]]
@@ -328,8 +279,9 @@ def prepare(settings: Settings, hooks: WorkflowHooks) -> PreparedRun:
     beside the model once it exists, so a failed run leaves an earlier model and its splits together."""
     seed_everything(settings.model.seed)
     hooks.on_stage("Checking and splitting data")
-    splits, report = load_splits(settings.data, settings.root, settings.model.seed, settings.multilabel)
-    names = label_names(splits.train, settings.data, settings.multilabel)
+    task = task_for(settings.model.task)
+    splits, report = load_splits(settings.data, settings.root, settings.model.seed, task)
+    names = task.label_names(splits.train, settings.data)
     hooks.on_stage("Preparing encoder")
     device = pick_device(settings.model.device)
     precision = resolve_precision(settings.model.precision, device)
@@ -347,9 +299,8 @@ def guard_precision(service: EmbeddingService, train: pd.DataFrame, names: list[
     """Check the service's reduced precision on a sample of the training texts (the verdict stays on the
     service, and goes into every checkpoint made with it)."""
     rows = train.iloc[sample_indices(len(train), settings.model.seed)]
-    labels = encode_labels(rows, settings.data, names, "train", settings.multilabel)
-    if labels.ndim == 2:  # the guard's class means: each text's first label (no label: a class of its own)
-        labels = np.where(labels.any(axis=1), labels.argmax(axis=1), labels.shape[1])
+    task = task_for(settings.model.task)
+    labels = task.guard_classes(task.encode(rows, settings.data, names, "train"))
     check = world().broadcast(service.check_precision(rows[settings.data.text_column].tolist(), labels))
     service.set_precision(check.used)  # under torchrun every rank follows rank 0's verdict
     service.precision_check = check
@@ -374,7 +325,7 @@ def run_training(
     trainer = make_trainer(settings, run.features, run.service, len(run.names), ranks)
     trainer.add_callback(hooks)
     trainer.stop_request = stop_request
-    data_fp = data_fingerprint(run.splits, settings.data, settings.multilabel)
+    data_fp = data_fingerprint(run.splits, settings.data, task_for(settings.model.task))
     if payload is not None:
         trainer.load_resume_state(check_resume_data(payload, data_fp))
         logger.info("Resuming after epoch %d from %s", trainer.epoch, state_path)
@@ -400,7 +351,7 @@ def run_training(
 def save_trained(settings: Settings, run: PreparedRun, trainer: Trainer) -> TrainOutcome:
     """Score the best weights on val and test, save the checkpoint, then the splits beside it."""
     result = trainer.result
-    metrics = split_metrics(trainer.model, run.features, run.service.device, len(run.names))
+    metrics = split_metrics(trainer.model, run.features, run.service.device)
     data = DataProvenance(
         truncation=run.features.truncation, chunking=run.features.chunking or {}, warnings=run.report.warnings
     )
@@ -421,6 +372,7 @@ def save_trained(settings: Settings, run: PreparedRun, trainer: Trainer) -> Trai
     service = run.service
     lexical_count = lexical.spec.num_features if lexical is not None else 0
     return TrainOutcome(
+        task_for(settings.model.task),
         path,
         result,
         metrics,

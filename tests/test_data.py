@@ -9,8 +9,9 @@ import pytest
 from conftest import SMS, read_csv
 
 from bertcls.config import DataSection
-from bertcls.data import check_labelled, read_labelled_csv, split_by_text
+from bertcls.data import Splits, check_labelled, read_labelled_csv
 from bertcls.errors import DataError
+from bertcls.task import SingleLabel
 
 
 def rows(n_per_class: int = 4, classes=("a", "b", "c")) -> list[tuple[str, str]]:
@@ -55,7 +56,7 @@ def test_empty_text_or_label_reports_rows(cli, tmp_path):
 
 def test_drop_mode_drops_and_reports():
     frame = pd.DataFrame(rows() + [("", "a")], columns=["text", "category"])
-    kept, report = check_labelled(frame, DataSection(on_bad_rows="drop"), "d.csv")
+    kept, report = check_labelled(frame, DataSection(on_bad_rows="drop"), "d.csv", SINGLE_LABEL)
     assert len(kept) == 12 and report.dropped_rows == [14] and "Dropped 1 row" in report.warnings[0]
 
 
@@ -80,29 +81,30 @@ def test_conflicting_labels(cli, tmp_path):
     assert code == 2 and "does not apply to single-label data" in err
 
 
+SINGLE_LABEL = SingleLabel()
 CONFLICTED = rows() + [("text a number 0", "b"), ("text a number 0", "a"), ("text b number 1", "c")]
 
 
 def test_conflicting_labels_dropped_with_a_count():
     frame = pd.DataFrame(CONFLICTED, columns=["text", "category"])
-    kept, report = check_labelled(frame, DataSection(on_conflicting_labels="drop"), "d.csv")
+    kept, report = check_labelled(frame, DataSection(on_conflicting_labels="drop"), "d.csv", SINGLE_LABEL)
     assert len(kept) == len(frame) - 5 and not kept.text.isin(["text a number 0", "text b number 1"]).any()
     assert any("Dropped 5 row(s) of 2 text(s)" in w for w in report.warnings)
 
 
 def test_conflicting_labels_take_the_majority_and_a_tie_names_its_lines():
     frame = pd.DataFrame(CONFLICTED[:-1], columns=["text", "category"])
-    kept, report = check_labelled(frame, DataSection(on_conflicting_labels="majority"), "d.csv")
+    kept, report = check_labelled(frame, DataSection(on_conflicting_labels="majority"), "d.csv", SINGLE_LABEL)
     assert set(kept[kept.text == "text a number 0"].category) == {"a"} and len(kept) == len(frame)
     assert any("Gave 1 row(s) of 1 text(s)" in w and "majority" in w for w in report.warnings)
     tied = pd.DataFrame(CONFLICTED, columns=["text", "category"])
     with pytest.raises(DataError, match=r"'text b number 1' has no majority label \(CSV lines 7, 16\)"):
-        check_labelled(tied, DataSection(on_conflicting_labels="majority"), "d.csv")
+        check_labelled(tied, DataSection(on_conflicting_labels="majority"), "d.csv", SINGLE_LABEL)
 
 
 def test_exact_duplicates_are_counted_and_kept():
     frame = pd.DataFrame(rows() + [("text a number 0", "a")] * 2, columns=["text", "category"])
-    kept, report = check_labelled(frame, DataSection(), "d.csv")
+    kept, report = check_labelled(frame, DataSection(), "d.csv", SINGLE_LABEL)
     assert report.duplicate_rows == 2 and len(kept) == 14 and "2 exact duplicate" in report.warnings[0]
 
 
@@ -110,7 +112,7 @@ def test_na_and_none_stay_labels(tmp_path):
     path = write_csv(tmp_path / "d.csv", rows(classes=("NA", "None", "null")))
     frame = read_labelled_csv(path, DataSection())
     assert set(frame.category) == {"NA", "None", "null"}
-    kept, report = check_labelled(frame, DataSection(), "d.csv")
+    kept, report = check_labelled(frame, DataSection(), "d.csv", SINGLE_LABEL)
     assert report.class_counts == {"NA": 4, "None": 4, "null": 4}
 
 
@@ -130,7 +132,7 @@ def test_relative_path_resolves_under_output_root_data(tmp_path):
 def test_sms_split_has_no_text_in_two_splits():
     frame = read_csv(SMS)
     assert frame.text.duplicated().sum() > 50  # the data really has duplicates
-    splits = split_by_text(frame, DataSection(), seed=0)
+    splits = Splits(**SINGLE_LABEL.split(frame, DataSection(), seed=0))
     seen = [set(part.text) for _, part in splits.items()]
     assert not (seen[0] & seen[1]) and not (seen[0] & seen[2]) and not (seen[1] & seen[2])
     assert sum(len(p) for _, p in splits.items()) == len(frame)
@@ -150,4 +152,4 @@ def test_bad_data_does_not_clobber_existing_model(cli, tmp_path):
 def test_a_policy_for_the_other_task_is_refused_even_without_conflicts():
     frame = pd.DataFrame(rows(), columns=["text", "category"])
     with pytest.raises(DataError, match="union does not apply to single-label data"):
-        check_labelled(frame, DataSection(on_conflicting_labels="union"), "d.csv")
+        check_labelled(frame, DataSection(on_conflicting_labels="union"), "d.csv", SINGLE_LABEL)

@@ -14,7 +14,7 @@ from bertcls.encoder import pool_windows, split_into_windows, text_windows
 from bertcls.features import EmbeddingService
 from bertcls.lexical import LexicalFeatures
 from bertcls.prediction import Predictor
-from bertcls.training import balanced_class_weights
+from bertcls.task import SingleLabel
 from bertcls.workflow import run_training
 
 DEVICE = torch.device("cpu")
@@ -104,7 +104,7 @@ def test_balanced_class_weights_match_scikit_learn_and_weight_the_loss():
     from sklearn.utils.class_weight import compute_class_weight
 
     labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 2])
-    ours = balanced_class_weights(labels, 3)
+    ours = SingleLabel().balanced_weights(labels, 3)
     assert np.allclose(ours, compute_class_weight("balanced", classes=np.arange(3), y=labels))
     logits = torch.randn(9, 3, generator=torch.Generator().manual_seed(0))
     target = torch.from_numpy(labels)

@@ -10,6 +10,7 @@ from bertcls.batches import EmbeddingBatches
 from bertcls.config import ClassifierSection, EarlyStoppingSection, MemorySection, ModelSection, OptimizerSection
 from bertcls.memory import MemoryManager
 from bertcls.model import HeadSpec, MLPHead, TextClassifier
+from bertcls.task import SingleLabel
 from bertcls.training import Trainer
 
 
@@ -67,7 +68,8 @@ def test_trainer_recovers_from_out_of_memory_by_halving():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(96, 8)).astype(np.float32), rng.integers(0, 3, size=96)
     train = FlakyBatches(x, y, limit=16)
-    spec = HeadSpec.from_config(ClassifierSection(bert_hidden_size=8, hidden_dims=[8]), in_dim=8, num_classes=3)
+    cfg = ClassifierSection(bert_hidden_size=8, hidden_dims=[8])
+    spec = HeadSpec.from_config(cfg, in_dim=8, num_classes=3, task=SingleLabel())
     model = TextClassifier(MLPHead(spec))
     memory = MemoryManager(MemorySection(), 64, Readings([0.5]))
     trainer = Trainer(

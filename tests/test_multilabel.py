@@ -18,9 +18,16 @@ from bertcls.checkpoint import load_checkpoint
 from bertcls.config import DataSection
 from bertcls.data import DataReport, resolve_conflicting_labels
 from bertcls.errors import DataError
-from bertcls.labelsets import iterative_stratification, label_matrix, label_sets, names_of, split_multilabel
-from bertcls.metrics import decide, multilabel_scores, per_label_scores, tune_thresholds
-from bertcls.training import positive_weights
+from bertcls.labelsets import iterative_stratification, label_matrix, label_sets, names_of, split_label_sets
+from bertcls.metrics import label_set_scores, per_label_scores, tune_thresholds
+from bertcls.task import DecisionRule, MultiLabel
+
+MULTI_LABEL = MultiLabel()
+
+
+def decide(probs, thresholds, min_labels=0):
+    return MULTI_LABEL.decide(probs, DecisionRule(thresholds=tuple(thresholds), min_labels=min_labels))
+
 
 KEEP = ["admiration", "amusement", "anger", "curiosity", "gratitude", "love", "neutral", "sadness"]
 
@@ -101,7 +108,7 @@ def test_split_keeps_identical_texts_together_and_every_label_in_every_split():
     frame = goemotions_subset(300)
     frame = pd.concat([frame, frame.head(20)], ignore_index=True)  # 20 texts twice
     cfg = DataSection(label_column="labels")
-    parts = split_multilabel(frame, cfg, seed=3)
+    parts = split_label_sets(frame, cfg, seed=3)
     texts = {name: set(part.text) for name, part in parts.items()}
     assert (
         not (texts["train"] & texts["val"])
@@ -120,7 +127,7 @@ def test_every_multilabel_metric_equals_scikit_learn():
     rng = np.random.default_rng(1)
     truth = (rng.random((60, 5)) < 0.3).astype(int)
     given = (rng.random((60, 5)) < 0.3).astype(bool)
-    ours = multilabel_scores(truth, given)
+    ours = label_set_scores(truth, given)
     assert ours["f1"] == pytest.approx(f1_score(truth, given, average="macro", zero_division=0))
     assert ours["micro_f1"] == pytest.approx(f1_score(truth, given, average="micro", zero_division=0))
     assert ours["samples_f1"] == pytest.approx(f1_score(truth, given, average="samples", zero_division=0))
@@ -157,7 +164,7 @@ def test_min_labels_gives_the_most_probable_label_when_none_passes():
 
 def test_balanced_becomes_each_labels_pos_weight_in_the_binary_cross_entropy():
     labels = np.array([[1, 0], [1, 1], [0, 0], [1, 0]], dtype=np.float32)
-    np.testing.assert_allclose(positive_weights(labels), [1 / 3, 3.0])
+    np.testing.assert_allclose(MULTI_LABEL.balanced_weights(labels, 2), [1 / 3, 3.0])
     logits = torch.tensor([[0.2, -0.3], [1.0, 0.5], [-0.4, 0.1], [0.3, -1.0]])
     weighted = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([1 / 3, 3.0]))(logits, torch.from_numpy(labels))
     z, y, w = logits.numpy(), labels, np.array([1 / 3, 3.0])
@@ -210,13 +217,13 @@ def test_conflicting_label_sets_take_their_union_in_either_form(layout):
         flags = {name: ["1" if name in cell.split("|") else "0" for cell in cells] for name in names}
         frame = pd.DataFrame({"text": texts, **flags})
         cfg = DataSection(label_columns=names, on_conflicting_labels="union")
-    merged = resolve_conflicting_labels(frame, cfg, "d.csv", report := DataReport(), multilabel=True)
+    merged = resolve_conflicting_labels(frame, cfg, "d.csv", report := DataReport(), MULTI_LABEL)
     assert label_sets(merged, cfg) == [("admiration", "love")] * 3 + [("sadness",)] + [("amusement", "love")] * 2 + [()]
     assert report.warnings == ["Gave 4 row(s) of 2 text(s) that appear with different label sets (e.g. 'I like it!') "
                                "the union of their text's label sets."]  # fmt: skip
     with pytest.raises(DataError, match="majority does not apply to multi-label data; use drop or union"):
         resolve_conflicting_labels(frame, cfg.model_copy(update={"on_conflicting_labels": "majority"}), "d.csv",
-                                   DataReport(), multilabel=True)  # fmt: skip
+                                   DataReport(), MULTI_LABEL)  # fmt: skip
 
 
 # --- a multi-label checkpoint through every command --------------------------------------------------------------
@@ -233,14 +240,14 @@ def test_both_input_forms_give_the_same_model(cli, workspace, ml_model, ml_data)
     a = load_checkpoint(ml_model / "best_trials" / "best_model.pt")
     b = load_checkpoint(root / "best_trials" / "best_model.pt")
     assert a.labels == b.labels == sorted(KEEP)
-    assert a.thresholds == pytest.approx(b.thresholds)
+    assert a.rule.thresholds == pytest.approx(b.rule.thresholds)
     for key, tensor in a.state.items():
         torch.testing.assert_close(tensor, b.state[key])
 
 
 def test_thresholds_round_trip_and_predict_writes_the_label_columns(cli, ml_model):
     ckpt = load_checkpoint(ml_model / "best_trials" / "best_model.pt")
-    assert ckpt.multilabel and len(ckpt.thresholds) == len(KEEP)
+    assert ckpt.task == MULTI_LABEL and len(ckpt.rule.thresholds) == len(KEEP)
     assert ckpt.architecture.head.hidden_dims == [] and ckpt.architecture.lexical is not None
     assert ckpt.meta.metrics["test"]["micro_f1"] > 0.4
     code, out, err = cli("predict", "--output-root", str(ml_model), "--data-file", str(ml_model / "data" / "test.csv"),
@@ -253,12 +260,12 @@ def test_thresholds_round_trip_and_predict_writes_the_label_columns(cli, ml_mode
     expected += ["top1_label", "top1_prob", "top2_label", "top2_prob"]
     assert list(frame.columns) == expected
     probs = frame[prob_columns].astype(float).to_numpy()
-    given = probs >= np.array(ckpt.thresholds)
+    given = probs >= np.array(ckpt.rule.thresholds)
     joined = ["|".join(np.array(ckpt.labels)[row]) for row in given]
     assert frame.predicted_labels.tolist() == joined
     reported = ckpt.meta.metrics["test"]
     truth = label_matrix(frame, DataSection(label_column="labels"), ckpt.labels)
-    assert multilabel_scores(truth, given)["f1"] == pytest.approx(reported["f1"], abs=1e-6)
+    assert label_set_scores(truth, given)["f1"] == pytest.approx(reported["f1"], abs=1e-6)
 
 
 def test_min_confidence_applies_per_label(cli, ml_model):
@@ -307,7 +314,7 @@ def test_optimize_tpe_and_the_trial_pass_through_predict_and_inspect(cli, worksp
                          "labels", "--multi-label", "--n-trials", "2", "--num-epochs", "3", "-v", "0")  # fmt: skip
     assert code == 0, err
     ckpt = load_checkpoint(root / "best_trials" / "best_model.pt")
-    assert ckpt.multilabel and ckpt.meta.tuning.strategy == "tpe" and "linear_l2" in ckpt.meta.tuning.params
+    assert ckpt.task == MULTI_LABEL and ckpt.meta.tuning.strategy == "tpe" and "linear_l2" in ckpt.meta.tuning.params
     code, _, err = cli("predict", "--output-root", str(root), "--data-file", str(root / "data" / "test.csv"), "-v", "0")
     assert code == 0, err
     code, out, _ = cli("inspect", "--output-root", str(root))
@@ -319,7 +326,8 @@ def test_optimize_tpe_and_the_trial_pass_through_predict_and_inspect(cli, worksp
     members = sorted(root.rglob("pbt_member_*.pt"))
     assert len(members) == 4
     member = load_checkpoint(members[0])
-    assert member.multilabel and member.meta.tuning.strategy == "pbt" and "linear_l2" in member.meta.tuning.params
+    assert member.task == MULTI_LABEL and member.meta.tuning.strategy == "pbt"
+    assert "linear_l2" in member.meta.tuning.params
     code, _, err = cli("predict", "--output-root", str(root), "--model", str(members[0]), "--data-file",
                        str(root / "data" / "test.csv"), "--output-file", "m.csv", "-v", "0")  # fmt: skip
     assert code == 0, err
@@ -335,7 +343,7 @@ def test_fine_tuning_multilabel_with_min_labels_and_micro_f1(cli, workspace, ml_
                          "--metric", "micro_f1", "--min-labels", "1", "-v", "0")  # fmt: skip
     assert code == 0, err
     ckpt = load_checkpoint(root / "best_trials" / "best_model.pt")
-    assert ckpt.fine_tuned and ckpt.multilabel and ckpt.min_labels == 1
+    assert ckpt.fine_tuned and ckpt.task == MULTI_LABEL and ckpt.min_labels == 1
     assert ckpt.architecture.head.hidden_dims  # the MLP head: the linear one is for a frozen encoder
     code, _, err = cli("predict", "--output-root", str(root), "--data-file", str(root / "data" / "test.csv"),
                        "--output-file", "p.csv", "-v", "0")  # fmt: skip

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import thread_subset
 
-from bertcls.batches import predict_proba, score
+from bertcls.batches import score_source
 from bertcls.checkpoint import load_checkpoint
 from bertcls.config_sources import resolve_settings
 from bertcls.workflow import WorkflowHooks, make_trainer, prepare, run_training
@@ -75,11 +75,11 @@ def test_fine_tuning_lowers_the_loss_and_round_trips(workspace, tmp_path):
     names, service, features = run.names, run.service, run.features
     trainer = make_trainer(settings, features, service, len(names))
     train = features.sources["train"]
-    before = score(predict_proba(trainer.model, train, service.device), train.labels, len(names))["loss"]
+    before = score_source(trainer.model, train, service.device)["loss"]
     trainable = {n for n, p in trainer.model.encoder.named_parameters() if p.requires_grad}
     assert trainable and all("layer.5." in n for n in trainable)
     result = trainer.fit()
-    after = score(predict_proba(trainer.model, train, service.device), train.labels, len(names))["loss"]
+    after = score_source(trainer.model, train, service.device)["loss"]
     assert after < before
     meta = checkpoint_meta(settings, service, names, result, {}, trainer.model, features.lexical)
     path = save_checkpoint(tmp_path / "ft.pt", trainable_state(trainer.model), meta, features.lexical)

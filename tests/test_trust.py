@@ -43,7 +43,7 @@ def test_temperature_round_trips_through_the_checkpoint(trained_model, threads_s
     record = ckpt.meta.calibration
     assert record.method == "temperature" and record.val_nll_after <= record.val_nll_before + 1e-9
     model, _ = build_classifier(ckpt, trained_model)
-    assert model.temperature == ckpt.temperature == pytest.approx(record.temperature)
+    assert model.rule.temperature == ckpt.temperature == pytest.approx(record.temperature)
     code, out, _ = cli("inspect", "--output-root", trained_model)
     assert code == 0 and f"temperature {record.temperature:.3f}" in out
 

@@ -135,7 +135,7 @@ def render(outcome) -> None:
     table.add_row("negative log-likelihood", f"{after.nll:.4f} (before calibration {before.nll:.4f})")
     table.add_row("temperature", f"{after.temperature:.3f}")
     best = trust.threshold
-    if not outcome.multilabel:
+    if outcome.trust.risk_coverage:
         table.add_row(
             "abstain below confidence",
             f"{best.threshold:.3f}: {best.coverage:.1%} of rows kept at accuracy {best.accuracy:.4f}"

@@ -43,7 +43,7 @@ def export(
     from bertcls.checkpoint import load_named_checkpoint
     from bertcls.data import read_labelled_csv, resolve_data_path
     from bertcls.errors import DataError
-    from bertcls.onnx_backend import export_model, require_onnx
+    from bertcls.onnx_backend import EXPORTABLE_TASK, export_model, require_onnx
     from bertcls.prediction import Predictor
 
     resolved = build_config(config, {"output_root": output_root, "verbosity": verbosity, "model.num_threads": threads})
@@ -54,10 +54,10 @@ def export(
     require_onnx()
     root = settings.root
     ckpt = load_named_checkpoint(best_model, root)
-    if ckpt.multilabel:
+    if ckpt.task != EXPORTABLE_TASK:
         raise DataError(
-            f"{ckpt.path.name} is a multi-label model; the ONNX export handles single-label models only, so predict "
-            "it with the torch backend."
+            f"{ckpt.path.name} is a {ckpt.task.title} model; the ONNX export handles {EXPORTABLE_TASK.title} models "
+            "only, so predict it with the torch backend."
         )
     trained = ckpt.trained_settings(root).data
     path = resolve_data_path(data_file, root) if data_file else RunLayout(root).split_file("val")

@@ -31,7 +31,6 @@ from bertcls.cli.common import TextColumn as TextColumnOption
 from bertcls.layout import RunLayout
 
 STDIO = "-"
-MULTILABEL_NAMES = {"f1": "macro F1", "micro_f1": "micro F1", "samples_f1": "samples F1", "accuracy": "subset accuracy"}
 
 
 def count_rows(path: Path) -> int | None:
@@ -215,17 +214,13 @@ def report(summary, num_classes: int, target: str, console, temperature: float =
     coverage = summary.coverage()
     if coverage is not None:
         kept = len(summary.abstained) - sum(summary.abstained)
-        if summary.multilabel:
-            table.add_row("label decisions sure enough", f"{coverage:.1%} ({kept:,} rows without an unsure label)")
-        else:
-            table.add_row("coverage (rows predicted, not abstained)", f"{coverage:.1%} ({kept:,} rows)")
+        table.add_row(summary.task.coverage_title, f"{coverage:.1%} ({kept:,} {summary.task.kept_rows})")
     metrics = summary.metrics(num_classes)
     if metrics:
         kept_note = " (kept rows)" if coverage is not None else ""
         table.add_row(f"labelled rows scored{kept_note}", f"{metrics['rows']:,}")
-        names = MULTILABEL_NAMES if summary.multilabel else {"accuracy": "accuracy", "f1": "macro F1"}
-        for key, name in names.items():
-            if key in metrics:
+        for key, name in summary.task.metric_names.items():
+            if key in metrics and key != "loss":
                 table.add_row(name, f"{metrics[key]:.4f}")
     console.print(table)
     print_unseen_labels(console, summary.unseen_labels)

@@ -31,22 +31,11 @@ from bertcls.cli.common import (
 )
 from bertcls.cli.progress import RichTrainingHooks, new_progress
 
-METRIC_COLUMNS = {"accuracy": "accuracy", "f1": "macro F1", "loss": "loss"}
-MULTILABEL_COLUMNS = {
-    "f1": "macro F1",
-    "micro_f1": "micro F1",
-    "samples_f1": "samples F1",
-    "accuracy": "subset accuracy",
-    "hamming_loss": "Hamming loss",
-    "loss": "loss",
-}
 
-
-def metrics_table(metrics: dict[str, dict[str, float]], title: str = "Metrics") -> Table:
+def metrics_table(metrics: dict[str, dict[str, float]], columns: dict[str, str], title: str = "Metrics") -> Table:
+    """One row per split; ``columns``: the task's metric names (key -> title)."""
     table = Table(title=title)
     table.add_column("split")
-    multilabel = any("micro_f1" in values for values in metrics.values())
-    columns = MULTILABEL_COLUMNS if multilabel else METRIC_COLUMNS
     for name in columns.values():
         table.add_column(name, justify="right")
     for split, values in metrics.items():
@@ -166,7 +155,7 @@ def train(
         outcome = run_training(settings, hooks, stop, resume)
     if outcome is None:  # another rank of a torchrun launch: rank 0 reports
         return
-    out_console.print(metrics_table(outcome.metrics, "Best model"))
+    out_console.print(metrics_table(outcome.metrics, outcome.task.metric_names, "Best model"))
     result = outcome.result
     out_console.print(f"Stopped: {result.stop_reason}; best epoch {result.best_epoch} of {len(result.history)}.")
     trunc, chunks = outcome.truncation, outcome.chunking

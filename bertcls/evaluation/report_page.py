@@ -21,7 +21,7 @@ def short_texts(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 
 def headline(summary: dict, trust, outcome) -> dict[str, str]:
-    calibration = trust["calibration"].set_index("calibration")
+    calibration = trust.calibration.set_index("calibration")
     cards = {
         "accuracy": f"{summary['accuracy']:.4f}",
         "macro F1": f"{summary['macro_f1']:.4f}",
@@ -30,7 +30,7 @@ def headline(summary: dict, trust, outcome) -> dict[str, str]:
         "ECE before calibration": f"{calibration.loc['before', 'ece']:.4f}",
         "temperature": f"{calibration.loc['after', 'temperature']:.3f}",
     }
-    best = trust["threshold"]
+    best = trust.threshold
     if best is not None:
         cards["coverage at target accuracy"] = f"{best.coverage:.1%} (conf >= {best.threshold:.3f})"
     else:
@@ -54,15 +54,15 @@ def report_page(ckpt, data, summary, unseen, cv, folds, trust, outcome, writer) 
         Section("Confusion matrix", pd.read_csv(staging / "confusion_matrix.csv")),
         Section(
             "Calibration",
-            trust["calibration"],
+            trust.calibration,
             text="Expected calibration error and negative log-likelihood on these rows, with the softmax temperature "
             "fitted on the validation split (after) and without it (before).",
         ),
-        Section("Reliability bins (calibrated)", trust["reliability"]["after calibration"]),
+        Section("Reliability bins (calibrated)", trust.reliability["after calibration"]),
     ]
-    curve = trust["risk_coverage"]
-    best = trust["threshold"]
-    target = html.escape(f"{trust['target']:g}")
+    curve = trust.risk_coverage
+    best = trust.threshold
+    target = html.escape(f"{trust.target:g}")
     text = (
         f"Abstaining below confidence {best.threshold:.3f} keeps {best.coverage:.1%} of rows at accuracy "
         f"{best.accuracy:.4f} (target {target}); use it with <code>predict --min-confidence</code>."

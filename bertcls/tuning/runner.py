@@ -9,7 +9,7 @@ from typing import Any
 
 import optuna
 
-from bertcls.calibration import calibrate
+from bertcls.batches import calibrate
 from bertcls.callbacks import WorkflowHooks
 from bertcls.checkpoint import TuningProvenance, save_checkpoint
 from bertcls.config import Settings
@@ -51,7 +51,7 @@ def save_member(ctx: TuningContext, member: Member, lineage: list[dict[str, Any]
     result, settings, params = member.trainer.result, member.best_settings, member.best_params
     model = rebuild_model(settings, ctx.service, len(ctx.names), result.best_state)
     calibration = calibrate(model, ctx.features.sources["val"], ctx.service.device, settings.calibration)
-    metrics = split_metrics(model, ctx.features, ctx.service.device, len(ctx.names))
+    metrics = split_metrics(model, ctx.features, ctx.service.device)
     tuning = TuningProvenance(
         study=ctx.study_name,
         strategy="pbt",

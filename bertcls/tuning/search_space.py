@@ -15,6 +15,7 @@ import numpy as np
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from bertcls.config import EarlyStoppingSection, SearchSpace, Settings
+from bertcls.task import task_for
 
 FIRST_HIDDEN_WIDTH = 512
 MIN_HIDDEN_WIDTH = 32
@@ -28,7 +29,7 @@ def hidden_dims(layers: int) -> list[int]:
 def uses_linear_head(settings: Settings) -> bool:
     """Whether the settings train the linear head (see ``classifier.head``), whose one searched parameter is its L2
     strength: depth, widths, dropout, activation, learning rate and batch size do not apply to it."""
-    return settings.classifier.resolved_head(settings.model.task, settings.encoder.freeze) == "linear"
+    return settings.classifier.resolved_head(task_for(settings.model.task), settings.encoder.freeze) == "linear"
 
 
 def distributions(space: SearchSpace, linear: bool = False) -> dict[str, BaseDistribution]:

@@ -118,7 +118,7 @@ def train_trial(ctx: TuningContext, trial: optuna.Trial, params: dict) -> float:
     trial.set_user_attr("stop_reason", result.stop_reason)
     if pruning.pruned_at is not None:
         raise optuna.TrialPruned(result.stop_reason)
-    metrics = split_metrics(trainer.model, features, ctx.service.device, len(ctx.names))
+    metrics = split_metrics(trainer.model, features, ctx.service.device)
     tuning = TuningProvenance(
         study=ctx.study_name, strategy="tpe", trial=trial.number, params=params, seconds=time.perf_counter() - started
     )

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from bertcls.calibration import ece, label_decisions, uncalibrate_sigmoid
-from bertcls.metrics import binary_log_loss, multilabel_scores, per_label_scores
+from bertcls.metrics import binary_log_loss, label_set_scores, per_label_scores
 
 
 def joined(matrix: np.ndarray, labels: list[str], separator: str) -> list[str]:
@@ -33,7 +33,7 @@ def prediction_frames(texts, truth, given, probs, labels, separator) -> tuple[pd
 
 
 def summary_metrics(truth: np.ndarray, given: np.ndarray) -> dict[str, float]:
-    scores = multilabel_scores(truth, given)
+    scores = label_set_scores(truth, given)
     return {
         "macro_f1": scores["f1"],
         "micro_f1": scores["micro_f1"],
@@ -65,7 +65,7 @@ def label_report(truth, given, probs, labels, thresholds, temperatures, bins: in
             "ece": [ece(*label_decisions(probs[:, [k]], truth[:, [k]]), bins) for k in range(len(labels))],
         }
     )
-    overall = multilabel_scores(truth, given)
+    overall = label_set_scores(truth, given)
     averages = [
         ("micro avg", overall["micro_f1"]),
         ("macro avg", overall["f1"]),
@@ -132,7 +132,7 @@ def calibration_frame(probs, truth, temperature, shown: float, bins: int) -> pd.
     return pd.DataFrame(rows)
 
 
-def multilabel_label_issues(
+def label_set_issues(
     frame: pd.DataFrame, oof: np.ndarray, truth: np.ndarray, labels: list[str], text_column: str, separator: str
 ) -> pd.DataFrame:
     """Rows whose label set confident learning (cleanlab, ``multi_label=True``) finds unlikely under the out-of-fold
