@@ -6,7 +6,7 @@ from typing import Any
 
 
 class TrainerCallback:
-    """Override what you need; steer the loop only by setting ``trainer.should_stop``."""
+    """Override what you need; steer the loop only through ``trainer.control`` (``control.stop(reason)``)."""
 
     def on_train_begin(self, trainer: Any) -> None: ...
 

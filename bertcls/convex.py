@@ -86,10 +86,10 @@ class ConvexTrainer(Trainer):
         """``STEPS_PER_EPOCH`` L-BFGS iterations; the loss reported is the objective where they started."""
         self.model.train()
         loss = float(self.optimizer.step(self.objective))
-        self.samples_seen += len(self.train_data)
+        self.state.samples_seen += len(self.train_data)
         self.trigger("on_batch_end", len(self.train_data), len(self.train_data), loss)
         if self.stop_request is not None and self.stop_request.requested:
-            self.interrupted = True
+            self.state.interrupted = True
         return loss
 
 

@@ -51,7 +51,7 @@ class ResumeWriter(TrainerCallback):
         payload = {"trainer": trainer.resume_state(), "settings": self.settings_fp, "data": self.data_fp}
         with atomic_path(self.path) as tmp:
             torch.save(payload, tmp)
-        logger.debug("Saved the resume state after epoch %d to %s", trainer.epoch, self.path)
+        logger.debug("Saved the resume state after epoch %d to %s", trainer.state.epoch, self.path)
 
 
 def _differences(saved: dict[str, str], now: dict[str, str]) -> list[str]:

@@ -15,14 +15,66 @@ from torch import nn
 from bertcls.batches import BatchSource, RowSubset, calibrate, predict_proba
 from bertcls.calibration import CalibrationRecord
 from bertcls.callbacks import TrainerCallback
-from bertcls.config import CalibrationSection, EarlyStoppingSection, LexicalSection, ModelSection, OptimizerSection
+from bertcls.config import (
+    CalibrationSection,
+    EarlyStoppingSection,
+    LexicalSection,
+    ModelSection,
+    OptimizerSection,
+    Settings,
+)
 from bertcls.distributed import SINGLE, Parallel
 from bertcls.early_stopping import EarlyStopping
+from bertcls.interrupts import StopRequest
 from bertcls.memory import MemoryManager, is_out_of_memory
 from bertcls.metrics import EpochRecord
 from bertcls.model import TextClassifier, load_trainable_state, trainable_state
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """The configuration sections a training run reads."""
+
+    model: ModelSection
+    optimizer: OptimizerSection
+    early_stopping: EarlyStoppingSection
+    lexical: LexicalSection = field(default_factory=LexicalSection)
+    calibration: CalibrationSection = field(default_factory=lambda: CalibrationSection(method="none"))
+    encoder_lr: float = 2e-5
+
+    @classmethod
+    def of(cls, settings: Settings) -> TrainingPlan:
+        return cls(
+            settings.model,
+            settings.optimizer,
+            settings.early_stopping,
+            settings.lexical,
+            settings.calibration,
+            settings.encoder.encoder_lr,
+        )
+
+
+@dataclass
+class TrainerState:
+    """Where a run is (saved for resume with the weights, optimizer and RNG states)."""
+
+    epoch: int = 0
+    samples_seen: int = 0
+    interrupted: bool = False  # a stop request fired; the unfinished epoch was dropped
+    resumed: bool = False
+
+
+@dataclass
+class TrainerControl:
+    """What callbacks may ask of the loop (as transformers' ``TrainerControl``): stop after this epoch."""
+
+    should_stop: bool = False
+    stop_reason: str = ""
+
+    def stop(self, reason: str) -> None:
+        self.should_stop, self.stop_reason = True, reason
 
 
 @dataclass
@@ -110,40 +162,29 @@ class Trainer:
         model: TextClassifier,
         train: BatchSource,
         val: BatchSource,
-        num_classes: int,
-        model_cfg: ModelSection,
-        optim_cfg: OptimizerSection,
-        stopping_cfg: EarlyStoppingSection,
+        plan: TrainingPlan,
         memory: MemoryManager,
         device: torch.device,
-        encoder_lr: float = 2e-5,
-        lexical_cfg: LexicalSection | None = None,
         class_weights: np.ndarray | None = None,
         precision: str = "fp32",
-        calibration: CalibrationSection | None = None,
         ranks: Parallel = SINGLE,
     ):
         self.model, self.train_data, self.val_data = model.to(device), train, val
-        self.num_classes, self.model_cfg, self.optim_cfg = num_classes, model_cfg, optim_cfg
+        self.num_classes = model.head.spec.num_classes
+        self.model_cfg, self.optim_cfg, self.calibration_cfg = plan.model, plan.optimizer, plan.calibration
         self.memory, self.device = memory, device
-        self.optimizer = build_optimizer(model, optim_cfg, encoder_lr, lexical_cfg)
-        self.stopper = EarlyStopping(stopping_cfg)
+        self.optimizer = build_optimizer(model, plan.optimizer, plan.encoder_lr, plan.lexical)
+        self.stopper = EarlyStopping(plan.early_stopping)
         weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=device)
         self.loss_fn = model.task.loss(weight)
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and device.type == "cuda" else None
         self.callbacks: list[TrainerCallback] = []
-        self.should_stop = False
-        self.stop_reason = ""
-        self.samples_seen = 0
-        self.epoch = 0
-        self.rng = np.random.default_rng(model_cfg.seed)
+        self.state, self.control = TrainerState(), TrainerControl()
+        self.rng = np.random.default_rng(plan.model.seed)
         self.result = TrainResult()
-        self.calibration_cfg = calibration or CalibrationSection(method="none")
         self.calibration = CalibrationRecord()
-        self.stop_request = None  # an interrupts.StopRequest, polled after every step
-        self.interrupted = False
-        self.resumed = False
+        self.stop_request: StopRequest | None = None  # polled after every step; given to fit()
         self.parallel = ranks  # several only for fine-tuning under torchrun
         self.parts = self._logit_parts_module()
 
@@ -167,7 +208,7 @@ class Trainer:
             getattr(callback, event)(self, *args)
 
     def _apply_schedule(self) -> None:
-        progress = self.samples_seen / max(1, self.model_cfg.num_epochs * len(self.train_data))
+        progress = self.state.samples_seen / max(1, self.model_cfg.num_epochs * len(self.train_data))
         factor = schedule_factor(progress, self.optim_cfg.warmup_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
@@ -225,7 +266,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
         if self.parallel.reduce_boolean_decision(failed):
             return None
-        self.samples_seen += self.parallel.average_gradients(self.model, len(indices))  # the same on every rank
+        self.state.samples_seen += self.parallel.average_gradients(self.model, len(indices))  # the same on every rank
         self._update()
         return value
 
@@ -274,7 +315,7 @@ class Trainer:
             self.agree_batch_size(pending)
             stop = self.stop_request is not None and self.stop_request.requested
             if self.parallel.broadcast(stop):
-                self.interrupted = True
+                self.state.interrupted = True
                 break
         loss_sum, rows_seen = self.parallel.sum_floats([sum(losses), total])
         return float(loss_sum / max(1.0, rows_seen))
@@ -297,11 +338,11 @@ class Trainer:
                 self.memory.on_out_of_memory()
                 continue
             position += len(indices)
-            self.samples_seen += len(indices)
+            self.state.samples_seen += len(indices)
             self.memory.after_step()
             self.trigger("on_batch_end", position, len(order), losses[-1] / len(indices))
             if self.stop_request is not None and self.stop_request.requested:
-                self.interrupted = True
+                self.state.interrupted = True
                 break
         return float(sum(losses) / max(1, len(order)))
 
@@ -318,16 +359,16 @@ class Trainer:
     def run_epoch(self) -> EpochRecord | None:
         """Train and evaluate one epoch, keep the best weights, apply early stopping. An interrupted epoch is
         dropped (None): the run keeps what the finished epochs learned."""
-        self.epoch += 1
+        self.state.epoch += 1
         started = time.perf_counter()
-        self.trigger("on_epoch_begin", self.epoch)
+        self.trigger("on_epoch_begin", self.state.epoch)
         train_loss = self.train_epoch()
-        if self.interrupted:
-            self.epoch -= 1
+        if self.state.interrupted:
+            self.state.epoch -= 1
             return None
         metrics = self.evaluate()
         record = EpochRecord(
-            epoch=self.epoch,
+            epoch=self.state.epoch,
             train_loss=train_loss,
             val_loss=metrics["loss"],
             accuracy=metrics["accuracy"],
@@ -341,25 +382,29 @@ class Trainer:
         self.result.history.append(record)
         monitored = metrics[self.model_cfg.metric]
         if is_better(monitored, self.result):
-            self.result.best_metric, self.result.best_epoch = monitored, self.epoch
+            self.result.best_metric, self.result.best_epoch = monitored, self.state.epoch
             self.result.best_state = trainable_state(self.model)
         stop = self.stopper.update(monitored)
         if self.parallel.broadcast(stop):  # rank 0 decides; every rank follows
-            self.should_stop, self.stop_reason = True, self.stopper.reason
-        logger.debug("epoch %d: %s", self.epoch, record)
+            self.control.stop(self.stopper.reason)
+        logger.debug("epoch %d: %s", self.state.epoch, record)
         self.trigger("on_epoch_end", record)
         return record
 
-    def fit(self) -> TrainResult:
-        if not self.resumed:  # a resumed run carries on with the RNG states it saved
+    def fit(self, stop_request: StopRequest | None = None) -> TrainResult:
+        """Train until the last epoch, early stopping, a callback's stop or ``stop_request``; then restore the best
+        epoch's weights and calibrate."""
+        self.stop_request = stop_request
+        if not self.state.resumed:  # a resumed run carries on with the RNG states it saved
             torch.manual_seed(self.model_cfg.seed)
         self.trigger("on_train_begin")
-        while self.epoch < self.model_cfg.num_epochs and not self.should_stop and not self.interrupted:
+        state, control = self.state, self.control
+        while state.epoch < self.model_cfg.num_epochs and not control.should_stop and not state.interrupted:
             self.run_epoch()
-        if self.interrupted:
-            self.result.stop_reason = f"interrupted after epoch {self.epoch}"
-        elif self.should_stop:
-            self.result.stop_reason = self.stop_reason or "stopped by a callback"
+        if state.interrupted:
+            self.result.stop_reason = f"interrupted after epoch {state.epoch}"
+        elif control.should_stop:
+            self.result.stop_reason = control.stop_reason or "stopped by a callback"
         logger.info("Training stopped: %s (best epoch %d)", self.result.stop_reason, self.result.best_epoch)
         self.restore_best()
         self.calibration = calibrate(self.model, self.val_data, self.device, self.calibration_cfg)
@@ -371,19 +416,19 @@ class Trainer:
         return {
             "model": copy.deepcopy(self.model.state_dict()),
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-            "samples_seen": self.samples_seen,
+            "samples_seen": self.state.samples_seen,
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from :meth:`state_dict` of a trainer with the same architecture (PBT's exploit)."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.samples_seen = state["samples_seen"]
+        self.state.samples_seen = state["samples_seen"]
 
     def carry_on_from(self, previous: Trainer) -> None:
         """Take over another trainer's run (epoch count, history, best so far, RNG, callbacks): PBT's exploit gives a
         member another architecture without starting its run again."""
-        self.epoch, self.result, self.rng = previous.epoch, previous.result, previous.rng
+        self.state.epoch, self.result, self.rng = previous.state.epoch, previous.result, previous.rng
         self.callbacks = previous.callbacks
 
     def resume_state(self) -> dict:
@@ -394,8 +439,8 @@ class Trainer:
         return {
             "weights": trainable_state(self.model),
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-            "samples_seen": self.samples_seen,
-            "epoch": self.epoch,
+            "samples_seen": self.state.samples_seen,
+            "epoch": self.state.epoch,
             "rng": {
                 "numpy": self.rng.bit_generator.state,
                 "torch": torch.get_rng_state(),
@@ -419,7 +464,7 @@ class Trainer:
         """Continue from :meth:`resume_state` of a run with the same settings and data."""
         load_trainable_state(self.model, state["weights"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.samples_seen, self.epoch = state["samples_seen"], state["epoch"]
+        self.state.samples_seen, self.state.epoch = state["samples_seen"], state["epoch"]
         self.rng.bit_generator.state = state["rng"]["numpy"]
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
@@ -436,7 +481,7 @@ class Trainer:
         self.result.history = [EpochRecord(**r) for r in saved["history"]]
         self.result.best_epoch, self.result.best_metric = saved["best_epoch"], saved["best_metric"]
         self.result.best_state = saved["best_state"]
-        self.resumed = True
+        self.state.resumed = True
 
     def restore_best(self) -> None:
         if self.result.best_state:

@@ -45,7 +45,7 @@ from bertcls.precision import resolve_precision, sample_indices
 from bertcls.redaction import redact_data
 from bertcls.resume import ResumeWriter, check_resume_data, data_fingerprint, read_resume, settings_fingerprint
 from bertcls.task import DecisionRule, Task, task_for
-from bertcls.training import Trainer, TrainResult
+from bertcls.training import Trainer, TrainingPlan, TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -161,18 +161,8 @@ def make_trainer(
     weights = None
     if settings.classifier.resolved_class_weights(task) == "balanced":
         weights = task.balanced_weights(train.labels, num_classes)
-    args = (model, train, features.sources["val"], num_classes, settings.model, settings.optimizer)
-    kwargs = dict(
-        stopping_cfg=settings.early_stopping,
-        memory=memory,
-        device=device,
-        encoder_lr=settings.encoder.encoder_lr,
-        lexical_cfg=settings.lexical,
-        class_weights=weights,
-        precision=service.precision,
-        calibration=settings.calibration,
-        ranks=ranks,
-    )
+    args = (model, train, features.sources["val"], TrainingPlan.of(settings), memory, device)
+    kwargs = dict(class_weights=weights, precision=service.precision, ranks=ranks)
     if settings.classifier.resolved_head(task, not features.fine_tune) == "linear":
         cfg = settings.classifier
         logger.info(
@@ -245,6 +235,27 @@ def checkpoint_meta(
         precision=service.precision_check,
         calibration=calibration,
     )
+
+
+def score_and_save(
+    path: Path,
+    settings: Settings,
+    service: EmbeddingService,
+    names: list[str],
+    features: FeatureSet,
+    model: TextClassifier,
+    result: TrainResult,
+    calibration: CalibrationRecord,
+    tuning: TuningProvenance | None = None,
+    data: DataProvenance | None = None,
+) -> tuple[Path, dict[str, dict[str, float]]]:
+    """Score a trained model (holding ``result``'s best weights) on val and test and save it as a checkpoint at
+    ``path``: the one way ``train``, TPE trials and PBT members finish a model. ``settings``: the ones that built
+    it. Returns the path and the metrics."""
+    metrics = split_metrics(model, features, service.device)
+    lexical = features.lexical
+    meta = checkpoint_meta(settings, service, names, result, metrics, model, lexical, tuning, data, calibration)
+    return save_checkpoint(path, result.best_state, meta, lexical), metrics
 
 
 @dataclass
@@ -324,24 +335,23 @@ def run_training(
     ranks = here if run.features.fine_tune else SINGLE  # a frozen head trains on rank 0 alone
     trainer = make_trainer(settings, run.features, run.service, len(run.names), ranks)
     trainer.add_callback(hooks)
-    trainer.stop_request = stop_request
     data_fp = data_fingerprint(run.splits, settings.data, task_for(settings.model.task))
     if payload is not None:
         trainer.load_resume_state(check_resume_data(payload, data_fp))
-        logger.info("Resuming after epoch %d from %s", trainer.epoch, state_path)
+        logger.info("Resuming after epoch %d from %s", trainer.state.epoch, state_path)
     if here.is_main:
         trainer.add_callback(ResumeWriter(state_path, settings_fp, data_fp))
     hooks.on_stage("Training")
-    result = trainer.fit()
+    result = trainer.fit(stop_request)
     if not here.is_main:
         return None  # only rank 0 writes the checkpoint, the splits and files
-    if trainer.interrupted and not result.best_state:
+    if trainer.state.interrupted and not result.best_state:
         raise Interrupted(stop_request.signum, "Interrupted before the first epoch finished; nothing was saved.")
     outcome = save_trained(settings, run, trainer)
-    if trainer.interrupted:
+    if trainer.state.interrupted:
         raise Interrupted(
             stop_request.signum,
-            f"Interrupted after epoch {trainer.epoch}: saved the best epoch ({result.best_epoch}) to "
+            f"Interrupted after epoch {trainer.state.epoch}: saved the best epoch ({result.best_epoch}) to "
             f"{outcome.checkpoint}. Run the same command with --resume to go on.",
         )
     state_path.unlink(missing_ok=True)
@@ -350,24 +360,21 @@ def run_training(
 
 def save_trained(settings: Settings, run: PreparedRun, trainer: Trainer) -> TrainOutcome:
     """Score the best weights on val and test, save the checkpoint, then the splits beside it."""
-    result = trainer.result
-    metrics = split_metrics(trainer.model, run.features, run.service.device)
-    data = DataProvenance(
-        truncation=run.features.truncation, chunking=run.features.chunking or {}, warnings=run.report.warnings
-    )
-    lexical = run.features.lexical
-    meta = checkpoint_meta(
+    result, features = trainer.result, run.features
+    chunking, warnings = features.chunking or {}, run.report.warnings
+    data = DataProvenance(truncation=features.truncation, chunking=chunking, warnings=warnings)
+    path, metrics = score_and_save(
+        RunLayout(settings.root).best_model,
         settings,
         run.service,
         run.names,
-        result,
-        metrics,
+        features,
         trainer.model,
-        lexical,
+        result,
+        trainer.calibration,
         data=data,
-        calibration=trainer.calibration,
     )
-    path = save_checkpoint(RunLayout(settings.root).best_model, result.best_state, meta, lexical)
+    lexical = features.lexical
     write_splits(run.splits, settings.root)
     service = run.service
     lexical_count = lexical.spec.num_features if lexical is not None else 0

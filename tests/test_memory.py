@@ -11,7 +11,7 @@ from bertcls.config import ClassifierSection, EarlyStoppingSection, MemorySectio
 from bertcls.memory import MemoryManager
 from bertcls.model import HeadSpec, MLPHead, TextClassifier
 from bertcls.task import SingleLabel
-from bertcls.training import Trainer
+from bertcls.training import Trainer, TrainingPlan
 
 
 class Readings:
@@ -76,10 +76,7 @@ def test_trainer_recovers_from_out_of_memory_by_halving():
         model,
         train,
         EmbeddingBatches(x, y),
-        3,
-        ModelSection(num_epochs=2, batch_size=64),
-        OptimizerSection(),
-        EarlyStoppingSection(),
+        TrainingPlan(ModelSection(num_epochs=2, batch_size=64), OptimizerSection(), EarlyStoppingSection()),
         memory,
         torch.device("cpu"),
     )

@@ -244,7 +244,7 @@ def test_exploit_copies_weights_optimizer_state_and_parameters(pbt_context):
         assert torch.equal(state["exp_avg"], member_opt["state"][key]["exp_avg"])
     assert member.trainer.optimizer.param_groups[0]["initial_lr"] == 2e-3
     member.trainer.run_epoch()  # training goes on from the copied state
-    assert member.trainer.epoch == 2
+    assert member.trainer.state.epoch == 2
 
 
 def test_explore_changes_the_running_optimizer_and_dropout(pbt_context):
@@ -286,7 +286,7 @@ def test_a_member_that_exploits_a_deeper_donor_keeps_its_best_with_its_own_archi
         m.note_epoch()
         take_snapshot(m)
     exploit(pbt_context, member, donor)
-    assert member.settings.classifier.hidden_dims == [512, 256, 128] and member.trainer.epoch == 1
+    assert member.settings.classifier.hidden_dims == [512, 256, 128] and member.trainer.state.epoch == 1
     assert member.best_settings.classifier.hidden_dims == [512]
     ctx = TuningContext(**{**pbt_context.__dict__, "trials_dir": tmp_path})
     path, metrics = save_member(ctx, member, [])

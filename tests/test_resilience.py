@@ -40,7 +40,7 @@ class StopAfter(WorkflowHooks):
         self.request, self.epoch = request, epoch
 
     def on_epoch_end(self, trainer, record) -> None:
-        if trainer.epoch == self.epoch:
+        if trainer.state.epoch == self.epoch:
             self.request.signum = signal.SIGINT
 
 

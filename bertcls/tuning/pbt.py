@@ -42,7 +42,7 @@ class Member:
 
     def note_epoch(self) -> None:
         """After an epoch: if it was the member's best so far, its weights were built by the current settings."""
-        if self.trainer.result.best_epoch == self.trainer.epoch:
+        if self.trainer.result.best_epoch == self.trainer.state.epoch:
             self.best_settings, self.best_params = self.settings, dict(self.params)
 
 

@@ -11,7 +11,7 @@ import optuna
 
 from bertcls.batches import calibrate
 from bertcls.callbacks import WorkflowHooks
-from bertcls.checkpoint import TuningProvenance, save_checkpoint
+from bertcls.checkpoint import TuningProvenance
 from bertcls.config import Settings
 from bertcls.data import write_splits
 from bertcls.layout import RunLayout
@@ -20,7 +20,7 @@ from bertcls.tuning.pbt import Member, PBTOutcome, run_population
 from bertcls.tuning.search_space import distributions, uses_linear_head
 from bertcls.tuning.study import count_trials, default_storage_url, make_storage, open_study, redact
 from bertcls.tuning.tpe import TrialSeededSampler, TuningContext, run_trials
-from bertcls.workflow import checkpoint_meta, prepare, rebuild_model, split_metrics
+from bertcls.workflow import prepare, rebuild_model, score_and_save
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,6 @@ def save_member(ctx: TuningContext, member: Member, lineage: list[dict[str, Any]
     result, settings, params = member.trainer.result, member.best_settings, member.best_params
     model = rebuild_model(settings, ctx.service, len(ctx.names), result.best_state)
     calibration = calibrate(model, ctx.features.sources["val"], ctx.service.device, settings.calibration)
-    metrics = split_metrics(model, ctx.features, ctx.service.device)
     tuning = TuningProvenance(
         study=ctx.study_name,
         strategy="pbt",
@@ -59,12 +58,8 @@ def save_member(ctx: TuningContext, member: Member, lineage: list[dict[str, Any]
         params=params,
         lineage=[e for e in lineage if e["member"] == member.index],
     )
-    lexical = ctx.features.lexical
-    meta = checkpoint_meta(
-        settings, ctx.service, ctx.names, result, metrics, model, lexical, tuning, calibration=calibration
-    )
     path = ctx.trials_dir / f"pbt_member_{member.index}.pt"
-    return save_checkpoint(path, result.best_state, meta, lexical), metrics
+    return score_and_save(path, settings, ctx.service, ctx.names, ctx.features, model, result, calibration, tuning)
 
 
 def record_population(ctx: TuningContext, study: optuna.Study, outcome: PBTOutcome) -> None:

@@ -16,13 +16,13 @@ import optuna
 from optuna.samplers import BaseSampler, TPESampler
 
 from bertcls.callbacks import TrainerCallback, WorkflowHooks
-from bertcls.checkpoint import TuningProvenance, save_checkpoint
+from bertcls.checkpoint import TuningProvenance
 from bertcls.config import Settings
 from bertcls.features import EmbeddingService
 from bertcls.fileio import pid_alive
 from bertcls.tuning.search_space import apply, original_early_stopping, suggest, uses_linear_head
 from bertcls.tuning.study import count_trials
-from bertcls.workflow import FeatureSet, build_features, checkpoint_meta, make_trainer, split_metrics
+from bertcls.workflow import FeatureSet, build_features, make_trainer, score_and_save
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +78,7 @@ class PruningCallback(TrainerCallback):
         self.trial.report(getattr(record, self.metric), record.epoch)
         if self.trial.should_prune():
             self.pruned_at = record.epoch
-            trainer.should_stop = True
-            trainer.stop_reason = f"pruned by the median pruner after epoch {record.epoch}"
+            trainer.control.stop(f"pruned by the median pruner after epoch {record.epoch}")
 
 
 @dataclass
@@ -118,23 +117,20 @@ def train_trial(ctx: TuningContext, trial: optuna.Trial, params: dict) -> float:
     trial.set_user_attr("stop_reason", result.stop_reason)
     if pruning.pruned_at is not None:
         raise optuna.TrialPruned(result.stop_reason)
-    metrics = split_metrics(trainer.model, features, ctx.service.device)
     tuning = TuningProvenance(
         study=ctx.study_name, strategy="tpe", trial=trial.number, params=params, seconds=time.perf_counter() - started
     )
-    lexical = features.lexical
-    meta = checkpoint_meta(
+    path, metrics = score_and_save(
+        ctx.trials_dir / f"trial_{trial.number}.pt",
         trial_settings,
         ctx.service,
         ctx.names,
-        result,
-        metrics,
+        features,
         trainer.model,
-        lexical,
+        result,
+        trainer.calibration,
         tuning,
-        calibration=trainer.calibration,
     )
-    path = save_checkpoint(ctx.trials_dir / f"trial_{trial.number}.pt", result.best_state, meta, lexical)
     trial.set_user_attr("checkpoint", str(path))
     trial.set_user_attr("test_f1", metrics["test"]["f1"])
     trial.set_user_attr("test_accuracy", metrics["test"]["accuracy"])
