@@ -36,9 +36,9 @@ def synthetic_texts(rows: int) -> pd.DataFrame:
 
 
 def fill_cache(root: Path, texts: list[str], shards: int = 10) -> float:
-    from bertcls.config import EncoderSection
-    from bertcls.embedding_cache import EmbeddingCache, text_hash
-    from bertcls.encoder import fingerprint, resolve_encoder_folder
+    from bertcls.config.settings import EncoderSection
+    from bertcls.features.cache import EmbeddingCache, text_hash
+    from bertcls.model.encoder import fingerprint, resolve_encoder_folder
 
     folder = resolve_encoder_folder(EncoderSection(), root)
     cache = EmbeddingCache(root, fingerprint(folder), 128, "mean")
@@ -51,9 +51,9 @@ def fill_cache(root: Path, texts: list[str], shards: int = 10) -> float:
 
 
 def lookup_seconds(root: Path, texts: list[str]) -> dict[str, float]:
-    from bertcls.config import EncoderSection
-    from bertcls.embedding_cache import EmbeddingCache, text_hash
-    from bertcls.encoder import fingerprint, resolve_encoder_folder
+    from bertcls.config.settings import EncoderSection
+    from bertcls.features.cache import EmbeddingCache, text_hash
+    from bertcls.model.encoder import fingerprint, resolve_encoder_folder
 
     cache = EmbeddingCache(root, fingerprint(resolve_encoder_folder(EncoderSection(), root)), 128, "mean")
     started = time.perf_counter()

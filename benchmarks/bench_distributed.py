@@ -41,7 +41,7 @@ def run(two_ranks: bool, root: Path, paths: dict, work: Path, *flags: str) -> fl
 
 
 def main() -> None:
-    from bertcls.checkpoint import load_checkpoint
+    from bertcls.model.checkpoint import load_checkpoint
 
     parse_args(benchmark_parser(__doc__))
     work = Path(tempfile.mkdtemp(prefix="bench-dist-"))

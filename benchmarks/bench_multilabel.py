@@ -29,9 +29,9 @@ import pandas as pd
 from common import REPO, benchmark_parser, data_file, parse_args, save_result, train_on_splits
 
 sys.path.insert(0, str(REPO))
-from bertcls.config import DataSection  # noqa: E402
-from bertcls.labelsets import iterative_stratification, label_matrix, names_of  # noqa: E402
-from bertcls.metrics import decide, multilabel_scores, tune_thresholds  # noqa: E402
+from bertcls.config.settings import DataSection  # noqa: E402
+from bertcls.data.labelsets import iterative_stratification, label_matrix, names_of  # noqa: E402
+from bertcls.task.metrics import decide, multilabel_scores, tune_thresholds  # noqa: E402
 
 METHODS = ("tfidf_lr", "emb_lr", "bertcls", "bertcls_ft")
 CFG = DataSection(label_column="labels")

@@ -41,7 +41,7 @@ def main() -> None:
         )
         import optuna
 
-        from bertcls.checkpoint import load_checkpoint
+        from bertcls.model.checkpoint import load_checkpoint
 
         default = load_checkpoint(work / "train" / "best_trials" / "best_model.pt").meta
         best = load_checkpoint(work / "opt" / "best_trials" / "best_model.pt").meta

@@ -80,10 +80,10 @@ def throughput(methods: dict, texts: list[str], rounds: int) -> tuple[dict[str, 
 def predict_speed(root: Path, paths: dict[str, Path], rounds: int) -> dict:
     import torch
 
-    from bertcls.checkpoint import load_named_checkpoint
-    from bertcls.metrics import macro_f1
-    from bertcls.onnx_backend import OnnxPredictor
-    from bertcls.prediction import Predictor
+    from bertcls.inference.onnx_backend import OnnxPredictor
+    from bertcls.inference.prediction import Predictor
+    from bertcls.model.checkpoint import load_named_checkpoint
+    from bertcls.task.metrics import macro_f1
 
     test = pd.read_csv(paths["test"], dtype=str, keep_default_na=False)
     texts = test.text.tolist()
@@ -167,7 +167,7 @@ def hf_trainer_samples_per_s(rows: pd.DataFrame) -> float:
 
 
 def fine_tune_speed(work: Path, paths: dict[str, Path], rows: int) -> dict:
-    from bertcls.checkpoint import load_named_checkpoint
+    from bertcls.model.checkpoint import load_named_checkpoint
 
     train = pd.read_csv(paths["train"]).sample(rows, random_state=0)
     subset = dict(paths, train=work / "ft_train.csv")

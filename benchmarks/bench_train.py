@@ -25,8 +25,8 @@ def logistic_regression_f1(root: Path) -> float:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
 
-    from bertcls.config import EncoderSection
-    from bertcls.features import EmbeddingService
+    from bertcls.config.settings import EncoderSection
+    from bertcls.features.service import EmbeddingService
 
     service = EmbeddingService(EncoderSection(), MAX_SEQ_LEN, root, torch.device("cpu"))
     parts = {
@@ -64,7 +64,7 @@ def main() -> None:
             )
             cold.append(timed(bertcls(*train), cwd=work)[0])
             warm.append(timed(bertcls(*train), cwd=work)[0])
-        from bertcls.checkpoint import load_checkpoint
+        from bertcls.model.checkpoint import load_checkpoint
 
         meta = load_checkpoint(root / "best_trials" / "best_model.pt").meta
         reference_f1 = logistic_regression_f1(root)

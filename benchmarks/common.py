@@ -98,7 +98,7 @@ def train_on_splits(paths: dict[str, Path], root: Path, *flags: str) -> dict[str
         cwd=root.parent,
     )
     sys.path.insert(0, str(REPO))
-    from bertcls.checkpoint import load_checkpoint
+    from bertcls.model.checkpoint import load_checkpoint
 
     return load_checkpoint(root / "best_trials" / "best_model.pt").meta.metrics["test"]
 

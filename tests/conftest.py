@@ -99,8 +99,8 @@ def cli(capsys):
 @pytest.fixture(scope="session")
 def trained_model(workspace, threads_small) -> Path:
     """A frozen-encoder model trained once on the 300 support threads; returns its output root."""
-    from bertcls.config_sources import resolve_settings
-    from bertcls.workflow import run_training
+    from bertcls.config.sources import resolve_settings
+    from bertcls.training.workflow import run_training
 
     root = workspace / "trained"
     with pytest.MonkeyPatch.context() as patch:  # session fixtures run before the per-test chdir

@@ -46,7 +46,8 @@ def source(name: str) -> Path:
 
 
 def test_the_core_is_derived_from_the_package():
-    assert {"config", "data", "layout", "training", "workflow", "prediction"} <= set(CORE)
+    expected = {"config.settings", "data.labelled", "runtime.layout", "training.trainer", "inference.prediction"}
+    assert expected <= set(CORE)
     assert not any(name.startswith(OUTSIDE_CORE) for name in CORE)
 
 
@@ -87,3 +88,59 @@ def test_core_has_no_print_calls():
     for name in NOT_COMMANDS:
         text = source(name).read_text()
         assert not re.search(r"^\s*print\(", text, re.M), name
+
+
+def package_module(path: Path) -> str:
+    """``task.single`` for bertcls/task/single.py, ``task`` for bertcls/task/__init__.py."""
+    name = module_name(path)
+    return name.removesuffix(".__init__") if name != "__init__" else ""
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """The bertcls modules a module imports when it is loaded (not inside functions or ``if TYPE_CHECKING``)."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("bertcls"):
+            module = node.module.removeprefix("bertcls").strip(".")
+            names.add(module)
+            names.update(f"{module}.{alias.name}".strip(".") for alias in node.names)  # a submodule, if it is one
+        elif isinstance(node, ast.Import):
+            names.update(a.name.removeprefix("bertcls").strip(".") for a in node.names if a.name.startswith("bertcls"))
+    return names
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = {package_module(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: {m for m in top_level_imports(path) if m in modules and m != name} for name, path in modules.items()}
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    done, active, cycles = set(), [], []
+
+    def visit(name: str) -> None:
+        if name in active:
+            cycles.append(active[active.index(name) :] + [name])
+            return
+        if name in done:
+            return
+        active.append(name)
+        for target in sorted(graph[name]):
+            visit(target)
+        active.pop()
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name)
+    return cycles
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = import_graph()
+    assert {"task.single", "task.multi"} <= graph["task"] and "evaluation.plots" in graph["evaluation.single_label"]
+    assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+    assert not find_cycles(graph), find_cycles(graph)[:3]
+
+
+def test_top_level_holds_only_packages():
+    loose = sorted(p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    assert not loose, loose

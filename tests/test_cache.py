@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from bertcls.embedding_cache import CacheStats, EmbeddingCache, embed_cached, text_hash
+from bertcls.features.cache import CacheStats, EmbeddingCache, embed_cached, text_hash
 
 FINGERPRINT = "0123456789abcdef" * 4
 
@@ -53,7 +53,7 @@ WRITER = """
 import sys, numpy as np
 sys.path.insert(0, {repo!r})
 from tests.test_cache import FINGERPRINT, vectors_for
-from bertcls.embedding_cache import EmbeddingCache, text_hash
+from bertcls.features.cache import EmbeddingCache, text_hash
 cache = EmbeddingCache({root!r}, FINGERPRINT, 64, "mean")
 for start in range({first}, {first} + 500, 50):
     part = [f"text {{i}}" for i in range(start, start + 50)]

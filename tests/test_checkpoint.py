@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from bertcls.checkpoint import (
+from bertcls.inference.prediction import Predictor
+from bertcls.model.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
     CheckpointMeta,
@@ -18,8 +19,7 @@ from bertcls.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from bertcls.errors import CheckpointError
-from bertcls.prediction import Predictor
+from bertcls.runtime.errors import CheckpointError
 
 DATA = Path(__file__).resolve().parent / "data"
 

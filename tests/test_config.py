@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bertcls.config import expand_path_value
-from bertcls.config_sources import resolve_settings
-from bertcls.errors import ConfigError
+from bertcls.config.settings import expand_path_value
+from bertcls.config.sources import resolve_settings
+from bertcls.runtime.errors import ConfigError
 
 
 def write(path: Path, text: str) -> Path:

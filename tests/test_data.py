@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from conftest import SMS, read_csv
 
-from bertcls.config import DataSection
-from bertcls.data import Splits, check_labelled, read_labelled_csv
-from bertcls.errors import DataError
+from bertcls.config.settings import DataSection
+from bertcls.data.labelled import Splits, check_labelled, read_labelled_csv
+from bertcls.runtime.errors import DataError
 from bertcls.task import SingleLabel
 
 
@@ -122,7 +122,7 @@ def test_missing_data_file_exit_2(cli, tmp_path):
 
 
 def test_relative_path_resolves_under_output_root_data(tmp_path):
-    from bertcls.data import resolve_data_path
+    from bertcls.data.labelled import resolve_data_path
 
     (tmp_path / "out" / "data").mkdir(parents=True)
     write_csv(tmp_path / "out" / "data" / "x.csv", rows())

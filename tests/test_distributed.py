@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 import torch
 
-from bertcls.checkpoint import load_checkpoint
-from bertcls.config import EncoderSection
-from bertcls.distributed import Parallel
-from bertcls.features import EmbeddingService
+from bertcls.config.settings import EncoderSection
+from bertcls.features.service import EmbeddingService
+from bertcls.model.checkpoint import load_checkpoint
+from bertcls.runtime.distributed import Parallel
 from tests.conftest import thread_subset
 
 
@@ -36,10 +36,11 @@ def small_csv(tmp_path_factory):
 
 @pytest.mark.slow
 def test_epoch_shards_are_disjoint_and_cover_the_epoch(workspace, small_csv):
-    from bertcls.callbacks import WorkflowHooks
-    from bertcls.config_sources import resolve_settings
-    from bertcls.distributed import SINGLE
-    from bertcls.workflow import make_trainer, prepare
+    from bertcls.config.sources import resolve_settings
+    from bertcls.runtime.distributed import SINGLE
+    from bertcls.training.callbacks import WorkflowHooks
+    from bertcls.training.preparation import prepare
+    from bertcls.training.setup import make_trainer
 
     settings = resolve_settings({"output_root": str(workspace / "shards"), "data.data_file": str(small_csv)}).settings
     run = prepare(settings, WorkflowHooks())
@@ -111,7 +112,7 @@ def test_ranks_with_different_settings_fail_on_every_rank(small_csv, tmp_path):
 OOM_ON_RANK_1 = """
 import os, sys, torch
 sys.path.insert(0, {repo!r})
-import bertcls.training as training
+import bertcls.training.trainer as training
 
 original, calls = training.Trainer._loss, []
 

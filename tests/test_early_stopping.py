@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bertcls.config import EarlyStoppingSection
-from bertcls.early_stopping import EarlyStopping, evaluate_stopping, smooth, trend_slope
+from bertcls.config.settings import EarlyStoppingSection
+from bertcls.training.early_stopping import EarlyStopping, evaluate_stopping, smooth, trend_slope
 
 CFG = EarlyStoppingSection(patience=3, min_epochs=2, improvement_threshold=0.001, smoothing_window=1, trend_window=5)
 

@@ -7,15 +7,15 @@ import pytest
 import torch
 from conftest import thread_subset
 
-from bertcls.checkpoint import build_classifier, load_checkpoint, save_checkpoint
-from bertcls.config import EncoderSection, LexicalSection
-from bertcls.config_sources import resolve_settings
-from bertcls.encoder import pool_windows, split_into_windows, text_windows
-from bertcls.features import EmbeddingService
-from bertcls.lexical import LexicalFeatures
-from bertcls.prediction import Predictor
+from bertcls.config.settings import EncoderSection, LexicalSection
+from bertcls.config.sources import resolve_settings
+from bertcls.features.lexical import LexicalFeatures
+from bertcls.features.service import EmbeddingService
+from bertcls.inference.prediction import Predictor
+from bertcls.model.checkpoint import build_classifier, load_checkpoint, save_checkpoint
+from bertcls.model.encoder import pool_windows, split_into_windows, text_windows
 from bertcls.task import SingleLabel
-from bertcls.workflow import run_training
+from bertcls.training.workflow import run_training
 
 DEVICE = torch.device("cpu")
 
@@ -116,8 +116,9 @@ def test_balanced_class_weights_match_scikit_learn_and_weight_the_loss():
 
 
 def test_the_trainer_uses_class_weights_only_when_asked(workspace, small_data):
-    from bertcls.callbacks import WorkflowHooks
-    from bertcls.workflow import make_trainer, prepare
+    from bertcls.training.callbacks import WorkflowHooks
+    from bertcls.training.preparation import prepare
+    from bertcls.training.setup import make_trainer
 
     for choice, expect_weights in (("balanced", True), ("none", False)):
         settings = resolve_settings(

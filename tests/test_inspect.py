@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from bertcls.checkpoint import load_checkpoint
+from bertcls.model.checkpoint import load_checkpoint
 
 
 def test_panels_show_parameters_and_labels(cli, trained_model):

@@ -6,12 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from bertcls.batches import EmbeddingBatches
-from bertcls.config import ClassifierSection, EarlyStoppingSection, MemorySection, ModelSection, OptimizerSection
-from bertcls.memory import MemoryManager
-from bertcls.model import HeadSpec, MLPHead, TextClassifier
+from bertcls.config.settings import (
+    ClassifierSection,
+    EarlyStoppingSection,
+    MemorySection,
+    ModelSection,
+    OptimizerSection,
+)
+from bertcls.inference.batches import EmbeddingBatches
+from bertcls.model.network import HeadSpec, MLPHead, TextClassifier
+from bertcls.runtime.memory import MemoryManager
 from bertcls.task import SingleLabel
-from bertcls.training import Trainer, TrainingPlan
+from bertcls.training.trainer import Trainer, TrainingPlan
 
 
 class Readings:

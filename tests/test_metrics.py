@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
-from bertcls.metrics import accuracy, macro_f1
+from bertcls.task.metrics import accuracy, macro_f1
 
 
 def test_equal_to_sklearn_including_absent_classes_and_unknown_labels():

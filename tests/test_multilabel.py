@@ -13,14 +13,14 @@ import torch
 from conftest import GOEMOTIONS
 from sklearn.metrics import accuracy_score, f1_score, hamming_loss, precision_recall_fscore_support
 
-from bertcls.calibration import binary_nll
-from bertcls.checkpoint import load_checkpoint
-from bertcls.config import DataSection
-from bertcls.data import DataReport, resolve_conflicting_labels
-from bertcls.errors import DataError
-from bertcls.labelsets import iterative_stratification, label_matrix, label_sets, names_of, split_label_sets
-from bertcls.metrics import label_set_scores, per_label_scores, tune_thresholds
+from bertcls.config.settings import DataSection
+from bertcls.data.labelled import DataReport, resolve_conflicting_labels
+from bertcls.data.labelsets import iterative_stratification, label_matrix, label_sets, names_of, split_label_sets
+from bertcls.model.checkpoint import load_checkpoint
+from bertcls.runtime.errors import DataError
 from bertcls.task import DecisionRule, MultiLabel
+from bertcls.task.calibration import binary_nll
+from bertcls.task.metrics import label_set_scores, per_label_scores, tune_thresholds
 
 MULTI_LABEL = MultiLabel()
 

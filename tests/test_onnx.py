@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from bertcls.checkpoint import load_named_checkpoint
-from bertcls.layout import RunLayout
-from bertcls.onnx_backend import ExportError, OnnxPredictor, check_export
-from bertcls.prediction import Predictor
+from bertcls.inference.onnx_backend import ExportError, OnnxPredictor, check_export
+from bertcls.inference.prediction import Predictor
+from bertcls.model.checkpoint import load_named_checkpoint
+from bertcls.runtime.layout import RunLayout
 from tests.conftest import thread_subset
 
 

@@ -16,14 +16,14 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from bertcls.callbacks import WorkflowHooks
-from bertcls.config_sources import resolve_settings
+from bertcls.config.sources import resolve_settings
+from bertcls.training.callbacks import WorkflowHooks
+from bertcls.training.preparation import prepare
 from bertcls.tuning.pbt import exploit, new_member, run_population, set_hyperparameters, take_snapshot
 from bertcls.tuning.runner import run_optimize
 from bertcls.tuning.search_space import hidden_dims
 from bertcls.tuning.study import default_storage_url, make_storage, open_study
 from bertcls.tuning.tpe import TrialSeededSampler, TuningContext
-from bertcls.workflow import prepare
 
 GOOD = {
     "batch_size": 32,
@@ -86,7 +86,7 @@ def test_tpe_study_finishes_and_best_model_predicts(cli, workspace, threads_smal
     assert (root / "best_trials" / "best_model_bert_opt_exp0.pt").is_file()
     assert (root / "optuna" / "bert_opt" / "trials.csv").is_file()
     assert (root / "optuna" / "bert_opt" / "optimization_history.png").is_file()
-    from bertcls.checkpoint import load_checkpoint
+    from bertcls.model.checkpoint import load_checkpoint
 
     meta = load_checkpoint(root / "best_trials" / "best_model.pt").meta
     assert meta.tuning.study == "bert_opt" and meta.tuning.trial == study.best_trial.number
@@ -268,7 +268,7 @@ def test_pbt_command_saves_best_member_and_lineage(cli, workspace, threads_small
     assert (folder / "pbt_lineage.json").is_file() and (folder / "pbt_members.png").is_file()
     study = study_of(root, "pbt")
     assert len(study.trials) == 4 and all(t.user_attrs["strategy"] == "pbt" for t in study.trials)
-    from bertcls.checkpoint import load_checkpoint
+    from bertcls.model.checkpoint import load_checkpoint
 
     meta = load_checkpoint(root / "best_trials" / "best_model_pbt_exp0.pt").meta
     assert meta.tuning.strategy == "pbt" and meta.tuning.params == study.best_trial.params
@@ -276,7 +276,7 @@ def test_pbt_command_saves_best_member_and_lineage(cli, workspace, threads_small
 
 def test_a_member_that_exploits_a_deeper_donor_keeps_its_best_with_its_own_architecture(pbt_context, tmp_path):
     """The best epoch came before the exploit: the saved best weights are the 1-layer ones, and load as such."""
-    from bertcls.checkpoint import build_classifier, load_checkpoint
+    from bertcls.model.checkpoint import build_classifier, load_checkpoint
     from bertcls.tuning.runner import save_member
 
     donor = new_member(pbt_context, 0, {**GOOD, "num_hidden_layers": 3, "activation": "tanh"})
@@ -328,7 +328,7 @@ def test_pbt_best_model_from_the_repo_config_goes_through_predict_evaluate_and_i
     root = tmp_path / "runs" / "pbt"
     code, out, err = cli(*optimize_args(root, threads_small, "pbtv", "--strategy", "pbt", "--n-trials", "4", epochs=4))
     assert code == 0, err
-    from bertcls.checkpoint import load_checkpoint
+    from bertcls.model.checkpoint import load_checkpoint
 
     for path in sorted((root / "optuna" / "pbtv" / "trials").glob("pbt_member_*.pt")):
         ckpt = load_checkpoint(path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bertcls.config import PBTSection, SearchSpace
+from bertcls.config.settings import PBTSection, SearchSpace
 from bertcls.tuning.pbt_rules import PERTURBED, decide, explore, quantile_size, rank_members
 
 SPACE = SearchSpace()

@@ -22,7 +22,7 @@ pytestmark = [
 
 
 def test_two_workers_share_a_postgres_study(workspace, threads_small, tmp_path):
-    from bertcls.config_sources import resolve_settings
+    from bertcls.config.sources import resolve_settings
     from bertcls.tuning.runner import run_optimize
 
     root = workspace / "tuning"

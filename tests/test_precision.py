@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from bertcls.config import EncoderSection
-from bertcls.features import EmbeddingService
-from bertcls.precision import (
+from bertcls.config.settings import EncoderSection
+from bertcls.features.service import EmbeddingService
+from bertcls.runtime.precision import (
     MIN_COSINE,
     Hardware,
     PrecisionCheck,
@@ -60,7 +60,7 @@ def test_a_checkpoint_checked_at_training_is_trusted_and_others_are_checked():
     rejected = PrecisionCheck(requested="bf16", used="fp32", sample=200, mean_cosine=0.9, label_agreement=0.9)
     bf16_cpu = probe("avx512_bf16")
     resolve = lambda record, choice: for_checkpoint(record, choice, CPU)  # noqa: E731
-    import bertcls.precision as precision
+    import bertcls.runtime.precision as precision
 
     original = precision.probe_hardware
     precision.probe_hardware = bf16_cpu
@@ -136,8 +136,8 @@ def test_training_records_the_precision_and_consumers_use_it(workspace, threads_
     )  # fmt: skip
     assert code == 0, err
     assert "Encoder precision: bf16 (checked against fp32" in " ".join(out.split())
-    from bertcls.checkpoint import load_named_checkpoint
-    from bertcls.prediction import Predictor
+    from bertcls.inference.prediction import Predictor
+    from bertcls.model.checkpoint import load_named_checkpoint
 
     ckpt = load_named_checkpoint(None, root)
     assert ckpt.meta.precision.used == "bf16" and ckpt.meta.precision.sample > 0
@@ -150,8 +150,8 @@ def test_training_records_the_precision_and_consumers_use_it(workspace, threads_
 
 
 def test_predicting_at_a_precision_training_did_not_check_runs_the_guard(trained_model, threads_small):
-    from bertcls.checkpoint import load_named_checkpoint
-    from bertcls.prediction import Predictor
+    from bertcls.inference.prediction import Predictor
+    from bertcls.model.checkpoint import load_named_checkpoint
 
     ckpt = load_named_checkpoint(None, trained_model)
     ckpt.meta.precision = PrecisionCheck(requested="fp32", used="fp32")  # as if trained where bf16 was absent

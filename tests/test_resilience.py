@@ -16,13 +16,13 @@ import pandas as pd
 import pytest
 import torch
 
-from bertcls.callbacks import WorkflowHooks
-from bertcls.checkpoint import load_checkpoint
-from bertcls.config_sources import resolve_settings
-from bertcls.errors import DataError
-from bertcls.interrupts import Interrupted, StopRequest
-from bertcls.layout import RunLayout
-from bertcls.workflow import run_training
+from bertcls.config.sources import resolve_settings
+from bertcls.model.checkpoint import load_checkpoint
+from bertcls.runtime.errors import DataError
+from bertcls.runtime.interrupts import Interrupted, StopRequest
+from bertcls.runtime.layout import RunLayout
+from bertcls.training.callbacks import WorkflowHooks
+from bertcls.training.workflow import run_training
 
 SECRET = "s3cretpw-xyz"
 
@@ -180,8 +180,8 @@ def test_binary_and_nul_inputs(trained_model, threads_small, cli, tmp_path, capl
         assert code == 2 and "not a text CSV" in err and "xlsx" in err
     code, _, err = cli("predict", "--output-root", trained_model, "--data-file", sheet)
     assert code == 2 and "not a text CSV" in err
-    from bertcls.config import DataSection
-    from bertcls.data import read_labelled_csv
+    from bertcls.config.settings import DataSection
+    from bertcls.data.labelled import read_labelled_csv
 
     nul = tmp_path / "nul.csv"
     nul.write_bytes(b"text,category\nhello\x00 world,a\n")
@@ -191,7 +191,7 @@ def test_binary_and_nul_inputs(trained_model, threads_small, cli, tmp_path, capl
 
 
 def test_atomic_writes_follow_the_umask_and_clean_up_after_killed_writers(tmp_path):
-    from bertcls.fileio import write_text_atomic
+    from bertcls.runtime.fileio import write_text_atomic
 
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -207,8 +207,8 @@ def test_atomic_writes_follow_the_umask_and_clean_up_after_killed_writers(tmp_pa
 
 
 def test_work_per_text_cell_is_bounded(workspace):
-    from bertcls.encoder import MAX_TEXT_CHARS, Encoder, bounded, export_default_encoder
-    from bertcls.lexical import LexicalFeatures
+    from bertcls.features.lexical import LexicalFeatures
+    from bertcls.model.encoder import MAX_TEXT_CHARS, Encoder, bounded, export_default_encoder
 
     huge = "word " * 2_000_000  # 10 MB in one cell
     assert len(bounded([huge])[0]) == MAX_TEXT_CHARS
@@ -255,7 +255,7 @@ def test_killed_workers_running_trial_is_failed_at_once(workspace, threads_small
 
 
 def test_passwords_with_slashes_or_at_signs_are_masked_whole():
-    from bertcls.redaction import redact
+    from bertcls.runtime.redaction import redact
 
     for url in ("postgresql://u:pa/ss@db.example:5432/x", "mysql://user:p@ss@host/db", "postgresql://u:plain@h/d"):
         masked = redact(f"Cannot open {url} now")

@@ -7,10 +7,13 @@ import pytest
 import torch
 from conftest import thread_subset
 
-from bertcls.batches import score_source
-from bertcls.checkpoint import load_checkpoint
-from bertcls.config_sources import resolve_settings
-from bertcls.workflow import WorkflowHooks, make_trainer, prepare, run_training
+from bertcls.config.sources import resolve_settings
+from bertcls.inference.batches import score_source
+from bertcls.model.checkpoint import load_checkpoint
+from bertcls.training.callbacks import WorkflowHooks
+from bertcls.training.preparation import prepare
+from bertcls.training.setup import make_trainer
+from bertcls.training.workflow import run_training
 
 
 def settings_for(root, data_file, **flags):
@@ -40,7 +43,7 @@ def test_second_run_hits_the_cache_and_is_reproducible(trained_model, threads_sm
 def test_embeddings_equal_sentence_transformers(trained_model):
     from sentence_transformers import SentenceTransformer
 
-    from bertcls.encoder import Encoder
+    from bertcls.model.encoder import Encoder
 
     folder = trained_model / "bert_encoder"
     texts = ["A short one.", "Markets rallied after the central bank held rates steady for a third month."]
@@ -52,9 +55,9 @@ def test_embeddings_equal_sentence_transformers(trained_model):
 
 @pytest.mark.slow
 def test_fine_tuning_lowers_the_loss_and_round_trips(workspace, tmp_path):
-    from bertcls.checkpoint import build_classifier, save_checkpoint
-    from bertcls.model import trainable_state
-    from bertcls.workflow import checkpoint_meta
+    from bertcls.model.checkpoint import build_classifier, save_checkpoint
+    from bertcls.model.network import trainable_state
+    from bertcls.training.saving import checkpoint_meta
 
     data = tmp_path / "ft.csv"
     thread_subset(8, seed=1).to_csv(data, index=False)
@@ -95,8 +98,8 @@ def test_fine_tuning_lowers_the_loss_and_round_trips(workspace, tmp_path):
 
 
 def test_frozen_checkpoint_round_trip_gives_identical_logits(trained_model, tmp_path):
-    from bertcls.checkpoint import build_classifier, save_checkpoint
-    from bertcls.lexical import sparse_batch
+    from bertcls.features.lexical import sparse_batch
+    from bertcls.model.checkpoint import build_classifier, save_checkpoint
 
     ckpt = load_checkpoint(trained_model / "best_trials" / "best_model.pt")
     model_a, _ = build_classifier(ckpt, trained_model, need_encoder=False)
@@ -163,9 +166,9 @@ def test_hidden_size_mismatch_is_a_clear_error(cli, workspace, threads_small):
 
 
 def test_unreachable_hub_id_says_how_to_use_a_local_folder(tmp_path):
-    from bertcls.config import EncoderSection
-    from bertcls.encoder import resolve_encoder_folder
-    from bertcls.errors import BertclsError
+    from bertcls.config.settings import EncoderSection
+    from bertcls.model.encoder import resolve_encoder_folder
+    from bertcls.runtime.errors import BertclsError
 
     with pytest.raises(BertclsError, match="local folder"):
         resolve_encoder_folder(EncoderSection(name_or_path="some-org/some-model"), tmp_path)

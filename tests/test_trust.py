@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from bertcls.calibration import fit_temperature, nll, uncalibrate
-from bertcls.checkpoint import build_classifier, load_named_checkpoint
 from bertcls.evaluation.trust import near_duplicates, risk_coverage, threshold_for
+from bertcls.model.checkpoint import build_classifier, load_named_checkpoint
+from bertcls.task.calibration import fit_temperature, nll, uncalibrate
 from tests.conftest import thread_subset
 
 
@@ -129,9 +129,9 @@ def test_exclude_rows_leaves_exactly_those_rows_out(threads_small, cli, tmp_path
 
 
 def test_near_duplicate_with_a_changed_label_is_found(workspace):
-    from bertcls.config import EncoderSection
+    from bertcls.config.settings import EncoderSection
     from bertcls.evaluation.trust import near_duplicate_frame
-    from bertcls.features import EmbeddingService
+    from bertcls.features.service import EmbeddingService
 
     frame = thread_subset(3, seed=11)
     train, test = frame.iloc[:12].reset_index(drop=True), frame.iloc[12:].reset_index(drop=True)

@@ -8,8 +8,8 @@ import sys
 
 import typer
 
-from bertcls.errors import BertclsError, ConfigError
-from bertcls.interrupts import Interrupted, raise_on_signals
+from bertcls.runtime.errors import BertclsError, ConfigError
+from bertcls.runtime.interrupts import Interrupted, raise_on_signals
 
 app = typer.Typer(
     name="bertcls",
@@ -39,7 +39,7 @@ def report_error(exc: BertclsError) -> None:
     from rich.markup import escape
 
     from bertcls.cli.common import err_console
-    from bertcls.redaction import redact
+    from bertcls.runtime.redaction import redact
 
     err_console.print(f"[bold red]Error:[/] {escape(redact(str(exc)))}", highlight=False, soft_wrap=True)
     if isinstance(exc, ConfigError):
@@ -73,7 +73,7 @@ def run(argv: list[str] | None = None) -> int:
             raise
         if hasattr(exc, "format_message"):
             command = getattr(getattr(exc, "ctx", None), "command_path", "bertcls")
-            from bertcls.redaction import redact
+            from bertcls.runtime.redaction import redact
 
             sys.stderr.write(f"Error: {redact(exc.format_message())} (see {command} --help)\n")
         return exit_code
@@ -87,7 +87,8 @@ def run(argv: list[str] | None = None) -> int:
 def leave_process_group() -> None:
     """Under torchrun, destroy the process group before the interpreter exits: left to finalisation, gloo's worker
     threads can abort the process ("terminate called without an active exception", SIGABRT) after a good run."""
-    distributed = sys.modules.get("bertcls.distributed")  # never imported (and torch never loaded) on plain runs
+    # never imported (and torch never loaded) on plain runs
+    distributed = sys.modules.get("bertcls.runtime.distributed")
     if distributed is not None:
         distributed.shutdown()
 

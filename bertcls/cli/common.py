@@ -10,10 +10,10 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from bertcls.config_sources import ResolvedConfig, resolve_settings
-from bertcls.layout import RunLayout
-from bertcls.logs import NOISY_LIBRARIES, VERBOSITY_LEVELS, attach_file_log
-from bertcls.redaction import RedactingFilter
+from bertcls.config.sources import ResolvedConfig, resolve_settings
+from bertcls.runtime.layout import RunLayout
+from bertcls.runtime.logs import NOISY_LIBRARIES, VERBOSITY_LEVELS, attach_file_log
+from bertcls.runtime.redaction import RedactingFilter
 
 err_console = Console(stderr=True)
 out_console = Console()
@@ -93,7 +93,7 @@ def print_unseen_labels(console: Console, counts: dict[str, int]) -> None:
 
 def build_config(config_file: str | None, flags: dict[str, Any]) -> ResolvedConfig:
     """Resolve the settings (flags > environment > YAML > defaults) and apply the process-wide thread count."""
-    from bertcls.precision import apply_threads
+    from bertcls.runtime.precision import apply_threads
 
     resolved = resolve_settings(flags, config_file)
     apply_threads(resolved.settings.model.num_threads)
@@ -104,11 +104,11 @@ def build_config(config_file: str | None, flags: dict[str, Any]) -> ResolvedConf
 def join_torchrun(resolved: ResolvedConfig) -> None:
     """Under torchrun: join the process group, check every rank resolved the same settings, and keep the console
     and the log files to rank 0. Without torchrun nothing happens."""
-    from bertcls import distributed
+    from bertcls.runtime import distributed
 
     if not distributed.launched():
         return
-    from bertcls.encoder import pick_device
+    from bertcls.model.encoder import pick_device
 
     here = distributed.init_from_env(pick_device(resolved.settings.model.device).type)
     distributed.check_same_settings(resolved.settings.model_dump(mode="json"))
@@ -131,7 +131,7 @@ def setup_logging(resolved: ResolvedConfig, command: str) -> Path:
     root.setLevel(logging.WARNING)
     for name in NOISY_LIBRARIES:
         logging.getLogger(name).setLevel(logging.ERROR)
-    from bertcls.distributed import world
+    from bertcls.runtime.distributed import world
 
     if not world().is_main:  # another rank of a torchrun launch: errors only, no log file of its own
         console.setLevel(logging.ERROR)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from bertcls.cli.common import ConfigFile, OutputRoot, build_config, out_console
-from bertcls.redaction import redact
+from bertcls.runtime.redaction import redact
 
 config_app = __import__("typer").Typer(help="Check and show the configuration.", no_args_is_help=True)
 

@@ -23,7 +23,7 @@ from bertcls.cli.common import (
     print_unseen_labels,
     setup_logging,
 )
-from bertcls.layout import RunLayout
+from bertcls.runtime.layout import RunLayout
 
 
 def evaluate(
@@ -50,10 +50,10 @@ def evaluate(
     """Metrics, k-fold cross-validation, error analysis, plots and report.html in <output_root>/evaluation_results/."""
     import pandas as pd
 
-    from bertcls.checkpoint import load_named_checkpoint
-    from bertcls.data import read_labelled_csv, resolve_data_path, with_source_rows
-    from bertcls.encoder import pick_device
+    from bertcls.data.labelled import read_labelled_csv, resolve_data_path, with_source_rows
     from bertcls.evaluation.runner import evaluate as run_evaluation
+    from bertcls.model.checkpoint import load_named_checkpoint
+    from bertcls.model.encoder import pick_device
 
     resolved = build_config(
         config,
@@ -70,10 +70,10 @@ def evaluate(
     )
     settings = resolved.settings
     setup_logging(resolved, "evaluate")
-    from bertcls.distributed import launched
+    from bertcls.runtime.distributed import launched
 
     if launched():
-        from bertcls.errors import DataError
+        from bertcls.runtime.errors import DataError
 
         raise DataError(
             "bertcls evaluate does not run under torchrun; start it as a plain command (optimize scales out "
@@ -93,7 +93,7 @@ def evaluate(
     data = data[data[data_cfg.text_column].str.strip() != ""].reset_index(drop=True)
     cv_data = cv_data[cv_data[data_cfg.text_column].str.strip() != ""].reset_index(drop=True)
     show = (lambda msg: err_console.print(f"[cyan]{msg}[/]")) if settings.verbosity >= 1 else (lambda msg: None)
-    from bertcls.locking import root_lock
+    from bertcls.runtime.locking import root_lock
 
     with root_lock(root, "evaluate"):
         outcome = run_evaluation(
@@ -111,8 +111,8 @@ def evaluate(
 
 def read_split(root, name: str, data_cfg):
     """A split that ``train`` wrote under ``<output_root>/data/``."""
-    from bertcls.data import read_labelled_csv
-    from bertcls.errors import DataError
+    from bertcls.data.labelled import read_labelled_csv
+    from bertcls.runtime.errors import DataError
 
     path = RunLayout(root).split_file(name)
     if not path.is_file():

@@ -19,7 +19,7 @@ from bertcls.cli.common import (
     out_console,
     setup_logging,
 )
-from bertcls.layout import RunLayout
+from bertcls.runtime.layout import RunLayout
 
 
 def export(
@@ -40,11 +40,11 @@ def export(
     """Export a trained model for ONNX Runtime to <output_root>/export/, checked against torch on labelled data."""
     import torch
 
-    from bertcls.checkpoint import load_named_checkpoint
-    from bertcls.data import read_labelled_csv, resolve_data_path
-    from bertcls.errors import DataError
-    from bertcls.onnx_backend import EXPORTABLE_TASK, export_model, require_onnx
-    from bertcls.prediction import Predictor
+    from bertcls.data.labelled import read_labelled_csv, resolve_data_path
+    from bertcls.inference.onnx_backend import EXPORTABLE_TASK, export_model, require_onnx
+    from bertcls.inference.prediction import Predictor
+    from bertcls.model.checkpoint import load_named_checkpoint
+    from bertcls.runtime.errors import DataError
 
     resolved = build_config(config, {"output_root": output_root, "verbosity": verbosity, "model.num_threads": threads})
     settings = resolved.settings

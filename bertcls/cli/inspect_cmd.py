@@ -117,7 +117,7 @@ def provenance_panel(info: dict) -> Panel:
 
 
 def config_table(config: dict) -> Table:
-    from bertcls.config_sources import flatten
+    from bertcls.config.sources import flatten
 
     table = Table(title="Training configuration", show_lines=False)
     table.add_column("setting")
@@ -167,8 +167,8 @@ def inspect(
     verbosity: Verbosity = None,
 ) -> None:
     """Show what a saved model is: architecture, parameters, labels, config, history, metrics, provenance."""
-    from bertcls.checkpoint import load_named_checkpoint
-    from bertcls.inspection import describe_checkpoint
+    from bertcls.model.checkpoint import load_named_checkpoint
+    from bertcls.model.inspection import describe_checkpoint
 
     resolved = build_config(config, {"output_root": output_root, "verbosity": verbosity})
     setup_logging(resolved, "inspect")

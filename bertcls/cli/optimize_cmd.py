@@ -119,10 +119,10 @@ def optimize(
     )
     settings = resolved.settings
     setup_logging(resolved, "optimize")
-    from bertcls.distributed import launched
+    from bertcls.runtime.distributed import launched
 
     if launched():
-        from bertcls.errors import DataError
+        from bertcls.runtime.errors import DataError
 
         raise DataError(
             "bertcls optimize does not run under torchrun; start it as a plain command (optimize scales out "
@@ -161,7 +161,7 @@ def optimize(
 
     import optuna
 
-    from bertcls.locking import root_lock
+    from bertcls.runtime.locking import root_lock
 
     optuna.logging.disable_default_handler()  # Optuna's records go through bertcls's handlers (which mask secrets)
     optuna.logging.enable_propagation()

@@ -28,7 +28,7 @@ from bertcls.cli.common import (
     setup_logging,
 )
 from bertcls.cli.common import TextColumn as TextColumnOption
-from bertcls.layout import RunLayout
+from bertcls.runtime.layout import RunLayout
 
 STDIO = "-"
 
@@ -52,7 +52,7 @@ def resolve_output(name: str, root: Path) -> str:
 
 def check_target(target: str) -> None:
     """Refuse an output that cannot be written before any work is done."""
-    from bertcls.errors import DataError
+    from bertcls.runtime.errors import DataError
 
     if target == STDIO:
         return
@@ -119,9 +119,9 @@ def predict(
     verbosity: Verbosity = None,
 ) -> None:
     """Label a CSV with a trained model: every input column kept, plus predicted_label, confidence, probabilities."""
-    from bertcls.data import resolve_data_path
-    from bertcls.errors import DataError
-    from bertcls.prediction import PredictOptions, predict_csv
+    from bertcls.data.labelled import resolve_data_path
+    from bertcls.inference.prediction import PredictOptions, predict_csv
+    from bertcls.runtime.errors import DataError
 
     resolved = build_config(
         config,
@@ -181,10 +181,10 @@ def predict(
 def load_predictor(backend: str, best_model: str | None, settings):
     """The predictor of the chosen backend, and the data columns its model was trained with."""
     if backend == "onnx":
-        from bertcls.config import DataSection
-        from bertcls.errors import DataError
-        from bertcls.layout import RunLayout
-        from bertcls.onnx_backend import OnnxPredictor, stale_export
+        from bertcls.config.settings import DataSection
+        from bertcls.inference.onnx_backend import OnnxPredictor, stale_export
+        from bertcls.runtime.errors import DataError
+        from bertcls.runtime.layout import RunLayout
 
         if best_model:
             raise DataError("--best-model does not apply to --backend onnx, which runs <output_root>/export/.")
@@ -195,9 +195,9 @@ def load_predictor(backend: str, best_model: str | None, settings):
                 f"[yellow]The export is older than {manifest.checkpoint}; run bertcls export to refresh it.[/]"
             )
         return predictor, DataSection(text_column=manifest.text_column, label_column=manifest.label_column)
-    from bertcls.checkpoint import load_named_checkpoint
-    from bertcls.encoder import pick_device
-    from bertcls.prediction import Predictor
+    from bertcls.inference.prediction import Predictor
+    from bertcls.model.checkpoint import load_named_checkpoint
+    from bertcls.model.encoder import pick_device
 
     ckpt = load_named_checkpoint(best_model, settings.root)
     device = pick_device(settings.model.device)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from bertcls.callbacks import WorkflowHooks
 from bertcls.cli.common import err_console
+from bertcls.training.callbacks import WorkflowHooks
 
 
 def new_progress(enabled: bool) -> Progress:

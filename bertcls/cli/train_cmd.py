@@ -111,9 +111,9 @@ def train(
     verbosity: Verbosity = None,
 ) -> None:
     """Train a classifier and save <output_root>/best_trials/best_model.pt."""
-    from bertcls.interrupts import StopRequest
-    from bertcls.locking import root_lock
-    from bertcls.workflow import run_training
+    from bertcls.runtime.interrupts import StopRequest
+    from bertcls.runtime.locking import root_lock
+    from bertcls.training.workflow import run_training
 
     resolved = build_config(
         config,
@@ -147,7 +147,7 @@ def train(
     )
     settings = resolved.settings
     log_path = setup_logging(resolved, "train")
-    from bertcls.distributed import world
+    from bertcls.runtime.distributed import world
 
     progress = new_progress(settings.verbosity >= 1 and world().is_main)
     hooks = RichTrainingHooks(progress, settings.model.metric, settings.model.num_epochs)

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bertcls.batches import BatchSource, EmbeddingBatches, TextBatches, predict_proba
-from bertcls.config import Settings
-from bertcls.features import EmbeddingService
+from bertcls.config.settings import Settings
+from bertcls.features.service import EmbeddingService
+from bertcls.features.sets import FeatureSet, fit_lexical
+from bertcls.inference.batches import BatchSource, EmbeddingBatches, TextBatches, predict_proba
 from bertcls.task import DecisionRule, task_for
-from bertcls.workflow import FeatureSet, fit_lexical, make_trainer
+from bertcls.training.setup import make_trainer
 
 logger = logging.getLogger(__name__)
 FoldCallback = Callable[[int, int], None]

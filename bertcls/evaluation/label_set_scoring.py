@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bertcls.calibration import ece, label_decisions, uncalibrate_sigmoid
-from bertcls.metrics import binary_log_loss, label_set_scores, per_label_scores
+from bertcls.task.calibration import ece, label_decisions, uncalibrate_sigmoid
+from bertcls.task.metrics import binary_log_loss, label_set_scores, per_label_scores
 
 
 def joined(matrix: np.ndarray, labels: list[str], separator: str) -> list[str]:

@@ -9,7 +9,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from bertcls.calibration import label_decisions, uncalibrate_sigmoid
+from bertcls.data.labelsets import check_flag_columns, label_keys, label_matrix, unknown_labels
 from bertcls.evaluation import plots
 from bertcls.evaluation.html_report import Section, build_report
 from bertcls.evaluation.label_set_scoring import (
@@ -25,8 +25,8 @@ from bertcls.evaluation.label_set_scoring import (
 from bertcls.evaluation.report_page import short_texts
 from bertcls.evaluation.results import Analysis, CrossValidation, ResultWriter, TaskReport, TrustOutcome, TrustTables
 from bertcls.evaluation.trust import reliability_frame
-from bertcls.labelsets import check_flag_columns, label_keys, label_matrix, unknown_labels
 from bertcls.task import DecisionRule
+from bertcls.task.calibration import label_decisions, uncalibrate_sigmoid
 
 logger = logging.getLogger(__name__)
 KEY_PLOTS = ("label_confusion_matrices.png", "label_cooccurrence.png", "reliability_diagram.png")

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from bertcls.fileio import atomic_path  # noqa: E402
+from bertcls.runtime.fileio import atomic_path  # noqa: E402
 
 DPI = 110
 

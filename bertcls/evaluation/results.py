@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bertcls.checkpoint import Checkpoint
-from bertcls.config import DataSection, EvaluationSection
-from bertcls.fileio import replace_dir, write_csv_atomic
-from bertcls.layout import RunLayout
+from bertcls.config.settings import DataSection, EvaluationSection
+from bertcls.model.checkpoint import Checkpoint
+from bertcls.runtime.fileio import replace_dir, write_csv_atomic
+from bertcls.runtime.layout import RunLayout
 from bertcls.task import DecisionRule
 
 StageFn = Callable[[str], None]

@@ -9,10 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bertcls.batches import predict_embedded
-from bertcls.checkpoint import Checkpoint, build_classifier
-from bertcls.config import EvaluationSection, Settings
-from bertcls.errors import CheckpointError, DataError
+from bertcls.config.settings import EvaluationSection, Settings
 from bertcls.evaluation.cross_validation import cross_validate
 from bertcls.evaluation.multi_label import MultiLabelReport
 from bertcls.evaluation.results import (
@@ -26,10 +23,13 @@ from bertcls.evaluation.results import (
 from bertcls.evaluation.scoring import cv_summary_frame
 from bertcls.evaluation.single_label import SingleLabelReport
 from bertcls.evaluation.trust import near_duplicate_frame, near_duplicates
-from bertcls.features import EmbeddingService
-from bertcls.fileio import write_text_atomic
-from bertcls.precision import for_checkpoint, sample_indices
-from bertcls.prediction import Predictor, model_labeller
+from bertcls.features.service import EmbeddingService
+from bertcls.inference.batches import predict_embedded
+from bertcls.inference.prediction import Predictor, model_labeller
+from bertcls.model.checkpoint import Checkpoint, build_classifier
+from bertcls.runtime.errors import CheckpointError, DataError
+from bertcls.runtime.fileio import write_text_atomic
+from bertcls.runtime.precision import for_checkpoint, sample_indices
 from bertcls.task import MultiLabel, SingleLabel
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,8 @@ def checkpoint_service(
     ckpt: Checkpoint, trained: Settings, device: torch.device, precision: str = "fp32"
 ) -> EmbeddingService:
     """The encoder service of the checkpoint's config, at the precision to run it at (see
-    :func:`~bertcls.precision.for_checkpoint`); a frozen checkpoint refuses an encoder whose fingerprint changed."""
+    :func:`~bertcls.runtime.precision.for_checkpoint`); a frozen checkpoint refuses an encoder whose fingerprint
+    changed."""
     precision, unchecked = for_checkpoint(ckpt.meta.precision, precision, device)
     service = EmbeddingService(trained.encoder, trained.model.max_seq_len, trained.root, device, precision)
     service.precision_unchecked = unchecked

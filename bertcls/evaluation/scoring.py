@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from bertcls.calibration import bin_edges, bin_index, ece
+from bertcls.task.calibration import bin_edges, bin_index, ece
 
 
 def prediction_frames(

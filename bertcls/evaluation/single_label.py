@@ -8,7 +8,6 @@ import logging
 import numpy as np
 import pandas as pd
 
-from bertcls.calibration import uncalibrate
 from bertcls.evaluation import plots
 from bertcls.evaluation.report_page import report_page
 from bertcls.evaluation.results import Analysis, CrossValidation, ResultWriter, TaskReport, TrustOutcome, TrustTables
@@ -32,6 +31,7 @@ from bertcls.evaluation.trust import (
     truth_indices,
 )
 from bertcls.task import DecisionRule
+from bertcls.task.calibration import uncalibrate
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
-from bertcls.calibration import bin_edges, bin_index, ece, uncalibrate
+from bertcls.task.calibration import bin_edges, bin_index, ece, uncalibrate
 
 logger = logging.getLogger(__name__)
 RISK_POINTS = 101

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from bertcls.calibration import CalibrationRecord
-    from bertcls.config import CalibrationSection, DataSection
+    from bertcls.config.settings import CalibrationSection, DataSection
+    from bertcls.task.calibration import CalibrationRecord
 
 TaskName = Literal["multiclass", "multilabel"]
 

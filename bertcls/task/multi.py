@@ -11,9 +11,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from bertcls.calibration import CalibrationRecord, binary_nll, ece, fit_temperature, label_decisions, sigmoid
-from bertcls.errors import DataError
-from bertcls.labelsets import (
+from bertcls.data.labelsets import (
     check_flag_columns,
     check_label_counts,
     check_separator_used,
@@ -26,12 +24,14 @@ from bertcls.labelsets import (
     split_label_sets,
     unknown_labels,
 )
-from bertcls.metrics import binary_log_loss, label_set_scores, tune_thresholds
+from bertcls.runtime.errors import DataError
 from bertcls.task.base import DecisionRule, PredictionColumns, Task, TaskName
+from bertcls.task.calibration import CalibrationRecord, binary_nll, ece, fit_temperature, label_decisions, sigmoid
+from bertcls.task.metrics import binary_log_loss, label_set_scores, tune_thresholds
 from bertcls.task.single import top_k_columns
 
 if TYPE_CHECKING:
-    from bertcls.config import CalibrationSection, DataSection
+    from bertcls.config.settings import CalibrationSection, DataSection
 
 logger = logging.getLogger(__name__)
 

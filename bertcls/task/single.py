@@ -11,14 +11,14 @@ import torch
 from sklearn.model_selection import StratifiedGroupKFold
 from torch import nn
 
-from bertcls.calibration import CalibrationRecord, ece, fit_temperature, log_softmax, nll
-from bertcls.csvlines import csv_lines, row_list
-from bertcls.errors import DataError
-from bertcls.metrics import accuracy, macro_f1
+from bertcls.data.csvlines import csv_lines, row_list
+from bertcls.runtime.errors import DataError
 from bertcls.task.base import DecisionRule, PredictionColumns, Task, TaskName
+from bertcls.task.calibration import CalibrationRecord, ece, fit_temperature, log_softmax, nll
+from bertcls.task.metrics import accuracy, macro_f1
 
 if TYPE_CHECKING:
-    from bertcls.config import CalibrationSection, DataSection
+    from bertcls.config.settings import CalibrationSection, DataSection
 
 logger = logging.getLogger(__name__)
 SPLIT_NAMES = ("train", "val", "test")

@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from bertcls.config import Settings
-from bertcls.model import set_dropout
-from bertcls.training import Trainer
+from bertcls.config.settings import Settings
+from bertcls.model.network import set_dropout
+from bertcls.training.setup import make_trainer
+from bertcls.training.trainer import Trainer
 from bertcls.tuning.pbt_rules import Decision, decide
 from bertcls.tuning.search_space import apply, sample, uses_linear_head
 from bertcls.tuning.tpe import TuningContext
-from bertcls.workflow import make_trainer
 
 logger = logging.getLogger(__name__)
 

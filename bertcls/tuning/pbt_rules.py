@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bertcls.config import PBTSection, SearchSpace
+from bertcls.config.settings import PBTSection, SearchSpace
 from bertcls.tuning.search_space import distributions
 
 PERTURBED = ("lr", "weight_decay", "dropout_rate", "warmup_ratio", "linear_l2")

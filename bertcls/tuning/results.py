@@ -11,9 +11,9 @@ from pathlib import Path
 
 import optuna
 
-from bertcls.errors import BertclsError
-from bertcls.fileio import atomic_path, write_csv_atomic, write_text_atomic
-from bertcls.layout import RunLayout
+from bertcls.runtime.errors import BertclsError
+from bertcls.runtime.fileio import atomic_path, write_csv_atomic, write_text_atomic
+from bertcls.runtime.layout import RunLayout
 from bertcls.tuning.study import finished_trials
 
 logger = logging.getLogger(__name__)

@@ -9,18 +9,20 @@ from typing import Any
 
 import optuna
 
-from bertcls.batches import calibrate
-from bertcls.callbacks import WorkflowHooks
-from bertcls.checkpoint import TuningProvenance
-from bertcls.config import Settings
-from bertcls.data import write_splits
-from bertcls.layout import RunLayout
+from bertcls.config.settings import Settings
+from bertcls.data.labelled import write_splits
+from bertcls.inference.batches import calibrate
+from bertcls.model.checkpoint import TuningProvenance
+from bertcls.runtime.layout import RunLayout
+from bertcls.training.callbacks import WorkflowHooks
+from bertcls.training.preparation import prepare
+from bertcls.training.saving import score_and_save
+from bertcls.training.setup import rebuild_model
 from bertcls.tuning import results
 from bertcls.tuning.pbt import Member, PBTOutcome, run_population
 from bertcls.tuning.search_space import distributions, uses_linear_head
 from bertcls.tuning.study import count_trials, default_storage_url, make_storage, open_study, redact
 from bertcls.tuning.tpe import TrialSeededSampler, TuningContext, run_trials
-from bertcls.workflow import prepare, rebuild_model, score_and_save
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from bertcls.config import EarlyStoppingSection, SearchSpace, Settings
+from bertcls.config.settings import EarlyStoppingSection, SearchSpace, Settings
 from bertcls.task import task_for
 
 FIRST_HIDDEN_WIDTH = 512

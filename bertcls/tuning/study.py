@@ -11,16 +11,16 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from bertcls.config import TuningSection
-from bertcls.interrupts import Interrupted
-from bertcls.layout import RunLayout
-from bertcls.redaction import redact
+from bertcls.config.settings import TuningSection
+from bertcls.runtime.interrupts import Interrupted
+from bertcls.runtime.layout import RunLayout
+from bertcls.runtime.redaction import redact
 
 try:
     import fcntl
 except ImportError:  # Windows: fall back to retries
     fcntl = None
-from bertcls.errors import BertclsError
+from bertcls.runtime.errors import BertclsError
 
 logger = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)

@@ -15,14 +15,16 @@ from typing import Any
 import optuna
 from optuna.samplers import BaseSampler, TPESampler
 
-from bertcls.callbacks import TrainerCallback, WorkflowHooks
-from bertcls.checkpoint import TuningProvenance
-from bertcls.config import Settings
-from bertcls.features import EmbeddingService
-from bertcls.fileio import pid_alive
+from bertcls.config.settings import Settings
+from bertcls.features.service import EmbeddingService
+from bertcls.features.sets import FeatureSet, build_features
+from bertcls.model.checkpoint import TuningProvenance
+from bertcls.runtime.fileio import pid_alive
+from bertcls.training.callbacks import TrainerCallback, WorkflowHooks
+from bertcls.training.saving import score_and_save
+from bertcls.training.setup import make_trainer
 from bertcls.tuning.search_space import apply, original_early_stopping, suggest, uses_linear_head
 from bertcls.tuning.study import count_trials
-from bertcls.workflow import FeatureSet, build_features, make_trainer, score_and_save
 
 logger = logging.getLogger(__name__)
 

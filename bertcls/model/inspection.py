@@ -7,10 +7,10 @@ from typing import Any
 
 from safetensors import safe_open
 
-from bertcls.calibration import describe as describe_calibration
-from bertcls.checkpoint import Checkpoint, encoder_folder_for, verify_encoder
-from bertcls.encoder import weights_file
-from bertcls.precision import describe as describe_precision
+from bertcls.model.checkpoint import Checkpoint, encoder_folder_for, verify_encoder
+from bertcls.model.encoder import weights_file
+from bertcls.runtime.precision import describe as describe_precision
+from bertcls.task.calibration import describe as describe_calibration
 
 
 def _numel(shape: list[int]) -> int:

@@ -12,10 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bertcls.batches import BatchSource, RowSubset, calibrate, predict_proba
-from bertcls.calibration import CalibrationRecord
-from bertcls.callbacks import TrainerCallback
-from bertcls.config import (
+from bertcls.config.settings import (
     CalibrationSection,
     EarlyStoppingSection,
     LexicalSection,
@@ -23,12 +20,15 @@ from bertcls.config import (
     OptimizerSection,
     Settings,
 )
-from bertcls.distributed import SINGLE, Parallel
-from bertcls.early_stopping import EarlyStopping
-from bertcls.interrupts import StopRequest
-from bertcls.memory import MemoryManager, is_out_of_memory
-from bertcls.metrics import EpochRecord
-from bertcls.model import TextClassifier, load_trainable_state, trainable_state
+from bertcls.inference.batches import BatchSource, RowSubset, calibrate, predict_proba
+from bertcls.model.network import TextClassifier, load_trainable_state, trainable_state
+from bertcls.runtime.distributed import SINGLE, Parallel
+from bertcls.runtime.interrupts import StopRequest
+from bertcls.runtime.memory import MemoryManager, is_out_of_memory
+from bertcls.task.calibration import CalibrationRecord
+from bertcls.task.metrics import EpochRecord
+from bertcls.training.callbacks import TrainerCallback
+from bertcls.training.early_stopping import EarlyStopping
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from bertcls.layout import RunLayout
-from bertcls.redaction import RedactingFilter
+from bertcls.runtime.layout import RunLayout
+from bertcls.runtime.redaction import RedactingFilter
 
 VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
 NOISY_LIBRARIES = (

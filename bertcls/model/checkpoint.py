@@ -21,17 +21,17 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bertcls.calibration import CalibrationRecord
-from bertcls.config import Settings
-from bertcls.encoder import BUNDLED_ALIASES, Encoder, Windowing, export_default_encoder, fingerprint
-from bertcls.errors import CheckpointError
-from bertcls.fileio import atomic_path
-from bertcls.layout import RunLayout
-from bertcls.lexical import VOCABULARY_KEY, LexicalFeatures, LexicalSpec
-from bertcls.metrics import EpochRecord
-from bertcls.model import HeadSpec, LexicalLayer, MLPHead, TextClassifier, load_trainable_state
-from bertcls.precision import PrecisionCheck
+from bertcls.config.settings import Settings
+from bertcls.features.lexical import VOCABULARY_KEY, LexicalFeatures, LexicalSpec
+from bertcls.model.encoder import BUNDLED_ALIASES, Encoder, Windowing, export_default_encoder, fingerprint
+from bertcls.model.network import HeadSpec, LexicalLayer, MLPHead, TextClassifier, load_trainable_state
+from bertcls.runtime.errors import CheckpointError
+from bertcls.runtime.fileio import atomic_path
+from bertcls.runtime.layout import RunLayout
+from bertcls.runtime.precision import PrecisionCheck
 from bertcls.task import DecisionRule, Task, task_for
+from bertcls.task.calibration import CalibrationRecord
+from bertcls.task.metrics import EpochRecord
 
 logger = logging.getLogger(__name__)
 FORMAT = "bertcls-checkpoint"

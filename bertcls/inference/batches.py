@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
-from bertcls.calibration import CalibrationRecord
-from bertcls.lexical import sparse_batch
-from bertcls.model import TextClassifier
+from bertcls.features.lexical import sparse_batch
+from bertcls.model.network import TextClassifier
 from bertcls.task import DecisionRule
+from bertcls.task.calibration import CalibrationRecord
 
 if TYPE_CHECKING:
-    from bertcls.config import CalibrationSection
+    from bertcls.config.settings import CalibrationSection
 
 
 class BatchSource(Protocol):

@@ -11,8 +11,8 @@ import logging
 import numpy as np
 import pandas as pd
 
-from bertcls.config import DataSection
-from bertcls.errors import DataError
+from bertcls.config.settings import DataSection
+from bertcls.runtime.errors import DataError
 
 logger = logging.getLogger(__name__)
 TRUE_VALUES, FALSE_VALUES = {"1", "1.0", "true"}, {"0", "0.0", "false", ""}

@@ -15,8 +15,8 @@ import logging
 import numpy as np
 import torch
 
-from bertcls.memory import is_out_of_memory
-from bertcls.training import Trainer
+from bertcls.runtime.memory import is_out_of_memory
+from bertcls.training.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 STEPS_PER_EPOCH = 20

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from bertcls.config import DataSection
-from bertcls.csvlines import SOURCE_ROW, csv_lines, row_list
-from bertcls.errors import DataError
-from bertcls.fileio import write_csv_atomic
-from bertcls.layout import SPLIT_NAMES, RunLayout
+from bertcls.config.settings import DataSection
+from bertcls.data.csvlines import SOURCE_ROW, csv_lines, row_list
+from bertcls.runtime.errors import DataError
+from bertcls.runtime.fileio import write_csv_atomic
+from bertcls.runtime.layout import SPLIT_NAMES, RunLayout
 
 if TYPE_CHECKING:
     from bertcls.task import Task

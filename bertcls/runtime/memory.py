@@ -8,7 +8,7 @@ from collections.abc import Callable
 import psutil
 import torch
 
-from bertcls.config import MemorySection
+from bertcls.config.settings import MemorySection
 
 logger = logging.getLogger(__name__)
 MemoryProbe = Callable[[], float]

@@ -12,8 +12,8 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from pydantic_settings.exceptions import SettingsError
 
-from bertcls.config import ENV_PREFIX, Settings, expand_path_value
-from bertcls.errors import ConfigError
+from bertcls.config.settings import ENV_PREFIX, Settings, expand_path_value
+from bertcls.runtime.errors import ConfigError
 
 
 class _DictSource(PydanticBaseSettingsSource):

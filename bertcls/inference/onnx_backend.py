@@ -18,14 +18,14 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from bertcls.checkpoint import Checkpoint, build_classifier, now_iso
-from bertcls.encoder import bounded, pool_windows, split_into_windows, window_batches
-from bertcls.errors import BertclsError
-from bertcls.fileio import atomic_path, replace_dir
-from bertcls.layout import RunLayout
-from bertcls.lexical import LexicalFeatures, LexicalSpec
-from bertcls.metrics import macro_f1
+from bertcls.features.lexical import LexicalFeatures, LexicalSpec
+from bertcls.model.checkpoint import Checkpoint, build_classifier, now_iso
+from bertcls.model.encoder import bounded, pool_windows, split_into_windows, window_batches
+from bertcls.runtime.errors import BertclsError
+from bertcls.runtime.fileio import atomic_path, replace_dir
+from bertcls.runtime.layout import RunLayout
 from bertcls.task import DecisionRule, SingleLabel, Task
+from bertcls.task.metrics import macro_f1
 
 logger = logging.getLogger(__name__)
 MANIFEST = "export.json"

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from bertcls.errors import ConfigError
+from bertcls.runtime.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 TIMEOUT = dt.timedelta(hours=6)  # rank 0 may train a head for a long time while the others wait

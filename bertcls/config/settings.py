@@ -1,6 +1,6 @@
 """The configuration schema: every section, its defaults and its validation.
 
-How values are found (flags > environment > YAML > defaults) lives in :mod:`bertcls.config_sources`. Only the
+How values are found (flags > environment > YAML > defaults) lives in :mod:`bertcls.config.sources`. Only the
 command layer builds a full :class:`Settings`. Many core functions still take the whole :class:`Settings` (the
 workflow, tuning and evaluation entry points); the smaller ones take the section they need.
 """

@@ -3,7 +3,7 @@
 scikit-learn's ``TfidfVectorizer`` learns the vocabulary and idf weights on the training split; a checkpoint keeps
 them as plain data (a list of terms) and a tensor (the idf weights), and a vectorizer is rebuilt from those, so
 nothing is pickled. The classifier adds a linear layer over these features to the head's logits
-(:class:`bertcls.model.LexicalLayer`).
+(:class:`bertcls.model.network.LexicalLayer`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from bertcls.config import LexicalSection
-from bertcls.encoder import bounded
+from bertcls.config.settings import LexicalSection
+from bertcls.model.encoder import bounded
 
 if TYPE_CHECKING:
     import scipy.sparse

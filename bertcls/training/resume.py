@@ -9,15 +9,15 @@ from pathlib import Path
 
 import torch
 
-from bertcls.callbacks import TrainerCallback
-from bertcls.config import DataSection, Settings
-from bertcls.config_sources import flatten
-from bertcls.data import Splits
-from bertcls.errors import CheckpointError, DataError
-from bertcls.fileio import atomic_path
-from bertcls.interrupts import Interrupted
-from bertcls.redaction import redact_data
+from bertcls.config.settings import DataSection, Settings
+from bertcls.config.sources import flatten
+from bertcls.data.labelled import Splits
+from bertcls.runtime.errors import CheckpointError, DataError
+from bertcls.runtime.fileio import atomic_path
+from bertcls.runtime.interrupts import Interrupted
+from bertcls.runtime.redaction import redact_data
 from bertcls.task import Task
+from bertcls.training.callbacks import TrainerCallback
 
 logger = logging.getLogger(__name__)
 RUNTIME_KEYS = {"verbosity", "output_root", "model.device", "model.num_threads", "data.encoding"}

@@ -13,9 +13,9 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from bertcls.errors import DataError
-from bertcls.fileio import pid_alive
-from bertcls.layout import RunLayout
+from bertcls.runtime.errors import DataError
+from bertcls.runtime.fileio import pid_alive
+from bertcls.runtime.layout import RunLayout
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def _describe(holder: dict) -> str:
 def root_lock(root: Path, command: str, study: str | None = None) -> Iterator[None]:
     """Hold the output root for ``command``; a second writer gets one sentence naming the holder. Under torchrun
     rank 0 holds it for the whole launch."""
-    from bertcls.distributed import world
+    from bertcls.runtime.distributed import world
 
     if not world().is_main:
         yield

@@ -9,7 +9,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from bertcls.config import ACTIVATIONS, ClassifierSection
+from bertcls.config.settings import ACTIVATIONS, ClassifierSection
 from bertcls.task import DecisionRule, Task, TaskName, task_for
 
 ACTIVATION_LAYERS = {

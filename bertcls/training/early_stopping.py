@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bertcls.config import EarlyStoppingSection
+from bertcls.config.settings import EarlyStoppingSection
 
 
 def smooth(values: list[float], window: int) -> list[float]:

@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bertcls.config import EncoderSection
-from bertcls.distributed import world
-from bertcls.embedding_cache import CacheStats, EmbeddingCache, embed_cached, embed_keyed, text_hash, window_hash
-from bertcls.encoder import (
+from bertcls.config.settings import EncoderSection
+from bertcls.features.cache import CacheStats, EmbeddingCache, embed_cached, embed_keyed, text_hash, window_hash
+from bertcls.model.encoder import (
     Encoder,
     ProgressFn,
     architecture,
@@ -26,8 +25,9 @@ from bertcls.encoder import (
     resolve_encoder_folder,
     split_into_windows,
 )
-from bertcls.fileio import atomic_path
-from bertcls.precision import PrecisionCheck, log_check, measure
+from bertcls.runtime.distributed import world
+from bertcls.runtime.fileio import atomic_path
+from bertcls.runtime.precision import PrecisionCheck, log_check, measure
 
 logger = logging.getLogger(__name__)
 

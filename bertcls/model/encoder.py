@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from bertcls.config import DEFAULT_ENCODER, EncoderSection
-from bertcls.errors import BertclsError
-from bertcls.interrupts import Interrupted
-from bertcls.layout import RunLayout
-from bertcls.precision import autocast
+from bertcls.config.settings import DEFAULT_ENCODER, EncoderSection
+from bertcls.runtime.errors import BertclsError
+from bertcls.runtime.interrupts import Interrupted
+from bertcls.runtime.layout import RunLayout
+from bertcls.runtime.precision import autocast
 
 logger = logging.getLogger(__name__)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")

@@ -15,15 +15,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bertcls.batches import predict_embedded
-from bertcls.checkpoint import Checkpoint, build_classifier
-from bertcls.config import DataSection
-from bertcls.data import binary_kind, require_columns
-from bertcls.distributed import world
-from bertcls.encoder import embed_documents
-from bertcls.errors import DataError
-from bertcls.fileio import atomic_path
-from bertcls.precision import PrecisionCheck, for_checkpoint, log_check, measure, sample_indices
+from bertcls.config.settings import DataSection
+from bertcls.data.labelled import binary_kind, require_columns
+from bertcls.inference.batches import predict_embedded
+from bertcls.model.checkpoint import Checkpoint, build_classifier
+from bertcls.model.encoder import embed_documents
+from bertcls.runtime.distributed import world
+from bertcls.runtime.errors import DataError
+from bertcls.runtime.fileio import atomic_path
+from bertcls.runtime.precision import PrecisionCheck, for_checkpoint, log_check, measure, sample_indices
 from bertcls.task import DecisionRule, PredictionColumns, Task
 
 logger = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from bertcls.fileio import atomic_path
-from bertcls.layout import RunLayout
+from bertcls.runtime.fileio import atomic_path
+from bertcls.runtime.layout import RunLayout
 
 logger = logging.getLogger(__name__)
 HASH_BYTES = 16

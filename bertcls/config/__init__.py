@@ -1,0 +1,1 @@
+"""Typed settings (``settings``) and where they come from: flags > environment > YAML > defaults (``sources``)."""

@@ -1,0 +1,65 @@
+"""Everything before the training loop: data checks and split, label names, the encoder service (with the
+precision guard) and the features."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import pandas as pd
+
+from bertcls.config.settings import Settings
+from bertcls.data.labelled import DataReport, Splits, load_splits
+from bertcls.features.service import EmbeddingService
+from bertcls.features.sets import FeatureSet, build_features
+from bertcls.model.encoder import pick_device
+from bertcls.runtime.distributed import world
+from bertcls.runtime.precision import resolve_precision, sample_indices
+from bertcls.task import task_for
+from bertcls.training.callbacks import WorkflowHooks
+from bertcls.training.setup import seed_everything
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedRun:
+    """Everything before the training loop: checked splits, label names, the encoder service and the features."""
+
+    splits: Splits
+    report: DataReport
+    names: list[str]
+    service: EmbeddingService
+    features: FeatureSet
+
+
+def prepare(settings: Settings, hooks: WorkflowHooks) -> PreparedRun:
+    """Data checks and split, encoder, cached features. Nothing is written to ``data/`` here: the splits are saved
+    beside the model once it exists, so a failed run leaves an earlier model and its splits together."""
+    seed_everything(settings.model.seed)
+    hooks.on_stage("Checking and splitting data")
+    task = task_for(settings.model.task)
+    splits, report = load_splits(settings.data, settings.root, settings.model.seed, task)
+    names = task.label_names(splits.train, settings.data)
+    hooks.on_stage("Preparing encoder")
+    device = pick_device(settings.model.device)
+    precision = resolve_precision(settings.model.precision, device)
+    service = EmbeddingService(settings.encoder, settings.model.max_seq_len, settings.root, device, precision)
+    if precision != "fp32":
+        hooks.on_stage(f"Checking {precision} against fp32")
+        guard_precision(service, splits.train, names, settings)
+    service.progress = hooks.on_encode_progress
+    hooks.on_stage("Encoding texts")
+    features = build_features(service, splits, names, settings, fine_tune=not settings.encoder.freeze)
+    return PreparedRun(splits, report, names, service, features)
+
+
+def guard_precision(service: EmbeddingService, train: pd.DataFrame, names: list[str], settings: Settings) -> None:
+    """Check the service's reduced precision on a sample of the training texts (the verdict stays on the
+    service, and goes into every checkpoint made with it)."""
+    rows = train.iloc[sample_indices(len(train), settings.model.seed)]
+    task = task_for(settings.model.task)
+    labels = task.guard_classes(task.encode(rows, settings.data, names, "train"))
+    check = world().broadcast(service.check_precision(rows[settings.data.text_column].tolist(), labels))
+    service.set_precision(check.used)  # under torchrun every rank follows rank 0's verdict
+    service.precision_check = check

@@ -1,0 +1,119 @@
+"""The train workflow: prepare -> trainer -> score and save -> splits; resume and interruption."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from bertcls.config.settings import Settings
+from bertcls.data.labelled import DataReport, write_splits
+from bertcls.model.checkpoint import (
+    DataProvenance,
+)
+from bertcls.runtime.distributed import SINGLE, world
+from bertcls.runtime.interrupts import Interrupted
+from bertcls.runtime.layout import RunLayout
+from bertcls.runtime.precision import describe as describe_precision
+from bertcls.task import Task, task_for
+from bertcls.training.callbacks import WorkflowHooks
+from bertcls.training.preparation import PreparedRun, prepare
+from bertcls.training.resume import ResumeWriter, check_resume_data, data_fingerprint, read_resume, settings_fingerprint
+from bertcls.training.saving import score_and_save
+from bertcls.training.setup import make_trainer
+from bertcls.training.trainer import Trainer, TrainResult
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOutcome:
+    task: Task
+    checkpoint: Path
+    result: TrainResult
+    metrics: dict[str, dict[str, float]]
+    report: DataReport
+    truncation: dict[str, float]
+    cache_hits: int
+    cache_misses: int
+    encoder_loaded: bool
+    chunking: dict[str, int] | None = None
+    lexical_features: int = 0
+    precision: str = "fp32"
+
+
+def run_training(
+    settings: Settings, hooks: WorkflowHooks | None = None, stop_request=None, resume: bool = False
+) -> TrainOutcome | None:
+    """Train one model as configured, save ``best_trials/best_model.pt`` and the splits it used under ``data/``
+    (under torchrun: rank 0 does the writing and returns the outcome; the other ranks return None).
+    After every epoch the run's state goes to ``checkpoints/last_state.pt`` (removed when the run finishes), so an
+    interrupted run can go on with ``resume``. A ``stop_request`` that fires saves the best epoch so far, then
+    raises :class:`Interrupted`."""
+    hooks = hooks or WorkflowHooks()
+    settings_fp, state_path = settings_fingerprint(settings), RunLayout(settings.root).resume_state
+    payload = read_resume(state_path, settings_fp) if resume else None
+    run = prepare(settings, hooks)
+    here = world()
+    if not run.features.fine_tune and not here.is_main:
+        return None  # frozen mode: the embeddings were computed sharded; rank 0 trains the head
+    ranks = here if run.features.fine_tune else SINGLE  # a frozen head trains on rank 0 alone
+    trainer = make_trainer(settings, run.features, run.service, len(run.names), ranks)
+    trainer.add_callback(hooks)
+    data_fp = data_fingerprint(run.splits, settings.data, task_for(settings.model.task))
+    if payload is not None:
+        trainer.load_resume_state(check_resume_data(payload, data_fp))
+        logger.info("Resuming after epoch %d from %s", trainer.state.epoch, state_path)
+    if here.is_main:
+        trainer.add_callback(ResumeWriter(state_path, settings_fp, data_fp))
+    hooks.on_stage("Training")
+    result = trainer.fit(stop_request)
+    if not here.is_main:
+        return None  # only rank 0 writes the checkpoint, the splits and files
+    if trainer.state.interrupted and not result.best_state:
+        raise Interrupted(stop_request.signum, "Interrupted before the first epoch finished; nothing was saved.")
+    outcome = save_trained(settings, run, trainer)
+    if trainer.state.interrupted:
+        raise Interrupted(
+            stop_request.signum,
+            f"Interrupted after epoch {trainer.state.epoch}: saved the best epoch ({result.best_epoch}) to "
+            f"{outcome.checkpoint}. Run the same command with --resume to go on.",
+        )
+    state_path.unlink(missing_ok=True)
+    return outcome
+
+
+def save_trained(settings: Settings, run: PreparedRun, trainer: Trainer) -> TrainOutcome:
+    """Score the best weights on val and test, save the checkpoint, then the splits beside it."""
+    result, features = trainer.result, run.features
+    chunking, warnings = features.chunking or {}, run.report.warnings
+    data = DataProvenance(truncation=features.truncation, chunking=chunking, warnings=warnings)
+    path, metrics = score_and_save(
+        RunLayout(settings.root).best_model,
+        settings,
+        run.service,
+        run.names,
+        features,
+        trainer.model,
+        result,
+        trainer.calibration,
+        data=data,
+    )
+    lexical = features.lexical
+    write_splits(run.splits, settings.root)
+    service = run.service
+    lexical_count = lexical.spec.num_features if lexical is not None else 0
+    return TrainOutcome(
+        task_for(settings.model.task),
+        path,
+        result,
+        metrics,
+        run.report,
+        run.features.truncation,
+        service.stats.hits,
+        service.stats.misses,
+        service.encoder_loaded,
+        run.features.chunking,
+        lexical_count,
+        describe_precision(service.precision_check),
+    )
