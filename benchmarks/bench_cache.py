@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, benchmark_parser, bertcls, parse_args, peak_rss_mb, save_result  # noqa: E402
+from common import REPO, benchmark_parser, bertcls, parse_args, peak_rss_mb, save_result
 
 sys.path.insert(0, str(REPO))
-WORDS = "market team film phone vote bank match album court energy profit coach drama server budget".split()
+WORDS = "market team film phone vote bank match album court energy profit coach drama server budget".split()  # noqa: SIM905
 
 
 def synthetic_texts(rows: int) -> pd.DataFrame:

@@ -19,24 +19,30 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, benchmark_parser, bertcls, parse_args, save_result, timed  # noqa: E402
-from quality import make_splits  # noqa: E402
+from common import REPO, benchmark_parser, bertcls, parse_args, save_result, timed
+from quality import make_splits
 
 sys.path.insert(0, str(REPO))
 
 
-def launch(two_ranks: bool, *args: str) -> list[str]:
+def count_rows(path: Path) -> int:
+    """Data rows of a CSV file (its lines less the header)."""
+    with open(path) as handle:
+        return sum(1 for _ in handle) - 1
+
+
+def launch(*args: str, two_ranks: bool) -> list[str]:
     if not two_ranks:
         return bertcls(*args)
     return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "bertcls", *args]
 
 
-def run(two_ranks: bool, root: Path, paths: dict, work: Path, *flags: str) -> float:
+def run(root: Path, paths: dict, work: Path, *flags: str, two_ranks: bool) -> float:
     files = ["--train-file", str(paths["train"]), "--val-file", str(paths["val"]), "--test-file", str(paths["test"])]
     args = ("train", "--output-root", str(root), *files, "--max-seq-len", "128", "-v", "0", *flags)
     os.environ["OMP_NUM_THREADS"] = "1" if two_ranks else "2"
     started = time.perf_counter()
-    timed(launch(two_ranks, *args), cwd=work)
+    timed(launch(*args, two_ranks=two_ranks), cwd=work)
     return time.perf_counter() - started
 
 
@@ -48,13 +54,13 @@ def main() -> None:
     results: dict = {}
     try:
         paths = make_splits("bbc", work / "data")
-        texts = sum(1 for _ in open(paths["train80"])) - 1 + sum(1 for _ in open(paths["test"])) - 1
+        texts = count_rows(paths["train80"]) + count_rows(paths["test"])
         for name, two in (("one_process_2_threads", False), ("torchrun_2x1_thread", True)):
-            wall = run(two, work / f"embed-{name}", paths, work, "--num-epochs", "1", "--precision", "fp32")
+            wall = run(work / f"embed-{name}", paths, work, "--num-epochs", "1", "--precision", "fp32", two_ranks=two)
             root = work / f"ft-{name}"
-            run(two, root, paths, work, "--fine-tune", "--num-epochs", "1", "--batch-size", "16")
+            run(root, paths, work, "--fine-tune", "--num-epochs", "1", "--batch-size", "16", two_ranks=two)
             ckpt = load_checkpoint(root / "best_trials" / "best_model.pt")
-            rows = sum(1 for _ in open(paths["train"])) - 1
+            rows = count_rows(paths["train"])
             results[name] = {
                 "cold_frozen_train_s": round(wall, 1),
                 "texts_per_s": round(texts / wall, 1),

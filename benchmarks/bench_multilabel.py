@@ -29,9 +29,10 @@ import pandas as pd
 from common import REPO, benchmark_parser, data_file, parse_args, save_result, train_on_splits
 
 sys.path.insert(0, str(REPO))
-from bertcls.config.settings import DataSection  # noqa: E402
-from bertcls.data.labelsets import iterative_stratification, label_matrix, names_of  # noqa: E402
-from bertcls.task.metrics import decide, multilabel_scores, tune_thresholds  # noqa: E402
+from bertcls.config.settings import DataSection
+from bertcls.data.labelsets import iterative_stratification, label_matrix, names_of
+from bertcls.task import DecisionRule, MultiLabel
+from bertcls.task.metrics import label_set_scores, tune_thresholds
 
 METHODS = ("tfidf_lr", "emb_lr", "bertcls", "bertcls_ft")
 CFG = DataSection(label_column="labels")
@@ -55,7 +56,8 @@ def read(path: Path) -> pd.DataFrame:
 
 
 def thresholded(val_probs, val_y, test_probs, test_y) -> dict[str, float]:
-    scores = multilabel_scores(test_y, decide(test_probs, tune_thresholds(val_probs, val_y)))
+    rule = DecisionRule(thresholds=tuple(tune_thresholds(val_probs, val_y)))
+    scores = label_set_scores(test_y, MultiLabel().decide(test_probs, rule))
     return {"macro_f1": scores["f1"], "micro_f1": scores["micro_f1"]}
 
 

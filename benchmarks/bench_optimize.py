@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import benchmark_parser, bertcls, data_file, parse_args, save_result, timed  # noqa: E402
+from common import benchmark_parser, bertcls, data_file, parse_args, save_result, timed
 
 MAX_SEQ_LEN = 128
 

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import benchmark_parser, bertcls, data_file, parse_args, peak_rss_mb, save_result, st_encode_script, timed  # noqa: E402
+from common import benchmark_parser, bertcls, data_file, parse_args, peak_rss_mb, save_result, st_encode_script, timed
 
 MAX_SEQ_LEN = 128
 SHORT_TEXTS = [

@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, benchmark_parser, bertcls, data_file, parse_args, save_result, timed  # noqa: E402
+from common import REPO, benchmark_parser, bertcls, data_file, parse_args, save_result, timed
 
 sys.path.insert(0, str(REPO))
 TOKENS = 128

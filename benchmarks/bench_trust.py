@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, benchmark_parser, bertcls, data_file, parse_args, save_result, timed  # noqa: E402
+from common import REPO, benchmark_parser, bertcls, data_file, parse_args, save_result, timed
 
 sys.path.insert(0, str(REPO))
 FLIP_FRACTION = 0.05

@@ -79,7 +79,7 @@ def test_a_text_of_three_windows_gives_three_cache_entries_and_their_pooled_vect
     assert service.stats.misses == 3 and len(shards) == 1 and lengths[0] == len(ids) + 2
     windows, owner, _ = split_into_windows(service.tokenizer, [text], 32, 20, 8)
     each = service.encoder.embed_windows(windows, 8, DEVICE)
-    assert np.allclose(vectors, pool_windows(each, owner, 1, "mean", True), atol=1e-6)
+    assert np.allclose(vectors, pool_windows(each, owner, 1, "mean", normalize=True), atol=1e-6)
     assert service.chunking.as_dict() == {"texts": 1, "chunked": 1, "windows": 3, "cut": 0}
     service.embed([text])
     assert service.stats.hits == 3  # a second pass reads all three windows from the cache

@@ -12,8 +12,8 @@ from bertcls.runtime.precision import (
     MIN_COSINE,
     Hardware,
     PrecisionCheck,
+    PrecisionGuard,
     compare,
-    for_checkpoint,
     read_cpu_flags,
     resolve_precision,
 )
@@ -59,7 +59,11 @@ def test_a_checkpoint_checked_at_training_is_trusted_and_others_are_checked():
     checked = PrecisionCheck(requested="bf16", used="bf16", sample=200, mean_cosine=0.99999, label_agreement=1.0)
     rejected = PrecisionCheck(requested="bf16", used="fp32", sample=200, mean_cosine=0.9, label_agreement=0.9)
     bf16_cpu = probe("avx512_bf16")
-    resolve = lambda record, choice: for_checkpoint(record, choice, CPU)  # noqa: E731
+
+    def resolve(record, choice):
+        guard = PrecisionGuard.start(choice, CPU, record)
+        return guard.precision, guard.pending
+
     import bertcls.runtime.precision as precision
 
     original = precision.probe_hardware
@@ -142,7 +146,7 @@ def test_training_records_the_precision_and_consumers_use_it(workspace, threads_
     ckpt = load_named_checkpoint(None, root)
     assert ckpt.meta.precision.used == "bf16" and ckpt.meta.precision.sample > 0
     predictor = Predictor(ckpt, root, CPU, "bf16")
-    assert predictor.encoder.precision == "bf16" and not predictor._unchecked  # training checked it
+    assert predictor.encoder.precision == "bf16" and not predictor.guard.pending  # training checked it
     code, out, _ = cli("inspect", "--output-root", root)
     assert code == 0 and "bf16 (checked against fp32" in " ".join(out.split())
     code, _, err = cli("predict", "--output-root", root, "--data-file", threads_small, "--precision", "bf16")
@@ -156,11 +160,11 @@ def test_predicting_at_a_precision_training_did_not_check_runs_the_guard(trained
     ckpt = load_named_checkpoint(None, trained_model)
     ckpt.meta.precision = PrecisionCheck(requested="fp32", used="fp32")  # as if trained where bf16 was absent
     predictor = Predictor(ckpt, trained_model, CPU, "bf16")
-    assert predictor._unchecked
+    assert predictor.guard.pending
     texts = thread_subset(4, seed=5).text.tolist()
     probs = predictor.predict_proba(texts, 8)
     assert probs.shape == (len(texts), len(ckpt.labels))
-    assert predictor.precision_check.sample == len(texts) and predictor.precision_check.used == "bf16"
+    assert predictor.guard.verdict.sample == len(texts) and predictor.guard.verdict.used == "bf16"
 
 
 @pytest.mark.slow

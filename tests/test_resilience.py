@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -85,7 +86,7 @@ def test_sigint_to_a_real_train_saves_the_best_epoch(workspace, threads_small, t
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         logs = glob.glob(str(root / "logs" / "train_*.log"))
-        if logs and "epoch 3:" in open(logs[0]).read():
+        if logs and "epoch 3:" in Path(logs[0]).read_text():
             break
         time.sleep(0.2)
     worker.send_signal(signal.SIGINT)

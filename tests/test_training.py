@@ -57,7 +57,7 @@ def test_embeddings_equal_sentence_transformers(trained_model):
 def test_fine_tuning_lowers_the_loss_and_round_trips(workspace, tmp_path):
     from bertcls.model.checkpoint import build_classifier, save_checkpoint
     from bertcls.model.network import trainable_state
-    from bertcls.training.saving import checkpoint_meta
+    from bertcls.training.saving import TrainedModel, checkpoint_meta
 
     data = tmp_path / "ft.csv"
     thread_subset(8, seed=1).to_csv(data, index=False)
@@ -84,7 +84,7 @@ def test_fine_tuning_lowers_the_loss_and_round_trips(workspace, tmp_path):
     result = trainer.fit()
     after = score_source(trainer.model, train, service.device)["loss"]
     assert after < before
-    meta = checkpoint_meta(settings, service, names, result, {}, trainer.model, features.lexical)
+    meta = checkpoint_meta(TrainedModel(settings, service, names, features, trainer.model, result), {})
     path = save_checkpoint(tmp_path / "ft.pt", trainable_state(trainer.model), meta, features.lexical)
     ckpt = load_checkpoint(path)
     assert any(k.startswith("encoder.") for k in ckpt.state) and ckpt.architecture.lexical is not None

@@ -55,7 +55,7 @@ LabelColumns = Annotated[
 ]
 
 
-def task_flags(multi_label: bool | None, separator: str | None, columns: str | None) -> dict[str, Any]:
+def task_flags(*, multi_label: bool | None, separator: str | None, columns: str | None) -> dict[str, Any]:
     """The dotted settings of the multi-label options (None where not given)."""
     task = None if multi_label is None else ("multilabel" if multi_label else "multiclass")
     names = None if columns is None else [c.strip() for c in columns.split(",") if c.strip()]

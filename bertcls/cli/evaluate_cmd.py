@@ -92,7 +92,7 @@ def evaluate(
         cv_data = pd.concat(parts, ignore_index=True)
     data = data[data[data_cfg.text_column].str.strip() != ""].reset_index(drop=True)
     cv_data = cv_data[cv_data[data_cfg.text_column].str.strip() != ""].reset_index(drop=True)
-    show = (lambda msg: err_console.print(f"[cyan]{msg}[/]")) if settings.verbosity >= 1 else (lambda msg: None)
+    show = (lambda msg: err_console.print(f"[cyan]{msg}[/]")) if settings.verbosity >= 1 else (lambda _msg: None)
     from bertcls.runtime.locking import root_lock
 
     with root_lock(root, "evaluate"):

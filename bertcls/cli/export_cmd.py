@@ -72,7 +72,7 @@ def export(
     err_console.print(f"Exporting {ckpt.path.name} and checking it on {len(texts)} texts of {path} ...")
     probs = Predictor(ckpt, root, torch.device("cpu"), "fp32").predict_proba(texts, 64)
     columns = (trained.text_column, trained.label_column)
-    report = export_model(ckpt, root, texts, truth, probs, int8, columns)
+    report = export_model(ckpt, root, texts, truth, probs, int8=int8, columns=columns)
     table = Table(title=f"ONNX export ({'int8' if int8 else 'fp32'}) against torch fp32")
     table.add_column("check")
     table.add_column("value", justify="right")

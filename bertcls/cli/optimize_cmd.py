@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Optional
 
 from rich.live import Live
@@ -44,10 +45,8 @@ def trials_table(study, title: str) -> Table:
     for column in HEADERS:
         table.add_column(column, justify="left" if column in ("state", "act") else "right", no_wrap=True)
     best = None
-    try:
+    with contextlib.suppress(ValueError):  # no completed trial yet
         best = study.best_trial.number
-    except ValueError:
-        pass
     for trial in study.get_trials(deepcopy=False):
         duration = trial.duration.total_seconds() if trial.duration else None
         style = "bold green" if trial.number == best else None
@@ -110,7 +109,7 @@ def optimize(
             "data.data_file": data_file,
             "data.text_column": text_column,
             "data.label_column": label_column,
-            **task_flags(multi_label, label_separator, label_columns),
+            **task_flags(multi_label=multi_label, separator=label_separator, columns=label_columns),
             "model.seed": seed,
             "model.device": device,
             "model.precision": precision,
@@ -166,9 +165,9 @@ def optimize(
     optuna.logging.disable_default_handler()  # Optuna's records go through bertcls's handlers (which mask secrets)
     optuna.logging.enable_propagation()
 
-    with root_lock(settings.root, "optimize", study=settings.tuning.study_name):
-        with live if settings.verbosity >= 1 else _null():
-            outcome = run_optimize(settings, Hooks())
+    lock = root_lock(settings.root, "optimize", study=settings.tuning.study_name)
+    with lock, live if settings.verbosity >= 1 else _null():
+        outcome = run_optimize(settings, Hooks())
     out_console.print(trials_table(outcome.study, title))
     summary = Table(title="Best trial")
     summary.add_column("measure")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from bertcls.cli.common import err_console
 from bertcls.training.callbacks import WorkflowHooks
 
 
-def new_progress(enabled: bool) -> Progress:
+def new_progress(*, enabled: bool) -> Progress:
     return Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
@@ -29,8 +29,8 @@ class RichTrainingHooks(WorkflowHooks):
         self.progress = progress
         self.metric = metric
         self.num_epochs = num_epochs
-        self.encode_task = None
-        self.epoch_task = None
+        self.encode_task: TaskID | None = None
+        self.epoch_task: TaskID | None = None
         self.last_metric = ""
 
     def _say(self, message: str) -> None:
@@ -56,6 +56,8 @@ class RichTrainingHooks(WorkflowHooks):
         )
 
     def on_batch_end(self, trainer, done: int, total: int, loss: float) -> None:
+        if self.epoch_task is None:
+            return
         self.progress.update(self.epoch_task, completed=done, info=f"loss {loss:.4f} {self.last_metric}")
 
     def on_epoch_end(self, trainer, record) -> None:

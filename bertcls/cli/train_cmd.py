@@ -142,17 +142,17 @@ def train(
             "encoder.name_or_path": encoder,
             "encoder.freeze": freeze,
             "classifier.min_labels": min_labels,
-            **task_flags(multi_label, label_separator, label_columns),
+            **task_flags(multi_label=multi_label, separator=label_separator, columns=label_columns),
         },
     )
     settings = resolved.settings
     log_path = setup_logging(resolved, "train")
     from bertcls.runtime.distributed import world
 
-    progress = new_progress(settings.verbosity >= 1 and world().is_main)
+    progress = new_progress(enabled=settings.verbosity >= 1 and world().is_main)
     hooks = RichTrainingHooks(progress, settings.model.metric, settings.model.num_epochs)
     with root_lock(settings.root, "train"), StopRequest() as stop, progress:
-        outcome = run_training(settings, hooks, stop, resume)
+        outcome = run_training(settings, hooks, stop, resume=resume)
     if outcome is None:  # another rank of a torchrun launch: rank 0 reports
         return
     out_console.print(metrics_table(outcome.metrics, outcome.task.metric_names, "Best model"))

@@ -4,6 +4,7 @@ and the YAML line of every key (for error messages)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,9 @@ class _DictSource(PydanticBaseSettingsSource):
 def _settings_class(yaml_data: dict[str, Any]) -> type[Settings]:
     class LoadedSettings(Settings):
         @classmethod
-        def settings_customise_sources(cls, settings_cls, init_settings, env_settings, **_ignored):
+        def settings_customise_sources(  # type: ignore[override]  # pydantic passes every source by keyword
+            cls, settings_cls, init_settings, env_settings, **_ignored
+        ):
             return (init_settings, env_settings, _DictSource(settings_cls, yaml_data))
 
     return LoadedSettings
@@ -132,11 +135,11 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def env_overrides(environ: dict[str, str] | None = None) -> dict[str, str]:
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The ``BERTCLS_*`` variables as dotted keys (``BERTCLS_MODEL__BATCH_SIZE`` -> ``model.batch_size``)."""
-    environ = os.environ if environ is None else environ
+    variables = os.environ if environ is None else environ
     found = {}
-    for name, value in environ.items():
+    for name, value in variables.items():
         if name.upper().startswith(ENV_PREFIX):
             found[name[len(ENV_PREFIX) :].lower().replace("__", ".")] = value
     return found

@@ -32,7 +32,7 @@ def resolve_data_path(path: str, output_root: str | Path) -> Path:
         return candidate
     if candidate.is_absolute():
         raise DataError(f"Data file {path} does not exist.")
-    under_root = RunLayout(output_root).data_dir / candidate
+    under_root = RunLayout(Path(output_root)).data_dir / candidate
     if under_root.exists():
         return under_root
     raise DataError(f"Data file {path} was not found (looked in the working directory and {under_root.parent}).")
@@ -106,7 +106,7 @@ def label_columns_of(cfg: DataSection) -> list[str]:
     return list(cfg.label_columns) if cfg.label_columns else [cfg.label_column]
 
 
-def read_labelled_csv(path: Path, cfg: DataSection, require_label: bool = True) -> pd.DataFrame:
+def read_labelled_csv(path: Path, cfg: DataSection, *, require_label: bool = True) -> pd.DataFrame:
     """Read a CSV, check its columns, and return it with string cells."""
     try:
         raw = Path(path).read_bytes()
@@ -191,6 +191,7 @@ def check_labelled(
     source: str,
     task: Task,
     min_per_class: int = 3,
+    *,
     require_several: bool = False,
 ) -> tuple[pd.DataFrame, DataReport]:
     """Run every data check; returns the frame to use (bad rows dropped only if ``on_bad_rows: drop``). The task
@@ -205,7 +206,7 @@ def check_labelled(
         report.warnings.append(
             f"{report.duplicate_rows} exact duplicate row(s) found; they are kept and always share a split."
         )
-    report.class_counts = task.check_labels(frame, cfg, source, min_per_class, require_several)
+    report.class_counts = task.check_labels(frame, cfg, source, min_per_class, require_several=require_several)
     for warning in report.warnings:
         logger.warning(warning)
     return frame, report
@@ -223,7 +224,7 @@ class Splits:
 
 def write_splits(splits: Splits, output_root: str | Path) -> dict[str, Path]:
     """``<output_root>/data/{train,val,test}.csv``: the rows a model was trained, validated and tested on."""
-    layout = RunLayout(output_root)
+    layout = RunLayout(Path(output_root))
     paths = {name: write_csv_atomic(layout.split_file(name), part) for name, part in splits.items()}
     logger.info("Wrote the splits to %s", layout.data_dir)
     return paths
@@ -281,6 +282,8 @@ def load_splits(cfg: DataSection, output_root: str | Path, seed: int, task: Task
         parts = {}
         report = DataReport()
         for name, path in zip(SPLIT_NAMES, (cfg.train_file, cfg.val_file, cfg.test_file), strict=True):
+            if path is None:  # the settings refuse a train file without the other two
+                raise DataError(f"No {name} file given; pass --train-file, --val-file and --test-file together.")
             resolved = resolve_data_path(path, output_root)
             raw = with_source_rows(read_labelled_csv(resolved, cfg))
             if name in ("train", "val"):  # label issues come from the cross-validated train and val rows

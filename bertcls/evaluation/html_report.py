@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +46,7 @@ class Section:
     text_columns: list[str] = field(default_factory=list)
 
 
-def format_cell(value, column_is_int: bool) -> str:
+def format_cell(value, *, column_is_int: bool) -> str:
     """Integers without decimals, other numbers to 4 decimals, missing values blank, everything else as text."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -66,7 +67,7 @@ def _is_int_column(series: pd.Series) -> bool:
     return bool(len(values) and (values == values.round()).all() and (values.abs() > 1).any())
 
 
-def table_html(frame: pd.DataFrame, text_columns: list[str] = ()) -> str:
+def table_html(frame: pd.DataFrame, text_columns: Sequence[str] = ()) -> str:
     ints = {c: _is_int_column(frame[c]) for c in frame.columns}
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     rows = []
@@ -74,7 +75,7 @@ def table_html(frame: pd.DataFrame, text_columns: list[str] = ()) -> str:
         cells = []
         for column, value in zip(frame.columns, record, strict=True):
             css = ' class="text"' if column in text_columns else ""
-            cells.append(f"<td{css}>{html.escape(format_cell(value, ints[column]))}</td>")
+            cells.append(f"<td{css}>{html.escape(format_cell(value, column_is_int=ints[column]))}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 

@@ -52,6 +52,7 @@ class MultiLabelReport(TaskReport):
         probs: np.ndarray,
         names: list[str],
         rule: DecisionRule,
+        *,
         full: bool,
     ) -> Analysis:
         """predictions (and, when ``full``, every per-label table and plot, and metrics.csv)."""

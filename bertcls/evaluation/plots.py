@@ -9,12 +9,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.ticker import MaxNLocator
 
-from bertcls.runtime.fileio import atomic_path  # noqa: E402
+from bertcls.runtime.fileio import atomic_path
 
 DPI = 110
 
@@ -80,7 +81,7 @@ def report_heatmap(report: pd.DataFrame, path: Path) -> Path:
 def confidence_plot(predictions: pd.DataFrame, path: Path) -> Path:
     correct = predictions.true_label == predictions.predicted_label
     fig, ax = plt.subplots(figsize=(7, 4))
-    bins = np.linspace(0, 1, 21)
+    bins = np.linspace(0, 1, 21).tolist()
     ax.hist(
         predictions.confidence[correct],
         bins=bins,
@@ -112,7 +113,7 @@ def confusion_pairs_plot(pairs: pd.DataFrame, path: Path) -> Path:
         names = [f"{t} -> {p}" for t, p in zip(pairs.true_label, pairs.predicted_label, strict=True)]
         ax.barh(names[::-1], pairs["count"][::-1], color="tab:orange")
         ax.set_xlabel("errors")
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("Most frequent confusions (true -> predicted)")
     fig.tight_layout()
     return _save(fig, path)
@@ -123,7 +124,7 @@ def length_plot(predictions: pd.DataFrame, path: Path) -> Path:
     lengths = predictions.text.str.split().str.len()
     fig, ax = plt.subplots(figsize=(7, 4))
     top = max(1, int(np.percentile(lengths, 99))) if len(lengths) else 1
-    bins = np.linspace(0, top, 25)
+    bins = np.linspace(0, top, 25).tolist()
     ax.hist(lengths[correct].clip(upper=top), bins=bins, alpha=0.7, density=True, label="correct", color="tab:green")
     if (~correct).any():
         ax.hist(lengths[~correct].clip(upper=top), bins=bins, alpha=0.7, density=True, label="errors", color="tab:red")

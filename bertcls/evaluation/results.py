@@ -31,10 +31,10 @@ class ResultWriter:
         self.staging.mkdir(parents=True)
         self.plots: list[Path] = []
 
-    def csv(self, name: str, frame: pd.DataFrame, index: bool = False) -> None:
+    def csv(self, name: str, frame: pd.DataFrame, *, index: bool = False) -> None:
         write_csv_atomic(self.staging / name, frame.reset_index() if index else frame)
 
-    def plot(self, name: str, draw: Callable[[Path], Path], register: bool = True) -> None:
+    def plot(self, name: str, draw: Callable[[Path], Path], *, register: bool = True) -> None:
         path = draw(self.staging / name)
         if register:
             self.plots.append(path)
@@ -132,6 +132,7 @@ class TaskReport(ABC):
         probs: np.ndarray,
         names: list[str],
         rule: DecisionRule,
+        *,
         full: bool,
     ) -> Analysis:
         """``<prefix>predictions.csv`` and, when ``full``, every other table and plot of the analysis."""

@@ -29,7 +29,7 @@ from bertcls.inference.prediction import Predictor, model_labeller
 from bertcls.model.checkpoint import Checkpoint, build_classifier
 from bertcls.runtime.errors import CheckpointError, DataError
 from bertcls.runtime.fileio import write_text_atomic
-from bertcls.runtime.precision import for_checkpoint, sample_indices
+from bertcls.runtime.precision import sample_indices
 from bertcls.task import MultiLabel, SingleLabel
 
 logger = logging.getLogger(__name__)
@@ -40,11 +40,10 @@ def checkpoint_service(
     ckpt: Checkpoint, trained: Settings, device: torch.device, precision: str = "fp32"
 ) -> EmbeddingService:
     """The encoder service of the checkpoint's config, at the precision to run it at (see
-    :func:`~bertcls.runtime.precision.for_checkpoint`); a frozen checkpoint refuses an encoder whose fingerprint
-    changed."""
-    precision, unchecked = for_checkpoint(ckpt.meta.precision, precision, device)
-    service = EmbeddingService(trained.encoder, trained.model.max_seq_len, trained.root, device, precision)
-    service.precision_unchecked = unchecked
+    :class:`~bertcls.runtime.precision.PrecisionGuard`: the model's own check is trusted where it applies); a
+    frozen checkpoint refuses an encoder whose fingerprint changed."""
+    args = (trained.encoder, trained.model.max_seq_len, trained.root, device, precision)
+    service = EmbeddingService(*args, trusted=ckpt.meta.precision)
     if not ckpt.fine_tuned and service.fingerprint != ckpt.architecture.encoder.fingerprint:
         raise CheckpointError(
             f"The encoder at {service.folder} does not match the one {ckpt.path.name} was trained with; "
@@ -61,16 +60,14 @@ def score_texts(
     if ckpt.fine_tuned:
         predictor = Predictor(ckpt, output_root, device, service.precision)
         probs = predictor.predict_proba(texts, batch_size)
-        service.set_precision(predictor.encoder.precision)  # the guard's verdict holds for the folds too
-        service.precision_unchecked = False
+        service.adopt(predictor.guard.record())  # the guard's verdict holds for the folds too
         return probs
     lexical = ckpt.lexical_features()
     model, _ = build_classifier(ckpt, output_root, need_encoder=False)
     model.to(device)
-    if service.precision_unchecked:
+    if service.guard.pending:
         sample = [texts[i] for i in sample_indices(len(texts), seed=0)]
         service.check_precision(sample, labeller=model_labeller(model, lexical, sample, device))
-        service.precision_unchecked = False
     vectors, _ = service.embed(texts)
     matrix = lexical.transform(texts) if lexical is not None else None
     return predict_embedded(model, vectors, matrix, device)
@@ -104,7 +101,7 @@ def run_cv(
             result.probs,
             names,
             result.rule,
-            False,
+            full=False,
         )
         fold_metrics.append(analysis.summary)
         out_of_fold.append(analysis.all_predictions.assign(source="cross_validation", fold=result.fold))

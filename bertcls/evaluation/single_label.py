@@ -3,13 +3,15 @@ calibration with risk against coverage, label issues (cleanlab) and report.html.
 
 from __future__ import annotations
 
+import html
 import logging
 
 import numpy as np
 import pandas as pd
 
 from bertcls.evaluation import plots
-from bertcls.evaluation.report_page import report_page
+from bertcls.evaluation.html_report import Section, build_report
+from bertcls.evaluation.report_page import KEY_PLOTS, headline, short_texts
 from bertcls.evaluation.results import Analysis, CrossValidation, ResultWriter, TaskReport, TrustOutcome, TrustTables
 from bertcls.evaluation.scoring import (
     classification_report_frame,
@@ -53,6 +55,7 @@ class SingleLabelReport(TaskReport):
         probs: np.ndarray,
         names: list[str],
         rule: DecisionRule,
+        *,
         full: bool,
     ) -> Analysis:
         """predictions, error analysis and confusion matrix (and, when ``full``, every other table and plot, and the
@@ -64,7 +67,7 @@ class SingleLabelReport(TaskReport):
         confusion = confusion_frame(truth, predicted, axis)
         writer.csv(f"{prefix}predictions.csv", predictions)
         writer.csv(f"{prefix}error_analysis.csv", error_frame(predictions, probs))
-        writer.plot(f"{prefix}confusion_matrix.png", lambda p: plots.confusion_matrix_plot(confusion, p), full)
+        writer.plot(f"{prefix}confusion_matrix.png", lambda p: plots.confusion_matrix_plot(confusion, p), register=full)
         analysis = Analysis(all_predictions, summary_metrics(truth, predicted, axis))
         if not full:
             return analysis
@@ -127,4 +130,66 @@ class SingleLabelReport(TaskReport):
         outcome: TrustOutcome,
         writer: ResultWriter,
     ) -> str:
-        return report_page(self.ckpt, data, summary, unseen, cv, folds, trust, outcome, writer)
+        """What a person reads first (headline numbers, confusion matrix, reliability, risk-coverage), then the
+        tables."""
+        ckpt = self.ckpt
+        staging = writer.staging
+        notes = [f"Checkpoint: {ckpt.path}", f"Rows evaluated: {len(data):,}"]
+        if unseen:
+            listed = ", ".join(f"{k} ({v})" for k, v in unseen.items())
+            notes.append(f"Labels the model never saw (scored as errors): {listed}")
+        sections = [
+            Section("Classification report", pd.read_csv(staging / "sklearn_classification_report.csv")),
+            Section("Confusion matrix", pd.read_csv(staging / "confusion_matrix.csv")),
+            Section(
+                "Calibration",
+                trust.calibration,
+                text="Expected calibration error and negative log-likelihood on these rows, with the softmax "
+                "temperature fitted on the validation split (after) and without it (before).",
+            ),
+            Section("Reliability bins (calibrated)", trust.reliability["after calibration"]),
+        ]
+        curve = trust.risk_coverage
+        best = trust.threshold
+        target = html.escape(f"{trust.target:g}")
+        text = (
+            f"Abstaining below confidence {best.threshold:.3f} keeps {best.coverage:.1%} of rows at accuracy "
+            f"{best.accuracy:.4f} (target {target}); use it with <code>predict --min-confidence</code>."
+            if best is not None
+            else f"No confidence threshold reaches the target accuracy {target} on these rows."
+        )
+        sections.append(Section("Risk against coverage", curve, text=text))
+        if cv is not None:
+            sections.append(Section(f"Cross-validation ({folds} folds)", cv))
+        if outcome.label_issues is not None:
+            issues = short_texts(outcome.label_issues, ["text"])
+            sections.append(
+                Section(
+                    "Likely label issues",
+                    issues.head(200),
+                    text=f"{len(issues):,} rows whose given label the out-of-fold predictions of the cross-validation "
+                    "find unlikely (confident learning), worst first; all of them in label_issues.csv. Nothing was "
+                    "changed: review them, then <code>train --exclude-rows label_issues.csv</code> leaves out the rows "
+                    "you keep in that file.",
+                    text_columns=["text"],
+                )
+            )
+        if outcome.near_duplicates is not None:
+            pairs = short_texts(outcome.near_duplicates, ["train_text", "test_text"])
+            sections.append(
+                Section(
+                    "Near-duplicates between training and test rows",
+                    pairs.head(200),
+                    text=f"{len(pairs):,} pairs at cosine similarity >= the threshold; pairs with different labels "
+                    "first.",
+                    text_columns=["train_text", "test_text"],
+                )
+            )
+        errors = pd.read_csv(staging / "error_analysis.csv", dtype={"text": str}, keep_default_na=False)
+        sections.append(Section("Most confident errors", short_texts(errors, ["text"]).head(50), text_columns=["text"]))
+        sections.append(Section("Error metrics", pd.read_csv(staging / "error_metrics.csv")))
+        key = [p for name in KEY_PLOTS for p in writer.plots if p.name == name]
+        other = [p for p in writer.plots if p not in key]
+        cards = headline(summary, trust, outcome)
+        return build_report("bertcls evaluation", cards, notes, key, sections, other)
+

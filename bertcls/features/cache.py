@@ -148,6 +148,8 @@ class EmbeddingCache:
     def lookup(self, hashes: list[bytes]) -> list[tuple[np.ndarray, int] | None]:
         """Per hash, (vector, untruncated length) or None (convenient for a few rows; use lookup_arrays for many)."""
         found, vectors, lengths = self.lookup_arrays(hashes)
+        if vectors is None:  # nothing found
+            return [None] * len(found)
         return [(vectors[i], int(lengths[i])) if hit else None for i, hit in enumerate(found)]
 
     def add(self, hashes: list[bytes], vectors: np.ndarray, lengths: np.ndarray) -> None:
@@ -198,7 +200,7 @@ def embed_keyed(
     found, vectors, lengths = cache.lookup_arrays(hashes)
     missing: dict[bytes, int] = {}
     for position in np.flatnonzero(~found):
-        missing.setdefault(hashes[position], position)
+        missing.setdefault(hashes[position], int(position))
     stats.hits += int(found.sum())
     stats.misses += len(missing)
     if missing:

@@ -20,6 +20,7 @@ from bertcls.model.encoder import bounded
 
 if TYPE_CHECKING:
     import scipy.sparse
+    from sklearn.feature_extraction.text import TfidfVectorizer
 
 logger = logging.getLogger(__name__)
 VOCABULARY_KEY = "lexical_vocabulary"
@@ -42,7 +43,7 @@ class LexicalSpec(BaseModel):
         return self.num_word_features + self.num_char_features
 
 
-def _vectorizer(kind: str, ngrams: tuple[int, int], sublinear_tf: bool, **options):
+def _vectorizer(kind: str, ngrams: tuple[int, int], *, sublinear_tf: bool, **options):
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     analyzer = "word" if kind == "word" else "char_wb"
@@ -54,7 +55,7 @@ def _vectorizer(kind: str, ngrams: tuple[int, int], sublinear_tf: bool, **option
 class LexicalFeatures:
     """Fitted TF-IDF vectorizers (word, and character n-grams when configured) with a stable column order."""
 
-    def __init__(self, spec: LexicalSpec, vectorizers: dict[str, object]):
+    def __init__(self, spec: LexicalSpec, vectorizers: dict[str, TfidfVectorizer]):
         self.spec = spec
         self.vectorizers = vectorizers
 
@@ -74,12 +75,16 @@ class LexicalFeatures:
             if ngrams is None:
                 continue
             vectorizer = _vectorizer(
-                kind, ngrams, cfg.sublinear_tf, min_df=min(cfg.min_df, len(texts)), max_features=cfg.max_features
+                kind,
+                ngrams,
+                sublinear_tf=cfg.sublinear_tf,
+                min_df=min(cfg.min_df, len(texts)),
+                max_features=cfg.max_features,
             )
             try:
                 parts.append(vectorizer.fit_transform(texts))
             except ValueError:  # every term below min_df: fall back to every term
-                vectorizer = _vectorizer(kind, ngrams, cfg.sublinear_tf, max_features=cfg.max_features)
+                vectorizer = _vectorizer(kind, ngrams, sublinear_tf=cfg.sublinear_tf, max_features=cfg.max_features)
                 parts.append(vectorizer.fit_transform(texts))
             fitted[kind], sizes[kind] = vectorizer, len(vectorizer.vocabulary_)
         spec = LexicalSpec(
@@ -114,7 +119,10 @@ class LexicalFeatures:
         ngrams = {"word": spec.word_ngrams, "char": spec.char_ngrams}
         vectorizers = {}
         for kind, terms in vocabularies.items():
-            vectorizer = _vectorizer(kind, ngrams[kind], spec.sublinear_tf, vocabulary=terms)
+            ngram_range = ngrams[kind]
+            if ngram_range is None:
+                raise ValueError(f"the checkpoint holds {kind} n-grams that its lexical record does not describe")
+            vectorizer = _vectorizer(kind, ngram_range, sublinear_tf=spec.sublinear_tf, vocabulary=terms)
             vectorizer.idf_ = tensors[IDF_PREFIX + kind].numpy()
             vectorizers[kind] = vectorizer
         return cls(spec, vectorizers)

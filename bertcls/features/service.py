@@ -27,7 +27,7 @@ from bertcls.model.encoder import (
 )
 from bertcls.runtime.distributed import world
 from bertcls.runtime.fileio import atomic_path
-from bertcls.runtime.precision import PrecisionCheck, log_check, measure
+from bertcls.runtime.precision import PrecisionCheck, PrecisionGuard, log_check, measure
 
 logger = logging.getLogger(__name__)
 
@@ -56,17 +56,24 @@ class EmbeddingService:
     """Owns the encoder folder, its fingerprint and the embedding cache for one max_seq_len and pooling."""
 
     def __init__(
-        self, cfg: EncoderSection, max_seq_len: int, output_root: Path, device: torch.device, precision: str = "fp32"
+        self,
+        cfg: EncoderSection,
+        max_seq_len: int,
+        output_root: Path,
+        device: torch.device,
+        precision: str = "fp32",
+        trusted: PrecisionCheck | None = None,
     ):
+        """``precision``: the one asked for (``auto`` is resolved); a reduced one is pending until
+        :meth:`check_precision` (or ``trusted``, a saved model's own check) settles it."""
         self.cfg = cfg
         self.max_seq_len = max_seq_len
         self.device = device
         self.root = Path(output_root)
         self.folder = resolve_encoder_folder(cfg, output_root).resolve()
         self.fingerprint = fingerprint(self.folder)
-        self.set_precision(precision)
-        self.precision_check = PrecisionCheck(requested=precision, used=precision)
-        self.precision_unchecked = False  # a saved model's service whose reduced precision is still to be checked
+        self.guard = PrecisionGuard.start(precision, device, trusted)
+        self._use(self.guard.precision)
         self.stride = cfg.stride_for(max_seq_len)
         self.normalize = has_normalize(self.folder)
         self.stats = CacheStats()
@@ -91,15 +98,24 @@ class EmbeddingService:
             self._encoder.precision = self.precision
         return self._encoder
 
-    def set_precision(self, precision: str) -> None:
+    @property
+    def precision(self) -> str:
+        return self.guard.precision
+
+    def adopt(self, check: PrecisionCheck) -> None:
+        """Settle the guard with ``check`` (this service's own, rank 0's under torchrun, or a predictor's)."""
+        self.guard.decide(check)
+        self._use(check.used)
+
+    def _use(self, precision: str) -> None:
         """Run the encoder at ``precision`` from now on, with a cache of that precision's embeddings."""
-        self.precision = precision
         args = (self.root, self.fingerprint, self.max_seq_len, self.cfg.pooling)
         self.cache = EmbeddingCache(*args, precision=precision)
         self.window_cache = EmbeddingCache(*args, kind="windows", precision=precision)
         self.cache.writable = self.window_cache.writable = world().is_main  # under torchrun only rank 0 writes
-        if getattr(self, "_encoder", None) is not None:
-            self._encoder.precision = precision
+        encoder = getattr(self, "_encoder", None)
+        if encoder is not None:
+            encoder.precision = precision
 
     def check_precision(
         self, texts: list[str], labels: np.ndarray | None = None, labeller: Labeller | None = None
@@ -107,11 +123,11 @@ class EmbeddingService:
         """The guard: embed ``texts`` (their first ``max_seq_len`` tokens) at fp32 and at this service's reduced
         precision, compare, and fall back to fp32 when they disagree. Labels come from ``labeller`` (a trained
         model) or, before any model exists, from the nearest class mean of ``labels``. A verdict is remembered in
-        the cache under the sample's hash, so a warm rerun on the same texts does not pay for it again."""
-        requested = self.precision
-        if requested == "fp32":
-            return PrecisionCheck(requested="fp32", used="fp32")
-        key = sample_key(texts, labels, labeller is not None, self.device.type)
+        the cache under the sample's hash, so a warm rerun on the same texts does not pay for it again. A guard
+        already settled is not measured again."""
+        if self.guard.verdict is not None:
+            return self.guard.verdict
+        key = sample_key(texts, labels, by_model=labeller is not None, device=self.device.type)
         record = self.cache.folder / f"guard_{key}.json"
         if labeller is None and record.is_file():
             check = PrecisionCheck.model_validate_json(record.read_text())
@@ -122,7 +138,7 @@ class EmbeddingService:
                 with atomic_path(record) as tmp:
                     tmp.write_text(check.model_dump_json())
         log_check(check)
-        self.set_precision(check.used)
+        self.adopt(check)
         return check
 
     def _measure(self, texts: list[str], labels: np.ndarray | None, labeller: Labeller | None) -> PrecisionCheck:
@@ -179,7 +195,7 @@ class EmbeddingService:
         keys = [window_hash(w) for w in windows]
         vectors, _ = embed_keyed(keys, windows, self.window_cache, self._encode_windows, self.stats)
         self.chunking.add(np.bincount(owner, minlength=len(texts)), lengths, self.max_seq_len, self.stride)
-        return pool_windows(vectors, owner, len(texts), self.cfg.chunk_pooling, self.normalize), lengths
+        return pool_windows(vectors, owner, len(texts), self.cfg.chunk_pooling, normalize=self.normalize), lengths
 
     @property
     def dim(self) -> int:
@@ -205,7 +221,7 @@ class EmbeddingService:
 Labeller = Callable[[np.ndarray], np.ndarray]
 
 
-def sample_key(texts: list[str], labels: np.ndarray | None, by_model: bool, device: str) -> str:
+def sample_key(texts: list[str], labels: np.ndarray | None, *, by_model: bool, device: str) -> str:
     """A short hash of the guard's sample (texts and labels) and device, so its verdict is reused only for the same
     sample on the same kind of device."""
     payload = json.dumps([texts, [] if labels is None else np.asarray(labels).tolist(), by_model, device])

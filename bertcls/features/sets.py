@@ -35,7 +35,7 @@ def fit_lexical(texts: list[str], settings: Settings) -> LexicalFeatures | None:
 
 
 def batch_source(
-    service: EmbeddingService, texts: list[str], labels: np.ndarray, fine_tune: bool, matrix
+    service: EmbeddingService, texts: list[str], labels: np.ndarray, *, fine_tune: bool, matrix
 ) -> tuple[BatchSource, np.ndarray]:
     """The model inputs of some texts (embeddings or tokens, plus their TF-IDF rows, if any) and their untruncated
     lengths."""
@@ -47,7 +47,7 @@ def batch_source(
 
 
 def build_features(
-    service: EmbeddingService, splits: Splits, names: list[str], settings: Settings, fine_tune: bool
+    service: EmbeddingService, splits: Splits, names: list[str], settings: Settings, *, fine_tune: bool
 ) -> FeatureSet:
     cfg, task = settings.data, task_for(settings.model.task)
     lexical, matrices = None, {}
@@ -62,7 +62,9 @@ def build_features(
         labels = task.encode(frame, cfg, names, split_name)
         if lexical is not None and split_name not in matrices:
             matrices[split_name] = lexical.transform(texts)
-        sources[split_name], lengths = batch_source(service, texts, labels, fine_tune, matrices.get(split_name))
+        sources[split_name], lengths = batch_source(
+            service, texts, labels, fine_tune=fine_tune, matrix=matrices.get(split_name)
+        )
         all_lengths.append(lengths)
     truncation = truncation_summary(np.concatenate(all_lengths), service.max_seq_len)
     chunks = not fine_tune and settings.encoder.long_texts == "chunks"

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from bertcls.features.lexical import LexicalFeatures, LexicalSpec
-from bertcls.model.checkpoint import Checkpoint, build_classifier, now_iso
+from bertcls.model.checkpoint import Checkpoint, build_with_encoder, now_iso
 from bertcls.model.encoder import bounded, pool_windows, split_into_windows, window_batches
 from bertcls.runtime.errors import BertclsError
 from bertcls.runtime.fileio import atomic_path, replace_dir
@@ -218,15 +218,17 @@ class OnnxPredictor:
 
     def embed(self, texts: list[str], batch_size: int) -> np.ndarray:
         windows, owner = self._windows(texts)
-        vectors = None
+        vectors = np.zeros((0, 0), dtype=np.float32)
         for indices, ids, mask in window_batches(windows, batch_size, self.tokenizer.pad_token_id):
             out = self.encoder.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-            if vectors is None:
+            if not len(vectors):
                 vectors = np.zeros((len(windows), out.shape[1]), dtype=np.float32)
             vectors[indices] = out
         if self.manifest.windowing is None:
             return vectors
-        return pool_windows(vectors, owner, len(texts), self.manifest.windowing["pooling"], self.manifest.normalize)
+        return pool_windows(
+            vectors, owner, len(texts), self.manifest.windowing["pooling"], normalize=self.manifest.normalize
+        )
 
     def predict_proba(self, texts: list[str], batch_size: int) -> np.ndarray:
         distinct, position = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
@@ -253,7 +255,7 @@ def _label_ids(labels: list[str], truth: list[str]) -> tuple[np.ndarray, np.ndar
 
 
 def check_export(
-    folder: Path, torch_probs: np.ndarray, texts: list[str], truth: list[str], labels: list[str], int8: bool
+    folder: Path, torch_probs: np.ndarray, texts: list[str], truth: list[str], labels: list[str], *, int8: bool
 ) -> dict[str, float]:
     """fp32: probabilities within 1e-4 of torch's. int8: the same label as torch for >= 99% of the texts, and macro
     F1 (on the labelled texts) within 0.5 points of torch's. Raises :class:`ExportError` otherwise."""
@@ -290,6 +292,7 @@ def export_model(
     texts: list[str],
     truth: list[str],
     torch_probs: np.ndarray,
+    *,
     int8: bool,
     columns: tuple[str, str] = ("text", "category"),
 ) -> ExportReport:
@@ -300,7 +303,7 @@ def export_model(
     staging = RunLayout.staging_for(RunLayout(output_root).export_dir)
     staging.mkdir(parents=True)
     try:
-        model, encoder = build_classifier(ckpt, output_root)
+        model, encoder = build_with_encoder(ckpt, output_root)
         export_graphs(model, encoder, staging)
         encoder.tokenizer.save_pretrained(str(staging / "tokenizer"))
         lexical = ckpt.lexical_features()

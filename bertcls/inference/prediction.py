@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import re
@@ -9,7 +10,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import pandas as pd
@@ -18,12 +19,12 @@ import torch
 from bertcls.config.settings import DataSection
 from bertcls.data.labelled import binary_kind, require_columns
 from bertcls.inference.batches import predict_embedded
-from bertcls.model.checkpoint import Checkpoint, build_classifier
+from bertcls.model.checkpoint import Checkpoint, build_with_encoder
 from bertcls.model.encoder import embed_documents
 from bertcls.runtime.distributed import world
 from bertcls.runtime.errors import DataError
 from bertcls.runtime.fileio import atomic_path
-from bertcls.runtime.precision import PrecisionCheck, for_checkpoint, log_check, measure, sample_indices
+from bertcls.runtime.precision import PrecisionGuard, log_check, measure, sample_indices
 from bertcls.task import DecisionRule, PredictionColumns, Task
 
 logger = logging.getLogger(__name__)
@@ -128,12 +129,12 @@ class Predictor:
         self.labels = ckpt.labels
         self.task = ckpt.task
         self.device = device
-        self.model, self.encoder = build_classifier(ckpt, output_root)
+        self.model, self.encoder = build_with_encoder(ckpt, output_root)
         self.model.to(device)
         self.lexical = ckpt.lexical_features()
         self.windowing = ckpt.architecture.encoder.windowing()
-        self.encoder.precision, self._unchecked = for_checkpoint(ckpt.meta.precision, precision, device)
-        self.precision_check = PrecisionCheck(requested=self.encoder.precision, used=self.encoder.precision)
+        self.guard = PrecisionGuard.start(precision, device, ckpt.meta.precision)
+        self.encoder.precision = self.guard.precision
 
     @property
     def rule(self) -> DecisionRule:
@@ -149,7 +150,8 @@ class Predictor:
         label = model_labeller(self.model, self.lexical, sample, self.device, batch_size)
         check, _ = measure(self.encoder, sample, self.encoder.precision, self.device, batch_size, label)
         log_check(check)
-        self.encoder.precision, self.precision_check, self._unchecked = check.used, check, False
+        self.guard.decide(check)
+        self.encoder.precision = check.used
 
     def embed(self, texts: list[str], batch_size: int) -> np.ndarray:
         """Document vectors; under torchrun each rank embeds every size-th text and all get all of them."""
@@ -162,7 +164,7 @@ class Predictor:
         TF-IDF where it used them). Identical texts are run once; batches are sorted by token length."""
         distinct, position = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
         distinct = distinct.tolist()
-        if self._unchecked:
+        if self.guard.pending:
             self.check_precision(distinct, batch_size)
         vectors = self.embed(distinct, batch_size)
         lexical = self.lexical.transform(distinct) if self.lexical is not None else None
@@ -212,8 +214,8 @@ class _Sink:
 
     def __init__(self, target: str | None):
         self.target = target
-        self._context = None
-        self.handle: TextIO | None = None
+        self._context: contextlib.AbstractContextManager[Path] | None = None
+        self.handle: TextIO = io.StringIO()
 
     def __enter__(self) -> TextIO:
         if self.target is DISCARD:
@@ -226,7 +228,7 @@ class _Sink:
             self.handle = open(tmp, "w", encoding="utf-8", newline="")
         return self.handle
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: Any) -> None:
         if self._context is None:
             self.handle.flush()
             return
@@ -235,7 +237,7 @@ class _Sink:
 
 
 def predict_csv(
-    predictor: Predictor, source: str, target: str, options: PredictOptions, progress: ProgressFn | None = None
+    predictor: Predictor, source: str, target: str | None, options: PredictOptions, progress: ProgressFn | None = None
 ) -> PredictSummary:
     """Stream ``source`` (a path or ``-``) to ``target`` (a path or ``-``) chunk by chunk."""
     summary = PredictSummary(predictor.task, abstaining=options.min_confidence is not None)
@@ -264,7 +266,8 @@ def predict_csv(
             predicted = predictor.task.prediction_columns(
                 probs, predictor.labels, predictor.rule, options.top_k, options.min_confidence, cfg.label_separator
             )
-            truth, unseen = None, {}
+            truth: np.ndarray | None = None
+            unseen: dict[str, int] = {}
             if summary.has_labels and keep.any():
                 truth, unseen = predictor.task.read_truth(chunk[keep], cfg, predictor.labels, "The input")
             summary.note(predicted.kept(keep), truth, unseen)

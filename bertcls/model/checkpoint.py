@@ -127,7 +127,7 @@ def now_iso() -> str:
 
 def load_named_checkpoint(name: str | None, output_root: str | Path) -> Checkpoint:
     """``--best-model``/``--model`` as given (default ``best_model.pt``), resolved and loaded."""
-    return load_checkpoint(RunLayout(output_root).checkpoint(name))
+    return load_checkpoint(RunLayout(Path(output_root)).checkpoint(name))
 
 
 def save_checkpoint(
@@ -340,8 +340,16 @@ def load_weights(model: TextClassifier, ckpt: Checkpoint) -> None:
         ) from None
 
 
+def build_with_encoder(ckpt: Checkpoint, output_root: str | Path) -> tuple[TextClassifier, Encoder]:
+    """The model with its encoder (prediction from texts, export)."""
+    model, encoder = build_classifier(ckpt, output_root, need_encoder=True)
+    if encoder is None:  # build_classifier always loads it when asked
+        raise CheckpointError(f"{ckpt.path} has no encoder to load.")
+    return model, encoder
+
+
 def build_classifier(
-    ckpt: Checkpoint, output_root: str | Path, need_encoder: bool = True
+    ckpt: Checkpoint, output_root: str | Path, *, need_encoder: bool = True
 ) -> tuple[TextClassifier, Encoder | None]:
     """Rebuild the model from its architecture record; a frozen checkpoint refuses an encoder whose weights changed."""
     arch = ckpt.architecture

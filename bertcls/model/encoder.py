@@ -99,7 +99,7 @@ def fingerprint(folder: Path) -> str:
 
 def export_default_encoder(output_root: str | Path) -> Path:
     """Copy the bundled all-MiniLM-L6-v2 into ``<output_root>/bert_encoder/`` once."""
-    target = RunLayout(output_root).encoder_dir
+    target = RunLayout(Path(output_root)).encoder_dir
     if (target / "model.safetensors").is_file():
         return target
     source = _bundled_model_dir()
@@ -225,10 +225,10 @@ def embed_documents(
         encoder.tokenizer, texts, encoder.max_seq_len, windowing.stride, windowing.max_chunks
     )
     vectors = encoder.embed_windows(windows, batch_size, device, progress)
-    return pool_windows(vectors, owner, len(texts), windowing.pooling, encoder.normalize)
+    return pool_windows(vectors, owner, len(texts), windowing.pooling, normalize=encoder.normalize)
 
 
-def pool_windows(vectors: np.ndarray, owner: np.ndarray, count: int, mode: str, normalize: bool) -> np.ndarray:
+def pool_windows(vectors: np.ndarray, owner: np.ndarray, count: int, mode: str, *, normalize: bool) -> np.ndarray:
     """One vector per text from its windows' vectors (``owner[i]`` is the text of window ``i``)."""
     dim = vectors.shape[1]
     if mode == "max":
@@ -293,13 +293,14 @@ class Encoder(nn.Module):
         pooled = pool(output.last_hidden_state.float(), features["attention_mask"], self.pooling)
         return nn.functional.normalize(pooled, p=2, dim=1) if self.normalize else pooled
 
-    def set_trainable(self, freeze: bool, unfreeze_last_n_layers: int | None) -> None:
+    def set_trainable(self, *, freeze: bool, unfreeze_last_n_layers: int | None) -> None:
         """Freeze everything, or train all layers, or only the top ``n`` transformer layers. The transformer's
         pooler is never trained: sentence embeddings pool the last hidden states, so it gets no gradient (and
         DistributedDataParallel requires every trainable parameter to get one)."""
         for param in self.parameters():
             param.requires_grad = not freeze
-        for param in getattr(self.transformer, "pooler", None).parameters() if self.has_pooler else []:
+        pooler = getattr(self.transformer, "pooler", None) if self.has_pooler else None
+        for param in pooler.parameters() if pooler is not None else []:
             param.requires_grad = False
         if freeze or unfreeze_last_n_layers is None:
             return
@@ -317,7 +318,7 @@ class Encoder(nn.Module):
         order = np.argsort([-len(x) for x in ids], kind="stable")
         for start in range(0, len(texts), batch_size):
             indices = order[start : start + batch_size]
-            rows = [{key: encoded[key][i] for key in encoded.keys()} for i in indices]
+            rows = [{key: encoded[key][i] for key in encoded} for i in indices]
             yield indices, dict(self.tokenizer.pad(rows, padding=True, return_tensors="pt"))
 
     @torch.inference_mode()

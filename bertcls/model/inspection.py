@@ -29,7 +29,7 @@ def encoder_parameter_count(folder: Path) -> int | None:
     if path.suffix != ".safetensors":
         return None
     with safe_open(str(path), framework="pt") as handle:
-        return sum(_numel(handle.get_slice(name).get_shape()) for name in handle.keys())
+        return sum(_numel(handle.get_slice(name).get_shape()) for name in handle.keys())  # noqa: SIM118 - a safetensors handle is not iterable
 
 
 def parameter_counts(ckpt: Checkpoint, folder: Path) -> dict[str, int | None]:

@@ -38,12 +38,12 @@ class HeadSpec(BaseModel):
 
     @classmethod
     def from_config(
-        cls, cfg: ClassifierSection, in_dim: int, num_classes: int, task: Task, frozen: bool = True
+        cls, cfg: ClassifierSection, in_dim: int, num_classes: int, task: Task, *, frozen: bool = True
     ) -> HeadSpec:
         """Inputs are standardised (per-dimension mean and std of the training embeddings) only for a frozen encoder,
         whose embeddings do not move during training. A linear head (see ``classifier.head``) has no hidden layer
         and reads the embeddings as they are (its L2 penalty is what scales them)."""
-        linear = cfg.resolved_head(task, frozen) == "linear"
+        linear = cfg.resolved_head(task, frozen=frozen) == "linear"
         return cls(
             in_dim=in_dim,
             hidden_dims=[] if linear else list(cfg.hidden_dims),
@@ -66,6 +66,9 @@ class HeadSpec(BaseModel):
 
 class Standardize(nn.Module):
     """``(x - mean) / std`` with statistics of the training embeddings, kept as buffers (saved with the weights)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, dim: int):
         super().__init__()
@@ -95,6 +98,13 @@ class MLPHead(nn.Module):
             width = hidden
         layers.append(nn.Linear(width, spec.num_classes))
         self.net = nn.Sequential(*layers)
+
+    @property
+    def output(self) -> nn.Linear:
+        """The last Linear layer (to the classes)."""
+        layer = self.net[-1]
+        assert isinstance(layer, nn.Linear)
+        return layer
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         return self.net(self.scale(embeddings) if self.scale is not None else embeddings)
@@ -176,7 +186,7 @@ def trainable_state(model: TextClassifier) -> dict[str, torch.Tensor]:
     state = {f"head.{k}": v for k, v in model.head.state_dict().items()}
     if model.lexical is not None:
         state.update({f"lexical.{k}": v for k, v in model.lexical.state_dict().items()})
-    if fine_tuned:
+    if fine_tuned and model.encoder is not None:
         state.update({f"encoder.{k}": v for k, v in model.encoder.state_dict().items()})
     return {k: v.detach().cpu().clone() for k, v in state.items()}
 

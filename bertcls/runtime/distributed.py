@@ -4,6 +4,7 @@ are no-ops, and runs are exactly as before. Rank questions are answered here and
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -109,7 +110,7 @@ class Parallel:
     def agree_sum(self, value: int) -> int:
         return self._agree(value, dist.ReduceOp.SUM)
 
-    def reduce_boolean_decision(self, decision: bool) -> bool:
+    def reduce_boolean_decision(self, decision: bool) -> bool:  # noqa: FBT001 - Lightning's signature
         """True on every rank when any rank decided so (Lightning's ``Strategy.reduce_boolean_decision``)."""
         return bool(self.agree_max(int(decision)))
 
@@ -135,6 +136,23 @@ class Parallel:
         for param, grad in zip(params, _unflatten_dense_tensors(flat, grads), strict=True):
             param.grad = grad
         return total
+
+    def wrap(self, module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """``module`` as the ranks train it together: under torchrun wrapped in DistributedDataParallel (no buffer
+        broadcast: a forward pass then holds no collective, so a rank may skip an empty share); as it is alone."""
+        if not self.distributed:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+
+    def no_sync(self, module: torch.nn.Module) -> contextlib.AbstractContextManager[Any]:
+        """Forward and backward without DistributedDataParallel's own gradient all-reduce (the ranks average the
+        gradients themselves, after agreeing that every rank's step succeeded)."""
+        if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+            return module.no_sync()
+        return contextlib.nullcontext()
 
     def barrier(self) -> None:
         if self.distributed:

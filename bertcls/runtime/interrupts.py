@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
-SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
+# what signal.signal returns and takes back
+Handler = Callable[[int, FrameType | None], Any] | int | None
+SIGNAL_NAMES: dict[int, str] = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
 
 
 class Interrupted(Exception):
@@ -33,7 +37,7 @@ class StopRequest:
     def __init__(self) -> None:
         self.signum: int | None = None
         self._first_at = 0.0
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Handler] = {}
 
     @property
     def requested(self) -> bool:
@@ -58,11 +62,11 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def raise_on_signals() -> dict[int, object]:
+def raise_on_signals() -> dict[int, Handler]:
     """Outside training, Ctrl-C and SIGTERM end a command with one sentence (exit 130 or 143); returns the previous
     handlers, to restore."""
 
-    def handler(signum: int, frame: FrameType | None) -> None:
+    def handler(signum: int, _frame: FrameType | None) -> None:
         raise Interrupted(signum)
 
     return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}

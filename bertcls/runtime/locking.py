@@ -48,7 +48,8 @@ def _is_stale(holder: dict | None) -> bool:
     return holder.get("host") == socket.gethostname() and not pid_alive(int(holder.get("pid", 0)))
 
 
-def _describe(holder: dict) -> str:
+def _describe(holder: dict | None) -> str:
+    holder = holder or {}
     return (
         f"bertcls {holder.get('command', '?')} (PID {holder.get('pid', '?')} on {holder.get('host', '?')}, "
         f"since {holder.get('started', '?')})"

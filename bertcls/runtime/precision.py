@@ -145,15 +145,39 @@ def measure(
     return check, reduced
 
 
-def for_checkpoint(record: PrecisionCheck | None, requested: str, device: torch.device) -> tuple[str, bool]:
-    """The precision to run a saved model at, and whether the guard must still check it: a precision the model's
-    own training checked is trusted (or its fallback kept); any other reduced precision is checked first."""
-    precision = resolve_precision(requested, device)
-    if precision == "fp32":
-        return "fp32", False
-    if record is not None and record.requested == precision and record.sample and record.device == device.type:
-        return record.used, False
-    return precision, True
+@dataclass
+class PrecisionGuard:
+    """The one decision about running the encoder below fp32. It starts from the precision asked for (``auto``
+    resolved for the device) and is pending until the guard's measurement (or a trusted record) gives a verdict;
+    ``precision`` is what to run at now. fp32 needs no check."""
+
+    requested: str
+    verdict: PrecisionCheck | None = None
+
+    @classmethod
+    def start(cls, requested: str, device: torch.device, trusted: PrecisionCheck | None = None) -> PrecisionGuard:
+        """``trusted``: a saved model's own check, which settles the same precision on the same kind of device."""
+        precision = resolve_precision(requested, device)
+        if precision == "fp32":
+            return cls(precision, PrecisionCheck(requested="fp32", used="fp32"))
+        if trusted is not None and trusted.requested == precision and trusted.sample and trusted.device == device.type:
+            return cls(precision, trusted)
+        return cls(precision)
+
+    @property
+    def pending(self) -> bool:
+        return self.verdict is None
+
+    @property
+    def precision(self) -> str:
+        return self.requested if self.verdict is None else self.verdict.used
+
+    def decide(self, check: PrecisionCheck) -> None:
+        self.verdict = check
+
+    def record(self) -> PrecisionCheck:
+        """What a checkpoint records: the verdict (or, still pending, the precision asked for)."""
+        return self.verdict or PrecisionCheck(requested=self.requested, used=self.requested)
 
 
 def describe(check: PrecisionCheck | None) -> str:
@@ -162,9 +186,8 @@ def describe(check: PrecisionCheck | None) -> str:
         return "fp32 (not recorded: made before precision was chosen)"
     if check.mean_cosine is None:
         return check.used
-    measured = (
-        f"mean cosine {check.mean_cosine:.5f}, same label {100 * check.label_agreement:.1f}% of {check.sample} texts"
-    )
+    agreement = check.label_agreement or 0.0
+    measured = f"mean cosine {check.mean_cosine:.5f}, same label {100 * agreement:.1f}% of {check.sample} texts"
     if check.passed:
         return f"{check.used} (checked against fp32: {measured})"
     return f"fp32 ({check.requested} rejected: {measured})"
@@ -179,7 +202,7 @@ def log_check(check: PrecisionCheck) -> None:
             check.used,
             check.sample,
             check.mean_cosine,
-            100 * check.label_agreement,
+            100 * (check.label_agreement or 0.0),
         )
 
 

@@ -109,7 +109,7 @@ class Task(ABC):
 
     @abstractmethod
     def check_labels(
-        self, frame: pd.DataFrame, cfg: DataSection, source: str, min_per_label: int, require_several: bool
+        self, frame: pd.DataFrame, cfg: DataSection, source: str, min_per_label: int, *, require_several: bool
     ) -> dict[str, int]:
         """Check the labels of a file (counts, form); returns texts per label."""
 
@@ -148,7 +148,7 @@ class Task(ABC):
         """Set the output layer's biases before training (nothing by default)."""
 
     @abstractmethod
-    def default_head(self, frozen: bool) -> str:
+    def default_head(self, *, frozen: bool) -> str:
         """The head ``classifier.head: auto`` picks: ``mlp`` or ``linear``."""
 
     @abstractmethod

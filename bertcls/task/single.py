@@ -57,7 +57,7 @@ class SingleLabel(Task):
         return (frame[cfg.text_column].str.strip() == "") | (frame[cfg.label_column].str.strip() == "")
 
     def check_labels(
-        self, frame: pd.DataFrame, cfg: DataSection, source: str, min_per_label: int, require_several: bool
+        self, frame: pd.DataFrame, cfg: DataSection, source: str, min_per_label: int, *, require_several: bool
     ) -> dict[str, int]:
         counts = frame[cfg.label_column].value_counts()
         if len(counts) < 2:
@@ -99,9 +99,9 @@ class SingleLabel(Task):
         for _, group in sorted(unique.groupby(cfg.label_column), key=lambda item: str(item[0])):
             texts = group[cfg.text_column].to_numpy()[rng.permutation(len(group))]
             n_val, n_test = split_counts(len(texts), cfg.val_fraction, cfg.test_fraction)
-            assignment.update({t: "test" for t in texts[:n_test]})
-            assignment.update({t: "val" for t in texts[n_test : n_test + n_val]})
-            assignment.update({t: "train" for t in texts[n_test + n_val :]})
+            assignment.update(dict.fromkeys(texts[:n_test], "test"))
+            assignment.update(dict.fromkeys(texts[n_test : n_test + n_val], "val"))
+            assignment.update(dict.fromkeys(texts[n_test + n_val :], "train"))
         where = frame[cfg.text_column].map(assignment)
         return {name: frame[where == name].reset_index(drop=True) for name in SPLIT_NAMES}
 
@@ -134,7 +134,7 @@ class SingleLabel(Task):
         weights[present] = len(labels) / (num_classes * counts[present])
         return weights
 
-    def default_head(self, frozen: bool) -> str:
+    def default_head(self, *, frozen: bool) -> str:
         return "mlp"
 
     def probabilities(self, logits: torch.Tensor, temperature: float | np.ndarray) -> torch.Tensor:
@@ -244,7 +244,7 @@ class SingleLabel(Task):
 def abstains(confidence: np.ndarray, min_confidence: float) -> np.ndarray:
     """Rows to leave unlabelled: top probability below ``min_confidence``; at 1, every row (a softmax is never truly
     certain, though float32 rounds large margins to 1.0)."""
-    return np.full(len(confidence), True) if min_confidence >= 1.0 else confidence < min_confidence
+    return np.ones(len(confidence), dtype=bool) if min_confidence >= 1.0 else confidence < min_confidence
 
 
 def top_k_columns(probs: np.ndarray, labels: np.ndarray, top_k: int) -> dict[str, np.ndarray]:

@@ -45,8 +45,8 @@ class ConvexTrainer(Trainer):
         """The L2 term, scaled to the mean loss: per row (softmax) or per row and label (sigmoids)."""
         rows = max(1, len(self.train_data))
         units = self.model.task.loss_units(rows, self.num_classes)
-        embedding = self.model.head.net[-1].weight.pow(2).sum() * self.embedding_penalty
-        lexical = self.model.lexical.weight.pow(2).sum() if self.model.lexical is not None else 0.0
+        embedding = self.model.head.output.weight.pow(2).sum() * self.embedding_penalty
+        lexical = self.model.lexical.weight.pow(2).sum() if self.model.lexical is not None else torch.zeros(())
         return 0.5 * self.l2 / units * (embedding + lexical)
 
     def objective(self) -> torch.Tensor:
@@ -85,7 +85,7 @@ class ConvexTrainer(Trainer):
     def train_epoch(self) -> float:
         """``STEPS_PER_EPOCH`` L-BFGS iterations; the loss reported is the objective where they started."""
         self.model.train()
-        loss = float(self.optimizer.step(self.objective))
+        loss = float(self.optimizer.step(self.objective))  # type: ignore[arg-type]  # LBFGS takes a loss tensor
         self.state.samples_seen += len(self.train_data)
         self.trigger("on_batch_end", len(self.train_data), len(self.train_data), loss)
         if self.stop_request is not None and self.stop_request.requested:

@@ -14,7 +14,7 @@ from bertcls.features.service import EmbeddingService
 from bertcls.features.sets import FeatureSet, build_features
 from bertcls.model.encoder import pick_device
 from bertcls.runtime.distributed import world
-from bertcls.runtime.precision import resolve_precision, sample_indices
+from bertcls.runtime.precision import sample_indices
 from bertcls.task import task_for
 from bertcls.training.callbacks import WorkflowHooks
 from bertcls.training.setup import seed_everything
@@ -43,10 +43,11 @@ def prepare(settings: Settings, hooks: WorkflowHooks) -> PreparedRun:
     names = task.label_names(splits.train, settings.data)
     hooks.on_stage("Preparing encoder")
     device = pick_device(settings.model.device)
-    precision = resolve_precision(settings.model.precision, device)
-    service = EmbeddingService(settings.encoder, settings.model.max_seq_len, settings.root, device, precision)
-    if precision != "fp32":
-        hooks.on_stage(f"Checking {precision} against fp32")
+    service = EmbeddingService(
+        settings.encoder, settings.model.max_seq_len, settings.root, device, settings.model.precision
+    )
+    if service.guard.pending:
+        hooks.on_stage(f"Checking {service.precision} against fp32")
         guard_precision(service, splits.train, names, settings)
     service.progress = hooks.on_encode_progress
     hooks.on_stage("Encoding texts")
@@ -61,5 +62,4 @@ def guard_precision(service: EmbeddingService, train: pd.DataFrame, names: list[
     task = task_for(settings.model.task)
     labels = task.guard_classes(task.encode(rows, settings.data, names, "train"))
     check = world().broadcast(service.check_precision(rows[settings.data.text_column].tolist(), labels))
-    service.set_precision(check.used)  # under torchrun every rank follows rank 0's verdict
-    service.precision_check = check
+    service.adopt(check)  # under torchrun every rank follows rank 0's verdict

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from bertcls.config.settings import Settings
-from bertcls.features.lexical import LexicalFeatures
 from bertcls.features.service import EmbeddingService
 from bertcls.features.sets import FeatureSet
 from bertcls.inference.batches import score_source
@@ -23,10 +23,7 @@ from bertcls.model.checkpoint import (
     now_iso,
     save_checkpoint,
 )
-from bertcls.model.network import (
-    TextClassifier,
-    count_parameters,
-)
+from bertcls.model.network import TextClassifier, count_parameters
 from bertcls.runtime.redaction import redact_data
 from bertcls.task import task_for
 from bertcls.task.calibration import CalibrationRecord
@@ -41,26 +38,36 @@ def split_metrics(model: TextClassifier, features: FeatureSet, device: torch.dev
     return {split: score_source(model, features.sources[split], device) for split in ("val", "test")}
 
 
+@dataclass(frozen=True)
+class TrainedModel:
+    """A model at the end of a run and what describes it: the settings that built its weights (a PBT member's own,
+    not the study's), the encoder service, the label names, the features it was trained on, the training result
+    (its best weights) and the calibration."""
+
+    settings: Settings
+    service: EmbeddingService
+    names: list[str]
+    features: FeatureSet
+    model: TextClassifier
+    result: TrainResult
+    calibration: CalibrationRecord = field(default_factory=CalibrationRecord)
+
+
 def checkpoint_meta(
-    settings: Settings,
-    service: EmbeddingService,
-    names: list[str],
-    result: TrainResult,
+    trained: TrainedModel,
     metrics: dict[str, Any],
-    model: TextClassifier,
-    lexical: LexicalFeatures | None = None,
     tuning: TuningProvenance | None = None,
     data: DataProvenance | None = None,
-    calibration: CalibrationRecord | None = None,
 ) -> CheckpointMeta:
-    """The typed metadata of a model trained with ``settings``: its architecture comes from these settings, so a
-    caller must pass the settings that built the saved weights (a PBT member's own, not the study's)."""
+    """The typed metadata of a trained model: its architecture comes from the settings that built it."""
+    settings, service, names, model = trained.settings, trained.service, trained.names, trained.model
+    result, lexical = trained.result, trained.features.lexical
     fine_tuned = model.encoder is not None and any(p.requires_grad for p in model.encoder.parameters())
     described = service.describe()
     if fine_tuned:  # fine-tuning reads the first max_seq_len tokens of each text, and so must prediction
         described.update(long_texts="truncate", max_chunks=1)
     encoder = EncoderRef(**described, fine_tuned=fine_tuned)
-    head = head_spec(settings.classifier, encoder.dim, len(names), task_for(settings.model.task), not fine_tuned)
+    head = head_spec(settings.classifier, encoder.dim, len(names), task_for(settings.model.task), frozen=not fine_tuned)
     if head != model.head.spec:
         raise ValueError(f"the settings describe head {head}, but the model has {model.head.spec}")
     if (lexical is None) != (model.lexical is None):
@@ -78,27 +85,16 @@ def checkpoint_meta(
         created_at=now_iso(),
         tuning=tuning,
         data=data or DataProvenance(),
-        precision=service.precision_check,
-        calibration=calibration,
+        precision=service.guard.record(),
+        calibration=trained.calibration,
     )
 
 
 def score_and_save(
-    path: Path,
-    settings: Settings,
-    service: EmbeddingService,
-    names: list[str],
-    features: FeatureSet,
-    model: TextClassifier,
-    result: TrainResult,
-    calibration: CalibrationRecord,
-    tuning: TuningProvenance | None = None,
-    data: DataProvenance | None = None,
+    path: Path, trained: TrainedModel, tuning: TuningProvenance | None = None, data: DataProvenance | None = None
 ) -> tuple[Path, dict[str, dict[str, float]]]:
-    """Score a trained model (holding ``result``'s best weights) on val and test and save it as a checkpoint at
-    ``path``: the one way ``train``, TPE trials and PBT members finish a model. ``settings``: the ones that built
-    it. Returns the path and the metrics."""
-    metrics = split_metrics(model, features, service.device)
-    lexical = features.lexical
-    meta = checkpoint_meta(settings, service, names, result, metrics, model, lexical, tuning, data, calibration)
-    return save_checkpoint(path, result.best_state, meta, lexical), metrics
+    """Score a trained model (holding its result's best weights) on val and test and save it as a checkpoint at
+    ``path``: the one way ``train``, TPE trials and PBT members finish a model. Returns the path and the metrics."""
+    metrics = split_metrics(trained.model, trained.features, trained.service.device)
+    meta = checkpoint_meta(trained, metrics, tuning, data)
+    return save_checkpoint(path, trained.result.best_state, meta, trained.features.lexical), metrics

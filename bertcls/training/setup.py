@@ -12,13 +12,8 @@ import torch
 from bertcls.config.settings import ClassifierSection, Settings
 from bertcls.features.service import EmbeddingService
 from bertcls.features.sets import FeatureSet
-from bertcls.model.network import (
-    HeadSpec,
-    LexicalLayer,
-    MLPHead,
-    TextClassifier,
-    load_trainable_state,
-)
+from bertcls.inference.batches import EmbeddingBatches
+from bertcls.model.network import HeadSpec, LexicalLayer, MLPHead, TextClassifier, load_trainable_state
 from bertcls.runtime.distributed import SINGLE, Parallel
 from bertcls.runtime.errors import ConfigError
 from bertcls.runtime.memory import MemoryManager, default_probe
@@ -35,14 +30,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def head_spec(cfg: ClassifierSection, dim: int, num_classes: int, task: Task, frozen: bool = True) -> HeadSpec:
+def head_spec(cfg: ClassifierSection, dim: int, num_classes: int, task: Task, *, frozen: bool = True) -> HeadSpec:
     if cfg.bert_hidden_size != dim:
         raise ConfigError(
             f"classifier.bert_hidden_size is {cfg.bert_hidden_size} but the encoder gives {dim}-dimensional "
             "embeddings; "
             f"set classifier.bert_hidden_size: {dim}."
         )
-    return HeadSpec.from_config(cfg, dim, num_classes, task, frozen)
+    return HeadSpec.from_config(cfg, dim, num_classes, task, frozen=frozen)
 
 
 def make_trainer(
@@ -60,28 +55,31 @@ def make_trainer(
     if features.lexical is not None:
         lexical = LexicalLayer(features.lexical.spec.num_features, num_classes)
     task = task_for(settings.model.task)
-    spec = head_spec(settings.classifier, service.dim, num_classes, task, not features.fine_tune)
+    spec = head_spec(settings.classifier, service.dim, num_classes, task, frozen=not features.fine_tune)
     rule = DecisionRule(min_labels=settings.classifier.min_labels)
     model = TextClassifier(MLPHead(spec), encoder, lexical, rule)
-    memory = MemoryManager(settings.memory, settings.model.batch_size_for(features.fine_tune), default_probe(device))
+    memory = MemoryManager(
+        settings.memory, settings.model.batch_size_for(fine_tune=features.fine_tune), default_probe(device)
+    )
     train = features.sources["train"]
-    if model.head.scale is not None:
+    if model.head.scale is not None:  # only a frozen encoder's head standardises: its inputs are embeddings
+        assert isinstance(train, EmbeddingBatches)
         model.head.scale.fit(train.embeddings)
-    task.init_output(model.head.net[-1].bias, train.labels)
+    task.init_output(model.head.output.bias, train.labels)
     weights = None
     if settings.classifier.resolved_class_weights(task) == "balanced":
         weights = task.balanced_weights(train.labels, num_classes)
-    args = (model, train, features.sources["val"], TrainingPlan.of(settings), memory, device)
-    kwargs = dict(class_weights=weights, precision=service.precision, ranks=ranks)
-    if settings.classifier.resolved_head(task, not features.fine_tune) == "linear":
+    args = (model, train, features.sources["val"], TrainingPlan.of(settings, service.precision), memory, device)
+    if settings.classifier.resolved_head(task, frozen=not features.fine_tune) == "linear":
         cfg = settings.classifier
         logger.info(
             "Linear head fitted by L-BFGS (classifier.linear_l2 %g): hidden_dims, dropout, the optimizer settings "
             "and the batch size do not apply to it",
             cfg.linear_l2,
         )
-        return ConvexTrainer(*args, l2=cfg.linear_l2, embedding_penalty=cfg.linear_embedding_penalty, **kwargs)
-    return Trainer(*args, **kwargs)
+        penalty = cfg.linear_embedding_penalty
+        return ConvexTrainer(*args, weights, ranks, l2=cfg.linear_l2, embedding_penalty=penalty)
+    return Trainer(*args, weights, ranks)
 
 
 def rebuild_model(
@@ -93,7 +91,7 @@ def rebuild_model(
     if any(k.startswith("lexical.") for k in state):
         lexical = LexicalLayer(state["lexical.weight"].shape[0], num_classes)
     task = task_for(settings.model.task)
-    spec = head_spec(settings.classifier, service.dim, num_classes, task, encoder is None)
+    spec = head_spec(settings.classifier, service.dim, num_classes, task, frozen=encoder is None)
     rule = DecisionRule(min_labels=settings.classifier.min_labels)
     model = TextClassifier(MLPHead(spec), encoder, lexical, rule)
     load_trainable_state(model, state)

@@ -43,9 +43,10 @@ class TrainingPlan:
     lexical: LexicalSection = field(default_factory=LexicalSection)
     calibration: CalibrationSection = field(default_factory=lambda: CalibrationSection(method="none"))
     encoder_lr: float = 2e-5
+    precision: str = "fp32"  # what the encoder runs at (fp16 on CUDA needs loss scaling)
 
     @classmethod
-    def of(cls, settings: Settings) -> TrainingPlan:
+    def of(cls, settings: Settings, precision: str = "fp32") -> TrainingPlan:
         return cls(
             settings.model,
             settings.optimizer,
@@ -53,6 +54,7 @@ class TrainingPlan:
             settings.lexical,
             settings.calibration,
             settings.encoder.encoder_lr,
+            precision,
         )
 
 
@@ -166,7 +168,6 @@ class Trainer:
         memory: MemoryManager,
         device: torch.device,
         class_weights: np.ndarray | None = None,
-        precision: str = "fp32",
         ranks: Parallel = SINGLE,
     ):
         self.model, self.train_data, self.val_data = model.to(device), train, val
@@ -178,7 +179,7 @@ class Trainer:
         weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=device)
         self.loss_fn = model.task.loss(weight)
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
-        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and device.type == "cuda" else None
+        self.scaler = torch.amp.GradScaler("cuda") if plan.precision == "fp16" and device.type == "cuda" else None
         self.callbacks: list[TrainerCallback] = []
         self.state, self.control = TrainerState(), TrainerControl()
         self.rng = np.random.default_rng(plan.model.seed)
@@ -186,19 +187,7 @@ class Trainer:
         self.calibration = CalibrationRecord()
         self.stop_request: StopRequest | None = None  # polled after every step; given to fit()
         self.parallel = ranks  # several only for fine-tuning under torchrun
-        self.parts = self._logit_parts_module()
-
-    def _logit_parts_module(self) -> nn.Module:
-        """The model's (head, lexical) logits as a module; under torchrun wrapped in DistributedDataParallel, which
-        averages the gradients of every rank at each step."""
-        parts = LogitParts(self.model)
-        if not self.parallel.distributed:
-            return parts
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        # no buffer broadcast: a forward pass then holds no collective, so a rank may skip an empty share
-        return DistributedDataParallel(parts, device_ids=ids, broadcast_buffers=False)
+        self.parts = ranks.wrap(LogitParts(self.model), device)  # the (head, lexical) logits
 
     def add_callback(self, callback: TrainerCallback) -> None:
         self.callbacks.append(callback)
@@ -255,7 +244,7 @@ class Trainer:
         failed, value = False, 0.0
         try:
             if len(indices):
-                with self.parts.no_sync():
+                with self.parallel.no_sync(self.parts):
                     loss = self._loss(indices)
                     self._backward(loss)
                 value = float(loss.detach())

@@ -8,9 +8,7 @@ from pathlib import Path
 
 from bertcls.config.settings import Settings
 from bertcls.data.labelled import DataReport, write_splits
-from bertcls.model.checkpoint import (
-    DataProvenance,
-)
+from bertcls.model.checkpoint import DataProvenance
 from bertcls.runtime.distributed import SINGLE, world
 from bertcls.runtime.interrupts import Interrupted
 from bertcls.runtime.layout import RunLayout
@@ -19,7 +17,7 @@ from bertcls.task import Task, task_for
 from bertcls.training.callbacks import WorkflowHooks
 from bertcls.training.preparation import PreparedRun, prepare
 from bertcls.training.resume import ResumeWriter, check_resume_data, data_fingerprint, read_resume, settings_fingerprint
-from bertcls.training.saving import score_and_save
+from bertcls.training.saving import TrainedModel, score_and_save
 from bertcls.training.setup import make_trainer
 from bertcls.training.trainer import Trainer, TrainResult
 
@@ -43,7 +41,7 @@ class TrainOutcome:
 
 
 def run_training(
-    settings: Settings, hooks: WorkflowHooks | None = None, stop_request=None, resume: bool = False
+    settings: Settings, hooks: WorkflowHooks | None = None, stop_request=None, *, resume: bool = False
 ) -> TrainOutcome | None:
     """Train one model as configured, save ``best_trials/best_model.pt`` and the splits it used under ``data/``
     (under torchrun: rank 0 does the writing and returns the outcome; the other ranks return None).
@@ -88,17 +86,8 @@ def save_trained(settings: Settings, run: PreparedRun, trainer: Trainer) -> Trai
     result, features = trainer.result, run.features
     chunking, warnings = features.chunking or {}, run.report.warnings
     data = DataProvenance(truncation=features.truncation, chunking=chunking, warnings=warnings)
-    path, metrics = score_and_save(
-        RunLayout(settings.root).best_model,
-        settings,
-        run.service,
-        run.names,
-        features,
-        trainer.model,
-        result,
-        trainer.calibration,
-        data=data,
-    )
+    trained = TrainedModel(settings, run.service, run.names, features, trainer.model, result, trainer.calibration)
+    path, metrics = score_and_save(RunLayout(settings.root).best_model, trained, data=data)
     lexical = features.lexical
     write_splits(run.splits, settings.root)
     service = run.service
@@ -115,5 +104,5 @@ def save_trained(settings: Settings, run: PreparedRun, trainer: Trainer) -> Trai
         service.encoder_loaded,
         run.features.chunking,
         lexical_count,
-        describe_precision(service.precision_check),
+        describe_precision(service.guard.verdict),
     )

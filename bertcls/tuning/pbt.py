@@ -16,6 +16,7 @@ import numpy as np
 
 from bertcls.config.settings import Settings
 from bertcls.model.network import set_dropout
+from bertcls.training.convex import ConvexTrainer
 from bertcls.training.setup import make_trainer
 from bertcls.training.trainer import Trainer
 from bertcls.tuning.pbt_rules import Decision, decide
@@ -25,20 +26,33 @@ from bertcls.tuning.tpe import TuningContext
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """The state another member may copy: parameters, the settings that built the weights, the trainer's state."""
+
+    params: dict[str, Any]
+    settings: Settings
+    trainer: dict[str, Any]
+
+
 @dataclass
 class Member:
     index: int
     params: dict[str, Any]
     settings: Settings
     trainer: Trainer
-    curve: list[dict[str, float]] = field(default_factory=list)
-    snapshot: dict[str, Any] | None = None
-    best_settings: Settings | None = None
-    best_params: dict[str, Any] | None = None
+    curve: list[dict[str, float | None]] = field(default_factory=list)  # None: a parameter it does not search
+    snapshot: Snapshot | None = None
+    best_settings: Settings | None = None  # the settings and parameters that built the best weights so far
+    best_params: dict[str, Any] = field(default_factory=dict)
+
+    def best(self) -> tuple[Settings, dict[str, Any]]:
+        """The settings and parameters of the best epoch (the member's own before its first epoch)."""
+        return self.best_settings or self.settings, self.best_params or dict(self.params)
 
     @property
     def last_metric(self) -> float:
-        return self.curve[-1]["metric"] if self.curve else float("-inf")
+        return float(self.curve[-1]["metric"] or 0.0) if self.curve else float("-inf")
 
     def note_epoch(self) -> None:
         """After an epoch: if it was the member's best so far, its weights were built by the current settings."""
@@ -61,11 +75,7 @@ def new_member(ctx: TuningContext, index: int, params: dict[str, Any]) -> Member
 
 def take_snapshot(member: Member) -> None:
     """The state another member may copy: parameters, the settings that built the weights, and the trainer's state."""
-    member.snapshot = {
-        "params": dict(member.params),
-        "settings": member.settings,
-        "trainer": member.trainer.state_dict(),
-    }
+    member.snapshot = Snapshot(dict(member.params), member.settings, member.trainer.state_dict())
 
 
 def set_hyperparameters(member: Member, params: dict[str, Any]) -> None:
@@ -73,6 +83,7 @@ def set_hyperparameters(member: Member, params: dict[str, Any]) -> None:
     the linear head: its L2 strength)."""
     trainer = member.trainer
     if "linear_l2" in params:
+        assert isinstance(trainer, ConvexTrainer)  # only the linear head searches its L2 strength
         trainer.l2 = params["linear_l2"]
         member.settings, member.params = apply(member.settings, params), dict(params)
         return
@@ -94,18 +105,19 @@ def exploit(ctx: TuningContext, member: Member, donor: Member) -> None:
     """Become a copy of the donor's saved state: architecture, weights, optimizer state and parameters together.
     The member's run (epoch count, history, best weights and the settings that built them) goes on."""
     snapshot = donor.snapshot
-    settings = snapshot["settings"].model_copy(
-        update={"model": snapshot["settings"].model.model_copy(update={"seed": member.settings.model.seed})}
-    )
+    if snapshot is None:  # the rules pick donors among members with a snapshot
+        raise ValueError(f"member {donor.index} has no snapshot to copy")
+    seed = {"seed": member.settings.model.seed}
+    settings = snapshot.settings.model_copy(update={"model": snapshot.settings.model.model_copy(update=seed)})
     trainer = make_trainer(settings, ctx.features, ctx.service, len(ctx.names))
-    trainer.load_state_dict(snapshot["trainer"])
+    trainer.load_state_dict(snapshot.trainer)
     trainer.carry_on_from(member.trainer)
-    member.trainer, member.settings, member.params = trainer, settings, dict(snapshot["params"])
+    member.trainer, member.settings, member.params = trainer, settings, dict(snapshot.params)
 
 
 def apply_decision(ctx: TuningContext, members: list[Member], decision: Decision, epoch: int) -> dict[str, Any]:
     member = members[decision.member]
-    if decision.action == "exploit":
+    if decision.action == "exploit" and decision.source is not None:
         exploit(ctx, member, members[decision.source])
     else:
         set_hyperparameters(member, decision.params)
@@ -141,7 +153,7 @@ def run_population(ctx: TuningContext, on_epoch: EpochFn | None = None) -> PBTOu
     cfg, space = ctx.settings.tuning.pbt, ctx.settings.tuning.search_space
     rng = np.random.default_rng(ctx.settings.model.seed)
     members = [
-        new_member(ctx, index, sample(rng, space, uses_linear_head(ctx.settings)))
+        new_member(ctx, index, sample(rng, space, linear=uses_linear_head(ctx.settings)))
         for index in range(cfg.population_size)
     ]
     lineage: list[dict[str, Any]] = []
@@ -149,6 +161,8 @@ def run_population(ctx: TuningContext, on_epoch: EpochFn | None = None) -> PBTOu
     for epoch in range(1, ctx.settings.model.num_epochs + 1):
         for member in members:
             record = member.trainer.run_epoch()
+            if record is None:  # no stop request reaches a population, so every epoch finishes
+                raise RuntimeError(f"member {member.index}'s epoch {epoch} did not finish")
             member.note_epoch()
             member.curve.append(
                 {

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from optuna.distributions import FloatDistribution, IntDistribution
 
 from bertcls.config.settings import PBTSection, SearchSpace
 from bertcls.tuning.search_space import distributions
@@ -30,7 +31,9 @@ def explore(
     bounds = {**distributions(space), **distributions(space, linear=True)}
     new = dict(params)
     for name in (p for p in PERTURBED if p in params):
-        new[name] = float(np.clip(params[name] * rng.uniform(*factors), bounds[name].low, bounds[name].high))
+        bound = bounds[name]
+        assert isinstance(bound, FloatDistribution | IntDistribution)  # every perturbed parameter is numeric
+        new[name] = float(np.clip(params[name] * rng.uniform(*factors), bound.low, bound.high))
     return new
 
 

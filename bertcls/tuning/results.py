@@ -94,7 +94,8 @@ def best_local_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     ]
     if not complete:
         raise BertclsError(f"Study {study.study_name!r} has no completed trial yet; run more trials (--n-trials).")
-    ranked = sorted(complete, key=lambda t: t.value, reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    ranked = sorted(complete, key=lambda t: float(t.value or 0.0), reverse=maximize)
     for trial in ranked:
         if Path(trial.user_attrs.get("checkpoint", "")).is_file():
             if trial.number != ranked[0].number:

@@ -16,7 +16,7 @@ from bertcls.model.checkpoint import TuningProvenance
 from bertcls.runtime.layout import RunLayout
 from bertcls.training.callbacks import WorkflowHooks
 from bertcls.training.preparation import prepare
-from bertcls.training.saving import score_and_save
+from bertcls.training.saving import TrainedModel, score_and_save
 from bertcls.training.setup import rebuild_model
 from bertcls.tuning import results
 from bertcls.tuning.pbt import Member, PBTOutcome, run_population
@@ -50,7 +50,7 @@ class OptimizeOutcome:
 def save_member(ctx: TuningContext, member: Member, lineage: list[dict[str, Any]]) -> tuple[Path, dict]:
     """A member's best weights with the settings and parameters that built them, scored on val and test, saved as a
     checkpoint (the study records the same parameters for the member's trial)."""
-    result, settings, params = member.trainer.result, member.best_settings, member.best_params
+    result, (settings, params) = member.trainer.result, member.best()
     model = rebuild_model(settings, ctx.service, len(ctx.names), result.best_state)
     calibration = calibrate(model, ctx.features.sources["val"], ctx.service.device, settings.calibration)
     tuning = TuningProvenance(
@@ -61,18 +61,19 @@ def save_member(ctx: TuningContext, member: Member, lineage: list[dict[str, Any]
         lineage=[e for e in lineage if e["member"] == member.index],
     )
     path = ctx.trials_dir / f"pbt_member_{member.index}.pt"
-    return score_and_save(path, settings, ctx.service, ctx.names, ctx.features, model, result, calibration, tuning)
+    trained = TrainedModel(settings, ctx.service, ctx.names, ctx.features, model, result, calibration)
+    return score_and_save(path, trained, tuning)
 
 
 def record_population(ctx: TuningContext, study: optuna.Study, outcome: PBTOutcome) -> None:
     """Save every member's checkpoint and add each member to the study as a finished trial."""
-    space = distributions(ctx.settings.tuning.search_space, uses_linear_head(ctx.settings))
+    space = distributions(ctx.settings.tuning.search_space, linear=uses_linear_head(ctx.settings))
     for member in outcome.members:
         path, metrics = save_member(ctx, member, outcome.lineage)
         result = member.trainer.result
         study.add_trial(
             optuna.trial.create_trial(
-                params=member.best_params,
+                params=member.best()[1],
                 distributions=space,
                 value=result.best_metric,
                 user_attrs={
@@ -113,7 +114,6 @@ def run_optimize(settings: Settings, hooks: OptimizeHooks | None = None) -> Opti
     best = results.best_local_trial(study)
     exp_path, best_path = results.export_best(Path(best.user_attrs["checkpoint"]), root, tuning.study_name)
     write_splits(run.splits, root)
-    test = {"f1": best.user_attrs.get("test_f1"), "accuracy": best.user_attrs.get("test_accuracy")}
-    return OptimizeOutcome(
-        study, redact(url), best.number, best.value, best.params, test, exp_path, best_path, folder, ran
-    )
+    test = {key: float(best.user_attrs[f"test_{key}"]) for key in ("f1", "accuracy")}  # every saved trial has them
+    value = float(best.value) if best.value is not None else float("nan")  # a completed trial has a value
+    return OptimizeOutcome(study, redact(url), best.number, value, best.params, test, exp_path, best_path, folder, ran)

@@ -29,10 +29,10 @@ def hidden_dims(layers: int) -> list[int]:
 def uses_linear_head(settings: Settings) -> bool:
     """Whether the settings train the linear head (see ``classifier.head``), whose one searched parameter is its L2
     strength: depth, widths, dropout, activation, learning rate and batch size do not apply to it."""
-    return settings.classifier.resolved_head(task_for(settings.model.task), settings.encoder.freeze) == "linear"
+    return settings.classifier.resolved_head(task_for(settings.model.task), frozen=settings.encoder.freeze) == "linear"
 
 
-def distributions(space: SearchSpace, linear: bool = False) -> dict[str, BaseDistribution]:
+def distributions(space: SearchSpace, *, linear: bool = False) -> dict[str, BaseDistribution]:
     """The searched parameters and their ranges: the single definition of the search space (``linear``: the linear
     head's)."""
     if linear:
@@ -73,9 +73,9 @@ def suggest_value(trial, name: str, dist: BaseDistribution) -> Any:
     raise TypeError(f"unsupported distribution {type(dist).__name__} for {name}")
 
 
-def suggest(trial, space: SearchSpace, linear: bool = False) -> dict[str, Any]:
+def suggest(trial, space: SearchSpace, *, linear: bool = False) -> dict[str, Any]:
     """Ask an Optuna trial for one value of each searched parameter."""
-    return {name: suggest_value(trial, name, dist) for name, dist in distributions(space, linear).items()}
+    return {name: suggest_value(trial, name, dist) for name, dist in distributions(space, linear=linear).items()}
 
 
 def sample_value(rng: np.random.Generator, dist: BaseDistribution) -> Any:
@@ -91,9 +91,9 @@ def sample_value(rng: np.random.Generator, dist: BaseDistribution) -> Any:
     raise TypeError(f"unsupported distribution {type(dist).__name__}")
 
 
-def sample(rng: np.random.Generator, space: SearchSpace, linear: bool = False) -> dict[str, Any]:
+def sample(rng: np.random.Generator, space: SearchSpace, *, linear: bool = False) -> dict[str, Any]:
     """A random point of the space (PBT's initial population)."""
-    return {name: sample_value(rng, dist) for name, dist in distributions(space, linear).items()}
+    return {name: sample_value(rng, dist) for name, dist in distributions(space, linear=linear).items()}
 
 
 def original_early_stopping(trial_number: int, num_epochs: int, base: EarlyStoppingSection) -> EarlyStoppingSection:

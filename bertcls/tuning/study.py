@@ -7,20 +7,23 @@ import logging
 import time
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import optuna
 from optuna.trial import TrialState
 
 from bertcls.config.settings import TuningSection
+from bertcls.runtime.errors import BertclsError
 from bertcls.runtime.interrupts import Interrupted
 from bertcls.runtime.layout import RunLayout
 from bertcls.runtime.redaction import redact
 
+Direction = Literal["minimize", "maximize"]
+
 try:
     import fcntl
 except ImportError:  # Windows: fall back to retries
-    fcntl = None
-from bertcls.runtime.errors import BertclsError
+    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -86,7 +89,7 @@ def _rdb_storage(url: str, cfg: TuningSection, attempts: int = 8) -> optuna.stor
                     heartbeat_interval=cfg.heartbeat_interval,
                     grace_period=cfg.grace_period,
                 )
-        except Exception as exc:  # noqa: BLE001 - sqlalchemy's OperationalError, without importing sqlalchemy here
+        except Exception as exc:
             racing = any(p in str(exc) for p in ("already exists", "locked", "duplicate key", "UNIQUE constraint"))
             if not racing or attempt == attempts - 1:
                 raise
@@ -107,7 +110,10 @@ def with_available_driver(url: str) -> str:
 
 
 def open_study(
-    storage: optuna.storages.BaseStorage, name: str, sampler: optuna.samplers.BaseSampler, direction: str = "maximize"
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    sampler: optuna.samplers.BaseSampler,
+    direction: Direction = "maximize",
 ) -> optuna.Study:
     """Create the study or load it if it exists (resume), with a median pruner."""
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)

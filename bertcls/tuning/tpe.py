@@ -16,12 +16,13 @@ import optuna
 from optuna.samplers import BaseSampler, TPESampler
 
 from bertcls.config.settings import Settings
+from bertcls.data.labelled import Splits
 from bertcls.features.service import EmbeddingService
 from bertcls.features.sets import FeatureSet, build_features
 from bertcls.model.checkpoint import TuningProvenance
 from bertcls.runtime.fileio import pid_alive
 from bertcls.training.callbacks import TrainerCallback, WorkflowHooks
-from bertcls.training.saving import score_and_save
+from bertcls.training.saving import TrainedModel, score_and_save
 from bertcls.training.setup import make_trainer
 from bertcls.tuning.search_space import apply, original_early_stopping, suggest, uses_linear_head
 from bertcls.tuning.study import count_trials
@@ -90,7 +91,7 @@ class TuningContext:
     settings: Settings
     service: EmbeddingService
     features: FeatureSet
-    splits: object
+    splits: Splits
     names: list[str]
     trials_dir: Path
     study_name: str
@@ -122,17 +123,8 @@ def train_trial(ctx: TuningContext, trial: optuna.Trial, params: dict) -> float:
     tuning = TuningProvenance(
         study=ctx.study_name, strategy="tpe", trial=trial.number, params=params, seconds=time.perf_counter() - started
     )
-    path, metrics = score_and_save(
-        ctx.trials_dir / f"trial_{trial.number}.pt",
-        trial_settings,
-        ctx.service,
-        ctx.names,
-        features,
-        trainer.model,
-        result,
-        trainer.calibration,
-        tuning,
-    )
+    trained = TrainedModel(trial_settings, ctx.service, ctx.names, features, trainer.model, result, trainer.calibration)
+    path, metrics = score_and_save(ctx.trials_dir / f"trial_{trial.number}.pt", trained, tuning)
     trial.set_user_attr("checkpoint", str(path))
     trial.set_user_attr("test_f1", metrics["test"]["f1"])
     trial.set_user_attr("test_accuracy", metrics["test"]["accuracy"])
@@ -145,7 +137,7 @@ def make_objective(ctx: TuningContext, study: optuna.Study, target: int) -> Call
             raise SurplusTrial(f"trial {trial.number} is not needed: the study already has {target} trials")
         trial.set_user_attr("host", socket.gethostname())  # so a later run can tell its process died
         trial.set_user_attr("pid", os.getpid())
-        params = suggest(trial, ctx.settings.tuning.search_space, uses_linear_head(ctx.settings))
+        params = suggest(trial, ctx.settings.tuning.search_space, linear=uses_linear_head(ctx.settings))
         return train_trial(ctx, trial, params)
 
     return objective
