@@ -151,10 +151,10 @@ def render(outcome) -> None:
             f"{len(trust.near_duplicates):,} pairs, {differing:,} with other labels",
         )
     if outcome.cv is not None:
-        mean, std = outcome.cv.iloc[-2], outcome.cv.iloc[-1]
-        folds = len(outcome.cv) - 2
+        cv = outcome.cv
+        mean, std, folds = cv.mean, cv.std, cv.folds
         for key in ("macro_f1", "micro_f1", "accuracy", "subset_accuracy"):
-            if key in outcome.cv.columns:
+            if key in mean:
                 name = key.replace("_", " ").replace("f1", "F1")
                 table.add_row(f"CV {name} ({folds} folds)", f"{mean[key]:.4f} ± {std[key]:.4f}")
     out_console.print(table)

@@ -81,11 +81,31 @@ class TrustOutcome:
     near_duplicates: pd.DataFrame | None = None
 
 
+@dataclass(frozen=True)
+class CvSummary:
+    """cv_metrics.csv (a row per fold, then mean and std), and the mean and std of each metric over the folds."""
+
+    table: pd.DataFrame
+    folds: int
+    mean: dict[str, float]
+    std: dict[str, float]
+
+    @classmethod
+    def of(cls, fold_metrics: list[dict[str, float]]) -> CvSummary:
+        frame = pd.DataFrame(fold_metrics)
+        mean = {str(k): float(v) for k, v in frame.mean().items()}
+        std = {str(k): float(v) for k, v in frame.std(ddof=1).fillna(0.0).items()}
+        table = frame.copy()
+        table.insert(0, "fold", [str(i + 1) for i in range(len(frame))])
+        table = pd.concat([table, pd.DataFrame([{"fold": "mean", **mean}, {"fold": "std", **std}])], ignore_index=True)
+        return cls(table, len(frame), mean, std)
+
+
 @dataclass
 class CrossValidation:
     """cv_metrics, the out-of-fold predictions and probabilities, and the labels of the cross-validated rows."""
 
-    table: pd.DataFrame
+    summary: CvSummary
     predictions: pd.DataFrame
     probs: np.ndarray
     truth: Any
@@ -99,7 +119,7 @@ class EvaluationOutcome:
     rows: int
     unseen_labels: dict[str, int]
     ece: float
-    cv: pd.DataFrame | None = None
+    cv: CvSummary | None = None
     files: list[str] = field(default_factory=list)
     trust: TrustOutcome | None = None
 

@@ -14,19 +14,19 @@ from bertcls.evaluation.cross_validation import cross_validate
 from bertcls.evaluation.multi_label import MultiLabelReport
 from bertcls.evaluation.results import (
     CrossValidation,
+    CvSummary,
     EvaluationOutcome,
     ResultWriter,
     StageFn,
     TaskReport,
     TrustOutcome,
 )
-from bertcls.evaluation.scoring import cv_summary_frame
 from bertcls.evaluation.single_label import SingleLabelReport
 from bertcls.evaluation.trust import near_duplicate_frame, near_duplicates
 from bertcls.features.service import EmbeddingService
-from bertcls.inference.batches import predict_embedded
-from bertcls.inference.prediction import Predictor, model_labeller
-from bertcls.model.checkpoint import Checkpoint, build_classifier
+from bertcls.inference.prediction import Predictor
+from bertcls.model.checkpoint import Checkpoint
+from bertcls.model.classifier import Classifier
 from bertcls.runtime.errors import CheckpointError, DataError
 from bertcls.runtime.fileio import write_text_atomic
 from bertcls.runtime.precision import sample_indices
@@ -62,15 +62,12 @@ def score_texts(
         probs = predictor.predict_proba(texts, batch_size)
         service.adopt(predictor.guard.record())  # the guard's verdict holds for the folds too
         return probs
-    lexical = ckpt.lexical_features()
-    model, _ = build_classifier(ckpt, output_root, need_encoder=False)
-    model.to(device)
+    classifier = Classifier.load(ckpt, output_root, with_encoder=False).to(device)
     if service.guard.pending:
         sample = [texts[i] for i in sample_indices(len(texts), seed=0)]
-        service.check_precision(sample, labeller=model_labeller(model, lexical, sample, device))
+        service.check_precision(sample, labeller=classifier.labeller(sample, device))
     vectors, _ = service.embed(texts)
-    matrix = lexical.transform(texts) if lexical is not None else None
-    return predict_embedded(model, vectors, matrix, device)
+    return classifier.predict_embedded(vectors, texts, device)
 
 
 def run_cv(
@@ -106,8 +103,8 @@ def run_cv(
         fold_metrics.append(analysis.summary)
         out_of_fold.append(analysis.all_predictions.assign(source="cross_validation", fold=result.fold))
         oof[rows] = result.probs
-    cv = cv_summary_frame(fold_metrics)
-    writer.csv("cv_metrics.csv", cv)
+    cv = CvSummary.of(fold_metrics)
+    writer.csv("cv_metrics.csv", cv.table)
     return CrossValidation(cv, pd.concat(out_of_fold, ignore_index=True), oof, truth, names)
 
 
@@ -172,7 +169,7 @@ def evaluate(
         outcome = TrustOutcome(trust.calibration, trust.threshold, trust.risk_coverage is not None)
         if folds > 0 and cv_data is not None:
             validation = run_cv(writer, report, trained, cv_data, service, folds, on_stage)
-            cv = validation.table
+            cv = validation.summary
             everything.append(validation.predictions)
             if cfg.find_label_issues:
                 on_stage("Finding label issues")
@@ -182,7 +179,7 @@ def evaluate(
             threshold = cfg.near_duplicate_threshold
             outcome.near_duplicates = write_near_duplicates(writer, service, report, reference, data, threshold)
         writer.csv("all_predictions.csv", pd.concat(everything, ignore_index=True))
-        page = report.page(data, analysis.summary, unseen, cv, folds, trust, outcome, writer)
+        page = report.page(data, analysis.summary, unseen, cv.table if cv else None, folds, trust, outcome, writer)
         write_text_atomic(writer.staging / "report.html", page)
         files = writer.files()
         folder = writer.commit()

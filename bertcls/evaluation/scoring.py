@@ -142,13 +142,3 @@ def summary_metrics(truth: list[str], predicted: list[str], labels: list[str]) -
         "macro_precision": float(p),
         "macro_recall": float(r),
     }
-
-
-def cv_summary_frame(fold_metrics: list[dict[str, float]]) -> pd.DataFrame:
-    """One row per fold, then a mean and a std row."""
-    frame = pd.DataFrame(fold_metrics)
-    frame.insert(0, "fold", [str(i + 1) for i in range(len(frame))])
-    numeric = frame.drop(columns="fold")
-    mean = {"fold": "mean", **numeric.mean().to_dict()}
-    std = {"fold": "std", **numeric.std(ddof=1).fillna(0.0).to_dict()}
-    return pd.concat([frame, pd.DataFrame([mean, std])], ignore_index=True)

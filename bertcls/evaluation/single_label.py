@@ -34,6 +34,7 @@ from bertcls.evaluation.trust import (
 )
 from bertcls.task import DecisionRule
 from bertcls.task.calibration import uncalibrate
+from bertcls.task.metrics import label_indices
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class SingleLabelReport(TaskReport):
 
     def write_label_issues(self, writer: ResultWriter, cv_data: pd.DataFrame, cv: CrossValidation) -> pd.DataFrame:
         text_col, label_col = self.data_cfg.text_column, self.data_cfg.label_column
-        given = cv_data[label_col].map({n: i for i, n in enumerate(cv.names)}).to_numpy(dtype=np.int64)
+        given = label_indices(cv_data[label_col], cv.names)
         issues = label_issues(cv_data, cv.probs, given, cv.names, text_col, label_col)
         writer.csv("label_issues.csv", issues)
         logger.info("Confident learning flags %d of %d rows as likely label issues", len(issues), len(cv_data))
@@ -192,4 +193,3 @@ class SingleLabelReport(TaskReport):
         other = [p for p in writer.plots if p not in key]
         cards = headline(summary, trust, outcome)
         return build_report("bertcls evaluation", cards, notes, key, sections, other)
-

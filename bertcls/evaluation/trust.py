@@ -11,6 +11,7 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 from bertcls.task.calibration import bin_edges, bin_index, ece, uncalibrate
+from bertcls.task.metrics import categorical_nll, label_indices
 
 logger = logging.getLogger(__name__)
 RISK_POINTS = 101
@@ -18,8 +19,7 @@ RISK_POINTS = 101
 
 def truth_indices(truth: list[str], labels: list[str]) -> np.ndarray:
     """Index of each true label among the model's labels, -1 for a label it never saw."""
-    index = {label: i for i, label in enumerate(labels)}
-    return np.array([index.get(t, -1) for t in truth], dtype=np.int64)
+    return label_indices(truth, labels)
 
 
 def calibration_summary(probs: np.ndarray, truth: np.ndarray, temperature: float, bins: int) -> pd.DataFrame:
@@ -29,13 +29,12 @@ def calibration_summary(probs: np.ndarray, truth: np.ndarray, temperature: float
     for stage, p in (("before", uncalibrate(probs, temperature)), ("after", probs.astype(np.float64))):
         p, y = p[known], truth[known]
         correct = p.argmax(axis=1) == y
-        likelihood = np.clip(p[np.arange(len(y)), y], 1e-12, 1.0)
         rows.append(
             {
                 "calibration": stage,
                 "temperature": 1.0 if stage == "before" else temperature,
                 "ece": ece(p.max(axis=1), correct, bins),
-                "nll": float(-np.log(likelihood).mean()) if len(y) else float("nan"),
+                "nll": categorical_nll(p, y),
             }
         )
     return pd.DataFrame(rows)

@@ -19,13 +19,14 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from bertcls.features.lexical import LexicalFeatures, LexicalSpec
-from bertcls.model.checkpoint import Checkpoint, build_with_encoder, now_iso
+from bertcls.model.checkpoint import Checkpoint, now_iso
+from bertcls.model.classifier import Classifier
 from bertcls.model.encoder import bounded, pool_windows, split_into_windows, window_batches
 from bertcls.runtime.errors import BertclsError
 from bertcls.runtime.fileio import atomic_path, replace_dir
 from bertcls.runtime.layout import RunLayout
 from bertcls.task import DecisionRule, SingleLabel, Task
-from bertcls.task.metrics import macro_f1
+from bertcls.task.metrics import label_indices, macro_f1
 
 logger = logging.getLogger(__name__)
 MANIFEST = "export.json"
@@ -249,9 +250,8 @@ class ExportReport:
 
 
 def _label_ids(labels: list[str], truth: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    index = {label: i for i, label in enumerate(labels)}
-    known = np.array([t in index for t in truth], dtype=bool)
-    return known, np.array([index.get(t, -1) for t in truth], dtype=np.int64)
+    ids = label_indices(truth, labels)
+    return ids >= 0, ids
 
 
 def check_export(
@@ -303,13 +303,17 @@ def export_model(
     staging = RunLayout.staging_for(RunLayout(output_root).export_dir)
     staging.mkdir(parents=True)
     try:
-        model, encoder = build_with_encoder(ckpt, output_root)
+        classifier = Classifier.load(ckpt, output_root)
+        model, encoder, lexical, windowing = (
+            classifier.network,
+            classifier.text_encoder(),
+            classifier.lexical,
+            classifier.windowing,
+        )
         export_graphs(model, encoder, staging)
         encoder.tokenizer.save_pretrained(str(staging / "tokenizer"))
-        lexical = ckpt.lexical_features()
         if lexical is not None:
             save_lexical(model, lexical, staging / "lexical.pt")
-        windowing = ckpt.architecture.encoder.windowing()
         manifest = ExportManifest(
             labels=ckpt.labels,
             encoder_file="encoder.onnx",

@@ -18,9 +18,8 @@ import torch
 
 from bertcls.config.settings import DataSection
 from bertcls.data.labelled import binary_kind, require_columns
-from bertcls.inference.batches import predict_embedded
-from bertcls.model.checkpoint import Checkpoint, build_with_encoder
-from bertcls.model.encoder import embed_documents
+from bertcls.model.checkpoint import Checkpoint
+from bertcls.model.classifier import Classifier
 from bertcls.runtime.distributed import world
 from bertcls.runtime.errors import DataError
 from bertcls.runtime.fileio import atomic_path
@@ -110,35 +109,23 @@ class PredictSummary:
         return {**self.task.decision_scores(truth, given, num_classes), "rows": int(len(truth))}
 
 
-def model_labeller(model, lexical, texts: list[str], device: torch.device, batch_size: int = 256):
-    """A trained model's labels for embeddings of ``texts`` (the precision guard's labeller; the texts' TF-IDF part
-    is the same at any precision, so it is computed once)."""
-    matrix = lexical.transform(texts) if lexical is not None else None
-
-    def label(vectors: np.ndarray) -> np.ndarray:
-        return predict_embedded(model, vectors, matrix, device, batch_size).argmax(axis=1)
-
-    return label
-
-
 class Predictor:
-    """Loads a checkpoint once and turns texts into class probabilities."""
+    """Loads a checkpoint once (as a :class:`~bertcls.model.classifier.Classifier`) and turns texts into
+    probabilities, checking a reduced precision its training did not check on the first texts it sees."""
 
     def __init__(self, ckpt: Checkpoint, output_root: str | Path, device: torch.device, precision: str = "fp32"):
         self.ckpt = ckpt
+        self.classifier = Classifier.load(ckpt, output_root).to(device)
         self.labels = ckpt.labels
         self.task = ckpt.task
         self.device = device
-        self.model, self.encoder = build_with_encoder(ckpt, output_root)
-        self.model.to(device)
-        self.lexical = ckpt.lexical_features()
-        self.windowing = ckpt.architecture.encoder.windowing()
+        self.encoder = self.classifier.text_encoder()
         self.guard = PrecisionGuard.start(precision, device, ckpt.meta.precision)
         self.encoder.precision = self.guard.precision
 
     @property
     def rule(self) -> DecisionRule:
-        return self.model.rule
+        return self.classifier.rule
 
     @property
     def temperature(self) -> float:
@@ -147,7 +134,7 @@ class Predictor:
     def check_precision(self, texts: list[str], batch_size: int) -> None:
         """The guard, on the first texts this model predicts at a reduced precision its training did not check."""
         sample = [texts[i] for i in sample_indices(len(texts), seed=0)]
-        label = model_labeller(self.model, self.lexical, sample, self.device, batch_size)
+        label = self.classifier.labeller(sample, self.device, batch_size)
         check, _ = measure(self.encoder, sample, self.encoder.precision, self.device, batch_size, label)
         log_check(check)
         self.guard.decide(check)
@@ -155,9 +142,7 @@ class Predictor:
 
     def embed(self, texts: list[str], batch_size: int) -> np.ndarray:
         """Document vectors; under torchrun each rank embeds every size-th text and all get all of them."""
-        return world().map_sharded(
-            lambda part: embed_documents(self.encoder, part, batch_size, self.device, self.windowing), texts
-        )
+        return world().map_sharded(lambda part: self.classifier.embed(part, self.device, batch_size), texts)
 
     def predict_proba(self, texts: list[str], batch_size: int) -> np.ndarray:
         """Probabilities in input order, from the same features the model was trained on (whole-text windows and
@@ -167,8 +152,7 @@ class Predictor:
         if self.guard.pending:
             self.check_precision(distinct, batch_size)
         vectors = self.embed(distinct, batch_size)
-        lexical = self.lexical.transform(distinct) if self.lexical is not None else None
-        return predict_embedded(self.model, vectors, lexical, self.device, batch_size)[position]
+        return self.classifier.predict_embedded(vectors, distinct, self.device, batch_size)[position]
 
 
 def read_chunks(source: TextIO | Path, options: PredictOptions) -> Iterator[pd.DataFrame]:

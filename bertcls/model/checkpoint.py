@@ -340,14 +340,6 @@ def load_weights(model: TextClassifier, ckpt: Checkpoint) -> None:
         ) from None
 
 
-def build_with_encoder(ckpt: Checkpoint, output_root: str | Path) -> tuple[TextClassifier, Encoder]:
-    """The model with its encoder (prediction from texts, export)."""
-    model, encoder = build_classifier(ckpt, output_root, need_encoder=True)
-    if encoder is None:  # build_classifier always loads it when asked
-        raise CheckpointError(f"{ckpt.path} has no encoder to load.")
-    return model, encoder
-
-
 def build_classifier(
     ckpt: Checkpoint, output_root: str | Path, *, need_encoder: bool = True
 ) -> tuple[TextClassifier, Encoder | None]:

@@ -3,6 +3,8 @@ label sets, per-label decision thresholds, and the epoch record."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
@@ -107,3 +109,17 @@ def label_set_scores(truth: np.ndarray, given: np.ndarray) -> dict[str, float]:
         "accuracy": float((truth == given).all(axis=1).mean()),
         "hamming_loss": float((truth != given).mean()),
     }
+
+
+def label_indices(values: Iterable[str], names: Sequence[str]) -> np.ndarray:
+    """Each value's index in ``names``, -1 for a value not among them: the one label -> class index mapping."""
+    index = {name: i for i, name in enumerate(names)}
+    return np.array([index.get(value, -1) for value in values], dtype=np.int64)
+
+
+def categorical_nll(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of class indices ``labels`` under the rows of ``probs`` (NaN with no rows)."""
+    if not len(labels):
+        return float("nan")
+    picked = np.clip(np.asarray(probs)[np.arange(len(labels)), labels], 1e-12, 1.0)
+    return float(-np.log(picked).mean())

@@ -15,7 +15,7 @@ from bertcls.data.csvlines import csv_lines, row_list
 from bertcls.runtime.errors import DataError
 from bertcls.task.base import DecisionRule, PredictionColumns, Task, TaskName
 from bertcls.task.calibration import CalibrationRecord, ece, fit_temperature, log_softmax, nll
-from bertcls.task.metrics import accuracy, macro_f1
+from bertcls.task.metrics import accuracy, categorical_nll, label_indices, macro_f1
 
 if TYPE_CHECKING:
     from bertcls.config.settings import CalibrationSection, DataSection
@@ -39,13 +39,12 @@ class SingleLabel(Task):
         return sorted(train[cfg.label_column].unique().tolist())
 
     def encode(self, frame: pd.DataFrame, cfg: DataSection, names: list[str], source: str) -> np.ndarray:
-        index = {name: i for i, name in enumerate(names)}
-        unseen = sorted(set(frame[cfg.label_column]) - set(index))
+        unseen = sorted(set(frame[cfg.label_column]) - set(names))
         if unseen:
             raise DataError(
                 f"The {source} split has label(s) {', '.join(map(repr, unseen))} that the training split lacks."
             )
-        return frame[cfg.label_column].map(index).to_numpy(dtype=np.int64)
+        return label_indices(frame[cfg.label_column], names)
 
     def label_keys(self, frame: pd.DataFrame, cfg: DataSection) -> pd.Series:
         return frame[cfg.label_column]
@@ -184,9 +183,8 @@ class SingleLabel(Task):
 
     def score(self, probs: np.ndarray, labels: np.ndarray, num_classes: int, rule: DecisionRule) -> dict[str, float]:
         predicted = self.decide(probs, rule)
-        picked = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
         return {
-            "loss": float(-np.log(picked).mean()),
+            "loss": categorical_nll(probs, labels),
             "accuracy": accuracy(labels, predicted),
             "f1": macro_f1(labels, predicted, num_classes),
         }
@@ -231,11 +229,9 @@ class SingleLabel(Task):
     def read_truth(
         self, chunk: pd.DataFrame, cfg: DataSection, names: list[str], source: str
     ) -> tuple[np.ndarray, dict[str, int]]:
-        index = {label: i for i, label in enumerate(names)}
         truth = chunk[cfg.label_column]
-        unseen = truth[~truth.isin(index)].value_counts()
-        indices = truth.map(index).fillna(-1).to_numpy(dtype=np.int64)
-        return indices, {str(k): int(v) for k, v in unseen.items()}
+        unseen = truth[~truth.isin(names)].value_counts()
+        return label_indices(truth, names), {str(k): int(v) for k, v in unseen.items()}
 
     def decision_scores(self, truth: np.ndarray, given: np.ndarray, num_classes: int) -> dict[str, float]:
         return {"accuracy": accuracy(truth, given), "f1": macro_f1(truth, given, num_classes)}
