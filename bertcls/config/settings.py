@@ -19,6 +19,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 if TYPE_CHECKING:
     from bertcls.task import Task
 
+# the kinds of task (bertcls.task turns a name into its Task object)
+TaskName = Literal["multiclass", "multilabel"]
 ACTIVATIONS = ("relu", "gelu", "silu", "elu", "tanh", "leaky_relu", "prelu")
 ENV_PREFIX = "BERTCLS_"
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
@@ -55,7 +57,7 @@ class ModelSection(StrictModel):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     num_threads: int | None = Field(None, ge=1)
-    task: Literal["multiclass", "multilabel"] = "multiclass"
+    task: TaskName = "multiclass"
     metric: Literal["f1", "accuracy", "micro_f1", "samples_f1"] = "f1"
     seed: int = 42
 

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
+from bertcls.config.settings import TaskName
+
 if TYPE_CHECKING:
     from bertcls.config.settings import CalibrationSection, DataSection
     from bertcls.task.calibration import CalibrationRecord
 
-TaskName = Literal["multiclass", "multilabel"]
 
 
 @dataclass
