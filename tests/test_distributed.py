@@ -39,6 +39,7 @@ def test_epoch_shards_are_disjoint_and_cover_the_epoch(workspace, small_csv):
     from bertcls.config.sources import resolve_settings
     from bertcls.runtime.distributed import SINGLE
     from bertcls.training.callbacks import WorkflowHooks
+    from bertcls.training.lockstep import LockstepEpoch
     from bertcls.training.preparation import prepare
     from bertcls.training.setup import make_trainer
 
@@ -49,7 +50,7 @@ def test_epoch_shards_are_disjoint_and_cover_the_epoch(workspace, small_csv):
         trainer = make_trainer(settings, run.features, run.service, len(run.names), SINGLE)
         trainer.parallel = Parallel(rank, 2)  # the dealing only; no process group is needed for it
         trainer.memory.batch_size = 7
-        batches = trainer.deal_epoch()
+        batches = LockstepEpoch(trainer).deal()
         shards.append((batches, np.concatenate(batches)))
     (batches0, rows0), (batches1, rows1) = shards
     assert len(batches0) == len(batches1)  # lockstep
@@ -114,7 +115,7 @@ import os, sys, torch
 sys.path.insert(0, {repo!r})
 import bertcls.training.trainer as training
 
-original, calls = training.Trainer._loss, []
+original, calls = training.Trainer.loss, []
 
 
 def flaky(self, indices):
@@ -124,7 +125,7 @@ def flaky(self, indices):
     return original(self, indices)
 
 
-training.Trainer._loss = flaky
+training.Trainer.loss = flaky
 from bertcls.cli.app import run
 
 sys.exit(run(sys.argv[1:]))

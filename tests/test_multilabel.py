@@ -14,7 +14,7 @@ from conftest import GOEMOTIONS
 from sklearn.metrics import accuracy_score, f1_score, hamming_loss, precision_recall_fscore_support
 
 from bertcls.config.settings import DataSection
-from bertcls.data.labelled import DataReport, resolve_conflicting_labels
+from bertcls.data.labelled import DataReport, check_labelled, resolve_conflicting_labels
 from bertcls.data.labelsets import iterative_stratification, label_matrix, label_sets, names_of, split_label_sets
 from bertcls.model.checkpoint import load_checkpoint
 from bertcls.runtime.errors import DataError
@@ -226,6 +226,19 @@ def test_conflicting_label_sets_take_their_union_in_either_form(layout):
                                    DataReport(), MULTI_LABEL)  # fmt: skip
 
 
+def test_cell_checks_run_before_rows_are_dropped_or_merged():
+    """A bad 0/1 cell is refused even on a row the conflict policy would rewrite, and a one-column file without a
+    separator is refused even when a union would create one."""
+    flags = pd.DataFrame({"text": ["x", "x", "y", "z"], "a": ["1", "yes", "0", "1"], "b": ["0", "1", "1", "0"]})
+    cfg = DataSection(label_columns=["a", "b"], on_conflicting_labels="union")
+    with pytest.raises(DataError, match="holds 'yes'"):
+        check_labelled(flags, cfg, "d.csv", MULTI_LABEL, 1)
+    single = pd.DataFrame({"text": ["x", "x", "y", "z"], "labels": ["a", "b", "a", "b"]})
+    cfg = DataSection(label_column="labels", on_conflicting_labels="union")
+    with pytest.raises(DataError, match="no cell of label column 'labels' holds the separator"):
+        check_labelled(single, cfg, "d.csv", MULTI_LABEL, 1, require_several=True)
+
+
 # --- a multi-label checkpoint through every command --------------------------------------------------------------
 
 
@@ -248,6 +261,9 @@ def test_both_input_forms_give_the_same_model(cli, workspace, ml_model, ml_data)
 def test_thresholds_round_trip_and_predict_writes_the_label_columns(cli, ml_model):
     ckpt = load_checkpoint(ml_model / "best_trials" / "best_model.pt")
     assert ckpt.task == MULTI_LABEL and len(ckpt.rule.thresholds) == len(KEEP)
+    uncalibrated = load_checkpoint(ml_model / "best_trials" / "best_model.pt")
+    uncalibrated.meta.calibration = None  # as a model saved without a calibration record: 0.5 for every label
+    assert uncalibrated.rule.thresholds == (0.5,) * len(KEEP)
     assert ckpt.architecture.head.hidden_dims == [] and ckpt.architecture.lexical is not None
     assert ckpt.meta.metrics["test"]["micro_f1"] > 0.4
     code, out, err = cli("predict", "--output-root", str(ml_model), "--data-file", str(ml_model / "data" / "test.csv"),

@@ -219,8 +219,9 @@ def report(summary, num_classes: int, target: str, console, temperature: float =
     if metrics:
         kept_note = " (kept rows)" if coverage is not None else ""
         table.add_row(f"labelled rows scored{kept_note}", f"{metrics['rows']:,}")
-        for key, name in summary.task.metric_names.items():
-            if key in metrics and key != "loss":
+        task = summary.task
+        for key, name in ((key, task.metric_names[key]) for key in task.prediction_metrics):
+            if key in metrics:
                 table.add_row(name, f"{metrics[key]:.4f}")
     console.print(table)
     print_unseen_labels(console, summary.unseen_labels)

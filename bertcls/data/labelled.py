@@ -198,7 +198,10 @@ def check_labelled(
     checks its labels (per label for multi-label data, where ``require_several`` refuses a one-column file in
     which no text has several labels)."""
     report = DataReport(rows=len(frame))
+    task.check_cells(frame, cfg, source)
     frame = drop_bad_rows(frame, cfg, source, report, task)
+    if require_several:
+        task.check_several(frame, cfg, source)
     frame = resolve_conflicting_labels(frame, cfg, source, report, task)
     labels = task.label_keys(frame, cfg)
     report.duplicate_rows = int(pd.DataFrame({"t": frame[cfg.text_column], "l": labels}).duplicated().sum())
@@ -206,7 +209,7 @@ def check_labelled(
         report.warnings.append(
             f"{report.duplicate_rows} exact duplicate row(s) found; they are kept and always share a split."
         )
-    report.class_counts = task.check_labels(frame, cfg, source, min_per_class, require_several=require_several)
+    report.class_counts = task.check_labels(frame, cfg, source, min_per_class)
     for warning in report.warnings:
         logger.warning(warning)
     return frame, report

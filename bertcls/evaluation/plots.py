@@ -13,7 +13,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib.ticker import MaxNLocator
 
 from bertcls.runtime.fileio import atomic_path
 
@@ -113,7 +112,7 @@ def confusion_pairs_plot(pairs: pd.DataFrame, path: Path) -> Path:
         names = [f"{t} -> {p}" for t, p in zip(pairs.true_label, pairs.predicted_label, strict=True)]
         ax.barh(names[::-1], pairs["count"][::-1], color="tab:orange")
         ax.set_xlabel("errors")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.get_major_locator().set_params(integer=True)  # type: ignore[call-arg]  # an AutoLocator takes it
     ax.set_title("Most frequent confusions (true -> predicted)")
     fig.tight_layout()
     return _save(fig, path)

@@ -1,7 +1,7 @@
 """Model inputs and inference: turning row indices into batches (precomputed embeddings or tokens, plus TF-IDF
-rows), and the logits and probabilities of a model over a source.
+rows); the logits, probabilities and scores of a model over a source; and fitting its calibration on one.
 
-Prediction, evaluation and the training loop share these; nothing here trains.
+Prediction, evaluation and the training loop share these; no weight is trained here.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 
 
 class BatchSource(Protocol):
-    """Turns row indices into model inputs; knows how to order rows for an epoch. ``labels``: as the model's task
-    encodes them (class indices, or a 0/1 float matrix with one column per label)."""
+    """Turns row indices into model inputs; knows how to order rows for an epoch. ``labels``: as the task's
+    ``encode`` gives them (int64 class indices, or a float32 0/1 matrix with one column per label), the dtypes
+    the losses take."""
 
     labels: np.ndarray
 
@@ -111,7 +112,7 @@ def predict_logits(
     for start in range(0, len(source), batch_size):
         indices = np.arange(start, min(start + batch_size, len(source)))
         chunks.append(model(source.batch(indices, device)).float().cpu().numpy())
-    return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(chunks) if chunks else np.zeros((0, model.head.spec.num_classes), dtype=np.float32)
 
 
 def predict_proba(
@@ -146,8 +147,10 @@ def calibrate(
     thresholds) and give the model the rule it describes."""
     min_labels = model.rule.min_labels
     model.rule = DecisionRule(min_labels=min_labels)
-    empty = np.zeros((0, model.head.spec.num_classes), dtype=np.float32)
-    logits = predict_logits(model, val, device) if len(val) else empty
+    if model.task.calibrates(cfg):
+        logits = predict_logits(model, val, device)
+    else:
+        logits = np.zeros((0, model.head.spec.num_classes), dtype=np.float32)
     record = model.task.calibrate(logits, val.labels, cfg, bins)
     model.rule = DecisionRule.calibrated(record, min_labels)
     return record

@@ -96,8 +96,8 @@ class PredictSummary:
                 self.unseen_labels[label] = self.unseen_labels.get(label, 0) + count
 
     def metrics(self, num_classes: int) -> dict[str, float] | None:
-        """The task's metrics over labelled rows (the rows not abstained on when abstaining); labels the model never
-        saw count as errors."""
+        """The task's metrics over labelled rows (the rows not abstained on when abstaining); a label the model never
+        saw counts as an error for one label per text and is left out of a label set."""
         if not self.has_labels or not self.truths:
             return None
         truth, given = np.concatenate(self.truths), np.concatenate(self.givens)

@@ -185,9 +185,15 @@ class Checkpoint:
     @property
     def rule(self) -> DecisionRule:
         """How the model decides: the calibrated temperature(s), per-label thresholds and ``min_labels``."""
-        if self.meta.calibration is None:
-            return DecisionRule(min_labels=self.min_labels)
-        return DecisionRule.calibrated(self.meta.calibration, self.min_labels)
+        record = self.meta.calibration
+        rule = (
+            DecisionRule(min_labels=self.min_labels)
+            if record is None
+            else DecisionRule.calibrated(record, self.min_labels)
+        )
+        if self.task.per_label_thresholds and rule.thresholds is None:  # none stored: 0.5 for every label
+            rule = rule.with_calibration(rule.temperature, [0.5] * len(self.meta.labels))
+        return rule
 
     def lexical_features(self) -> LexicalFeatures | None:
         """The fitted TF-IDF vectorizers the model was trained with (None when it uses none)."""

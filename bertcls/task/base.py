@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from bertcls.task.calibration import CalibrationRecord
 
 
-
 @dataclass
 class PredictionColumns:
     """What a task writes for a chunk of predictions: its output columns, the decisions as they count in scores
@@ -72,6 +71,8 @@ class Task(ABC):
     default_class_weights: ClassVar[str]
     default_head_lr: ClassVar[float]
     metric_names: ClassVar[dict[str, str]]  # metric key -> column title, in display order
+    prediction_metrics: ClassVar[tuple[str, ...]]  # what predict reports on labelled input
+    per_label_thresholds: ClassVar[bool]  # whether decisions cut each label's probability at its own threshold
     label_noun: ClassVar[str]  # what one text carries: "label", "label set"
     min_per_label_in_eval_files: ClassVar[int]  # distinct texts each label needs in explicit val and test files
 
@@ -97,10 +98,6 @@ class Task(ABC):
     def label_keys(self, frame: pd.DataFrame, cfg: DataSection) -> pd.Series:
         """One string per row naming its label (label set), for comparing rows and hashing data."""
 
-    @abstractmethod
-    def as_targets(self, labels: np.ndarray) -> np.ndarray:
-        """Encoded labels in the dtype the loss takes."""
-
     # --- data checks and splits -----------------------------------------------------------------------------
     @abstractmethod
     def blank_rows(self, frame: pd.DataFrame, cfg: DataSection) -> pd.Series:
@@ -109,10 +106,16 @@ class Task(ABC):
     blank_description: ClassVar[str]
 
     @abstractmethod
-    def check_labels(
-        self, frame: pd.DataFrame, cfg: DataSection, source: str, min_per_label: int, *, require_several: bool
-    ) -> dict[str, int]:
-        """Check the labels of a file (counts, form); returns texts per label."""
+    def check_cells(self, frame: pd.DataFrame, cfg: DataSection, source: str) -> None:
+        """Refuse label cells the task cannot read, before any row is dropped or merged."""
+
+    @abstractmethod
+    def check_several(self, frame: pd.DataFrame, cfg: DataSection, source: str) -> None:
+        """Refuse a training file that looks like another task's data."""
+
+    @abstractmethod
+    def check_labels(self, frame: pd.DataFrame, cfg: DataSection, source: str, min_per_label: int) -> dict[str, int]:
+        """Check how many texts each label has; returns texts per label."""
 
     @abstractmethod
     def merge_conflicts(
@@ -165,6 +168,10 @@ class Task(ABC):
     def decide(self, probs: np.ndarray, rule: DecisionRule) -> np.ndarray:
         """The decisions: class indices, or a boolean matrix of the labels given."""
 
+    def calibrates(self, cfg: CalibrationSection) -> bool:
+        """Whether calibration fits anything under ``cfg`` (else the validation logits are not computed)."""
+        return cfg.method != "none"
+
     @abstractmethod
     def calibrate(
         self, logits: np.ndarray, labels: np.ndarray, cfg: CalibrationSection, bins: int
@@ -203,8 +210,8 @@ class Task(ABC):
     def read_truth(
         self, chunk: pd.DataFrame, cfg: DataSection, names: list[str], source: str
     ) -> tuple[np.ndarray, dict[str, int]]:
-        """The labels of labelled input rows as :meth:`decision_scores` takes them (a label the model never saw
-        counts as an error), and how many rows carry each unseen label."""
+        """The labels of labelled input rows as :meth:`decision_scores` takes them, and how many rows carry each label
+        the model never saw (an error for one label per text; left out of a label set)."""
 
     @abstractmethod
     def decision_scores(self, truth: np.ndarray, given: np.ndarray, num_classes: int) -> dict[str, float]:

@@ -55,6 +55,8 @@ class MultiLabel(Task):
         "hamming_loss": "Hamming loss",
         "loss": "loss",
     }
+    prediction_metrics = ("f1", "micro_f1", "samples_f1", "accuracy")
+    per_label_thresholds = True
 
     def label_names(self, train: pd.DataFrame, cfg: DataSection) -> list[str]:
         return names_of(train, cfg)
@@ -70,19 +72,20 @@ class MultiLabel(Task):
     def label_keys(self, frame: pd.DataFrame, cfg: DataSection) -> pd.Series:
         return label_keys(frame, cfg)
 
-    def as_targets(self, labels: np.ndarray) -> np.ndarray:
-        return np.asarray(labels).astype(np.float32)
-
     def blank_rows(self, frame: pd.DataFrame, cfg: DataSection) -> pd.Series:
         return frame[cfg.text_column].str.strip() == ""  # an empty label cell means no label
 
-    def check_labels(
-        self, frame: pd.DataFrame, cfg: DataSection, source: str, min_per_label: int, *, require_several: bool
-    ) -> dict[str, int]:
+    def check_cells(self, frame: pd.DataFrame, cfg: DataSection, source: str) -> None:
         check_flag_columns(frame, cfg, source)
-        if require_several:
-            check_separator_used(frame, cfg, source)
+
+    def check_several(self, frame: pd.DataFrame, cfg: DataSection, source: str) -> None:
+        check_separator_used(frame, cfg, source)
+
+    def check_labels(self, frame: pd.DataFrame, cfg: DataSection, source: str, min_per_label: int) -> dict[str, int]:
         return check_label_counts(frame, cfg, source, min_per_label)
+
+    def calibrates(self, cfg: CalibrationSection) -> bool:
+        return True  # the per-label thresholds are tuned whether or not temperatures are fitted
 
     def merge_conflicts(
         self, frame: pd.DataFrame, cfg: DataSection, conflicted: pd.Series, source: str

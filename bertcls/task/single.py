@@ -34,6 +34,8 @@ class SingleLabel(Task):
     label_noun = "label"
     min_per_label_in_eval_files = 1  # and so at least two classes
     metric_names: ClassVar[dict[str, str]] = {"accuracy": "accuracy", "f1": "macro F1", "loss": "loss"}
+    prediction_metrics = ("accuracy", "f1")
+    per_label_thresholds = False
 
     def label_names(self, train: pd.DataFrame, cfg: DataSection) -> list[str]:
         return sorted(train[cfg.label_column].unique().tolist())
@@ -49,15 +51,16 @@ class SingleLabel(Task):
     def label_keys(self, frame: pd.DataFrame, cfg: DataSection) -> pd.Series:
         return frame[cfg.label_column]
 
-    def as_targets(self, labels: np.ndarray) -> np.ndarray:
-        return np.asarray(labels).astype(np.int64)
-
     def blank_rows(self, frame: pd.DataFrame, cfg: DataSection) -> pd.Series:
         return (frame[cfg.text_column].str.strip() == "") | (frame[cfg.label_column].str.strip() == "")
 
-    def check_labels(
-        self, frame: pd.DataFrame, cfg: DataSection, source: str, min_per_label: int, *, require_several: bool
-    ) -> dict[str, int]:
+    def check_cells(self, frame: pd.DataFrame, cfg: DataSection, source: str) -> None:
+        """Any string is a label."""
+
+    def check_several(self, frame: pd.DataFrame, cfg: DataSection, source: str) -> None:
+        """A single-label file cannot look like multi-label data: a cell with a separator is one label."""
+
+    def check_labels(self, frame: pd.DataFrame, cfg: DataSection, source: str, min_per_label: int) -> dict[str, int]:
         counts = frame[cfg.label_column].value_counts()
         if len(counts) < 2:
             raise DataError(f"{source} has {len(counts)} class(es); a classifier needs at least 2.")

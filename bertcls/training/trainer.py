@@ -29,6 +29,7 @@ from bertcls.task.calibration import CalibrationRecord
 from bertcls.task.metrics import EpochRecord
 from bertcls.training.callbacks import TrainerCallback
 from bertcls.training.early_stopping import EarlyStopping
+from bertcls.training.lockstep import LockstepEpoch
 
 logger = logging.getLogger(__name__)
 
@@ -196,13 +197,13 @@ class Trainer:
         for callback in self.callbacks:
             getattr(callback, event)(self, *args)
 
-    def _apply_schedule(self) -> None:
+    def apply_schedule(self) -> None:
         progress = self.state.samples_seen / max(1, self.model_cfg.num_epochs * len(self.train_data))
         factor = schedule_factor(progress, self.optim_cfg.warmup_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
 
-    def _loss(self, indices: np.ndarray) -> torch.Tensor:
+    def loss(self, indices: np.ndarray) -> torch.Tensor:
         head, lexical = self.parts(self.train_data.batch(indices, self.device))
         labels = torch.from_numpy(self.train_data.labels[indices]).to(self.device)
         loss = self.loss_fn(head, labels)
@@ -210,13 +211,13 @@ class Trainer:
             loss = loss + self.loss_fn(lexical, labels) + self.loss_fn(head + lexical, labels)
         return loss
 
-    def _backward(self, loss: torch.Tensor) -> None:
+    def backward(self, loss: torch.Tensor) -> None:
         if self.scaler is None:
             loss.backward()
         else:
             self.scaler.scale(loss).backward()
 
-    def _update(self) -> None:
+    def update(self) -> None:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.optim_cfg.max_grad_norm:
@@ -228,92 +229,18 @@ class Trainer:
             self.scaler.update()
 
     def _step(self, indices: np.ndarray) -> float:
-        self._apply_schedule()
+        self.apply_schedule()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self._loss(indices)
-        self._backward(loss)
-        self._update()
+        loss = self.loss(indices)
+        self.backward(loss)
+        self.update()
         return float(loss.detach())
-
-    def _distributed_step(self, indices: np.ndarray) -> float | None:
-        """One step on every rank together: forward and backward without DDP's own all-reduce (``no_sync``), then
-        the ranks agree whether all of them managed; if one ran out of memory every rank drops the step (None),
-        else the gradients are averaged across ranks and every rank takes the same step."""
-        self._apply_schedule()
-        self.optimizer.zero_grad(set_to_none=True)
-        failed, value = False, 0.0
-        try:
-            if len(indices):
-                with self.parallel.no_sync(self.parts):
-                    loss = self._loss(indices)
-                    self._backward(loss)
-                value = float(loss.detach())
-        except (RuntimeError, torch.OutOfMemoryError) as exc:
-            if not is_out_of_memory(exc):
-                raise
-            failed = True
-            self.optimizer.zero_grad(set_to_none=True)
-        if self.parallel.reduce_boolean_decision(failed):
-            return None
-        self.state.samples_seen += self.parallel.average_gradients(self.model, len(indices))  # the same on every rank
-        self._update()
-        return value
-
-    def epoch_shards(self) -> list[np.ndarray]:
-        """Under torchrun, this rank's batches of the epoch, at the batch size every rank agrees on."""
-        self.memory.batch_size = self.parallel.agree_min(self.memory.batch_size)
-        return self.deal_epoch()
-
-    def deal_epoch(self) -> list[np.ndarray]:
-        """The seeded, length-grouped epoch order (the same on every rank) dealt out row by row, so the ranks'
-        shards are disjoint and together are the whole epoch, cut into the same number of batches on every rank
-        (DistributedDataParallel steps in lockstep)."""
-        order = self.train_data.epoch_order(self.rng, self.memory.batch_size)
-        mine, most = self.parallel.deal(order)
-        steps = -(-most // self.memory.batch_size)
-        self.last_shard = mine
-        return np.array_split(mine, steps) if steps else []  # a share may be empty: the rank still takes part
-
-    def agree_batch_size(self, pending: list[np.ndarray]) -> None:
-        """After a step: the memory manager's reading on every rank, the smallest batch size wins, and the next
-        batch is cut into as many pieces as the rank that needs most (so the ranks stay in lockstep)."""
-        self.memory.after_step()
-        self.memory.batch_size = self.parallel.agree_min(self.memory.batch_size)
-        if not pending:
-            self.parallel.agree_max(0)  # every rank takes part in the same collectives
-            return
-        pieces = self.parallel.agree_max(-(-len(pending[0]) // self.memory.batch_size))
-        if pieces > 1:
-            pending[:1] = np.array_split(pending[0], pieces)
-
-    def train_epoch_distributed(self) -> float:
-        losses, total = [], 0
-        pending = self.epoch_shards()
-        rows = sum(len(b) for b in pending)
-        while pending:
-            indices = pending.pop(0)
-            value = self._distributed_step(indices)
-            if value is None:  # some rank ran out of memory: every rank halves, and retries this batch in halves
-                self.memory.on_out_of_memory()
-                self.memory.batch_size = self.parallel.agree_min(self.memory.batch_size)
-                pending[:0] = np.array_split(indices, 2)
-                continue
-            losses.append(value * len(indices))
-            total += len(indices)
-            self.trigger("on_batch_end", total, rows, value)
-            self.agree_batch_size(pending)
-            stop = self.stop_request is not None and self.stop_request.requested
-            if self.parallel.broadcast(stop):
-                self.state.interrupted = True
-                break
-        loss_sum, rows_seen = self.parallel.sum_floats([sum(losses), total])
-        return float(loss_sum / max(1.0, rows_seen))
 
     def train_epoch(self) -> float:
         """One pass over the training rows; an out-of-memory step is retried with a halved batch."""
         self.model.train()
         if self.parallel.distributed:
-            return self.train_epoch_distributed()
+            return LockstepEpoch(self).run()
         order = self.train_data.epoch_order(self.rng, self.memory.batch_size)
         position, losses = 0, []
         while position < len(order):

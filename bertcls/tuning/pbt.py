@@ -52,7 +52,11 @@ class Member:
 
     @property
     def last_metric(self) -> float:
-        return float(self.curve[-1]["metric"] or 0.0) if self.curve else float("-inf")
+        if not self.curve:
+            return float("-inf")
+        metric = self.curve[-1]["metric"]
+        assert metric is not None  # every epoch record has the monitored metric
+        return metric
 
     def note_epoch(self) -> None:
         """After an epoch: if it was the member's best so far, its weights were built by the current settings."""

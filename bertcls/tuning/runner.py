@@ -40,7 +40,7 @@ class OptimizeOutcome:
     best_trial: int
     best_value: float
     params: dict[str, Any]
-    test_metrics: dict[str, float]
+    test_metrics: dict[str, float | None]
     exp_path: Path
     best_path: Path
     folder: Path
@@ -114,6 +114,6 @@ def run_optimize(settings: Settings, hooks: OptimizeHooks | None = None) -> Opti
     best = results.best_local_trial(study)
     exp_path, best_path = results.export_best(Path(best.user_attrs["checkpoint"]), root, tuning.study_name)
     write_splits(run.splits, root)
-    test = {key: float(best.user_attrs[f"test_{key}"]) for key in ("f1", "accuracy")}  # every saved trial has them
+    test = {"f1": best.user_attrs.get("test_f1"), "accuracy": best.user_attrs.get("test_accuracy")}
     value = float(best.value) if best.value is not None else float("nan")  # a completed trial has a value
     return OptimizeOutcome(study, redact(url), best.number, value, best.params, test, exp_path, best_path, folder, ran)
