@@ -19,7 +19,8 @@ from bertcls.runtime.fileio import atomic_path
 DPI = 110
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write ``fig`` as a PNG atomically and close it: every figure bertcls saves goes through here."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(fig)
@@ -62,7 +63,7 @@ def confusion_matrix_plot(confusion: pd.DataFrame, path: Path) -> Path:
     _heatmap(axes[0], confusion, "d", "Counts")
     _heatmap(axes[1], confusion.div(totals, axis=0), ".2f", "Row-normalised (recall)", vmax=1.0)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def report_heatmap(report: pd.DataFrame, path: Path) -> Path:
@@ -74,7 +75,7 @@ def report_heatmap(report: pd.DataFrame, path: Path) -> Path:
     ax.set_ylabel("")
     ax.tick_params(axis="y", labelrotation=0)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confidence_plot(predictions: pd.DataFrame, path: Path) -> Path:
@@ -100,7 +101,7 @@ def confidence_plot(predictions: pd.DataFrame, path: Path) -> Path:
     ax.set_title("Confidence of errors vs correct predictions")
     ax.legend()
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confusion_pairs_plot(pairs: pd.DataFrame, path: Path) -> Path:
@@ -115,7 +116,7 @@ def confusion_pairs_plot(pairs: pd.DataFrame, path: Path) -> Path:
         ax.xaxis.get_major_locator().set_params(integer=True)  # type: ignore[call-arg]  # an AutoLocator takes it
     ax.set_title("Most frequent confusions (true -> predicted)")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def length_plot(predictions: pd.DataFrame, path: Path) -> Path:
@@ -132,7 +133,7 @@ def length_plot(predictions: pd.DataFrame, path: Path) -> Path:
     ax.set_title("Text length of errors vs correct predictions")
     ax.legend()
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def distinctive_words(wrong: list[str], right: list[str], stopwords: set[str], top: int = 60) -> dict[str, float]:
@@ -194,7 +195,7 @@ def cloud_grid(texts: dict[str, tuple[list[str], list[str]]], title: str, path: 
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def reliability_plot(frames: dict[str, pd.DataFrame], temperature: float, path: Path) -> Path:
@@ -220,7 +221,7 @@ def reliability_plot(frames: dict[str, pd.DataFrame], temperature: float, path: 
     counts.set_title("Rows per confidence bin")
     counts.legend(fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def risk_coverage_plot(curve: pd.DataFrame, target: float, best, path: Path) -> Path:
@@ -245,7 +246,7 @@ def risk_coverage_plot(curve: pd.DataFrame, target: float, best, path: Path) -> 
     ax.set_title("Risk-coverage: abstaining below a confidence threshold")
     ax.legend(loc="lower left", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def label_confusion_grid(counts: pd.DataFrame, path: Path) -> Path:
@@ -263,7 +264,7 @@ def label_confusion_grid(counts: pd.DataFrame, path: Path) -> Path:
         ax.axis("off")
     fig.suptitle("Per-label confusion: truly absent/present against not given/given")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def cooccurrence_plot(true_counts: pd.DataFrame, predicted_counts: pd.DataFrame, path: Path) -> Path:
@@ -275,7 +276,7 @@ def cooccurrence_plot(true_counts: pd.DataFrame, predicted_counts: pd.DataFrame,
         ax.set_xlabel("")
         ax.set_ylabel("")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def label_wordcloud_plot(texts: dict[str, tuple[list[str], list[str]]], path: Path) -> Path:

@@ -25,13 +25,9 @@ def write_trials_csv(study: optuna.Study, folder: Path) -> Path:
 
 
 def _save_axes(axes, path: Path) -> Path:
-    import matplotlib.pyplot as plt
+    from bertcls.evaluation.plots import save_figure
 
-    figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    return path
+    return save_figure(axes.figure if hasattr(axes, "figure") else axes.flat[0].figure, path)
 
 
 def write_study_plots(study: optuna.Study, folder: Path) -> list[Path]:
@@ -80,11 +76,9 @@ def write_pbt_results(members, lineage: list[dict], folder: Path) -> list[Path]:
     bottom.set_yscale("log")
     bottom.set_xlabel("epoch")
     fig.tight_layout()
-    path = folder / "pbt_members.png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return [folder / "pbt_lineage.json", path]
+    from bertcls.evaluation.plots import save_figure
+
+    return [folder / "pbt_lineage.json", save_figure(fig, folder / "pbt_members.png")]
 
 
 def best_local_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
