@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from bertcls.inference.prediction import escape_formula
 from bertcls.model.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from bertcls.runtime.formulas import escape_formula
 
 
 @pytest.fixture

@@ -119,7 +119,7 @@ def predict(
     verbosity: Verbosity = None,
 ) -> None:
     """Label a CSV with a trained model: every input column kept, plus predicted_label, confidence, probabilities."""
-    from bertcls.data.labelled import resolve_data_path
+    from bertcls.data.labelled import check_regular_file, resolve_data_path
     from bertcls.inference.prediction import PredictOptions, predict_csv
     from bertcls.runtime.errors import DataError
 
@@ -134,6 +134,7 @@ def predict(
             "model.device": device,
             "model.precision": precision,
             "model.num_threads": threads,
+            "encoder.encode_batch_size": batch_size,  # checked as the setting is (a whole number from 1)
         },
     )
     settings = resolved.settings
@@ -149,7 +150,7 @@ def predict(
         text_column=pick("text_column"),
         label_column=pick("label_column"),
         encoding=settings.data.encoding,
-        batch_size=batch_size or settings.encoder.encode_batch_size,
+        batch_size=settings.encoder.encode_batch_size,
         chunk_rows=chunk_size,
         top_k=top_k and min(top_k, len(predictor.labels)),
         escape_formulas=escape_formulas,
@@ -160,6 +161,10 @@ def predict(
     source = data_file if data_file == STDIO else str(resolve_data_path(data_file, root))
     target = resolve_output(output_file or "predictions.csv", root)
     check_target(target)
+    if source != STDIO:
+        check_regular_file(Path(source), "Input")
+        if target != STDIO and Path(target).resolve() == Path(source).resolve():
+            raise DataError(f"--output-file {target} is the input file; write the predictions to another file.")
     progress = Progress(
         SpinnerColumn(),
         TextColumn("[bold]Predicting"),

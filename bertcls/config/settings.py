@@ -47,7 +47,8 @@ def _expand_optional(value: Any) -> Any:
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # no setting is infinite or NaN (``--lr inf`` trained a model whose every weight was NaN)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSection(StrictModel):
@@ -59,7 +60,7 @@ class ModelSection(StrictModel):
     num_threads: int | None = Field(None, ge=1)
     task: TaskName = "multiclass"
     metric: Literal["f1", "accuracy", "micro_f1", "samples_f1"] = "f1"
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**32 - 1)  # numpy and torch take seeds in [0, 2**32)
 
     @model_validator(mode="after")
     def _metric_fits_task(self) -> ModelSection:
@@ -282,7 +283,7 @@ class PBTSection(StrictModel):
 
 
 class TuningSection(StrictModel):
-    study_name: str = "bert_opt"
+    study_name: str = Field("bert_opt", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     strategy: Literal["tpe", "pbt"] = "tpe"
     n_trials: int = Field(10, ge=1)
     timeout: float | None = Field(None, gt=0)

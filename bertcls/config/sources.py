@@ -31,6 +31,9 @@ class _DictSource(PydanticBaseSettingsSource):
         return self._data
 
 
+MAX_YAML_NODES = 100_000  # values in a config once its aliases are expanded
+
+
 def _settings_class(yaml_data: dict[str, Any]) -> type[Settings]:
     class LoadedSettings(Settings):
         @classmethod
@@ -77,6 +80,23 @@ def _collect_lines(node: yaml.Node, prefix: str, lines: dict[str, int]) -> None:
         _collect_lines(value_node, dotted + ".", lines)
 
 
+def expanded_size(root: yaml.Node | None) -> int:
+    """How many values the document holds once every alias is expanded, counted without expanding (each shared
+    node is sized once): an "alias bomb" of a few hundred bytes can stand for 10^9 values."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) not in sizes:
+            sizes[id(node)] = 1  # a node that contains itself counts once
+            if isinstance(node, yaml.MappingNode):
+                sizes[id(node)] += sum(size(k) + size(v) for k, v in node.value)
+            elif isinstance(node, yaml.SequenceNode):
+                sizes[id(node)] += sum(size(v) for v in node.value)
+        return sizes[id(node)]
+
+    return 0 if root is None else size(root)
+
+
 def load_yaml(path: Path | None) -> YamlDocument:
     """Read a YAML config safely; top-level keys starting with ``x-`` or ``_`` hold anchors only."""
     if path is None:
@@ -85,9 +105,15 @@ def load_yaml(path: Path | None) -> YamlDocument:
         raise ConfigError(f"Config file {path} does not exist.")
     try:
         text = path.read_text(encoding="utf-8")
+        root = yaml.compose(text)  # aliases stay shared nodes here: nothing is expanded yet
+        if expanded_size(root) > MAX_YAML_NODES:
+            raise ConfigError(
+                f"Config file {path} expands to more than {MAX_YAML_NODES:,} values through its YAML aliases; "
+                "a configuration is far smaller, so write it without nested aliases."
+            )
         data = yaml.safe_load(text) or {}
         lines: dict[str, int] = {}
-        _collect_lines(yaml.compose(text), "", lines)
+        _collect_lines(root, "", lines)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

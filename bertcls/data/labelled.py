@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from bertcls.task import Task
 
 logger = logging.getLogger(__name__)
+MAX_LINE = 2**53  # CSV line numbers beyond this are not exact as floats
 # what a merging data.on_conflicting_labels policy gives the rows of a conflicting text
 MERGE_POLICIES = {"majority": "their text's majority label", "union": "the union of their text's label sets"}
 
@@ -106,8 +107,15 @@ def label_columns_of(cfg: DataSection) -> list[str]:
     return list(cfg.label_columns) if cfg.label_columns else [cfg.label_column]
 
 
+def check_regular_file(path: Path, what: str) -> None:
+    """Refuse a directory, device or pipe before reading it (``/dev/zero`` would be read until memory runs out)."""
+    if path.exists() and not path.is_file():
+        raise DataError(f"{what} {path} is not a regular file (a directory, device or pipe); pass a CSV file.")
+
+
 def read_labelled_csv(path: Path, cfg: DataSection, *, require_label: bool = True) -> pd.DataFrame:
     """Read a CSV, check its columns, and return it with string cells."""
+    check_regular_file(Path(path), "Data file")
     try:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
@@ -251,9 +259,13 @@ def read_row_list(path: Path, split: str | None = None) -> set[int]:
     if split is not None and "split" in frame.columns:
         frame = frame[frame["split"] == split]
     rows = pd.to_numeric(frame[SOURCE_ROW], errors="coerce")
-    if rows.isna().any() or (rows < 2).any():
-        raise DataError(f"{path} has {SOURCE_ROW} values that are not CSV line numbers (whole numbers from 2).")
-    return set(rows.astype(int))
+    bad = rows.isna() | ~np.isfinite(rows) | (rows < 2) | (rows > MAX_LINE) | (rows != rows.round())
+    if bad.any():
+        value = frame[SOURCE_ROW][bad].iloc[0]
+        raise DataError(
+            f"{path} has {SOURCE_ROW} value {value!r}, which is not a CSV line number (a whole number from 2)."
+        )
+    return set(rows.astype(np.int64))
 
 
 def exclude_rows(

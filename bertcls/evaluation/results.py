@@ -16,6 +16,7 @@ import pandas as pd
 from bertcls.config.settings import DataSection, EvaluationSection
 from bertcls.model.checkpoint import Checkpoint
 from bertcls.runtime.fileio import replace_dir, write_csv_atomic
+from bertcls.runtime.formulas import escape_table
 from bertcls.runtime.layout import RunLayout
 from bertcls.task import DecisionRule
 
@@ -32,7 +33,8 @@ class ResultWriter:
         self.plots: list[Path] = []
 
     def csv(self, name: str, frame: pd.DataFrame, *, index: bool = False) -> None:
-        write_csv_atomic(self.staging / name, frame.reset_index() if index else frame)
+        """A table for people: text cells and headers a spreadsheet would run as formulas are escaped."""
+        write_csv_atomic(self.staging / name, escape_table(frame.reset_index() if index else frame))
 
     def plot(self, name: str, draw: Callable[[Path], Path], *, register: bool = True) -> None:
         path = draw(self.staging / name)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,26 +22,12 @@ from bertcls.model.classifier import Classifier
 from bertcls.runtime.distributed import world
 from bertcls.runtime.errors import DataError
 from bertcls.runtime.fileio import atomic_path
+from bertcls.runtime.formulas import escape_table
 from bertcls.runtime.precision import PrecisionGuard, log_check, measure, sample_indices
 from bertcls.task import DecisionRule, PredictionColumns, Task
 
 logger = logging.getLogger(__name__)
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 STDIO = "-"
-
-
-def escape_formula(cell: str) -> str:
-    """Neutralise a text cell a spreadsheet would run as a formula; numbers are never altered."""
-    if cell and cell.startswith(FORMULA_START) and not _NUMBER.match(cell.strip()):
-        return "'" + cell
-    return cell
-
-
-def escape_frame(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    for column in columns:
-        frame[column] = frame[column].map(escape_formula)
-    return frame
 
 
 @dataclass
@@ -220,6 +205,20 @@ class _Sink:
         self._context.__exit__(*exc_info)
 
 
+def refuse_overwritten_columns(chunk: pd.DataFrame, predictor: Predictor, options: PredictOptions) -> None:
+    """Every input column is kept: an input column named like an output column is an error naming it."""
+    empty = np.zeros((0, len(predictor.labels)), dtype=np.float32)
+    outputs = predictor.task.prediction_columns(
+        empty, predictor.labels, predictor.rule, options.top_k, options.min_confidence, options.label_separator
+    ).frame.columns
+    clash = [c for c in outputs if c in chunk.columns]
+    if clash:
+        raise DataError(
+            f"The input already has column(s) {', '.join(map(repr, clash))}, which predict writes; rename them "
+            "(or drop them) so that no input column is replaced."
+        )
+
+
 def predict_csv(
     predictor: Predictor, source: str, target: str | None, options: PredictOptions, progress: ProgressFn | None = None
 ) -> PredictSummary:
@@ -241,6 +240,7 @@ def predict_csv(
         for number, chunk in enumerate(read_chunks(input_source, options)):
             if number == 0:
                 summary.has_labels = all(c in chunk.columns for c in label_columns)
+                refuse_overwritten_columns(chunk, predictor, options)
             texts = chunk[options.text_column].to_numpy()
             empty = np.array([not t.strip() for t in texts], dtype=bool)
             keep = ~empty
@@ -258,9 +258,9 @@ def predict_csv(
             columns = predicted.frame
             columns.loc[empty, :] = ""  # empty texts keep their row, with empty cells
             original = chunk.drop(columns=[c for c in columns.columns if c in chunk.columns])
-            if options.escape_formulas:
-                original = escape_frame(original, list(original.columns))
             out = pd.concat([original.reset_index(drop=True), columns.reset_index(drop=True)], axis=1)
+            if options.escape_formulas:  # input cells, label-derived cells and headers alike
+                out = escape_table(out)
             out.to_csv(handle, header=number == 0, index=False)
             if target is DISCARD:
                 handle.seek(0)

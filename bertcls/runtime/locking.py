@@ -21,10 +21,21 @@ logger = logging.getLogger(__name__)
 
 
 def read_holder(path: Path) -> dict | None:
+    """The lock's holder (None while it cannot be read: being written, or gone). A lock path that is not a file, or
+    a file that is not a holder record, is an error naming it."""
+    if path.exists() and not path.is_file():
+        raise DataError(f"The lock {path} is not a file; remove it (nothing else uses that name).")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        holder = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    if not isinstance(holder, dict) or not _valid_pid(holder.get("pid", 0)):
+        raise DataError(f"The lock {path} does not hold a process record; if no bertcls command runs, delete it.")
+    return holder
+
+
+def _valid_pid(pid: object) -> bool:
+    return isinstance(pid, int) and not isinstance(pid, bool) and 0 <= pid < 2**31
 
 
 def _try_create(path: Path, info: dict) -> bool:
