@@ -187,3 +187,49 @@ def test_a_lock_that_is_not_a_process_record_is_named(tmp_path, content):
         lock.write_text(content)
     with pytest.raises(DataError, match=str(lock)), root_lock(tmp_path, "train"):
         pass
+
+
+# --- the encoder, the cache and the input's bytes ----------------------------------------------------------------
+
+
+def test_max_seq_len_beyond_the_encoders_positions_is_one_sentence(cli, workspace, threads_small):
+    code, _, err = cli("train", "--output-root", workspace, "--data-file", threads_small, "--max-seq-len", "1024")
+    assert code == 2 and "512 token positions" in err and "--max-seq-len 512" in err
+
+
+def test_an_encoder_folder_with_a_damaged_config_is_one_sentence(cli, workspace, threads_small, tmp_path):
+    import shutil
+
+    from bertcls.model.encoder import export_default_encoder
+
+    folder = tmp_path / "encoder"
+    shutil.copytree(export_default_encoder(workspace), folder)
+    (folder / "config.json").write_text('{"hidden_size": 384,')  # cut off mid-write
+    code, _, err = cli("train", "--output-root", workspace, "--data-file", threads_small, "--encoder", folder)
+    assert code == 2 and "unreadable config.json" in err and "Traceback" not in err
+
+
+def test_a_damaged_cache_shard_is_ignored_with_a_warning(tmp_path, caplog):
+    from bertcls.features.cache import EmbeddingCache
+
+    cache = EmbeddingCache(tmp_path, "f" * 64, 128, "mean")
+    keys = [bytes([i]) * 16 for i in range(3)]
+    cache.add(keys, np.ones((3, 4), dtype=np.float32), np.array([5, 6, 7]))
+    shard = next(cache.folder.glob("shard_*.safetensors"))
+    shard.write_bytes(shard.read_bytes()[:40])  # truncated
+    fresh = EmbeddingCache(tmp_path, "f" * 64, 128, "mean")
+    with caplog.at_level("WARNING"):
+        assert fresh.lookup(keys) == [None, None, None]
+    assert any("damaged cache shard" in r.getMessage() for r in caplog.records)
+
+
+def test_nul_bytes_in_predicts_input_are_removed_with_a_warning(tmp_path, caplog):
+    source = tmp_path / "in.csv"
+    source.write_bytes(b"text,note\nhel\x00lo,a\x00b\nworld,c\n")
+    target = tmp_path / "out.csv"
+    probs = np.array([[0.6, 0.4], [0.3, 0.7]], dtype=np.float32)
+    with caplog.at_level("WARNING"):
+        predict_csv(FixedPredictor(["a", "b"], SingleLabel(), probs), str(source), str(target), PredictOptions())
+    assert b"\x00" not in target.read_bytes()
+    assert pd.read_csv(target).text.tolist() == ["hello", "world"]
+    assert any("2 cell(s)" in r.getMessage() and "NUL" in r.getMessage() for r in caplog.records)

@@ -73,6 +73,15 @@ class CacheStats:
     misses: int = 0
 
 
+def _open_shard(path: Path) -> Shard | None:
+    """A shard, or None (with a warning) when it is damaged: its texts are simply encoded again."""
+    try:
+        return Shard.open(path)
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+        logger.warning("Ignoring the damaged cache shard %s (%s); its texts will be encoded again.", path, exc)
+        return None
+
+
 @dataclass
 class Shard:
     """One shard: its sorted search keys and full hashes in memory, its vectors and lengths memory-mapped."""
@@ -87,6 +96,8 @@ class Shard:
     def open(cls, path: Path) -> Shard:
         tensors = mapped_tensors(path)
         hashes = np.array(tensors["hashes"])  # 16 bytes a row: small, and searched often
+        if not len(hashes) == len(tensors["embeddings"]) == len(tensors["lengths"]):
+            raise ValueError("its tensors have different row counts")
         keys = hash_keys(hashes)
         if len(keys) > 1 and (keys[1:] < keys[:-1]).any():  # a shard from before rows were sorted
             order = np.argsort(keys, kind="stable")
@@ -117,7 +128,7 @@ class EmbeddingCache:
 
     def _load(self) -> list[Shard]:
         if self._shards is None:
-            self._shards = [Shard.open(p) for p in sorted(self.folder.glob("shard_*.safetensors"))]
+            self._shards = [s for s in map(_open_shard, sorted(self.folder.glob("shard_*.safetensors"))) if s]
         return self._shards
 
     def __len__(self) -> int:

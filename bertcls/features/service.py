@@ -21,11 +21,13 @@ from bertcls.model.encoder import (
     fingerprint,
     has_normalize,
     load_tokenizer,
+    max_positions,
     pool_windows,
     resolve_encoder_folder,
     split_into_windows,
 )
 from bertcls.runtime.distributed import world
+from bertcls.runtime.errors import ConfigError
 from bertcls.runtime.fileio import atomic_path
 from bertcls.runtime.precision import PrecisionCheck, PrecisionGuard, log_check, measure
 
@@ -71,6 +73,12 @@ class EmbeddingService:
         self.device = device
         self.root = Path(output_root)
         self.folder = resolve_encoder_folder(cfg, output_root).resolve()
+        positions = max_positions(self.folder)
+        if positions is not None and max_seq_len > positions:
+            raise ConfigError(
+                f"model.max_seq_len {max_seq_len} is longer than the encoder's {positions} token positions; set "
+                f"--max-seq-len {positions} or less."
+            )
         self.fingerprint = fingerprint(self.folder)
         self.guard = PrecisionGuard.start(precision, device, trusted)
         self._use(self.guard.precision)

@@ -205,6 +205,19 @@ class _Sink:
         self._context.__exit__(*exc_info)
 
 
+def without_nul_bytes(chunk: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The chunk with NUL bytes removed from its cells, and a warning saying how many cells had them."""
+    text = chunk.select_dtypes(exclude="number")
+    touched = text.apply(lambda column: column.str.contains("\x00", regex=False)).to_numpy().sum()
+    if not touched:
+        return chunk
+    logger.warning("%d cell(s) of %s held NUL bytes; they were removed.", touched, source)
+    cleaned = chunk.copy()
+    for column in text.columns:
+        cleaned[column] = cleaned[column].str.replace("\x00", "", regex=False)
+    return cleaned
+
+
 def refuse_overwritten_columns(chunk: pd.DataFrame, predictor: Predictor, options: PredictOptions) -> None:
     """Every input column is kept: an input column named like an output column is an error naming it."""
     empty = np.zeros((0, len(predictor.labels)), dtype=np.float32)
@@ -238,6 +251,7 @@ def predict_csv(
         raise DataError(f"Input file {source} does not exist.")
     with _Sink(target) as handle:
         for number, chunk in enumerate(read_chunks(input_source, options)):
+            chunk = without_nul_bytes(chunk, source)
             if number == 0:
                 summary.has_labels = all(c in chunk.columns for c in label_columns)
                 refuse_overwritten_columns(chunk, predictor, options)

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,25 +60,53 @@ def _transformer_dir(folder: Path) -> Path:
     """The sub-folder that holds the transformer weights (sentence-transformers' module 0)."""
     modules = folder / "modules.json"
     if modules.is_file():
-        for module in json.loads(modules.read_text()):
+        for module in read_json_file(modules, folder):
             if module.get("type", "").endswith("Transformer"):
                 return folder / module.get("path", "")
     return folder
 
 
+def read_json_file(path: Path, folder: Path) -> Any:
+    """A JSON file of an encoder folder; a damaged or unreadable one is one sentence naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise BertclsError(
+            f"Encoder folder {folder} has an unreadable {path.name} ({reason}); restore the folder or choose another "
+            "encoder."
+        ) from None
+
+
 def has_normalize(folder: Path) -> bool:
     modules = folder / "modules.json"
-    return modules.is_file() and any(m.get("type", "").endswith("Normalize") for m in json.loads(modules.read_text()))
+    return modules.is_file() and any(m.get("type", "").endswith("Normalize") for m in read_json_file(modules, folder))
+
+
+def transformer_config(folder: Path) -> dict:
+    """The transformer's config.json (no weights loaded)."""
+    config = read_json_file(_transformer_dir(folder) / "config.json", folder)
+    if not isinstance(config, dict) or "hidden_size" not in config:
+        raise BertclsError(
+            f"Encoder folder {folder} has a config.json without hidden_size; it is not a BERT-style encoder."
+        )
+    return config
 
 
 def architecture(folder: Path) -> dict:
     """Hidden size, layer count and model type from the transformer's config.json (no weights loaded)."""
-    config = json.loads((_transformer_dir(folder) / "config.json").read_text())
+    config = transformer_config(folder)
     return {
         "dim": int(config["hidden_size"]),
         "num_layers": int(config.get("num_hidden_layers", 0)),
         "model_type": config.get("model_type", "unknown"),
     }
+
+
+def max_positions(folder: Path) -> int | None:
+    """How many token positions the encoder has (None when its config does not say)."""
+    value = transformer_config(folder).get("max_position_embeddings")
+    return int(value) if isinstance(value, int) else None
 
 
 def weights_file(folder: Path) -> Path:

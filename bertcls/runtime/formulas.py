@@ -35,4 +35,4 @@ def escape_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _holds_text(dtype: object) -> bool:
-    return dtype == object or pd.api.types.is_string_dtype(dtype)
+    return pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype)
