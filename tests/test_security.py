@@ -233,3 +233,68 @@ def test_nul_bytes_in_predicts_input_are_removed_with_a_warning(tmp_path, caplog
     assert b"\x00" not in target.read_bytes()
     assert pd.read_csv(target).text.tolist() == ["hello", "world"]
     assert any("2 cell(s)" in r.getMessage() and "NUL" in r.getMessage() for r in caplog.records)
+
+
+# --- silent results and faults -----------------------------------------------------------------------------------
+
+
+def test_a_loss_that_stops_being_a_number_stops_training_in_one_sentence():
+    import torch
+
+    from bertcls.config.settings import (
+        ClassifierSection,
+        EarlyStoppingSection,
+        MemorySection,
+        ModelSection,
+        OptimizerSection,
+    )
+    from bertcls.inference.batches import EmbeddingBatches
+    from bertcls.model.network import HeadSpec, MLPHead, TextClassifier
+    from bertcls.runtime.errors import TrainingDiverged
+    from bertcls.runtime.memory import MemoryManager
+    from bertcls.training.trainer import Trainer, TrainingPlan
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 8)).astype(np.float32), rng.integers(0, 2, size=40)
+    x[3] = np.inf  # what a learning rate of 1e30 does to the weights after a step or two
+    spec = HeadSpec.from_config(ClassifierSection(bert_hidden_size=8, hidden_dims=[8]), 8, 2, SingleLabel())
+    plan = TrainingPlan(ModelSection(num_epochs=3, batch_size=8), OptimizerSection(), EarlyStoppingSection())
+    memory = MemoryManager(MemorySection(), 8, lambda: 0.1)
+    trainer = Trainer(TextClassifier(MLPHead(spec)), EmbeddingBatches(x, y), EmbeddingBatches(x, y), plan, memory,
+                      torch.device("cpu"))  # fmt: skip
+    with pytest.raises(TrainingDiverged, match="diverged in epoch 1: the training loss became nan"):
+        trainer.fit()
+
+
+def test_a_batch_size_outside_the_memory_bounds_is_said(caplog):
+    from bertcls.config.settings import MemorySection
+    from bertcls.runtime.memory import MemoryManager
+
+    with caplog.at_level("WARNING"):
+        assert MemoryManager(MemorySection(), 1, lambda: 0.1).batch_size == 8
+        assert MemoryManager(MemorySection(), 10**12, lambda: 0.1).batch_size == 64
+    assert sum("is outside memory.min_batch_size" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_staging_folders_of_dead_processes_are_removed(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from bertcls.runtime.layout import RunLayout
+
+    final = RunLayout(tmp_path).evaluation_dir
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / f".{final.name}.{socket.gethostname()}.{dead.stdout.strip()}.0123abcd"
+    other_host = tmp_path / f".{final.name}.another-host.1.0123abcd"
+    for folder in (left, other_host):
+        (folder / "sub").mkdir(parents=True)
+    staging = RunLayout.staging_for(final)
+    assert not left.exists() and other_host.exists() and not staging.exists()
+
+
+def test_lines_are_physical_lines_after_a_cell_that_spans_several(cli, tmp_path):
+    data = tmp_path / "multi.csv"
+    data.write_text('text,category\n"first line\nsecond line\nthird line",a\nfine,b\n,b\n')
+    code, _, err = cli("train", "--output-root", tmp_path / "out", "--data-file", data)
+    assert code == 2 and "CSV lines 6" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import logging
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from bertcls.task import Task
 
 logger = logging.getLogger(__name__)
+LINE_STARTS = "line_starts"  # frame.attrs key: the physical line of each record
 MAX_LINE = 2**53  # CSV line numbers beyond this are not exact as floats
 # what a merging data.on_conflicting_labels policy gives the rows of a conflicting text
 MERGE_POLICIES = {"majority": "their text's majority label", "union": "the union of their text's label sets"}
@@ -122,10 +124,29 @@ def read_labelled_csv(path: Path, cfg: DataSection, *, require_label: bool = Tru
         raise DataError(f"Data file {path} does not exist.") from None
     except OSError as exc:
         raise DataError(f"Data file {path} cannot be read: {exc.strerror}.") from None
-    frame = read_csv_text(decode_bytes(raw, cfg.encoding, f"Data file {path}"), f"Data file {path}")
+    text = decode_bytes(raw, cfg.encoding, f"Data file {path}")
+    frame = read_csv_text(text, f"Data file {path}")
     columns = [cfg.text_column] + (label_columns_of(cfg) if require_label else [])
     require_columns(frame, columns, f"Data file {path}")
+    starts = record_start_lines(text)
+    if len(starts) == len(frame):  # else (a parser difference) with_source_rows counts records instead
+        frame.attrs[LINE_STARTS] = starts
     return frame
+
+
+def record_start_lines(text: str) -> list[int]:
+    """The physical line on which each data record starts (the header is line 1): a quoted cell may span lines,
+    so the n-th record is not always on line n + 1. Blank lines hold no record."""
+    reader = csv.reader(io.StringIO(text))
+    starts, previous_end = [], 0
+    try:
+        for row in reader:
+            if row:
+                starts.append(previous_end + 1)
+            previous_end = reader.line_num
+    except csv.Error:
+        return []
+    return starts[1:]
 
 
 @dataclass
@@ -246,7 +267,9 @@ def with_source_rows(frame: pd.DataFrame) -> pd.DataFrame:
     ``data/*.csv``, so that findings such as label issues point at the user's own file."""
     if SOURCE_ROW in frame.columns:
         return frame
-    return frame.assign(**{SOURCE_ROW: np.arange(2, len(frame) + 2)})
+    starts = frame.attrs.get(LINE_STARTS)
+    lines = np.asarray(starts) if starts is not None and len(starts) == len(frame) else np.arange(2, len(frame) + 2)
+    return frame.assign(**{SOURCE_ROW: lines})
 
 
 def read_row_list(path: Path, split: str | None = None) -> set[int]:

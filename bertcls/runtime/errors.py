@@ -19,3 +19,7 @@ class DataError(BertclsError):
 
 class CheckpointError(BertclsError):
     """A checkpoint is missing, corrupt, unsafe or incompatible."""
+
+
+class TrainingDiverged(BertclsError):
+    """The training loss became infinite or NaN: the weights are no longer numbers."""

@@ -43,6 +43,16 @@ class MemoryManager:
         self.cfg = cfg
         self.probe = probe
         self.batch_size = max(cfg.min_batch_size, min(cfg.max_batch_size, batch_size)) if cfg.enabled else batch_size
+        if self.batch_size != batch_size:
+            logger.warning(
+                "Batch size %d is outside memory.min_batch_size %d and memory.max_batch_size %d: training at %d "
+                "(widen those bounds, or set memory.enabled: false, to train at %d).",
+                batch_size,
+                cfg.min_batch_size,
+                cfg.max_batch_size,
+                self.batch_size,
+                batch_size,
+            )
         self.ceiling = self.batch_size
         self.calm_steps = 0
         self.changes: list[tuple[int, int, str]] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from bertcls.config.settings import (
 from bertcls.inference.batches import BatchSource, RowSubset, calibrate, predict_proba
 from bertcls.model.network import TextClassifier, load_trainable_state, trainable_state
 from bertcls.runtime.distributed import SINGLE, Parallel
+from bertcls.runtime.errors import TrainingDiverged
 from bertcls.runtime.interrupts import StopRequest
 from bertcls.runtime.memory import MemoryManager, is_out_of_memory
 from bertcls.task.calibration import CalibrationRecord
@@ -316,7 +318,12 @@ class Trainer:
         self.trigger("on_train_begin")
         state, control = self.state, self.control
         while state.epoch < self.model_cfg.num_epochs and not control.should_stop and not state.interrupted:
-            self.run_epoch()
+            record = self.run_epoch()
+            if record is not None and not math.isfinite(record.train_loss):
+                raise TrainingDiverged(
+                    f"Training diverged in epoch {record.epoch}: the training loss became {record.train_loss}; "
+                    "lower the learning rate (--lr) and train again."
+                )
         if state.interrupted:
             self.result.stop_reason = f"interrupted after epoch {state.epoch}"
         elif control.should_stop:

@@ -20,6 +20,7 @@ from bertcls.data.labelled import Splits
 from bertcls.features.service import EmbeddingService
 from bertcls.features.sets import FeatureSet, build_features
 from bertcls.model.checkpoint import TuningProvenance
+from bertcls.runtime.errors import TrainingDiverged
 from bertcls.runtime.fileio import pid_alive
 from bertcls.training.callbacks import TrainerCallback, WorkflowHooks
 from bertcls.training.saving import TrainedModel, score_and_save
@@ -115,7 +116,11 @@ def train_trial(ctx: TuningContext, trial: optuna.Trial, params: dict) -> float:
     trainer.add_callback(pruning)
     trainer.add_callback(ctx.hooks)
     started = time.perf_counter()
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except TrainingDiverged as exc:  # a configuration that diverges is a bad trial, not a failed study
+        trial.set_user_attr("stop_reason", str(exc))
+        raise optuna.TrialPruned(str(exc)) from None
     trial.set_user_attr("epochs", len(result.history))
     trial.set_user_attr("stop_reason", result.stop_reason)
     if pruning.pruned_at is not None:
