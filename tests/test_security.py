@@ -298,3 +298,15 @@ def test_lines_are_physical_lines_after_a_cell_that_spans_several(cli, tmp_path)
     data.write_text('text,category\n"first line\nsecond line\nthird line",a\nfine,b\n,b\n')
     code, _, err = cli("train", "--output-root", tmp_path / "out", "--data-file", data)
     assert code == 2 and "CSV lines 6" in err
+
+
+def test_labels_in_the_models_own_column_that_go_unscored_are_said(tmp_path, caplog):
+    source = tmp_path / "in.csv"
+    pd.DataFrame({"text": ["a", "b"], "labels": ["x|y", "y"]}).to_csv(source, index=False)
+    probs = np.array([[0.6, 0.4], [0.3, 0.7]], dtype=np.float32)
+    options = PredictOptions(label_column="category", trained_label_columns=["labels"])
+    with caplog.at_level("WARNING"):
+        summary = predict_csv(FixedPredictor(["x", "y"], MultiLabel(), probs), str(source), str(tmp_path / "o.csv"),
+                              options)  # fmt: skip
+    assert not summary.has_labels
+    assert any("--label-column labels" in r.getMessage() for r in caplog.records)

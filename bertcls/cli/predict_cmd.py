@@ -157,6 +157,7 @@ def predict(
         min_confidence=min_confidence,
         label_separator=trained.label_separator,
         label_columns=trained.label_columns,
+        trained_label_columns=trained.label_columns or [trained.label_column],
     )
     source = data_file if data_file == STDIO else str(resolve_data_path(data_file, root))
     target = resolve_output(output_file or "predictions.csv", root)

@@ -42,6 +42,7 @@ class PredictOptions:
     min_confidence: float | None = None
     label_separator: str = "|"
     label_columns: list[str] | None = None
+    trained_label_columns: list[str] | None = None  # where the model's own training data held its labels
 
 
 @dataclass
@@ -218,6 +219,20 @@ def without_nul_bytes(chunk: pd.DataFrame, source: str) -> pd.DataFrame:
     return cleaned
 
 
+def note_unscored_labels(chunk: pd.DataFrame, label_columns: list[str], options: PredictOptions) -> None:
+    """Warn when the input has the label column(s) the model was trained on but predict looks for others (say, a
+    config.yml that names another label column), so the labels go unscored."""
+    trained = options.trained_label_columns
+    if trained and trained != label_columns and all(c in chunk.columns for c in trained):
+        logger.warning(
+            "The input has the model's label column(s) %s but the label column in effect is %s, so its labels are "
+            "not scored; pass --label-column %s to score them.",
+            ", ".join(trained),
+            ", ".join(label_columns),
+            trained[0],
+        )
+
+
 def refuse_overwritten_columns(chunk: pd.DataFrame, predictor: Predictor, options: PredictOptions) -> None:
     """Every input column is kept: an input column named like an output column is an error naming it."""
     empty = np.zeros((0, len(predictor.labels)), dtype=np.float32)
@@ -254,6 +269,8 @@ def predict_csv(
             chunk = without_nul_bytes(chunk, source)
             if number == 0:
                 summary.has_labels = all(c in chunk.columns for c in label_columns)
+                if not summary.has_labels:
+                    note_unscored_labels(chunk, label_columns, options)
                 refuse_overwritten_columns(chunk, predictor, options)
             texts = chunk[options.text_column].to_numpy()
             empty = np.array([not t.strip() for t in texts], dtype=bool)
