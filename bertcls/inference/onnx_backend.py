@@ -249,18 +249,14 @@ class ExportReport:
     files: list[str]
 
 
-def _label_ids(labels: list[str], truth: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    ids = label_indices(truth, labels)
-    return ids >= 0, ids
-
-
 def check_export(
     folder: Path, torch_probs: np.ndarray, texts: list[str], truth: list[str], labels: list[str], *, int8: bool
 ) -> dict[str, float]:
     """fp32: probabilities within 1e-4 of torch's. int8: the same label as torch for >= 99% of the texts, and macro
     F1 (on the labelled texts) within 0.5 points of torch's. Raises :class:`ExportError` otherwise."""
     probs = OnnxPredictor(folder).predict_proba(texts, 64)
-    known, ids = _label_ids(labels, truth)
+    ids = label_indices(truth, labels)
+    known = ids >= 0
     f1_torch = macro_f1(ids[known], torch_probs[known].argmax(1), len(labels))
     f1_onnx = macro_f1(ids[known], probs[known].argmax(1), len(labels))
     checks = {

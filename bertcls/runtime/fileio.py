@@ -31,16 +31,33 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(target: Path) -> int:
-    """Delete temp files of ``target`` left by processes of this host that died mid-write (the host and PID are in
-    the name; another host's temp files are never touched)."""
-    removed, prefix = 0, f".{target.name}.{socket.gethostname()}."
-    for tmp in target.parent.glob(f"{glob.escape(prefix)}*.tmp"):
-        pid = tmp.name[len(prefix) :].split(".")[0]
+def left_by_dead_processes(target: Path, suffix: str = "") -> list[Path]:
+    """The hidden siblings ``.<name>.<host>.<pid>.…<suffix>`` of ``target`` whose process of this host is gone
+    (another host's are never listed): what a killed process left half-written."""
+    prefix = f".{target.name}.{socket.gethostname()}."
+    found = []
+    for path in target.parent.glob(f"{glob.escape(prefix)}*{suffix}"):
+        pid = path.name[len(prefix) :].split(".")[0]
         if pid.isdigit() and not pid_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-            removed += 1
-    return removed
+            found.append(path)
+    return found
+
+
+def remove_stale_temps(target: Path) -> int:
+    """Delete temp files of ``target`` left by processes of this host that died mid-write."""
+    stale = [p for p in left_by_dead_processes(target, ".tmp") if p.is_file()]
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return len(stale)
+
+
+def remove_stale_staging(final: Path) -> int:
+    """Delete the staging folders of ``final`` left by dead processes of this host (``kill -9`` during
+    ``evaluate`` or ``export``)."""
+    stale = [p for p in left_by_dead_processes(final) if p.is_dir()]
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return len(stale)
 
 
 @contextlib.contextmanager

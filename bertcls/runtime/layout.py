@@ -19,16 +19,14 @@
 from __future__ import annotations
 
 import datetime as dt
-import glob
 import logging
 import os
-import shutil
 import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from bertcls.runtime.fileio import pid_alive
+from bertcls.runtime.fileio import remove_stale_staging
 
 logger = logging.getLogger(__name__)
 
@@ -120,19 +118,6 @@ class RunLayout:
     def staging_for(final: Path) -> Path:
         """A hidden sibling of ``final`` to build a folder in before it replaces ``final`` in one rename; its name
         holds this host and process, so that the staging folders of killed processes are removed here."""
-        remove_stale_staging(final)
+        if remove_stale_staging(final):
+            logger.info("Removed staging folders of %s left by processes that died", final)
         return final.with_name(f".{final.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-
-
-def remove_stale_staging(final: Path) -> int:
-    """Delete the staging folders (and half-swapped old copies) of ``final`` left by dead processes of this host
-    (``kill -9`` during ``evaluate`` or ``export``); another host's folders are never touched."""
-    removed, prefix = 0, f".{final.name}.{socket.gethostname()}."
-    for folder in final.parent.glob(f"{glob.escape(prefix)}*"):
-        pid = folder.name[len(prefix) :].split(".")[0]
-        if folder.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed += 1
-    if removed:
-        logger.info("Removed %d staging folder(s) of %s left by processes that died", removed, final)
-    return removed
