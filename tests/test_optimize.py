@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -19,7 +20,7 @@ from optuna.trial import TrialState
 from bertcls.config.sources import resolve_settings
 from bertcls.training.callbacks import WorkflowHooks
 from bertcls.training.preparation import prepare
-from bertcls.tuning.pbt import exploit, new_member, run_population, set_hyperparameters, take_snapshot
+from bertcls.tuning.pbt import exploit, new_member, replace_diverged, run_population, set_hyperparameters, take_snapshot
 from bertcls.tuning.runner import run_optimize
 from bertcls.tuning.search_space import hidden_dims
 from bertcls.tuning.study import default_storage_url, make_storage, open_study
@@ -245,6 +246,25 @@ def test_exploit_copies_weights_optimizer_state_and_parameters(pbt_context):
     assert member.trainer.optimizer.param_groups[0]["initial_lr"] == 2e-3
     member.trainer.run_epoch()  # training goes on from the copied state
     assert member.trainer.state.epoch == 2
+
+
+def test_a_diverged_pbt_member_copies_the_best_healthy_one_and_never_keeps_nan_weights(pbt_context):
+    from bertcls.runtime.errors import TrainingDiverged
+
+    healthy, wild = new_member(pbt_context, 0, GOOD), new_member(pbt_context, 1, {**GOOD, "lr": 1e30})
+    for member in (healthy, wild):
+        record = member.trainer.run_epoch()
+        member.diverged = not np.isfinite(record.train_loss)
+        if not member.diverged:
+            take_snapshot(member)
+    assert wild.diverged and wild.last_metric == float("-inf") and not wild.trainer.result.best_state
+    events = replace_diverged(pbt_context, [healthy, wild], epoch=1)
+    assert events == [{"epoch": 1, "member": 1, "action": "exploit", "source": 0, "changes": {}}]
+    assert not wild.diverged and wild.params == GOOD
+    assert np.isfinite(wild.trainer.run_epoch().train_loss)  # it trains on from the healthy weights
+    wild.diverged, healthy.diverged = True, True
+    with pytest.raises(TrainingDiverged, match="Every PBT member's training loss became non-finite by epoch 2"):
+        replace_diverged(pbt_context, [healthy, wild], epoch=2)
 
 
 def test_explore_changes_the_running_optimizer_and_dropout(pbt_context):

@@ -145,7 +145,7 @@ def test_a_device_or_directory_is_not_read_as_data(cli, tmp_path):
     code, _, err = cli("train", "--output-root", tmp_path, "--data-file", "/dev/zero")
     assert code == 2 and "not a regular file" in err
     code, _, err = cli("train", "--output-root", tmp_path, "--data-file", tmp_path)
-    assert code == 2 and "not a regular file" in err
+    assert code == 2 and "is a folder, not a file" in err
 
 
 def test_predict_keeps_every_input_column_and_never_overwrites_its_input(cli, trained_model, tmp_path):
@@ -159,7 +159,7 @@ def test_predict_keeps_every_input_column_and_never_overwrites_its_input(cli, tr
     code, _, err = cli("predict", "--output-root", trained_model, "--data-file", data, "--output-file", data)
     assert code == 2 and "is the input file" in err and data.read_bytes() == before
     code, _, err = cli("predict", "--output-root", trained_model, "--data-file", tmp_path)
-    assert code == 2 and "not a regular file" in err
+    assert code == 2 and "is a folder, not a file" in err
 
 
 @pytest.mark.parametrize("value", ["inf", "3.7", "1e300", "nan", "-4"])

@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from bertcls.runtime.errors import BertclsError, ConfigError
+from bertcls.runtime.errors import BertclsError, ConfigError, FileSystemError
 from bertcls.runtime.interrupts import Interrupted, raise_on_signals
 
 app = typer.Typer(
@@ -63,6 +63,9 @@ def run(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("Interrupted by Ctrl-C (SIGINT).\n")
         return 130
+    except OSError as exc:  # a full disk, a read-only folder, a file where a folder should be
+        report_error(FileSystemError.from_os_error(exc))
+        return 2
     except Exception as exc:
         # Typer vendors its own click: match its usage errors, Exit and Abort by shape, not by class.
         if type(exc).__name__ == "Abort":

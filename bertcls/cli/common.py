@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from bertcls.config.sources import ResolvedConfig, resolve_settings
-from bertcls.runtime.layout import RunLayout
 from bertcls.runtime.logs import NOISY_LIBRARIES, VERBOSITY_LEVELS, attach_file_log
 from bertcls.runtime.redaction import RedactingFilter
 
@@ -116,7 +115,7 @@ def join_torchrun(resolved: ResolvedConfig) -> None:
         out_console.quiet = err_console.quiet = True
 
 
-def setup_logging(resolved: ResolvedConfig, command: str) -> Path:
+def setup_logging(resolved: ResolvedConfig, command: str) -> Path | None:
     """Console logging at the chosen verbosity (stderr), and a debug log file for the command."""
     settings = resolved.settings
     level = VERBOSITY_LEVELS[settings.verbosity]
@@ -135,7 +134,7 @@ def setup_logging(resolved: ResolvedConfig, command: str) -> Path:
 
     if not world().is_main:  # another rank of a torchrun launch: errors only, no log file of its own
         console.setLevel(logging.ERROR)
-        return RunLayout(settings.root).logs_dir
+        return None
     path = attach_file_log(settings.root, command)
     logging.getLogger("bertcls").debug("Resolved configuration: %s", settings.model_dump(mode="json"))
     logging.getLogger("bertcls").debug("Config file: %s", resolved.config_path)

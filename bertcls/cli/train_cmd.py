@@ -173,5 +173,6 @@ def train(
     lexical = f" Lexical features: {outcome.lexical_features:,} TF-IDF n-grams." if outcome.lexical_features else ""
     out_console.print(f"{reading} {cache}{lexical}")
     out_console.print(f"Encoder precision: {outcome.precision}.")
-    out_console.print(f"Log: {log_path}")
+    if log_path is not None:
+        out_console.print(f"Log: {log_path}")
     out_console.print(f"Saved model: [bold]{outcome.checkpoint}[/]", highlight=False)

@@ -133,6 +133,8 @@ def find_config_file(explicit: str | None, output_root_hint: str | None) -> Path
         path = Path(expand_path_value(explicit))
         if path.is_dir():
             raise ConfigError(f"Config file {path} is a directory; pass a YAML file with --config.")
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"Config file {path} is not a regular file (a device or pipe); pass a YAML file.")
         if not path.is_file():
             raise ConfigError(f"Config file {path} does not exist.")
         return path

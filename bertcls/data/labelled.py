@@ -50,26 +50,64 @@ BINARY_SIGNATURES = {
 }
 
 
+# byte-order marks, longest first (a UTF-32 LE mark starts like a UTF-16 LE one)
+BYTE_ORDER_MARKS = {
+    b"\xff\xfe\x00\x00": "utf-32",
+    b"\x00\x00\xfe\xff": "utf-32",
+    b"\xef\xbb\xbf": "utf-8-sig",
+    b"\xff\xfe": "utf-16",
+    b"\xfe\xff": "utf-16",
+}
+# bytes that text (in any 8-bit encoding) almost never holds: controls other than tab, line feed, carriage return
+CONTROL_BYTES = bytes([*range(0, 9), 11, 12, *range(14, 32), 127])
+MAX_CONTROL_SHARE = 0.05  # random bytes hold about 11 %
+MIN_CONTROL_BYTES = 16  # a few stray NUL bytes in a short text file are removed with a warning, not called binary
+
+
+def bom_encoding(raw: bytes) -> str | None:
+    """The encoding a byte-order mark at the start of ``raw`` names (a codec that drops the mark), or None."""
+    for mark, encoding in BYTE_ORDER_MARKS.items():
+        if raw.startswith(mark):
+            return encoding
+    return None
+
+
 def binary_kind(raw: bytes) -> str | None:
-    """What a file that is not text is, from its first bytes (None for text)."""
+    """What a file that is not text is, from its first bytes (None for text, including text that starts with a
+    byte-order mark)."""
     for signature, kind in BINARY_SIGNATURES.items():
         if raw.startswith(signature):
             return kind
     head = raw[:4096]
-    if head.count(b"\x00") > len(head) // 10 and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return "a binary file"
+    if not head or bom_encoding(head) is not None:
+        return None
+    controls = len(head) - len(head.translate(None, delete=CONTROL_BYTES))
+    if controls > max(MIN_CONTROL_BYTES, len(head) * MAX_CONTROL_SHARE):
+        return "a binary file (or UTF-16/32 text without a byte-order mark: then pass --encoding utf-16)"
     return None
+
+
+def encoding_for(raw: bytes, encoding: str, source: str) -> str:
+    """The encoding to read with: the one a byte-order mark names when it differs from ``encoding`` (said in the
+    log), else ``encoding``."""
+    marked = bom_encoding(raw)
+    if marked is None or marked.replace("-sig", "") == encoding.lower().replace("_", "-").replace("-sig", ""):
+        return marked or encoding
+    if marked != "utf-8-sig":
+        logger.info("%s starts with a %s byte-order mark; it is read as %s.", source, marked.upper(), marked)
+    return marked
 
 
 def decode_bytes(raw: bytes, encoding: str, source: str) -> str:
     """Decode a file's bytes, naming the line of the first bad byte and the ``--encoding`` option. A file that is
     not text at all (a spreadsheet, an archive) is named as such instead of being decoded as latin-1 noise; NUL
     bytes in a text file are removed with a warning."""
+    encoding = encoding_for(raw, encoding, source)
     wide = any(width in encoding.replace("-", "").replace("_", "") for width in ("16", "32"))
     kind = None if wide else binary_kind(raw)  # UTF-16/32 text is full of NUL bytes
     if kind is not None:
         raise DataError(f"{source} is not a text CSV file: it looks like {kind}; export it as CSV first.")
-    if b"\x00" in raw and not raw.startswith((b"\xff\xfe", b"\xfe\xff")) and not wide:
+    if b"\x00" in raw and not wide:
         logger.warning("%s holds %d NUL byte(s); they were removed.", source, raw.count(b"\x00"))
         raw = raw.replace(b"\x00", b"")
     try:
@@ -97,10 +135,16 @@ def read_csv_text(text: str, source: str) -> pd.DataFrame:
 def require_columns(frame: pd.DataFrame, columns: list[str], source: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        present = ", ".join(frame.columns) or "none"
+        present = ", ".join(map(repr, frame.columns)) or "none"
+        header = str(frame.columns[0]) if len(frame.columns) == 1 else ""
+        other = next((sep for sep in (";", "\t", "|") if sep in header), None)
+        hint = (
+            f"the header looks separated by {other!r}, not commas: save the file as comma-separated CSV"
+            if other is not None
+            else "set --text-column/--label-column to match"
+        )
         raise DataError(
-            f"{source} has no column {', '.join(repr(m) for m in missing)} (columns present: {present}); "
-            "set --text-column/--label-column to match."
+            f"{source} has no column {', '.join(repr(m) for m in missing)} (columns present: {present}); {hint}."
         )
 
 
@@ -111,8 +155,10 @@ def label_columns_of(cfg: DataSection) -> list[str]:
 
 def check_regular_file(path: Path, what: str) -> None:
     """Refuse a directory, device or pipe before reading it (``/dev/zero`` would be read until memory runs out)."""
+    if path.is_dir():
+        raise DataError(f"{what} {path} is a folder, not a file; pass a CSV file.")
     if path.exists() and not path.is_file():
-        raise DataError(f"{what} {path} is not a regular file (a directory, device or pipe); pass a CSV file.")
+        raise DataError(f"{what} {path} is not a regular file (a device or pipe); pass a CSV file.")
 
 
 def read_labelled_csv(path: Path, cfg: DataSection, *, require_label: bool = True) -> pd.DataFrame:
@@ -298,6 +344,7 @@ def exclude_rows(
     if not cfg.exclude_rows:
         return frame
     path = resolve_data_path(cfg.exclude_rows, output_root)
+    check_regular_file(path, "The exclude-rows file")
     if not path.is_file():
         raise DataError(f"The exclude-rows file {path} does not exist.")
     wanted = read_row_list(path, split)

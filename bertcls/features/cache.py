@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
-from bertcls.runtime.fileio import atomic_path
+from bertcls.runtime.fileio import write_bytes_atomic
 from bertcls.runtime.layout import RunLayout
 
 logger = logging.getLogger(__name__)
@@ -165,8 +165,8 @@ class EmbeddingCache:
 
     def add(self, hashes: list[bytes], vectors: np.ndarray, lengths: np.ndarray) -> None:
         """Write one new shard (rows sorted by hash); other processes' shards are never touched. A cache that is
-        not ``writable`` (a torchrun rank other than 0) keeps the rows in memory only, so that its later lookups
-        find exactly what rank 0's do."""
+        not ``writable`` (a torchrun rank other than 0, or a folder that cannot be written: a full disk, a
+        read-only root) keeps the rows in memory only, so that its later lookups find exactly what rank 0's do."""
         if not hashes:
             return
         table = as_hash_array(hashes)
@@ -176,16 +176,22 @@ class EmbeddingCache:
             np.ascontiguousarray(np.asarray(vectors, dtype=np.float32)[order]),
             np.ascontiguousarray(np.asarray(lengths, dtype=np.int64)[order]),
         )
-        if not self.writable:
-            self._load().append(Shard(hash_keys(sorted_rows[0]), *sorted_rows))
-            return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        names = ("hashes", "embeddings", "lengths")
-        tensors = {name: torch.from_numpy(rows) for name, rows in zip(names, sorted_rows, strict=True)}
-        path = self.folder / shard_name()
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp))
-        self._load().append(Shard.open(path))
+        if self.writable:
+            names = ("hashes", "embeddings", "lengths")
+            tensors = {name: torch.from_numpy(rows) for name, rows in zip(names, sorted_rows, strict=True)}
+            path = self.folder / shard_name()
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                write_bytes_atomic(path, save(tensors))
+            except OSError as exc:  # the cache is derived data: a full disk or read-only root only costs speed
+                logger.warning(
+                    "Cannot add to the embedding cache in %s (%s); going on without.", self.folder, exc.strerror
+                )
+                self.writable = False
+            else:
+                self._load().append(Shard.open(path))
+                return
+        self._load().append(Shard(hash_keys(sorted_rows[0]), *sorted_rows))
 
 
 def window_hash(token_ids: list[int]) -> bytes:
@@ -194,6 +200,15 @@ def window_hash(token_ids: list[int]) -> bytes:
 
 
 EncodeFn = Callable[[list], tuple[np.ndarray, np.ndarray]]
+
+
+class EncodingStopped(Exception):
+    """Encoding stopped between blocks because a stop was requested; holds the rows encoded so far (a prefix of
+    what was asked, in order), which :func:`embed_keyed` keeps in the cache before passing this on."""
+
+    def __init__(self, vectors: np.ndarray, lengths: np.ndarray):
+        super().__init__(f"encoding stopped after {len(vectors)} items")
+        self.vectors, self.lengths = vectors, lengths
 
 
 def embed_cached(
@@ -215,7 +230,13 @@ def embed_keyed(
     stats.hits += int(found.sum())
     stats.misses += len(missing)
     if missing:
-        new_vectors, new_lengths = encode([items[p] for p in missing.values()])
+        # shortest first: batches pad less, and a stop keeps a prefix of this order
+        missing = dict(sorted(missing.items(), key=lambda pair: len(items[pair[1]])))
+        try:
+            new_vectors, new_lengths = encode([items[p] for p in missing.values()])
+        except EncodingStopped as stopped:
+            cache.add(list(missing)[: len(stopped.vectors)], stopped.vectors, stopped.lengths)
+            raise
         cache.add(list(missing.keys()), new_vectors, new_lengths)
         if vectors is None:
             vectors = np.zeros((len(hashes), new_vectors.shape[1]), dtype=np.float32)

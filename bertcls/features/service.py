@@ -13,7 +13,15 @@ import numpy as np
 import torch
 
 from bertcls.config.settings import EncoderSection
-from bertcls.features.cache import CacheStats, EmbeddingCache, embed_cached, embed_keyed, text_hash, window_hash
+from bertcls.features.cache import (
+    CacheStats,
+    EmbeddingCache,
+    EncodingStopped,
+    embed_cached,
+    embed_keyed,
+    text_hash,
+    window_hash,
+)
 from bertcls.model.encoder import (
     Encoder,
     ProgressFn,
@@ -32,6 +40,9 @@ from bertcls.runtime.fileio import atomic_path
 from bertcls.runtime.precision import PrecisionCheck, PrecisionGuard, log_check, measure
 
 logger = logging.getLogger(__name__)
+
+ENCODE_BLOCK = 256  # texts (or windows) encoded between two looks at a stop request
+BlockFn = Callable[[list, ProgressFn | None], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -89,6 +100,7 @@ class EmbeddingService:
         self._encoder: Encoder | None = None
         self._tokenizer = None
         self.progress: ProgressFn | None = None
+        self.stop_check: Callable[[], bool] | None = None  # polled between encoding blocks (a training run's Ctrl-C)
 
     @property
     def tokenizer(self):
@@ -174,10 +186,40 @@ class EmbeddingService:
     def _encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         logger.info("Encoding %d texts not found in the cache", len(texts))
         here = world()  # under torchrun each rank encodes every size-th text; every rank gets all of them back
-        vectors = here.map_sharded(
-            lambda part: self.encoder.embed(part, self.cfg.encode_batch_size, self.device, self.progress), texts
-        )
-        return vectors, here.map_sharded(self.encoder.token_lengths, texts)
+
+        def encode_block(block: list[str], progress: ProgressFn | None) -> tuple[np.ndarray, np.ndarray]:
+            size = self.cfg.encode_batch_size
+            vectors = here.map_sharded(lambda part: self.encoder.embed(part, size, self.device, progress), block)
+            return vectors, here.map_sharded(self.encoder.token_lengths, block)
+
+        return self._encode_in_blocks(texts, encode_block)
+
+    def _encode_in_blocks(self, items: list, encode_block: BlockFn) -> tuple[np.ndarray, np.ndarray]:
+        """Encode ``ENCODE_BLOCK`` items at a time; between blocks a requested stop raises
+        :class:`EncodingStopped` with the rows done so far (so Ctrl-C during a long cold pass is prompt, and what
+        was encoded is cached). Under torchrun every rank takes the stop decision together."""
+        vectors, lengths = [], []
+        for start in range(0, len(items), ENCODE_BLOCK):
+            block = items[start : start + ENCODE_BLOCK]
+            progress = None if self.progress is None else self._progress_from(start, len(items))
+            block_vectors, block_lengths = encode_block(block, progress)
+            vectors.append(block_vectors)
+            lengths.append(block_lengths)
+            if start + len(block) < len(items) and self.stop_requested():
+                raise EncodingStopped(np.concatenate(vectors), np.concatenate(lengths))
+        if not vectors:
+            return np.zeros((0, self.dim), dtype=np.float32), np.zeros(0, dtype=np.int64)
+        return np.concatenate(vectors), np.concatenate(lengths)
+
+    def _progress_from(self, offset: int, total: int) -> ProgressFn:
+        report = self.progress
+        assert report is not None
+        return lambda done, _block_total: report(offset + done, total)
+
+    def stop_requested(self) -> bool:
+        if self.stop_check is None:
+            return False
+        return world().reduce_boolean_decision(self.stop_check())
 
     def embed(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings and untruncated token lengths, in input order: of the first ``max_seq_len`` tokens
@@ -188,12 +230,15 @@ class EmbeddingService:
 
     def _encode_windows(self, windows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         logger.info("Encoding %d text windows not found in the cache", len(windows))
-        lengths = np.array([len(w) for w in windows], dtype=np.int64)
-        vectors = world().map_sharded(
-            lambda part: self.encoder.embed_windows(part, self.cfg.encode_batch_size, self.device, self.progress),
-            windows,
-        )
-        return vectors, lengths
+
+        def encode_block(block: list[list[int]], progress: ProgressFn | None) -> tuple[np.ndarray, np.ndarray]:
+            size = self.cfg.encode_batch_size
+            vectors = world().map_sharded(
+                lambda part: self.encoder.embed_windows(part, size, self.device, progress), block
+            )
+            return vectors, np.array([len(w) for w in block], dtype=np.int64)
+
+        return self._encode_in_blocks(windows, encode_block)
 
     def _embed_chunked(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Every window of every text is cached under its token ids; a text's vector pools its windows."""

@@ -23,7 +23,7 @@ from bertcls.model.checkpoint import Checkpoint, now_iso
 from bertcls.model.classifier import Classifier
 from bertcls.model.encoder import bounded, pool_windows, split_into_windows, window_batches
 from bertcls.runtime.errors import BertclsError
-from bertcls.runtime.fileio import atomic_path, replace_dir
+from bertcls.runtime.fileio import replace_dir, save_torch_atomic
 from bertcls.runtime.layout import RunLayout
 from bertcls.task import DecisionRule, SingleLabel, Task
 from bertcls.task.metrics import label_indices, macro_f1
@@ -163,8 +163,7 @@ def save_lexical(model, lexical: LexicalFeatures, path: Path) -> None:
         "weight": model.lexical.weight.detach().cpu().clone(),
         "bias": model.lexical.bias.detach().cpu().clone(),
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch_atomic(payload, path)
 
 
 class OnnxPredictor:

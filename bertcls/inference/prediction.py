@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from bertcls.config.settings import DataSection
-from bertcls.data.labelled import binary_kind, require_columns
+from bertcls.data.labelled import binary_kind, encoding_for, require_columns
 from bertcls.model.checkpoint import Checkpoint
 from bertcls.model.classifier import Classifier
 from bertcls.runtime.distributed import world
@@ -144,9 +144,13 @@ class Predictor:
 def read_chunks(source: TextIO | Path, options: PredictOptions) -> Iterator[pd.DataFrame]:
     """CSV chunks with every cell as a string; bad bytes become one clear error."""
     name = "standard input" if not isinstance(source, Path) else str(source)
+    encoding = options.encoding
     if isinstance(source, Path):
         with open(source, "rb") as handle:
-            kind = binary_kind(handle.read(4096))
+            head = handle.read(4096)
+        encoding = encoding_for(head, encoding, f"Input {name}")
+        wide = encoding.startswith(("utf-16", "utf-32"))
+        kind = None if wide else binary_kind(head)
         if kind is not None:
             raise DataError(f"Input {name} is not a text CSV file: it looks like {kind}; export it as CSV first.")
     try:
@@ -155,7 +159,7 @@ def read_chunks(source: TextIO | Path, options: PredictOptions) -> Iterator[pd.D
             dtype=str,
             keep_default_na=False,
             chunksize=options.chunk_rows,
-            encoding=options.encoding if isinstance(source, Path) else None,
+            encoding=encoding if isinstance(source, Path) else None,
         )
         for number, chunk in enumerate(reader):
             if number == 0:
@@ -163,7 +167,7 @@ def read_chunks(source: TextIO | Path, options: PredictOptions) -> Iterator[pd.D
             yield chunk
     except UnicodeDecodeError:
         raise DataError(
-            f"Input {name} has bytes that are not valid {options.encoding}; pass the file's encoding with --encoding."
+            f"Input {name} has bytes that are not valid {encoding}; pass the file's encoding with --encoding."
         ) from None
     except LookupError:
         raise DataError(f"Unknown encoding {options.encoding!r}; pass a valid one with --encoding.") from None
@@ -252,10 +256,6 @@ def predict_csv(
 ) -> PredictSummary:
     """Stream ``source`` (a path or ``-``) to ``target`` (a path or ``-``) chunk by chunk."""
     summary = PredictSummary(predictor.task, abstaining=options.min_confidence is not None)
-    cfg = DataSection(
-        label_column=options.label_column, label_separator=options.label_separator, label_columns=options.label_columns
-    )
-    label_columns = options.label_columns or [options.label_column]
     here = world()
     if here.distributed and source == STDIO:
         raise DataError("Under torchrun every rank reads the input file; pass --data-file FILE, not standard input.")
@@ -264,6 +264,30 @@ def predict_csv(
     input_source: TextIO | Path = sys.stdin if source == STDIO else Path(source)
     if isinstance(input_source, Path) and not input_source.is_file():
         raise DataError(f"Input file {source} does not exist.")
+    try:
+        _predict_chunks(predictor, input_source, target, options, summary, progress)
+    except OSError as exc:  # pandas writes through a handle: name the file the user asked for
+        if exc.filename is not None or target in (DISCARD, STDIO):
+            raise
+        raise OSError(exc.errno, exc.strerror, target) from exc
+    if summary.empty_rows:
+        logger.warning("%d row(s) have empty text; they are kept with an empty prediction.", summary.empty_rows)
+    return summary
+
+
+def _predict_chunks(
+    predictor: Predictor,
+    input_source: TextIO | Path,
+    target: str | None,
+    options: PredictOptions,
+    summary: PredictSummary,
+    progress: ProgressFn | None,
+) -> None:
+    source = str(input_source) if isinstance(input_source, Path) else STDIO
+    cfg = DataSection(
+        label_column=options.label_column, label_separator=options.label_separator, label_columns=options.label_columns
+    )
+    label_columns = options.label_columns or [options.label_column]
     with _Sink(target) as handle:
         for number, chunk in enumerate(read_chunks(input_source, options)):
             chunk = without_nul_bytes(chunk, source)
@@ -271,6 +295,8 @@ def predict_csv(
                 summary.has_labels = all(c in chunk.columns for c in label_columns)
                 if not summary.has_labels:
                     note_unscored_labels(chunk, label_columns, options)
+                elif mismatch := predictor.task.input_mismatch(chunk, cfg, predictor.labels):
+                    logger.warning(mismatch)
                 refuse_overwritten_columns(chunk, predictor, options)
             texts = chunk[options.text_column].to_numpy()
             empty = np.array([not t.strip() for t in texts], dtype=bool)
@@ -302,6 +328,3 @@ def predict_csv(
                 progress(len(chunk))
         if summary.rows == 0:
             raise DataError(f"Input {source} has no data rows.")
-    if summary.empty_rows:
-        logger.warning("%d row(s) have empty text; they are kept with an empty prediction.", summary.empty_rows)
-    return summary

@@ -26,7 +26,7 @@ from bertcls.features.lexical import VOCABULARY_KEY, LexicalFeatures, LexicalSpe
 from bertcls.model.encoder import BUNDLED_ALIASES, Encoder, Windowing, export_default_encoder, fingerprint
 from bertcls.model.network import HeadSpec, LexicalLayer, MLPHead, TextClassifier, load_trainable_state
 from bertcls.runtime.errors import CheckpointError
-from bertcls.runtime.fileio import atomic_path
+from bertcls.runtime.fileio import save_torch_atomic
 from bertcls.runtime.layout import RunLayout
 from bertcls.runtime.precision import PrecisionCheck
 from bertcls.task import DecisionRule, Task, task_for
@@ -144,8 +144,7 @@ def save_checkpoint(
         "meta": meta.model_dump(mode="json"),
         VOCABULARY_KEY: vocabularies,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch_atomic(payload, path)
     logger.info("Saved checkpoint %s", path)
     return Path(path)
 
@@ -245,6 +244,27 @@ def _read_payload(path: Path) -> Any:
         raise CheckpointError(f"{path} is corrupt, truncated or not a checkpoint ({type(exc).__name__}).") from None
 
 
+MAX_META_VALUES = 1_000_000  # a real checkpoint's metadata holds a few thousand (settings, history, labels)
+
+
+def expanded_count(value: object) -> int:
+    """How many values ``value`` holds once every shared list or dict is expanded (as ``json.dumps`` or a renderer
+    would), counted without expanding: the pickle format behind ``torch.load`` can share one list a billion times
+    in a few hundred bytes."""
+    sizes: dict[int, int] = {}
+
+    def count(item: object) -> int:
+        if not isinstance(item, (dict, list, tuple)):
+            return 1
+        if id(item) not in sizes:
+            sizes[id(item)] = 1  # a container that holds itself counts once
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else list(item)
+            sizes[id(item)] = 1 + sum(count(child) for child in children)
+        return sizes[id(item)]
+
+    return count(value)
+
+
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
@@ -289,7 +309,8 @@ def upgrade_v1(meta: dict[str, Any]) -> dict[str, Any]:
 def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"Checkpoint {path} does not exist.")
+        what = "is a folder" if path.is_dir() else "is not a regular file" if path.exists() else "does not exist"
+        raise CheckpointError(f"Checkpoint {path} {what}.")
     payload = _read_payload(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a bertcls checkpoint.")
@@ -303,13 +324,24 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not isinstance(raw_meta, dict) or not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a bertcls checkpoint (no metadata or weights).")
     try:
+        too_large = expanded_count(raw_meta) > MAX_META_VALUES
+    except RecursionError:
+        too_large = True
+    if too_large:
+        raise CheckpointError(
+            f"{path} has metadata of more than {MAX_META_VALUES:,} values (or nested too deeply) once its shared "
+            "parts are expanded; it was not written by bertcls."
+        )
+    try:
         meta = CheckpointMeta.model_validate(upgrade_v1(raw_meta) if version == 1 else raw_meta)
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{path} has incomplete format-{version} metadata (missing {exc}).") from None
     except ValidationError as exc:
         raise CheckpointError(f"{path} has invalid metadata ({_first_error(exc)}).") from None
     vocabularies = payload.get(VOCABULARY_KEY) or {}
-    if not isinstance(vocabularies, dict) or not all(isinstance(v, list) for v in vocabularies.values()):
+    if not isinstance(vocabularies, dict) or not all(
+        isinstance(v, list) and all(isinstance(word, str) for word in v) for v in vocabularies.values()
+    ):
         raise CheckpointError(f"{path} has an invalid lexical vocabulary.")
     return Checkpoint(path, state, meta, vocabularies)
 

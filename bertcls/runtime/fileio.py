@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import io
 import os
 import shutil
 import socket
@@ -92,6 +93,27 @@ def replace_dir(staging: Path, final: Path) -> Path:
     staging.rename(final)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def write_bytes_atomic(target: str | Path, data: bytes | memoryview) -> Path:
+    """Write ``data`` through a temp file: a full disk is an ``OSError`` naming the file (serialisers that write
+    files themselves report it as other errors, or as a short file), and ``target`` stays as it was."""
+    try:
+        with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+            handle.write(data)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(target)) from exc
+    return Path(target)
+
+
+def save_torch_atomic(payload: object, target: str | Path) -> Path:
+    """``torch.save`` into memory, then :func:`write_bytes_atomic` (torch's own writer turns a full disk into an
+    opaque RuntimeError)."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return write_bytes_atomic(target, buffer.getbuffer())
 
 
 def write_text_atomic(target: str | Path, text: str) -> Path:

@@ -3,6 +3,7 @@ one aborts at once. Commands exit 130 (SIGINT) or 143 (SIGTERM)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -30,14 +31,21 @@ class Interrupted(Exception):
 
 class StopRequest:
     """Installed around a training run: the first SIGINT/SIGTERM sets ``signum`` (the trainer polls it after every
-    step); a second raises :class:`Interrupted` at once."""
+    step, the encoder between batches); a second raises :class:`Interrupted` at once.
 
-    REPEAT_WINDOW_S = 2.0  # torchrun forwards the Ctrl-C a worker already got: a quick repeat is the same one
+    Under torchrun a worker gets a terminal's Ctrl-C twice: from the terminal, and again when torchrun forwards it
+    (within milliseconds). There, and only there, the same signal within ``FORWARD_WINDOW_S`` counts as that one
+    forwarded copy; a plain run has no window, so any second signal stops it at once."""
 
-    def __init__(self) -> None:
+    FORWARD_WINDOW_S = 0.5
+
+    def __init__(self, *, under_torchrun: bool | None = None) -> None:
         self.signum: int | None = None
         self._first_at = 0.0
         self._previous: dict[int, Handler] = {}
+        if under_torchrun is None:
+            under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
+        self.repeat_window_s = self.FORWARD_WINDOW_S if under_torchrun else 0.0
 
     @property
     def requested(self) -> bool:
@@ -48,7 +56,7 @@ class StopRequest:
         if self.signum is None:
             self.signum, self._first_at = signum, now
             return
-        if signum == self.signum and now - self._first_at < self.REPEAT_WINDOW_S:
+        if signum == self.signum and now - self._first_at < self.repeat_window_s:
             return
         raise Interrupted(signum, "Interrupted again: stopped at once; nothing half-written was left behind.")
 

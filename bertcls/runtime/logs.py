@@ -9,6 +9,7 @@ from bertcls.runtime.layout import RunLayout
 from bertcls.runtime.redaction import RedactingFilter
 
 VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
+logger = logging.getLogger(__name__)
 NOISY_LIBRARIES = (
     "transformers",
     "sentence_transformers",
@@ -21,11 +22,17 @@ NOISY_LIBRARIES = (
 )
 
 
-def attach_file_log(output_root: Path, command: str) -> Path:
-    """Log everything from bertcls at debug level to a timestamped file; returns its path."""
+def attach_file_log(output_root: Path, command: str) -> Path | None:
+    """Log everything from bertcls at debug level to a timestamped file; returns its path, or None when the folder
+    cannot be written (a read-only output root still serves ``predict`` and ``inspect``: the log goes to the
+    console only, with a warning)."""
     path = RunLayout(output_root).log_file(command)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        logger.warning("Cannot write a log file in %s (%s); logging to the console only.", path.parent, exc.strerror)
+        return None
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.set_name("bertcls-file")

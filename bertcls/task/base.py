@@ -213,6 +213,21 @@ class Task(ABC):
         """The labels of labelled input rows as :meth:`decision_scores` takes them, and how many rows carry each label
         the model never saw (an error for one label per text; left out of a label set)."""
 
+    def given_labels(self, chunk: pd.DataFrame, cfg: DataSection) -> list[str]:
+        """Every label the input's label cells name, in order (a cell is one label here)."""
+        return [cell for cell in chunk[cfg.label_column] if cell.strip()]
+
+    def input_mismatch(self, chunk: pd.DataFrame, cfg: DataSection, names: list[str]) -> str | None:
+        """A sentence when labelled input looks made for another model (none of its labels is the model's), or
+        None when it fits."""
+        given = self.given_labels(chunk, cfg)
+        if given and not set(given) & set(names):
+            return (
+                f"None of the input's labels is one of this model's (for example {given[0]!r}): the input looks "
+                "made for another model, so the scores below say little about this one."
+            )
+        return None
+
     @abstractmethod
     def decision_scores(self, truth: np.ndarray, given: np.ndarray, num_classes: int) -> dict[str, float]:
         """Metrics of decisions against :meth:`read_truth`'s labels."""

@@ -257,6 +257,13 @@ class MultiLabel(Task):
     def decision_scores(self, truth: np.ndarray, given: np.ndarray, num_classes: int) -> dict[str, float]:
         return label_set_scores(truth, given)
 
+    def given_labels(self, chunk: pd.DataFrame, cfg: DataSection) -> list[str]:
+        """The labels the cells join (none to check for 0/1 columns, whose names are the model's labels)."""
+        if cfg.label_columns:
+            return []
+        cells = chunk[cfg.label_column]
+        return [part.strip() for cell in cells for part in cell.split(cfg.label_separator) if part.strip()]
+
 
 def unsure_labels(probs: np.ndarray, given: np.ndarray, min_confidence: float) -> np.ndarray:
     """A label decision is unsure when the probability of what was decided (p for a label given, 1 - p for one not

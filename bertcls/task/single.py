@@ -239,6 +239,23 @@ class SingleLabel(Task):
     def decision_scores(self, truth: np.ndarray, given: np.ndarray, num_classes: int) -> dict[str, float]:
         return {"accuracy": accuracy(truth, given), "f1": macro_f1(truth, given, num_classes)}
 
+    def input_mismatch(self, chunk: pd.DataFrame, cfg: DataSection, names: list[str]) -> str | None:
+        """Also: cells that join several of the model's labels (multi-label data given to a single-label model)."""
+        known, separator = set(names), cfg.label_separator
+        cells = chunk[cfg.label_column]
+        joined = [
+            cell
+            for cell in cells[~cells.isin(known)]
+            if separator in cell and all(part.strip() in known for part in cell.split(separator))
+        ]
+        if joined:
+            return (
+                f"{len(joined):,} of the input's label cells join several of this model's labels (for example "
+                f"{joined[0]!r}): that is multi-label data, but this model is single-label, so those rows count "
+                "as errors."
+            )
+        return super().input_mismatch(chunk, cfg, names)
+
 
 def abstains(confidence: np.ndarray, min_confidence: float) -> np.ndarray:
     """Rows to leave unlabelled: top probability below ``min_confidence``; at 1, every row (a softmax is never truly

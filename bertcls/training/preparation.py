@@ -10,10 +10,12 @@ import pandas as pd
 
 from bertcls.config.settings import Settings
 from bertcls.data.labelled import DataReport, Splits, load_splits
+from bertcls.features.cache import EncodingStopped
 from bertcls.features.service import EmbeddingService
 from bertcls.features.sets import FeatureSet, build_features
 from bertcls.model.encoder import pick_device
 from bertcls.runtime.distributed import world
+from bertcls.runtime.interrupts import Interrupted, StopRequest
 from bertcls.runtime.precision import sample_indices
 from bertcls.task import task_for
 from bertcls.training.callbacks import WorkflowHooks
@@ -33,9 +35,11 @@ class PreparedRun:
     features: FeatureSet
 
 
-def prepare(settings: Settings, hooks: WorkflowHooks) -> PreparedRun:
+def prepare(settings: Settings, hooks: WorkflowHooks, stop_request: StopRequest | None = None) -> PreparedRun:
     """Data checks and split, encoder, cached features. Nothing is written to ``data/`` here: the splits are saved
-    beside the model once it exists, so a failed run leaves an earlier model and its splits together."""
+    beside the model once it exists, so a failed run leaves an earlier model and its splits together. A
+    ``stop_request`` that fires while texts are encoded stops after the current block, keeping what was encoded
+    in the cache, and raises :class:`Interrupted`."""
     seed_everything(settings.model.seed)
     hooks.on_stage("Checking and splitting data")
     task = task_for(settings.model.task)
@@ -50,8 +54,18 @@ def prepare(settings: Settings, hooks: WorkflowHooks) -> PreparedRun:
         hooks.on_stage(f"Checking {service.precision} against fp32")
         guard_precision(service, splits.train, names, settings)
     service.progress = hooks.on_encode_progress
+    if stop_request is not None:
+        service.stop_check = lambda: stop_request.requested
     hooks.on_stage("Encoding texts")
-    features = build_features(service, splits, names, settings, fine_tune=not settings.encoder.freeze)
+    try:
+        features = build_features(service, splits, names, settings, fine_tune=not settings.encoder.freeze)
+    except EncodingStopped as stopped:
+        assert stop_request is not None and stop_request.signum is not None  # only a stop request stops encoding
+        raise Interrupted(
+            stop_request.signum,
+            f"Interrupted while encoding texts: the {len(stopped.vectors):,} encoded in this pass are kept in the "
+            "cache for the next run; nothing else was saved.",
+        ) from None
     return PreparedRun(splits, report, names, service, features)
 
 

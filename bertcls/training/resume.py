@@ -13,7 +13,7 @@ from bertcls.config.settings import DataSection, Settings
 from bertcls.config.sources import flatten
 from bertcls.data.labelled import Splits
 from bertcls.runtime.errors import CheckpointError, DataError
-from bertcls.runtime.fileio import atomic_path
+from bertcls.runtime.fileio import save_torch_atomic
 from bertcls.runtime.interrupts import Interrupted
 from bertcls.runtime.redaction import redact_data
 from bertcls.task import Task
@@ -49,8 +49,7 @@ class ResumeWriter(TrainerCallback):
 
     def on_epoch_end(self, trainer, record) -> None:
         payload = {"trainer": trainer.resume_state(), "settings": self.settings_fp, "data": self.data_fp}
-        with atomic_path(self.path) as tmp:
-            torch.save(payload, tmp)
+        save_torch_atomic(payload, self.path)
         logger.debug("Saved the resume state after epoch %d to %s", trainer.state.epoch, self.path)
 
 

@@ -299,7 +299,7 @@ class Trainer:
         )
         self.result.history.append(record)
         monitored = metrics[self.model_cfg.metric]
-        if is_better(monitored, self.result):
+        if math.isfinite(train_loss) and is_better(monitored, self.result):  # NaN weights are never the best
             self.result.best_metric, self.result.best_epoch = monitored, self.state.epoch
             self.result.best_state = trainable_state(self.model)
         stop = self.stopper.update(monitored)

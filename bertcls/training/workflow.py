@@ -51,7 +51,7 @@ def run_training(
     hooks = hooks or WorkflowHooks()
     settings_fp, state_path = settings_fingerprint(settings), RunLayout(settings.root).resume_state
     payload = read_resume(state_path, settings_fp) if resume else None
-    run = prepare(settings, hooks)
+    run = prepare(settings, hooks, stop_request)
     here = world()
     if not run.features.fine_tune and not here.is_main:
         return None  # frozen mode: the embeddings were computed sharded; rank 0 trains the head

@@ -8,6 +8,7 @@ still exports the model its best epoch really had.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 
 from bertcls.config.settings import Settings
 from bertcls.model.network import set_dropout
+from bertcls.runtime.errors import TrainingDiverged
 from bertcls.training.convex import ConvexTrainer
 from bertcls.training.setup import make_trainer
 from bertcls.training.trainer import Trainer
@@ -45,6 +47,7 @@ class Member:
     snapshot: Snapshot | None = None
     best_settings: Settings | None = None  # the settings and parameters that built the best weights so far
     best_params: dict[str, Any] = field(default_factory=dict)
+    diverged: bool = False  # its last epoch's training loss was not finite: its weights are no longer numbers
 
     def best(self) -> tuple[Settings, dict[str, Any]]:
         """The settings and parameters of the best epoch (the member's own before its first epoch)."""
@@ -52,7 +55,7 @@ class Member:
 
     @property
     def last_metric(self) -> float:
-        if not self.curve:
+        if not self.curve or self.diverged:
             return float("-inf")
         metric = self.curve[-1]["metric"]
         assert metric is not None  # every epoch record has the monitored metric
@@ -143,6 +146,33 @@ def apply_decision(ctx: TuningContext, members: list[Member], decision: Decision
     return event
 
 
+def replace_diverged(ctx: TuningContext, members: list[Member], epoch: int) -> list[dict[str, Any]]:
+    """A member whose training loss became non-finite copies the best healthy member at once (waiting for the next
+    perturbation would train NaN weights); when no member is healthy, the population stops in one sentence."""
+    diverged = [m for m in members if m.diverged]
+    healthy = [m for m in members if not m.diverged and m.snapshot is not None]
+    if diverged and not healthy:
+        raise TrainingDiverged(
+            f"Every PBT member's training loss became non-finite by epoch {epoch}; lower the learning-rate range "
+            "(tuning.search_space.lr) and run again."
+        )
+    events = []
+    for member in diverged:
+        donor = max(healthy, key=lambda m: m.last_metric)
+        logger.warning(
+            "PBT member %d diverged in epoch %d (non-finite training loss); it copies member %d.",
+            member.index,
+            epoch,
+            donor.index,
+        )
+        exploit(ctx, member, donor)
+        member.diverged = False
+        events.append(
+            {"epoch": epoch, "member": member.index, "action": "exploit", "source": donor.index, "changes": {}}
+        )
+    return events
+
+
 @dataclass
 class PBTOutcome:
     members: list[Member]
@@ -168,6 +198,7 @@ def run_population(ctx: TuningContext, on_epoch: EpochFn | None = None) -> PBTOu
             if record is None:  # no stop request reaches a population, so every epoch finishes
                 raise RuntimeError(f"member {member.index}'s epoch {epoch} did not finish")
             member.note_epoch()
+            member.diverged = not math.isfinite(record.train_loss)
             member.curve.append(
                 {
                     "epoch": epoch,
@@ -177,7 +208,9 @@ def run_population(ctx: TuningContext, on_epoch: EpochFn | None = None) -> PBTOu
                     "val_loss": record.val_loss,
                 }
             )
-            take_snapshot(member)
+            if not member.diverged:
+                take_snapshot(member)
+        lineage += replace_diverged(ctx, members, epoch)
         if on_epoch:
             on_epoch(epoch, members)
         if epoch % cfg.perturbation_interval == 0 and epoch < ctx.settings.model.num_epochs:
