@@ -110,3 +110,29 @@ def trained_model(workspace, threads_small) -> Path:
         ).settings
         run_training(settings)
     return root
+
+
+@pytest.fixture(scope="session")
+def ml_data(workspace) -> Path:
+    """480 GoEmotions dev texts of 8 emotions (a quarter with several labels), labels joined by |."""
+    from tests.test_multilabel import goemotions_subset
+
+    path = workspace / "goemotions480.csv"
+    goemotions_subset().to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ml_model(workspace, ml_data) -> Path:
+    """A multi-label model trained with the defaults (linear head, lexical features) on 480 texts."""
+    from bertcls.cli.app import run
+
+    root = workspace / "ml"
+    with pytest.MonkeyPatch.context() as patch:  # session fixtures run before the per-test chdir (no config.yml)
+        patch.chdir(workspace)
+        code = run(
+            ["train", "--output-root", str(root), "--data-file", str(ml_data), "--label-column", "labels",
+             "--multi-label", "--num-epochs", "6", "-v", "0"]
+        )  # fmt: skip
+    assert code == 0
+    return root

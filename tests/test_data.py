@@ -30,7 +30,7 @@ def train_exit(cli, data_file: Path, *extra: str):
 def test_missing_column_lists_present_columns(cli, tmp_path):
     path = write_csv(tmp_path / "d.csv", rows(), header=("body", "category"))
     code, _, err = train_exit(cli, path)
-    assert code == 2 and "no column 'text'" in err and "body, category" in err and "Traceback" not in err
+    assert code == 2 and "no column 'text'" in err and "'body', 'category'" in err and "Traceback" not in err
 
 
 def test_undecodable_bytes_name_row_and_option(cli, tmp_path):

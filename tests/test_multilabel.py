@@ -4,7 +4,6 @@ multi-label checkpoint through train, predict, evaluate, inspect and optimize.""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -46,29 +45,6 @@ def as_flag_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """The same data in the Jigsaw layout: one 0/1 column per label."""
     flags = {label: frame.labels.map(lambda x, label=label: "1" if label in x.split("|") else "0") for label in KEEP}
     return pd.DataFrame({"text": frame.text, **flags})
-
-
-@pytest.fixture(scope="module")
-def ml_data(workspace) -> Path:
-    path = workspace / "goemotions480.csv"
-    goemotions_subset().to_csv(path, index=False)
-    return path
-
-
-@pytest.fixture(scope="module")
-def ml_model(workspace, ml_data):
-    """A multi-label model trained with the defaults (linear head, lexical features) on 480 texts."""
-    from bertcls.cli.app import run
-
-    root = workspace / "ml"
-    with pytest.MonkeyPatch.context() as patch:  # module fixtures run before the per-test chdir (no config.yml)
-        patch.chdir(workspace)
-        code = run(
-            ["train", "--output-root", str(root), "--data-file", str(ml_data), "--label-column", "labels",
-             "--multi-label", "--num-epochs", "6", "-v", "0"]
-        )  # fmt: skip
-    assert code == 0
-    return root
 
 
 # --- data -------------------------------------------------------------------------------------------------------
@@ -366,3 +342,31 @@ def test_fine_tuning_multilabel_with_min_labels_and_micro_f1(cli, workspace, ml_
     assert code == 0, err
     frame = pd.read_csv(root / "predictions" / "p.csv", dtype=str, keep_default_na=False)
     assert (frame.predicted_labels != "").all()  # min_labels 1: every text gets a label
+
+
+@pytest.mark.slow
+def test_onnx_export_of_a_multilabel_model_matches_torch_through_predict(cli, ml_model):
+    from bertcls.inference.onnx_backend import OnnxPredictor
+    from bertcls.runtime.layout import RunLayout
+
+    code, _, err = cli("export", "--output-root", ml_model, "--verbosity", "0")
+    assert code == 0, err
+    manifest = OnnxPredictor(RunLayout(ml_model).export_dir).manifest
+    ckpt = load_checkpoint(ml_model / "best_trials" / "best_model.pt")
+    assert manifest.task == "multilabel" and manifest.thresholds == list(ckpt.rule.thresholds)
+    assert manifest.min_labels == ckpt.rule.min_labels and manifest.checks["max_prob_diff"] <= 1e-4
+    assert manifest.checks["label_agreement"] == 1.0
+    test = str(ml_model / "data" / "test.csv")
+    for backend in ("onnx", "torch"):
+        code, out, err = cli("predict", "--output-root", ml_model, "--data-file", test, "--backend", backend,
+                             "--precision" if backend == "torch" else "--top-k", "fp32" if backend == "torch" else "1",
+                             "--output-file", f"{backend}.csv", "-v", "0")  # fmt: skip
+        assert code == 0, err
+    onnx = pd.read_csv(ml_model / "predictions" / "onnx.csv", dtype=str, keep_default_na=False)
+    torch_out = pd.read_csv(ml_model / "predictions" / "torch.csv", dtype=str, keep_default_na=False)
+    assert onnx.predicted_labels.tolist() == torch_out.predicted_labels.tolist()
+    prob_columns = [f"prob_{label}" for label in ckpt.labels]
+    diff = onnx[prob_columns].astype(float).to_numpy() - torch_out[prob_columns].astype(float).to_numpy()
+    assert np.abs(diff).max() <= 1e-4
+    code, out, err = cli("inspect", "--output-root", ml_model)
+    assert code == 0, err

@@ -69,12 +69,12 @@ def test_int8_export_is_checked_and_kept_only_when_it_agrees(trained_model, fp32
     texts = thread_subset(4, seed=8).text.tolist()
     probs = torch_probs(trained_model, texts)
     wrong = np.roll(probs, 1, axis=1)
-    labels = load_named_checkpoint(None, trained_model).labels
-    truth = [labels[i] for i in probs.argmax(1)]
+    ckpt = load_named_checkpoint(None, trained_model)
+    truth = probs.argmax(1)
     with pytest.raises(ExportError, match="agrees with torch on"):
-        check_export(RunLayout(trained_model).export_dir, wrong, texts, truth, labels, int8=True)
+        check_export(RunLayout(trained_model).export_dir, wrong, texts, truth, ckpt.task, ckpt.rule, int8=True)
     with pytest.raises(ExportError, match="differs from torch"):
-        check_export(RunLayout(trained_model).export_dir, wrong, texts, truth, labels, int8=False)
+        check_export(RunLayout(trained_model).export_dir, wrong, texts, truth, ckpt.task, ckpt.rule, int8=False)
 
 
 def test_export_without_check_data_fails_cleanly_and_keeps_the_old_export(trained_model, fp32_export, cli, tmp_path):

@@ -21,7 +21,16 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from bertcls.cli import config_cmd, evaluate_cmd, export_cmd, inspect_cmd, optimize_cmd, predict_cmd, train_cmd
+    from bertcls.cli import (
+        config_cmd,
+        evaluate_cmd,
+        export_cmd,
+        inspect_cmd,
+        optimize_cmd,
+        predict_cmd,
+        serve_cmd,
+        train_cmd,
+    )
 
     app.command("train")(train_cmd.train)
     app.command("predict")(predict_cmd.predict)
@@ -29,6 +38,7 @@ def _register() -> None:
     app.command("evaluate")(evaluate_cmd.evaluate)
     app.command("optimize")(optimize_cmd.optimize)
     app.command("export")(export_cmd.export)
+    app.command("serve")(serve_cmd.serve)
     app.add_typer(config_cmd.config_app, name="config")
 
 

@@ -41,7 +41,7 @@ def export(
     import torch
 
     from bertcls.data.labelled import read_labelled_csv, resolve_data_path
-    from bertcls.inference.onnx_backend import EXPORTABLE_TASK, export_model, require_onnx
+    from bertcls.inference.onnx_backend import export_model, require_onnx
     from bertcls.inference.prediction import Predictor
     from bertcls.model.checkpoint import load_named_checkpoint
     from bertcls.runtime.errors import DataError
@@ -54,11 +54,6 @@ def export(
     require_onnx()
     root = settings.root
     ckpt = load_named_checkpoint(best_model, root)
-    if ckpt.task != EXPORTABLE_TASK:
-        raise DataError(
-            f"{ckpt.path.name} is a {ckpt.task.title} model; the ONNX export handles {EXPORTABLE_TASK.title} models "
-            "only, so predict it with the torch backend."
-        )
     trained = ckpt.trained_settings(root).data
     path = resolve_data_path(data_file, root) if data_file else RunLayout(root).split_file("val")
     if not path.is_file():
@@ -68,18 +63,17 @@ def export(
     if frame.empty:
         raise DataError(f"{path} has no rows with text to check the export on.")
     texts = frame[trained.text_column].tolist()
-    truth = frame[trained.label_column].tolist()
+    truth, _ = ckpt.task.read_truth(frame, trained, ckpt.labels, str(path))
     err_console.print(f"Exporting {ckpt.path.name} and checking it on {len(texts)} texts of {path} ...")
     probs = Predictor(ckpt, root, torch.device("cpu"), "fp32").predict_proba(texts, 64)
-    columns = (trained.text_column, trained.label_column)
-    report = export_model(ckpt, root, texts, truth, probs, int8=int8, columns=columns)
+    report = export_model(ckpt, root, texts, truth, probs, int8=int8, data=trained)
     table = Table(title=f"ONNX export ({'int8' if int8 else 'fp32'}) against torch fp32")
     table.add_column("check")
     table.add_column("value", justify="right")
     checks = report.checks
     table.add_row("texts", f"{int(checks['texts'])}")
     table.add_row("largest probability difference", f"{checks['max_prob_diff']:.2e}")
-    table.add_row("same label as torch", f"{100 * checks['label_agreement']:.2f}%")
+    table.add_row(f"same {ckpt.task.label_noun} as torch", f"{100 * checks['label_agreement']:.2f}%")
     table.add_row("macro F1 torch / onnx", f"{checks['macro_f1_torch']:.4f} / {checks['macro_f1_onnx']:.4f}")
     out_console.print(table)
     out_console.print(f"Wrote {report.folder} ({', '.join(f for f in report.files if '/' not in f)})", highlight=False)

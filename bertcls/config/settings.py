@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -331,6 +331,27 @@ class EvaluationSection(StrictModel):
         return folds
 
 
+class ServeSection(StrictModel):
+    """``bertcls serve``: where it listens, how it batches, what it accepts."""
+
+    host: str = "127.0.0.1"  # loopback unless said otherwise
+    port: int = Field(8000, ge=0, le=65535)  # 0: any free port (said in the log)
+    backend: Literal["torch", "onnx"] = "torch"
+    max_batch_size: int = Field(64, ge=1, le=4096)  # texts per encoder batch
+    max_wait_ms: float = Field(5.0, ge=0, le=10_000)  # how long a batch waits for requests already arriving
+    max_queue: int = Field(1024, ge=1)  # texts waiting; beyond it, 503 with Retry-After
+    workers: int = Field(1, ge=1, le=64)
+    api_key_file: str | None = None
+    api_key: SecretStr | None = None  # BERTCLS_SERVE__API_KEY; never printed
+    min_confidence: float | None = Field(None, ge=0, le=1)
+    threads: int | None = Field(None, ge=1)
+    max_texts_per_request: int = Field(256, ge=1)
+    max_body_bytes: int = Field(4_000_000, ge=1024)
+    shutdown_timeout_s: float = Field(10.0, gt=0)
+
+    _expand = field_validator("api_key_file", mode="before")(classmethod(lambda _cls, v: _expand_optional(v)))
+
+
 class Settings(BaseSettings):
     """The whole resolved configuration."""
 
@@ -351,6 +372,7 @@ class Settings(BaseSettings):
     memory: MemorySection = Field(default_factory=MemorySection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     calibration: CalibrationSection = Field(default_factory=CalibrationSection)
+    serve: ServeSection = Field(default_factory=ServeSection)
 
     _expand = field_validator("output_root", mode="before")(classmethod(lambda _cls, v: _expand_optional(v)))
 

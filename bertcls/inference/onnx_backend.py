@@ -18,6 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from bertcls.config.settings import DataSection, TaskName
 from bertcls.features.lexical import LexicalFeatures, LexicalSpec
 from bertcls.model.checkpoint import Checkpoint, now_iso
 from bertcls.model.classifier import Classifier
@@ -25,8 +26,7 @@ from bertcls.model.encoder import bounded, pool_windows, split_into_windows, win
 from bertcls.runtime.errors import BertclsError
 from bertcls.runtime.fileio import replace_dir, save_torch_atomic
 from bertcls.runtime.layout import RunLayout
-from bertcls.task import DecisionRule, SingleLabel, Task
-from bertcls.task.metrics import label_indices, macro_f1
+from bertcls.task import DecisionRule, Task, task_for
 
 logger = logging.getLogger(__name__)
 MANIFEST = "export.json"
@@ -34,8 +34,6 @@ FP32_MAX_DIFF = 1e-4
 INT8_MIN_AGREEMENT = 0.99
 INT8_MAX_F1_DROP = 0.005
 OPSET = 17
-
-EXPORTABLE_TASK = SingleLabel()  # the graphs end in logits that one softmax turns into probabilities
 
 
 class ExportError(BertclsError):
@@ -74,6 +72,18 @@ class ExportManifest(BaseModel):
     checks: dict[str, float] = {}
     settings: dict = {}
     temperature: float = 1.0
+    task: TaskName = "multiclass"  # the graphs end in logits; the task turns them into probabilities and decisions
+    temperatures: list[float] | None = None  # per label, where calibration fitted several (multi-label)
+    thresholds: list[float] | None = None
+    min_labels: int = 0
+    label_columns: list[str] | None = None
+    label_separator: str = "|"
+
+    def rule(self) -> DecisionRule:
+        """The decision rule of the checkpoint the export was made from."""
+        temperature = np.asarray(self.temperatures, dtype=np.float32) if self.temperatures else self.temperature
+        thresholds = None if self.thresholds is None else tuple(self.thresholds)
+        return DecisionRule(temperature, thresholds, self.min_labels)
 
 
 def read_manifest(folder: Path) -> ExportManifest:
@@ -176,8 +186,8 @@ class OnnxPredictor:
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
         self.labels = self.manifest.labels
-        self.task: Task = EXPORTABLE_TASK
-        self.rule = DecisionRule(temperature=self.manifest.temperature)
+        self.task: Task = task_for(self.manifest.task)
+        self.rule = self.manifest.rule()
         try:
             self._open(ort, threads, AutoTokenizer)
         except Exception as exc:  # noqa: BLE001 - a damaged export is one sentence
@@ -249,22 +259,26 @@ class ExportReport:
 
 
 def check_export(
-    folder: Path, torch_probs: np.ndarray, texts: list[str], truth: list[str], labels: list[str], *, int8: bool
-) -> dict[str, float]:
-    """fp32: probabilities within 1e-4 of torch's. int8: the same label as torch for >= 99% of the texts, and macro
-    F1 (on the labelled texts) within 0.5 points of torch's. Raises :class:`ExportError` otherwise."""
+    folder: Path, torch_probs: np.ndarray, texts: list[str], truth: np.ndarray, task: Task, rule: DecisionRule, *,
+    int8: bool,
+) -> dict[str, float]:  # fmt: skip
+    """fp32: probabilities within 1e-4 of torch's. int8: the same decisions as torch for >= 99% of the texts (the
+    label, or the whole label set), and macro F1 (on the labelled texts: ``truth`` as the task's
+    ``read_truth`` gives it, -1 for a label the model does not know) within 0.5 points of torch's. Raises
+    :class:`ExportError` otherwise."""
     probs = OnnxPredictor(folder).predict_proba(texts, 64)
-    ids = label_indices(truth, labels)
-    known = ids >= 0
-    f1_torch = macro_f1(ids[known], torch_probs[known].argmax(1), len(labels))
-    f1_onnx = macro_f1(ids[known], probs[known].argmax(1), len(labels))
+    given_torch, given_onnx = task.decide(torch_probs, rule), task.decide(probs, rule)
+    known = truth >= 0 if truth.ndim == 1 else np.ones(len(truth), dtype=bool)
+    f1 = lambda given: task.decision_scores(truth[known], given[known], len(probs[0]))["f1"]  # noqa: E731
+    same = given_torch == given_onnx
     checks = {
         "texts": float(len(texts)),
         "max_prob_diff": float(np.abs(probs - torch_probs).max()),
-        "label_agreement": float((probs.argmax(1) == torch_probs.argmax(1)).mean()),
-        "macro_f1_torch": f1_torch,
-        "macro_f1_onnx": f1_onnx,
+        "label_agreement": float((same if same.ndim == 1 else same.all(axis=1)).mean()),
+        "macro_f1_torch": f1(given_torch),
+        "macro_f1_onnx": f1(given_onnx),
     }
+    f1_torch, f1_onnx = checks["macro_f1_torch"], checks["macro_f1_onnx"]
     kind = "int8" if int8 else "fp32"
     if not int8 and checks["max_prob_diff"] > FP32_MAX_DIFF:
         raise ExportError(
@@ -273,7 +287,7 @@ def check_export(
         )
     if int8 and (checks["label_agreement"] < INT8_MIN_AGREEMENT or f1_torch - f1_onnx > INT8_MAX_F1_DROP):
         raise ExportError(
-            f"The int8 ONNX export agrees with torch on {100 * checks['label_agreement']:.1f}% of labels (needs "
+            f"The int8 ONNX export agrees with torch on {100 * checks['label_agreement']:.1f}% of decisions (needs "
             f"{100 * INT8_MIN_AGREEMENT:.0f}%) with macro F1 {f1_onnx:.4f} against {f1_torch:.4f} (allowed drop "
             f"{100 * INT8_MAX_F1_DROP:.1f} points); export fp32 instead (without --int8). Nothing was exported."
         )
@@ -285,16 +299,16 @@ def export_model(
     ckpt: Checkpoint,
     output_root: Path,
     texts: list[str],
-    truth: list[str],
+    truth: np.ndarray,
     torch_probs: np.ndarray,
     *,
     int8: bool,
-    columns: tuple[str, str] = ("text", "category"),
+    data: DataSection | None = None,
 ) -> ExportReport:
     """Write ``<output_root>/export/`` from ``ckpt`` after checking it on ``texts`` against ``torch_probs`` (the
     torch model's fp32 probabilities); the old export is replaced only when the new one passes."""
     require_onnx()
-    output_root = Path(output_root)
+    output_root, data, rule = Path(output_root), data or DataSection(), ckpt.rule
     staging = RunLayout.staging_for(RunLayout(output_root).export_dir)
     staging.mkdir(parents=True)
     try:
@@ -317,21 +331,27 @@ def export_model(
             windowing=None if windowing is None else vars(windowing),
             normalize=encoder.normalize,
             lexical=ckpt.architecture.lexical,
-            text_column=columns[0],
-            label_column=columns[1],
+            text_column=data.text_column,
+            label_column=data.label_column,
+            label_columns=data.label_columns,
+            label_separator=data.label_separator,
             checkpoint=str(ckpt.path),
             created_at=now_iso(),
             settings=ckpt.meta.settings,
             temperature=ckpt.temperature,
+            task=ckpt.task.name,
+            temperatures=None if np.ndim(rule.temperature) == 0 else np.asarray(rule.temperature).tolist(),
+            thresholds=None if rule.thresholds is None else list(rule.thresholds),
+            min_labels=rule.min_labels,
         )
         (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
-        checks = check_export(staging, torch_probs, texts, truth, ckpt.labels, int8=False)
+        checks = check_export(staging, torch_probs, texts, truth, ckpt.task, rule, int8=False)
         if int8:
             quantize_int8(staging / "encoder.onnx", staging / "encoder.int8.onnx")
             (staging / "encoder.onnx").unlink()
             manifest.encoder_file, manifest.int8 = "encoder.int8.onnx", True
             (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
-            checks = check_export(staging, torch_probs, texts, truth, ckpt.labels, int8=True)
+            checks = check_export(staging, torch_probs, texts, truth, ckpt.task, rule, int8=True)
         manifest.checks = checks
         (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
         final = replace_dir(staging, RunLayout(output_root).export_dir)

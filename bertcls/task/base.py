@@ -213,6 +213,10 @@ class Task(ABC):
         """The labels of labelled input rows as :meth:`decision_scores` takes them, and how many rows carry each label
         the model never saw (an error for one label per text; left out of a label set)."""
 
+    @abstractmethod
+    def decided_labels(self, columns: PredictionColumns, names: list[str]) -> list[list[str]]:
+        """Per row, the labels :meth:`prediction_columns` gave (none for a row that abstained), for the server."""
+
     def given_labels(self, chunk: pd.DataFrame, cfg: DataSection) -> list[str]:
         """Every label the input's label cells name, in order (a cell is one label here)."""
         return [cell for cell in chunk[cfg.label_column] if cell.strip()]

@@ -257,6 +257,9 @@ class MultiLabel(Task):
     def decision_scores(self, truth: np.ndarray, given: np.ndarray, num_classes: int) -> dict[str, float]:
         return label_set_scores(truth, given)
 
+    def decided_labels(self, columns: PredictionColumns, names: list[str]) -> list[list[str]]:
+        return [[names[int(k)] for k in np.flatnonzero(row)] for row in columns.given]
+
     def given_labels(self, chunk: pd.DataFrame, cfg: DataSection) -> list[str]:
         """The labels the cells join (none to check for 0/1 columns, whose names are the model's labels)."""
         if cfg.label_columns:

@@ -239,6 +239,10 @@ class SingleLabel(Task):
     def decision_scores(self, truth: np.ndarray, given: np.ndarray, num_classes: int) -> dict[str, float]:
         return {"accuracy": accuracy(truth, given), "f1": macro_f1(truth, given, num_classes)}
 
+    def decided_labels(self, columns: PredictionColumns, names: list[str]) -> list[list[str]]:
+        rows = zip(columns.given, columns.abstained, strict=True)
+        return [[] if abstained else [names[int(best)]] for best, abstained in rows]
+
     def input_mismatch(self, chunk: pd.DataFrame, cfg: DataSection, names: list[str]) -> str | None:
         """Also: cells that join several of the model's labels (multi-label data given to a single-label model)."""
         known, separator = set(names), cfg.label_separator
