@@ -185,6 +185,7 @@ BAD_REQUESTS = [
     ("too large", b'{"texts": ["' + b"a" * 4_100_000 + b'"]}', "application/json", 413, "serve.max_body_bytes"),
     ("text too long", json.dumps({"texts": ["a" * 100_001]}).encode(), "application/json", 413, "100,001 characters"),
     ("bad utf-8", b'{"texts": ["\xff\xfe"]}', "application/json", 400, "not valid JSON"),
+    ("deep nesting", b'{"texts": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", "application/json", 400, "nests too"),
 ]
 
 
@@ -243,6 +244,22 @@ def test_a_batch_whose_model_fails_fails_only_its_requests():
     assert isinstance(failed, RuntimeError) and served == ["FINE"]
 
 
+def test_the_queue_is_bounded_in_texts_but_an_empty_queue_takes_any_request():
+    from bertcls.serving.batching import QueueFull
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(
+            lambda texts: texts, max_batch_size=8, max_wait_s=0, max_queue=4, observe=lambda *_: None
+        )
+        batcher.admit(10)  # larger than the queue, but nothing waits: taken (it would never fit otherwise)
+        batcher.waiting_texts = 3
+        batcher.admit(1)
+        with pytest.raises(QueueFull):
+            batcher.admit(2)
+
+    asyncio.run(scenario())
+
+
 def test_a_lone_request_on_an_idle_server_does_not_wait_for_a_batch_to_fill():
     async def scenario() -> float:
         batcher = MicroBatcher(lambda texts: texts, max_batch_size=64, max_wait_s=2.0, max_queue=100,
@@ -268,13 +285,14 @@ def test_the_api_key_guards_every_endpoint_but_healthz_and_never_shows(trained_m
     guarded = Server(trained_model, "--api-key-file", str(key_file), "--workers", "2", "-v", "2")
     bodies = []
     try:
-        for path in ("/v1/model", "/metrics", "/readyz", "/docs", "/openapi.json"):
+        for path in ("/v1/model", "/metrics", "/docs", "/openapi.json"):
             response = guarded.client.get(path)
             assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer", path
             bodies.append(response.text)
         bad = post(guarded.client, ["x"], headers={"Authorization": "Bearer " + KEY[:-1] + "?"})
         assert bad.status_code == 401
-        assert guarded.client.get("/healthz").status_code == 200 and guarded.client.get("/").status_code == 200
+        for path in ("/healthz", "/readyz", "/"):  # liveness, readiness (for load balancers) and the page
+            assert guarded.client.get(path).status_code == 200, path
         auth = {"Authorization": f"Bearer {KEY}"}
         for _ in range(4):  # whichever worker answers
             response = post(guarded.client, ["refund please"], headers=auth)
@@ -283,7 +301,8 @@ def test_the_api_key_guards_every_endpoint_but_healthz_and_never_shows(trained_m
         assert info.status_code == 200
         bodies += [info.text, bad.text, response.text]
     finally:
-        guarded.stop()
+        code = guarded.stop()
+    assert code == 143  # the supervisor of --workers 2 ends as one process does
     assert all(KEY not in body for body in bodies)
     assert KEY not in guarded.output
     for path in trained_model.rglob("*.log"):
@@ -364,7 +383,7 @@ def test_a_short_api_key_is_refused(cli, trained_model, tmp_path):
     key_file = tmp_path / "short.txt"
     key_file.write_text("abc\n")
     code, _, err = cli("serve", "--output-root", trained_model, "--api-key-file", key_file, "--port", "0")
-    assert code == 2 and "at least 16 characters" in err
+    assert code == 2 and "at least 16 ASCII characters" in " ".join(err.split())
 
 
 @pytest.mark.slow

@@ -73,8 +73,14 @@ def run(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("Interrupted by Ctrl-C (SIGINT).\n")
         return 130
+    except BrokenPipeError:  # the reader of standard output went away (predict -o - | head): not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so that the interpreter's final flush stays quiet
+        return 0
     except OSError as exc:  # a full disk, a read-only folder, a file where a folder should be
-        report_error(FileSystemError.from_os_error(exc))
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            report_error(BertclsError(f"A connection failed ({exc.strerror or exc})."))
+        else:
+            report_error(FileSystemError.from_os_error(exc))
         return 2
     except Exception as exc:
         # Typer vendors its own click: match its usage errors, Exit and Abort by shape, not by class.

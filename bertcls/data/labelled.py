@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import logging
@@ -87,6 +88,15 @@ def binary_kind(raw: bytes) -> str | None:
     return None
 
 
+def is_wide(encoding: str) -> bool:
+    """Whether ``encoding`` is UTF-16 or UTF-32 (whose text is full of NUL bytes), however it is spelled."""
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        return False
+    return name.startswith(("utf-16", "utf-32"))
+
+
 def encoding_for(raw: bytes, encoding: str, source: str) -> str:
     """The encoding to read with: the one a byte-order mark names when it differs from ``encoding`` (said in the
     log), else ``encoding``."""
@@ -103,7 +113,7 @@ def decode_bytes(raw: bytes, encoding: str, source: str) -> str:
     not text at all (a spreadsheet, an archive) is named as such instead of being decoded as latin-1 noise; NUL
     bytes in a text file are removed with a warning."""
     encoding = encoding_for(raw, encoding, source)
-    wide = any(width in encoding.replace("-", "").replace("_", "") for width in ("16", "32"))
+    wide = is_wide(encoding)
     kind = None if wide else binary_kind(raw)  # UTF-16/32 text is full of NUL bytes
     if kind is not None:
         raise DataError(f"{source} is not a text CSV file: it looks like {kind}; export it as CSV first.")

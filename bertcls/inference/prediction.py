@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from bertcls.config.settings import DataSection
-from bertcls.data.labelled import binary_kind, encoding_for, require_columns
+from bertcls.data.labelled import binary_kind, encoding_for, is_wide, require_columns
 from bertcls.model.checkpoint import Checkpoint
 from bertcls.model.classifier import Classifier
 from bertcls.runtime.distributed import world
@@ -149,8 +149,7 @@ def read_chunks(source: TextIO | Path, options: PredictOptions) -> Iterator[pd.D
         with open(source, "rb") as handle:
             head = handle.read(4096)
         encoding = encoding_for(head, encoding, f"Input {name}")
-        wide = encoding.startswith(("utf-16", "utf-32"))
-        kind = None if wide else binary_kind(head)
+        kind = None if is_wide(encoding) else binary_kind(head)
         if kind is not None:
             raise DataError(f"Input {name} is not a text CSV file: it looks like {kind}; export it as CSV first.")
     try:

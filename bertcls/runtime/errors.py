@@ -31,14 +31,14 @@ class TrainingDiverged(BertclsError):
     """The training loss became infinite or NaN: the weights are no longer numbers."""
 
 
-# errno -> what to do about it, for the file-system errors a command can meet while writing
+# errno -> what to do about it, for the file-system errors a command can meet (mostly while writing)
 OS_ERROR_HINTS = {
     errno.ENOSPC: "free some space (or choose another --output-root) and run again",
     errno.EDQUOT: "free some space (or choose another --output-root) and run again",
     errno.EFBIG: "the file is larger than this system allows; choose another --output-root",
     errno.EROFS: "choose a writable --output-root or --output-file",
-    errno.EACCES: "choose a writable --output-root or --output-file (or fix the permissions)",
-    errno.EPERM: "choose a writable --output-root or --output-file (or fix the permissions)",
+    errno.EACCES: "check that path's permissions (or choose another --output-root or --output-file)",
+    errno.EPERM: "check that path's permissions (or choose another --output-root or --output-file)",
     errno.ENOTDIR: "a part of that path is a file, not a folder; choose another path",
     errno.EEXIST: "a file is in the way of a folder there; choose another path",
     errno.EISDIR: "that path is a folder; name a file",

@@ -11,6 +11,7 @@ import contextlib
 import hmac
 import json
 import logging
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,7 +35,9 @@ from bertcls.serving.page import PAGE
 
 logger = logging.getLogger(__name__)
 
-OPEN_PATHS = {"/healthz", "/"}  # no API key needed: liveness, and the page (static HTML that asks for the key)
+# no API key needed: liveness and readiness (for load balancers; they say only the model's file name) and the page
+# (static HTML that asks for the key)
+OPEN_PATHS = {"/healthz", "/readyz", "/"}
 ENDPOINTS = {"/", "/healthz", "/readyz", "/metrics", "/v1/model", "/v1/predict", "/v1/reload", "/docs",
              "/openapi.json"}  # fmt: skip
 
@@ -70,10 +73,13 @@ class ServerState:
     batcher: MicroBatcher | None = None
     ready: bool = False
     reload_lock: asyncio.Lock | None = None
+    supervised: bool = False  # one of --workers N processes: a reload restarts every worker through the supervisor
 
-    def run_batch(self, texts: list[str]) -> list[TextPrediction]:
-        """One batch on the model served when the batch starts (a reload swaps it for later batches only)."""
-        return self.model.predict(texts)
+    def run_batch(self, texts: list[str]) -> list[tuple[str, TextPrediction]]:
+        """One batch on the model served when the batch starts (a reload swaps it for later batches only), each
+        prediction with that model's name."""
+        model = self.model
+        return [(model.name, prediction) for prediction in model.predict(texts)]
 
 
 def first_problem(exc: ValidationError | RequestValidationError) -> str:
@@ -98,6 +104,8 @@ async def read_texts(request: Request, state: ServerState) -> list[str]:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ServeError(400, f'The request body is not valid JSON ({exc}); send {{"texts": [...]}}.') from None
+    except RecursionError:
+        raise ServeError(400, 'The request body nests too deeply; send {"texts": [...]}.') from None
     try:
         texts = PredictRequest.model_validate(payload).texts
     except ValidationError as exc:
@@ -229,10 +237,9 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         try:
             texts = await read_texts(request, state)
         finally:
-            batcher.arriving -= 1
-        name = state.model.name
+            batcher.arrived()
         try:
-            predictions = await batcher.submit(texts)
+            named = await batcher.submit(texts)
         except QueueFull:
             raise ServeError(
                 503, f"The server is busy ({batcher.waiting_texts:,} texts waiting, serve.max_queue "
@@ -240,7 +247,7 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
             ) from None  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - the model failed on this batch (logged with its traceback)
             raise ServeError(500, f"The model failed on this request's batch ({type(exc).__name__}).") from None
-        return PredictResponse(model=name, predictions=predictions)
+        return PredictResponse(model=named[0][0], predictions=[prediction for _, prediction in named])
 
     @app.get("/v1/model")
     async def model_info() -> dict[str, Any]:
@@ -248,9 +255,13 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         return state.model.info
 
     @app.post("/v1/reload")
-    async def reload() -> dict[str, Any]:
-        """Load the output root's current best model and swap it in; requests in flight finish on the old one."""
-        return {"reloaded": True, "model": await reload_model(state)}
+    async def reload() -> JSONResponse:
+        """Load the output root's current best model and swap it in; requests in flight finish on the old one.
+        Under ``--workers N`` the supervisor restarts the workers one by one with the current model (202)."""
+        if state.supervised:
+            os.kill(os.getppid(), signal.SIGHUP)
+            return JSONResponse({"reloaded": "restarting every worker with the current model"}, status_code=202)
+        return JSONResponse({"reloaded": True, "model": await reload_model(state)})
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

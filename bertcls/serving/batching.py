@@ -27,6 +27,7 @@ BatchObserver = Callable[[int, float], None]  # texts in the batch, seconds it t
 class Job:
     texts: list[str]
     future: asyncio.Future = field(repr=False)
+    queued: bool = True  # its texts count in ``waiting_texts``
 
 
 class QueueFull(Exception):
@@ -56,25 +57,40 @@ class MicroBatcher:
         self._executor.shutdown(wait=True)
 
     def admit(self, count: int) -> None:
-        """Raise :class:`QueueFull` when ``count`` more texts would not fit in the queue."""
-        if self.waiting_texts + count > self.max_queue:
+        """Raise :class:`QueueFull` when ``count`` more texts would not fit in the queue (an empty queue takes any
+        request, so one larger than the queue is not refused forever)."""
+        if self.waiting_texts and self.waiting_texts + count > self.max_queue:
             raise QueueFull
+
+    def arrived(self) -> None:
+        """A request that was being received is in the queue now, or was refused: a waiting batch looks again."""
+        self.arriving -= 1
+        self._wakeup.set()
 
     async def submit(self, texts: list[str]) -> list[Any]:
         """The results for ``texts``, computed in some batch; the model's exception if that batch failed."""
         self.admit(len(texts))
         job = Job(texts, asyncio.get_running_loop().create_future())
+        job.future.add_done_callback(lambda _future: self._dequeue(job))  # a client that left frees its place
         self.jobs.append(job)
         self.waiting_texts += len(texts)
         self._wakeup.set()
         return await job.future
 
+    def _dequeue(self, job: Job) -> None:
+        if job.queued:
+            job.queued = False
+            self.waiting_texts -= len(job.texts)
+
+    def _fits(self, batch: list[Job], size: int) -> bool:
+        return bool(self.jobs) and (not batch or size + len(self.jobs[0].texts) <= self.max_batch_size)
+
     def _take(self, batch: list[Job], size: int) -> int:
         """Move queued jobs into ``batch`` while they fit (the first one always does); returns the batch's texts."""
-        while self.jobs and (not batch or size + len(self.jobs[0].texts) <= self.max_batch_size):
+        while self._fits(batch, size):
             job = self.jobs.popleft()
-            self.waiting_texts -= len(job.texts)
-            if job.future.cancelled():  # the client went away while it waited
+            self._dequeue(job)
+            if job.future.done():  # the client went away while it waited
                 continue
             batch.append(job)
             size += len(job.texts)
@@ -85,10 +101,12 @@ class MicroBatcher:
         size = self._take(batch, 0)
         deadline = time.monotonic() + self.max_wait_s
         while size < self.max_batch_size and self.arriving > 0 and (left := deadline - time.monotonic()) > 0:
+            if self.jobs:  # the next request does not fit: nothing more can join this batch
+                break
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout=left)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the built-in TimeoutError before Python 3.11
                 break
             size = self._take(batch, size)
         return batch

@@ -10,6 +10,7 @@ import errno
 import json
 import logging
 import os
+import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 from bertcls.config.settings import Settings
 from bertcls.runtime.errors import BertclsError, DataError
+from bertcls.runtime.interrupts import Interrupted
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +48,13 @@ def read_api_key(settings: Settings) -> str | None:
             raise DataError(f"The API key file {path} does not exist.")
         lines = path.read_text(encoding="utf-8").strip().splitlines()
         key = lines[0].strip() if lines else ""
-        if len(key) < 16:
-            raise DataError(f"The API key file {path} holds no key of at least 16 characters.")
+        if len(key) < 16 or not key.isascii():
+            raise DataError(f"The API key file {path} holds no key of at least 16 ASCII characters.")
         return key
     if cfg.api_key is not None:
         key = cfg.api_key.get_secret_value().strip()
-        if len(key) < 16:
-            raise DataError("serve.api_key (BERTCLS_SERVE__API_KEY) must be at least 16 characters.")
+        if len(key) < 16 or not key.isascii():
+            raise DataError("serve.api_key (BERTCLS_SERVE__API_KEY) must be at least 16 ASCII characters.")
         return key
     return None
 
@@ -104,14 +106,39 @@ def serve(settings: Settings, best_model: str | None, on_listening: Callable[[st
         app = create_app(ServerState(settings, best_model, model, key))
         uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[sock])
         return
-    from uvicorn.supervisors import Multiprocess
-
     del model  # each worker loads its own copy
     os.environ[STATE_ENV] = json.dumps({"settings": settings.model_dump(mode="json"), "best_model": best_model})
+    os.environ.pop(KEY_ENV, None)
     if key is not None:
         os.environ[KEY_ENV] = key
+    options["timeout_worker_healthcheck"] = WORKER_START_S  # a new worker loads and warms the model first
     config = uvicorn.Config("bertcls.serving.server:worker_app", factory=True, workers=cfg.workers, **options)
-    Multiprocess(config, sockets=[sock]).run()
+    supervisor = _supervisor_class()(config, sockets=[sock])
+    supervisor.run()
+    if supervisor.stopped_by is not None:  # as one process does: 130 after Ctrl-C, 143 after SIGTERM
+        raise Interrupted(supervisor.stopped_by)
+
+
+WORKER_START_S = 180
+
+
+def _supervisor_class():
+    from uvicorn.supervisors import Multiprocess
+
+    class Supervisor(Multiprocess):
+        """uvicorn's supervisor, remembering which signal stopped it (it returns normally either way)."""
+
+        stopped_by: int | None = None
+
+        def handle_int(self) -> None:
+            self.stopped_by = signal.SIGINT
+            super().handle_int()
+
+        def handle_term(self) -> None:
+            self.stopped_by = signal.SIGTERM
+            super().handle_term()
+
+    return Supervisor
 
 
 def worker_app():
@@ -126,4 +153,4 @@ def worker_app():
 
         torch.set_num_threads(settings.serve.threads)
     model = load_model(settings, state["best_model"])
-    return create_app(ServerState(settings, state["best_model"], model, os.environ.get(KEY_ENV)))
+    return create_app(ServerState(settings, state["best_model"], model, os.environ.get(KEY_ENV), supervised=True))

@@ -166,7 +166,7 @@ def replace_diverged(ctx: TuningContext, members: list[Member], epoch: int) -> l
             donor.index,
         )
         exploit(ctx, member, donor)
-        member.diverged = False
+        member.diverged, member.snapshot = False, donor.snapshot  # what others may copy from it: healthy weights
         events.append(
             {"epoch": epoch, "member": member.index, "action": "exploit", "source": donor.index, "changes": {}}
         )
