@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,9 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bertcls.config.settings import Settings
 from bertcls.model.encoder import MAX_TEXT_CHARS
@@ -127,11 +129,10 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return JSONResponse({"error": redact(message)}, status_code=status, headers=headers)
 
 
-def authorised(request: Request, key: str | None) -> bool:
-    if key is None or request.url.path in OPEN_PATHS:
+def authorised(path: str, authorization: str, key: str | None) -> bool:
+    if key is None or path in OPEN_PATHS:
         return True
-    given = request.headers.get("authorization", "")
-    scheme, _, token = given.partition(" ")
+    scheme, _, token = authorization.partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
 
 
@@ -175,7 +176,7 @@ def create_app(state: ServerState) -> FastAPI:
         await state.batcher.stop()
 
     app = FastAPI(title="bertcls", summary="A trained bertcls text classifier over HTTP.", lifespan=lifespan)
-    install_middleware(app, state)
+    app.add_middleware(GuardAndMeasure, state=state)
     install_error_handlers(app)
     add_routes(app, state)
     return app
@@ -186,20 +187,35 @@ async def reload_on_signal(state: ServerState) -> None:
         await reload_model(state)
 
 
-def install_middleware(app: FastAPI, state: ServerState) -> None:
-    @app.middleware("http")
-    async def guard_and_measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        if not authorised(request, state.api_key):
-            response: Response = error_response(
+class GuardAndMeasure:
+    """ASGI middleware: the API key check, then the request counters and latency (a plain ASGI class: Starlette's
+    ``BaseHTTPMiddleware`` costs every request an extra task and a streamed copy of the response)."""
+
+    def __init__(self, app: ASGIApp, state: ServerState):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        if authorised(scope["path"], Headers(scope=scope).get("authorization", ""), self.state.api_key):
+            await self.app(scope, receive, send_and_note)
+        else:
+            refusal = error_response(
                 401, "This server needs the API key: send Authorization: Bearer <key>.", {"WWW-Authenticate": "Bearer"}
             )
-        else:
-            response = await call_next(request)
-        path = request.url.path
-        state.metrics.observe_request(path if path in ENDPOINTS else "other", response.status_code,
-                                      time.perf_counter() - started)  # fmt: skip
-        return response
+            await refusal(scope, receive, send_and_note)
+        path = scope["path"]
+        self.state.metrics.observe_request(path if path in ENDPOINTS else "other", status,
+                                           time.perf_counter() - started)  # fmt: skip
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -229,7 +245,7 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
     schema = {"content": {"application/json": {"schema": PredictRequest.model_json_schema()}}, "required": True}
 
     @app.post("/v1/predict", response_model=PredictResponse, openapi_extra={"requestBody": schema})
-    async def predict(request: Request) -> PredictResponse:
+    async def predict(request: Request) -> Response:
         """Labels, calibrated confidence and per-label probabilities for each text, as ``bertcls predict``."""
         batcher = state.batcher
         assert batcher is not None
@@ -247,7 +263,8 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
             ) from None  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - the model failed on this batch (logged with its traceback)
             raise ServeError(500, f"The model failed on this request's batch ({type(exc).__name__}).") from None
-        return PredictResponse(model=named[0][0], predictions=[prediction for _, prediction in named])
+        answer = PredictResponse.model_construct(model=named[0][0], predictions=[p for _, p in named])
+        return Response(answer.model_dump_json(), media_type="application/json")  # built checked, not checked again
 
     @app.get("/v1/model")
     async def model_info() -> dict[str, Any]:

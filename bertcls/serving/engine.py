@@ -68,18 +68,22 @@ class LoadedModel:
             probs, names, predictor.rule, None, self.min_confidence, self.separator
         )
         given = predictor.task.decided_labels(columns, names)
-        frame = columns.frame
+        frame = {column: columns.frame[column].tolist() for column in columns.frame.columns}
         out = []
         for row in range(len(texts)):
             if not keep[row]:
-                out.append(TextPrediction(label=None, labels=[], confidence=None, probabilities={}, abstained=False))
+                out.append(
+                    TextPrediction.model_construct(
+                        label=None, labels=[], confidence=None, probabilities={}, abstained=False, unsure_labels=None
+                    )
+                )
                 continue
-            unsure = frame["unsure_labels"].iloc[row] if "unsure_labels" in frame else None
+            unsure = frame["unsure_labels"][row] if "unsure_labels" in frame else None
             out.append(
-                TextPrediction(
-                    label=str(frame["predicted_label"].iloc[row]) or None if "predicted_label" in frame else None,
+                TextPrediction.model_construct(  # the types are built right here: no validation pass
+                    label=str(frame["predicted_label"][row]) or None if "predicted_label" in frame else None,
                     labels=given[row],
-                    confidence=float(frame["confidence"].iloc[row]) if "confidence" in frame else None,
+                    confidence=float(frame["confidence"][row]) if "confidence" in frame else None,
                     probabilities={name: float(probs[row, k]) for k, name in enumerate(names)},
                     abstained=bool(columns.abstained[row]),
                     unsure_labels=None if unsure is None else [u for u in str(unsure).split(self.separator) if u],
