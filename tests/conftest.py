@@ -68,6 +68,15 @@ def thread_subset(per_class: int, seed: int = 0) -> pd.DataFrame:
     return frame.loc[sorted(picked)].reset_index(drop=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _user_cache(tmp_path_factory):
+    """The user-level cache (the precision guard's verdicts) in a folder of this session, never ~/.cache."""
+    folder = tmp_path_factory.mktemp("user-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory) -> Path:
     """One output root for the session, so the embedding cache is shared between tests."""

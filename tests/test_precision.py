@@ -17,6 +17,7 @@ from bertcls.runtime.precision import (
     read_cpu_flags,
     resolve_precision,
 )
+from bertcls.runtime.verdicts import VERDICTS_FILE, MachineVerdicts, verdict_key
 from tests.conftest import thread_subset
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -99,7 +100,8 @@ def texts_and_labels(per_class: int = 8):
     return frame.text.tolist(), frame.category.map(codes).to_numpy()
 
 
-def test_guard_falls_back_to_fp32_when_the_reduced_precision_disagrees(workspace, caplog):
+def test_guard_falls_back_to_fp32_when_the_reduced_precision_disagrees(workspace, caplog, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # this degraded encoder's verdict is not the machine's
     service = EmbeddingService(EncoderSection(), 40, workspace, CPU, precision="bf16")  # its own cache folder
     service._encoder = DegradedEncoder(service.encoder)
     texts, labels = texts_and_labels()
@@ -118,6 +120,37 @@ def test_guard_passes_bf16_on_the_real_encoder_and_remembers_its_verdict(workspa
     again = EmbeddingService(EncoderSection(), 64, workspace, CPU, precision="bf16")
     assert again.check_precision(texts, labels) == check
     assert not again.encoder_loaded  # the stored verdict was used: no encoder pass
+
+
+def test_a_new_output_root_on_the_same_machine_pays_no_guard(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    texts, labels = texts_and_labels()
+    first = EmbeddingService(EncoderSection(), 56, tmp_path / "root-a", CPU, precision="bf16")
+    check = first.check_precision(texts, labels)
+    assert first.guard_source == "measured" and (tmp_path / "user-cache" / "bertcls" / VERDICTS_FILE).is_file()
+    second = EmbeddingService(EncoderSection(), 56, tmp_path / "root-b", CPU, precision="bf16")
+    assert second.check_precision(texts[:5], labels[:5]) == check  # any sample: the verdict is the machine's
+    assert second.guard_source == "machine cache" and not second.encoder_loaded and second.precision == check.used
+
+
+def test_the_verdict_key_tells_encoders_precisions_lengths_and_poolings_apart():
+    base = ("fp-a", "bf16", 128, "mean", CPU)
+    keys = {verdict_key(*base), verdict_key("fp-b", *base[1:]), verdict_key("fp-a", "fp16", *base[2:]),
+            verdict_key("fp-a", "bf16", 64, "mean", CPU), verdict_key("fp-a", "bf16", 128, "cls", CPU)}  # fmt: skip
+    assert len(keys) == 5 and verdict_key(*base) == verdict_key(*base)
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"KEY": {"requested": 3}}'])
+def test_a_damaged_verdict_cache_is_ignored_with_a_warning(tmp_path, monkeypatch, caplog, content):
+    monkeypatch.setenv("BERTCLS_CACHE_DIR", str(tmp_path))
+    texts, labels = texts_and_labels(2)
+    service = EmbeddingService(EncoderSection(), 56, tmp_path / "root", CPU, precision="bf16")
+    (tmp_path / VERDICTS_FILE).write_text(content.replace("KEY", service.verdict_key()))
+    with caplog.at_level("WARNING"):
+        check = service.check_precision(texts, labels)
+    assert service.guard_source == "measured" and check.requested == "bf16"
+    assert any("Ignoring" in r.getMessage() and "guard" in r.getMessage() for r in caplog.records)
+    assert MachineVerdicts(tmp_path).get(service.verdict_key()) == check  # rewritten whole
 
 
 def test_cache_keeps_fp32_and_bf16_embeddings_apart(workspace):

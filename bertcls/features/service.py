@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,8 +34,8 @@ from bertcls.model.encoder import (
 )
 from bertcls.runtime.distributed import world
 from bertcls.runtime.errors import ConfigError
-from bertcls.runtime.fileio import atomic_path
 from bertcls.runtime.precision import PrecisionCheck, PrecisionGuard, log_check, measure
+from bertcls.runtime.verdicts import MachineVerdicts, verdict_key
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +99,7 @@ class EmbeddingService:
         self._tokenizer = None
         self.progress: ProgressFn | None = None
         self.stop_check: Callable[[], bool] | None = None  # polled between encoding blocks (a training run's Ctrl-C)
+        self.guard_source: str | None = None  # "measured" or "machine cache", once the guard has run
 
     @property
     def tokenizer(self):
@@ -142,24 +141,31 @@ class EmbeddingService:
     ) -> PrecisionCheck:
         """The guard: embed ``texts`` (their first ``max_seq_len`` tokens) at fp32 and at this service's reduced
         precision, compare, and fall back to fp32 when they disagree. Labels come from ``labeller`` (a trained
-        model) or, before any model exists, from the nearest class mean of ``labels``. A verdict is remembered in
-        the cache under the sample's hash, so a warm rerun on the same texts does not pay for it again. A guard
-        already settled is not measured again."""
+        model) or, before any model exists, from the nearest class mean of ``labels``. Such a verdict is remembered
+        per machine (:mod:`bertcls.runtime.verdicts`: encoder, precision, tokens, pooling, processor), so a new
+        output root on the same machine does not pay for it again. A guard already settled is not measured again."""
         if self.guard.verdict is not None:
             return self.guard.verdict
-        key = sample_key(texts, labels, by_model=labeller is not None, device=self.device.type)
-        record = self.cache.folder / f"guard_{key}.json"
-        if labeller is None and record.is_file():
-            check = PrecisionCheck.model_validate_json(record.read_text())
+        machine, key = MachineVerdicts(), self.verdict_key()
+        cached = machine.get(key) if labeller is None else None
+        if cached is not None:
+            logger.info("The precision guard's verdict for this encoder, precision and processor comes from %s "
+                        "(delete it to measure again).", machine.path)  # fmt: skip
+            self.guard_source = "machine cache"
+            check = cached
         else:
             check = self._measure(texts, labels, labeller)
-            if labeller is None and self.cache.writable:
-                record.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_path(record) as tmp:
-                    tmp.write_text(check.model_dump_json())
+            self.guard_source = "measured"
+            if labeller is None and world().is_main:
+                machine.put(key, check)
         log_check(check)
         self.adopt(check)
         return check
+
+    def verdict_key(self) -> str:
+        """What the guard's verdict depends on: the encoder, the reduced precision, the tokens per window, the
+        pooling and the processor."""
+        return verdict_key(self.fingerprint, self.precision, self.max_seq_len, self.cfg.pooling, self.device)
 
     def _measure(self, texts: list[str], labels: np.ndarray | None, labeller: Labeller | None) -> PrecisionCheck:
         """Run the guard; when it passes and texts are read truncated, its reduced-precision embeddings are the ones
@@ -272,13 +278,6 @@ class EmbeddingService:
 
 
 Labeller = Callable[[np.ndarray], np.ndarray]
-
-
-def sample_key(texts: list[str], labels: np.ndarray | None, *, by_model: bool, device: str) -> str:
-    """A short hash of the guard's sample (texts and labels) and device, so its verdict is reused only for the same
-    sample on the same kind of device."""
-    payload = json.dumps([texts, [] if labels is None else np.asarray(labels).tolist(), by_model, device])
-    return hashlib.blake2b(payload.encode("utf-8"), digest_size=8).hexdigest()
 
 
 def truncation_summary(lengths: np.ndarray, max_seq_len: int) -> dict[str, float]:
