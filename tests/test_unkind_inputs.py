@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import re
 import shutil
 import signal
 import subprocess
@@ -317,3 +318,20 @@ def test_a_device_as_config_or_checkpoint_is_not_called_missing(cli, tmp_path):
     assert code == 2 and "not a regular file" in err
     code, _, err = cli("inspect", "--output-root", tmp_path, "--best-model", tmp_path)
     assert code == 2 and "is a folder" in err
+
+
+@pytest.mark.slow
+def test_train_at_verbosity_2_reports_the_seconds_of_each_stage(cli, threads_small, tmp_path):
+    code, out, err = cli("train", "--output-root", tmp_path / "t", "--data-file", threads_small, "--max-seq-len", "128",
+                         "--num-epochs", "2", "--verbosity", "2")  # fmt: skip
+    assert code == 0, err
+    table = out[out.index("Time per stage") :]
+    for stage in (
+        "Checking and splitting data",
+        "Preparing encoder",
+        "Encoding texts",
+        "Training",
+        "Scoring and saving",
+    ):
+        assert re.search(rf"{stage}\s*│\s*\d+\.\d\d", table), stage
+    assert re.search(r"all stages\s*│\s*\d+\.\d\d", table)

@@ -173,6 +173,19 @@ def train(
     lexical = f" Lexical features: {outcome.lexical_features:,} TF-IDF n-grams." if outcome.lexical_features else ""
     out_console.print(f"{reading} {cache}{lexical}")
     out_console.print(f"Encoder precision: {outcome.precision}.")
+    if settings.verbosity >= 2:
+        out_console.print(phase_table(outcome.phases))
     if log_path is not None:
         out_console.print(f"Log: {log_path}")
     out_console.print(f"Saved model: [bold]{outcome.checkpoint}[/]", highlight=False)
+
+
+def phase_table(phases: list[tuple[str, float]]) -> Table:
+    """Seconds per stage of the run (``--verbosity 2``); process start and imports come before the first."""
+    table = Table(title="Time per stage")
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    for name, seconds in phases:
+        table.add_row(name, f"{seconds:.2f}")
+    table.add_row("[bold]all stages[/]", f"[bold]{sum(s for _, s in phases):.2f}[/]")
+    return table

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 class TrainerCallback:
@@ -25,3 +29,25 @@ class WorkflowHooks(TrainerCallback):
     def on_stage(self, name: str) -> None: ...
 
     def on_encode_progress(self, done: int, total: int) -> None: ...
+
+
+class StageClock:
+    """Announces a run's stages to the hooks and times them: a stage lasts from its announcement to the next one
+    (or to :meth:`stop`). ``phases`` holds (stage, seconds) in order."""
+
+    def __init__(self, hooks: WorkflowHooks):
+        self.hooks = hooks
+        self.phases: list[tuple[str, float]] = []
+        self._current: str | None = None
+        self._since = 0.0
+
+    def __call__(self, name: str) -> None:
+        self.stop()
+        self._current, self._since = name, time.perf_counter()
+        self.hooks.on_stage(name)
+
+    def stop(self) -> None:
+        if self._current is not None:
+            self.phases.append((self._current, time.perf_counter() - self._since))
+            logger.debug("Stage %r took %.2f s", self._current, self.phases[-1][1])
+            self._current = None

@@ -18,7 +18,7 @@ from bertcls.runtime.distributed import world
 from bertcls.runtime.interrupts import Interrupted, StopRequest
 from bertcls.runtime.precision import sample_indices
 from bertcls.task import task_for
-from bertcls.training.callbacks import WorkflowHooks
+from bertcls.training.callbacks import StageClock, WorkflowHooks
 from bertcls.training.setup import seed_everything
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ class PreparedRun:
     names: list[str]
     service: EmbeddingService
     features: FeatureSet
+    stage: StageClock  # announces and times the stages that follow
 
 
 def prepare(settings: Settings, hooks: WorkflowHooks, stop_request: StopRequest | None = None) -> PreparedRun:
@@ -41,22 +42,23 @@ def prepare(settings: Settings, hooks: WorkflowHooks, stop_request: StopRequest 
     ``stop_request`` that fires while texts are encoded stops after the current block, keeping what was encoded
     in the cache, and raises :class:`Interrupted`."""
     seed_everything(settings.model.seed)
-    hooks.on_stage("Checking and splitting data")
+    stage = StageClock(hooks)
+    stage("Checking and splitting data")
     task = task_for(settings.model.task)
     splits, report = load_splits(settings.data, settings.root, settings.model.seed, task)
     names = task.label_names(splits.train, settings.data)
-    hooks.on_stage("Preparing encoder")
+    stage("Preparing encoder")
     device = pick_device(settings.model.device)
     service = EmbeddingService(
         settings.encoder, settings.model.max_seq_len, settings.root, device, settings.model.precision
     )
     if service.guard.pending:
-        hooks.on_stage(f"Checking {service.precision} against fp32")
+        stage(f"Checking {service.precision} against fp32")
         guard_precision(service, splits.train, names, settings)
     service.progress = hooks.on_encode_progress
     if stop_request is not None:
         service.stop_check = lambda: stop_request.requested
-    hooks.on_stage("Encoding texts")
+    stage("Encoding texts")
     try:
         features = build_features(service, splits, names, settings, fine_tune=not settings.encoder.freeze)
     except EncodingStopped as stopped:
@@ -66,7 +68,7 @@ def prepare(settings: Settings, hooks: WorkflowHooks, stop_request: StopRequest 
             f"Interrupted while encoding texts: the {len(stopped.vectors):,} encoded in this pass are kept in the "
             "cache for the next run; nothing else was saved.",
         ) from None
-    return PreparedRun(splits, report, names, service, features)
+    return PreparedRun(splits, report, names, service, features, stage)
 
 
 def guard_precision(service: EmbeddingService, train: pd.DataFrame, names: list[str], settings: Settings) -> None:

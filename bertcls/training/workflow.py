@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bertcls.config.settings import Settings
@@ -38,6 +38,7 @@ class TrainOutcome:
     chunking: dict[str, int] | None = None
     lexical_features: int = 0
     precision: str = "fp32"
+    phases: list[tuple[str, float]] = field(default_factory=list)  # (stage, seconds), in order
 
 
 def run_training(
@@ -64,13 +65,16 @@ def run_training(
         logger.info("Resuming after epoch %d from %s", trainer.state.epoch, state_path)
     if here.is_main:
         trainer.add_callback(ResumeWriter(state_path, settings_fp, data_fp))
-    hooks.on_stage("Training")
+    run.stage("Training")
     result = trainer.fit(stop_request)
     if not here.is_main:
         return None  # only rank 0 writes the checkpoint, the splits and files
     if trainer.state.interrupted and not result.best_state:
         raise Interrupted(stop_request.signum, "Interrupted before the first epoch finished; nothing was saved.")
+    run.stage("Scoring and saving")
     outcome = save_trained(settings, run, trainer)
+    run.stage.stop()
+    outcome.phases = run.stage.phases
     if trainer.state.interrupted:
         raise Interrupted(
             stop_request.signum,
