@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -94,3 +95,35 @@ def test_backend_onnx_without_the_extra_is_one_sentence(trained_model, threads_s
     code, _, err = cli("predict", "--output-root", trained_model, "--data-file", threads_small, "--backend", "onnx")
     assert code == 2
     assert "pip install -e '.[onnx]'" in " ".join(err.split()) and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_export_records_both_backends_speed_and_backend_auto_goes_by_it(trained_model, fp32_export, threads_small, cli):
+    from bertcls.runtime.verdicts import processor_model
+
+    manifest_path = fp32_export / "export.json"
+    original = manifest_path.read_text()
+    manifest = OnnxPredictor(fp32_export).manifest
+    speed = manifest.speed
+    assert speed is not None and speed.machine == processor_model(torch.device("cpu"))
+    assert speed.torch_texts_per_s > 0 and speed.onnx_texts_per_s > 0
+    picks = {}
+    try:
+        for name, change in {
+            "onnx faster": {"onnx_texts_per_s": speed.torch_texts_per_s * 2},
+            "torch faster": {"onnx_texts_per_s": speed.torch_texts_per_s / 2},
+            "elsewhere": {"onnx_texts_per_s": speed.torch_texts_per_s * 2, "machine": "cpu:another machine"},
+        }.items():
+            edited = manifest.model_copy(update={"speed": speed.model_copy(update=change)})
+            manifest_path.write_text(edited.model_dump_json(indent=2))
+            code, _, err = cli("predict", "--output-root", trained_model, "--data-file", threads_small,
+                               "--backend", "auto", "--output-file", "auto.csv", "-v", "0")  # fmt: skip
+            assert code == 0, err
+            picks[name] = " ".join(err.split())
+            code, out, _ = cli("inspect", "--output-root", trained_model, "--json")
+            assert code == 0 and json.loads(out)["export"]["auto_backend"] in picks[name]
+    finally:
+        manifest_path.write_text(original)
+    assert "Backend: onnx (measured at export: ONNX 2.00x torch" in picks["onnx faster"]
+    assert "Backend: torch (measured at export: ONNX 0.50x torch" in picks["torch faster"]
+    assert "Backend: torch (the export's speed was measured on another machine)" in picks["elsewhere"]

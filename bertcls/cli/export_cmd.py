@@ -66,7 +66,8 @@ def export(
     truth, _ = ckpt.task.read_truth(frame, trained, ckpt.labels, str(path))
     err_console.print(f"Exporting {ckpt.path.name} and checking it on {len(texts)} texts of {path} ...")
     probs = Predictor(ckpt, root, torch.device("cpu"), "fp32").predict_proba(texts, 64)
-    report = export_model(ckpt, root, texts, truth, probs, int8=int8, data=trained)
+    as_predicted = Predictor(ckpt, root, torch.device("cpu"), settings.model.precision)  # timed against the export
+    report = export_model(ckpt, root, texts, truth, probs, int8=int8, data=trained, torch_model=as_predicted)
     table = Table(title=f"ONNX export ({'int8' if int8 else 'fp32'}) against torch fp32")
     table.add_column("check")
     table.add_column("value", justify="right")
@@ -75,5 +76,10 @@ def export(
     table.add_row("largest probability difference", f"{checks['max_prob_diff']:.2e}")
     table.add_row(f"same {ckpt.task.label_noun} as torch", f"{100 * checks['label_agreement']:.2f}%")
     table.add_row("macro F1 torch / onnx", f"{checks['macro_f1_torch']:.4f} / {checks['macro_f1_onnx']:.4f}")
+    speed = report.speed
+    if speed is not None:
+        table.add_row(f"texts/s torch {speed.torch_precision} / onnx",
+                      f"{speed.torch_texts_per_s:.1f} / {speed.onnx_texts_per_s:.1f}")  # fmt: skip
+        table.add_row("predict --backend auto uses", speed.faster)
     out_console.print(table)
     out_console.print(f"Wrote {report.folder} ({', '.join(f for f in report.files if '/' not in f)})", highlight=False)

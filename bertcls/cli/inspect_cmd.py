@@ -175,7 +175,43 @@ def inspect(
     root = resolved.settings.root
     ckpt = load_named_checkpoint(model, root)
     info = describe_checkpoint(ckpt, root)
+    info["export"] = export_summary(root, ckpt.path)
     if as_json:
         typer.echo(json.dumps(info, indent=2))
     else:
         render(info)
+        if info["export"] is not None:
+            out_console.print(export_line(info["export"]), highlight=False)
+
+
+def export_summary(root, checkpoint) -> dict | None:
+    """The ONNX export made from this checkpoint, if any: kind, checks, the measured speeds and what
+    ``predict --backend auto`` runs (None without one)."""
+    import torch
+
+    from bertcls.inference.onnx_backend import pick_backend, read_manifest
+    from bertcls.runtime.errors import BertclsError
+    from bertcls.runtime.layout import RunLayout
+    from bertcls.runtime.verdicts import processor_model
+
+    try:
+        manifest = read_manifest(RunLayout(root).export_dir)
+    except BertclsError:
+        return None
+    if manifest.checkpoint != str(checkpoint):
+        return None
+    backend, why = pick_backend(manifest, processor_model(torch.device("cpu")))
+    speed = None if manifest.speed is None else manifest.speed.model_dump()
+    return {"int8": manifest.int8, "checks": manifest.checks, "speed": speed, "auto_backend": backend, "why": why}
+
+
+def export_line(export: dict) -> str:
+    kind = "int8" if export["int8"] else "fp32"
+    speed = export["speed"]
+    measured = (
+        f"; torch {speed['torch_precision']} {speed['torch_texts_per_s']:.1f} texts/s, ONNX "
+        f"{speed['onnx_texts_per_s']:.1f} texts/s"
+        if speed
+        else ""
+    )
+    return f"ONNX export ({kind}) of this model{measured}; predict --backend auto runs {export['auto_backend']}."

@@ -106,7 +106,12 @@ def predict(
         ),
     ] = None,
     backend: Annotated[
-        str, typer.Option("--backend", help="torch (the checkpoint) or onnx (the export under <output_root>/export/).")
+        str,
+        typer.Option(
+            "--backend",
+            help="torch (the checkpoint), onnx (the export under <output_root>/export/), or auto: the one export "
+            "measured faster on this machine.",
+        ),
     ] = "torch",
     chunk_size: Annotated[int, typer.Option("--chunk-size", help="Rows read and predicted at a time.", min=1)] = 10_000,
     text_column: TextColumnOption = None,
@@ -142,8 +147,10 @@ def predict(
     if not data_file:
         raise DataError("No input given; pass --data-file FILE (or - for standard input).")
     root = settings.root
-    if backend not in ("torch", "onnx"):
-        raise DataError(f"Unknown backend {backend!r}; use torch or onnx.")
+    if backend not in ("torch", "onnx", "auto"):
+        raise DataError(f"Unknown backend {backend!r}; use torch, onnx or auto.")
+    if backend == "auto":
+        backend = auto_backend(settings.root, best_model)
     predictor, trained = load_predictor(backend, best_model, settings)
     pick = lambda key: getattr(trained if resolved.sources[f"data.{key}"] == "default" else settings.data, key)  # noqa: E731
     options = PredictOptions(
@@ -182,6 +189,30 @@ def predict(
         summary = predict_csv(predictor, source, target, options, advance)
     console = err_console if target == STDIO else out_console
     report(summary, len(predictor.labels), target, console, predictor.temperature)
+
+
+def auto_backend(root, best_model: str | None) -> str:
+    """``--backend auto``: what the export measured faster on this machine (torch for --best-model, without a fresh
+    export, or when the measurement came from another machine); says which, and why."""
+    import torch
+
+    from bertcls.inference.onnx_backend import pick_backend, read_manifest, stale_export
+    from bertcls.runtime.errors import BertclsError
+    from bertcls.runtime.verdicts import processor_model
+
+    folder = RunLayout(root).export_dir
+    try:
+        manifest = read_manifest(folder)
+    except BertclsError:
+        manifest = None
+    if best_model:
+        chosen, why = "torch", "--best-model names a checkpoint, which the torch backend runs"
+    elif manifest is not None and stale_export(manifest, folder):
+        chosen, why = "torch", "the export is older than the checkpoint"
+    else:
+        chosen, why = pick_backend(manifest, processor_model(torch.device("cpu")))
+    err_console.print(f"Backend: {chosen} ({why}).", highlight=False)
+    return chosen
 
 
 def load_predictor(backend: str, best_model: str | None, settings):

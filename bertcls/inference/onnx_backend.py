@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +28,7 @@ from bertcls.model.encoder import bounded, pool_windows, split_into_windows, win
 from bertcls.runtime.errors import BertclsError
 from bertcls.runtime.fileio import replace_dir, save_torch_atomic
 from bertcls.runtime.layout import RunLayout
+from bertcls.runtime.verdicts import processor_model
 from bertcls.task import DecisionRule, Task, task_for
 
 logger = logging.getLogger(__name__)
@@ -53,6 +56,51 @@ def require_onnx():
     return onnxruntime
 
 
+class BackendSpeed(BaseModel):
+    """Texts/s of torch (at the precision ``predict`` would use) and of this export, on the same texts and machine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    machine: str
+    torch_precision: str
+    torch_texts_per_s: float
+    onnx_texts_per_s: float
+
+    @property
+    def faster(self) -> str:
+        return "onnx" if self.onnx_texts_per_s > self.torch_texts_per_s else "torch"
+
+
+def pick_backend(manifest: ExportManifest | None, machine: str) -> tuple[str, str]:
+    """``predict --backend auto``: the backend measured faster at export on this machine, and why."""
+    if manifest is None:
+        return "torch", "there is no ONNX export"
+    speed = manifest.speed
+    if speed is None:
+        return "torch", "the export holds no speed measurement (export again)"
+    if speed.machine != machine:
+        return "torch", "the export's speed was measured on another machine"
+    ratio = speed.onnx_texts_per_s / speed.torch_texts_per_s
+    return speed.faster, f"measured at export: ONNX {ratio:.2f}x torch {speed.torch_precision}"
+
+
+def measure_speed(torch_model: Any, folder: Path, texts: list[str], machine: str, precision: str) -> BackendSpeed:
+    """Texts/s of both backends on ``texts`` (after a warm-up pass each), best of two runs."""
+    onnx_model = OnnxPredictor(folder)
+
+    def rate(model: Any) -> float:
+        model.predict_proba(texts[:16], 64)
+        best = float("inf")
+        for _ in range(2):
+            started = time.perf_counter()
+            model.predict_proba(texts, 64)
+            best = min(best, time.perf_counter() - started)
+        return len(texts) / best
+
+    return BackendSpeed(machine=machine, torch_precision=precision, torch_texts_per_s=rate(torch_model),
+                        onnx_texts_per_s=rate(onnx_model))  # fmt: skip
+
+
 class ExportManifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -78,6 +126,7 @@ class ExportManifest(BaseModel):
     min_labels: int = 0
     label_columns: list[str] | None = None
     label_separator: str = "|"
+    speed: BackendSpeed | None = None  # measured at export, on the check texts, on this machine
 
     def rule(self) -> DecisionRule:
         """The decision rule of the checkpoint the export was made from."""
@@ -256,6 +305,7 @@ class ExportReport:
     folder: Path
     checks: dict[str, float]
     files: list[str]
+    speed: BackendSpeed | None = None
 
 
 def check_export(
@@ -304,6 +354,7 @@ def export_model(
     *,
     int8: bool,
     data: DataSection | None = None,
+    torch_model: Any | None = None,
 ) -> ExportReport:
     """Write ``<output_root>/export/`` from ``ckpt`` after checking it on ``texts`` against ``torch_probs`` (the
     torch model's fp32 probabilities); the old export is replaced only when the new one passes."""
@@ -353,10 +404,13 @@ def export_model(
             (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
             checks = check_export(staging, torch_probs, texts, truth, ckpt.task, rule, int8=True)
         manifest.checks = checks
+        if torch_model is not None:  # what predict --backend auto goes by
+            precision = str(getattr(torch_model.encoder, "precision", "fp32"))
+            manifest.speed = measure_speed(torch_model, staging, texts, processor_model(torch.device("cpu")), precision)
         (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
         final = replace_dir(staging, RunLayout(output_root).export_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     files = sorted(str(p.relative_to(final)) for p in final.rglob("*") if p.is_file())
-    return ExportReport(final, checks, files)
+    return ExportReport(final, checks, files, manifest.speed)
