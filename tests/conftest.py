@@ -145,3 +145,25 @@ def ml_model(workspace, ml_data) -> Path:
         )  # fmt: skip
     assert code == 0
     return root
+
+
+def assert_served_like_predict(root: Path, best_model: str | None, texts: list[str]) -> None:
+    """The model served (the server's app in process, through Starlette's test client) answers as the
+    checkpoint's Predictor does: every producer of a model is checked by ``serve`` too."""
+    import torch
+    from fastapi.testclient import TestClient
+
+    from bertcls.config.sources import resolve_settings
+    from bertcls.inference.prediction import Predictor
+    from bertcls.model.checkpoint import load_named_checkpoint
+    from bertcls.serving.app import ServerState, create_app
+    from bertcls.serving.engine import load_model
+
+    settings = resolve_settings({"output_root": str(root), "model.precision": "fp32", "verbosity": 0}).settings
+    with TestClient(create_app(ServerState(settings, best_model, load_model(settings, best_model)))) as client:
+        response = client.post("/v1/predict", json={"texts": texts})
+    assert response.status_code == 200, response.text
+    ckpt = load_named_checkpoint(best_model, root)
+    expected = Predictor(ckpt, root, torch.device("cpu"), "fp32").predict_proba(texts, 64)
+    served = np.array([[p["probabilities"][label] for label in ckpt.labels] for p in response.json()["predictions"]])
+    assert np.abs(served - expected).max() <= 1e-6
