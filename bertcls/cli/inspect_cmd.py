@@ -187,20 +187,18 @@ def inspect(
 def export_summary(root, checkpoint) -> dict | None:
     """The ONNX export made from this checkpoint, if any: kind, checks, the measured speeds and what
     ``predict --backend auto`` runs (None without one)."""
-    import torch
-
-    from bertcls.inference.onnx_backend import pick_backend, read_manifest
+    from bertcls.inference.onnx_backend import choose_backend, read_manifest
     from bertcls.runtime.errors import BertclsError
     from bertcls.runtime.layout import RunLayout
-    from bertcls.runtime.verdicts import processor_model
 
+    folder = RunLayout(root).export_dir
     try:
-        manifest = read_manifest(RunLayout(root).export_dir)
+        manifest = read_manifest(folder)
     except BertclsError:
         return None
     if manifest.checkpoint != str(checkpoint):
         return None
-    backend, why = pick_backend(manifest, processor_model(torch.device("cpu")))
+    backend, why = choose_backend(folder)
     speed = None if manifest.speed is None else manifest.speed.model_dump()
     return {"int8": manifest.int8, "checks": manifest.checks, "speed": speed, "auto_backend": backend, "why": why}
 

@@ -192,25 +192,10 @@ def predict(
 
 
 def auto_backend(root, best_model: str | None) -> str:
-    """``--backend auto``: what the export measured faster on this machine (torch for --best-model, without a fresh
-    export, or when the measurement came from another machine); says which, and why."""
-    import torch
+    """``--backend auto``: the backend the export measured faster on this machine; says which, and why."""
+    from bertcls.inference.onnx_backend import choose_backend
 
-    from bertcls.inference.onnx_backend import pick_backend, read_manifest, stale_export
-    from bertcls.runtime.errors import BertclsError
-    from bertcls.runtime.verdicts import processor_model
-
-    folder = RunLayout(root).export_dir
-    try:
-        manifest = read_manifest(folder)
-    except BertclsError:
-        manifest = None
-    if best_model:
-        chosen, why = "torch", "--best-model names a checkpoint, which the torch backend runs"
-    elif manifest is not None and stale_export(manifest, folder):
-        chosen, why = "torch", "the export is older than the checkpoint"
-    else:
-        chosen, why = pick_backend(manifest, processor_model(torch.device("cpu")))
+    chosen, why = choose_backend(RunLayout(root).export_dir, best_model=best_model)
     err_console.print(f"Backend: {chosen} ({why}).", highlight=False)
     return chosen
 

@@ -98,26 +98,32 @@ def is_wide(encoding: str) -> bool:
 
 
 def encoding_for(raw: bytes, encoding: str, source: str) -> str:
-    """The encoding to read with: the one a byte-order mark names when it differs from ``encoding`` (said in the
-    log), else ``encoding``."""
+    """The encoding to read with: the one a byte-order mark names (said in the log when it is not ``encoding``'s
+    own), else ``encoding``."""
     marked = bom_encoding(raw)
-    if marked is None or marked.replace("-sig", "") == encoding.lower().replace("_", "-").replace("-sig", ""):
-        return marked or encoding
-    if marked != "utf-8-sig":
+    if marked is None:
+        return encoding
+    if marked != "utf-8-sig" and marked != encoding.lower().replace("_", "-"):
         logger.info("%s starts with a %s byte-order mark; it is read as %s.", source, marked.upper(), marked)
     return marked
+
+
+def text_encoding(head: bytes, encoding: str, source: str) -> str:
+    """The encoding to read a file with, from its first bytes (:func:`encoding_for`); a file that is not text is
+    one sentence (UTF-16/32 text is full of NUL bytes, so it is never called binary)."""
+    encoding = encoding_for(head, encoding, source)
+    kind = None if is_wide(encoding) else binary_kind(head)
+    if kind is not None:
+        raise DataError(f"{source} is not a text CSV file: it looks like {kind}; export it as CSV first.")
+    return encoding
 
 
 def decode_bytes(raw: bytes, encoding: str, source: str) -> str:
     """Decode a file's bytes, naming the line of the first bad byte and the ``--encoding`` option. A file that is
     not text at all (a spreadsheet, an archive) is named as such instead of being decoded as latin-1 noise; NUL
     bytes in a text file are removed with a warning."""
-    encoding = encoding_for(raw, encoding, source)
-    wide = is_wide(encoding)
-    kind = None if wide else binary_kind(raw)  # UTF-16/32 text is full of NUL bytes
-    if kind is not None:
-        raise DataError(f"{source} is not a text CSV file: it looks like {kind}; export it as CSV first.")
-    if b"\x00" in raw and not wide:
+    encoding = text_encoding(raw, encoding, source)
+    if b"\x00" in raw and not is_wide(encoding):
         logger.warning("%s holds %d NUL byte(s); they were removed.", source, raw.count(b"\x00"))
         raw = raw.replace(b"\x00", b"")
     try:

@@ -71,10 +71,22 @@ class BackendSpeed(BaseModel):
         return "onnx" if self.onnx_texts_per_s > self.torch_texts_per_s else "torch"
 
 
-def pick_backend(manifest: ExportManifest | None, machine: str) -> tuple[str, str]:
-    """``predict --backend auto``: the backend measured faster at export on this machine, and why."""
-    if manifest is None:
+def choose_backend(export_dir: Path, *, best_model: str | None = None) -> tuple[str, str]:
+    """``predict --backend auto``: the backend measured faster at export on this machine, and why (torch for
+    ``--best-model``, without a fresh export, or when the measurement came from another processor)."""
+    if best_model:
+        return "torch", "--best-model names a checkpoint, which the torch backend runs"
+    try:
+        manifest = read_manifest(export_dir)
+    except BertclsError:
         return "torch", "there is no ONNX export"
+    if stale_export(manifest, export_dir):
+        return "torch", "the export is older than the checkpoint"
+    return pick_backend(manifest, processor_model(torch.device("cpu")))
+
+
+def pick_backend(manifest: ExportManifest, machine: str) -> tuple[str, str]:
+    """The backend ``manifest``'s speed measurement found faster, if it was taken on ``machine``; and why."""
     speed = manifest.speed
     if speed is None:
         return "torch", "the export holds no speed measurement (export again)"

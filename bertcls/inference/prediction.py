@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from bertcls.config.settings import DataSection
-from bertcls.data.labelled import binary_kind, encoding_for, is_wide, require_columns
+from bertcls.data.labelled import require_columns, text_encoding
 from bertcls.model.checkpoint import Checkpoint
 from bertcls.model.classifier import Classifier
 from bertcls.runtime.distributed import world
@@ -148,10 +148,7 @@ def read_chunks(source: TextIO | Path, options: PredictOptions) -> Iterator[pd.D
     if isinstance(source, Path):
         with open(source, "rb") as handle:
             head = handle.read(4096)
-        encoding = encoding_for(head, encoding, f"Input {name}")
-        kind = None if is_wide(encoding) else binary_kind(head)
-        if kind is not None:
-            raise DataError(f"Input {name} is not a text CSV file: it looks like {kind}; export it as CSV first.")
+        encoding = text_encoding(head, encoding, f"Input {name}")
     try:
         reader = pd.read_csv(
             source,
