@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import benchmark_parser, bertcls, data_file, parse_args, save_result, timed
+from common import benchmark_parser, bertcls, cpu_line, data_file, parse_args, save_result, timed
 
 MAX_SEQ_LEN = 128
 CONCURRENCY = (1, 8, 32)
@@ -247,14 +247,6 @@ def offline_texts_per_second(root: Path, texts: list[str]) -> float:
         predictor.predict_proba(texts, 64)
         rates.append(len(texts) / (time.perf_counter() - started))
     return statistics.median(rates)
-
-
-def cpu_line() -> str:
-    info = Path("/proc/cpuinfo").read_text()
-    model = re.search(r"model name\s*:\s*(.+)", info).group(1)
-    flags = set(re.search(r"flags\s*:\s*(.+)", info).group(1).split())
-    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
-    return f"CPU: {model}, {os.cpu_count()} cores, flags: {' '.join(shown) or 'none of avx2/avx512/amx'}"
 
 
 def main() -> None:

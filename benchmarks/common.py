@@ -124,3 +124,14 @@ def peak_rss_mb(cmd: list[str], cwd: Path | None = None) -> tuple[float, float]:
     if code != "0":
         raise SystemExit(f"command failed: {' '.join(cmd)}")
     return float(wall), float(rss)
+
+
+def cpu_line() -> str:
+    """The processor model, core count and the vector/matrix flags that decide speed, for every table."""
+    import re
+
+    info = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"model name\s*:\s*(.+)", info).group(1)
+    flags = set(re.search(r"flags\s*:\s*(.+)", info).group(1).split())
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
+    return f"CPU: {model}, {os.cpu_count()} cores, flags: {' '.join(shown) or 'none of avx2/avx512/amx'}"

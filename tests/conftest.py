@@ -167,3 +167,23 @@ def assert_served_like_predict(root: Path, best_model: str | None, texts: list[s
     expected = Predictor(ckpt, root, torch.device("cpu"), "fp32").predict_proba(texts, 64)
     served = np.array([[p["probabilities"][label] for label in ckpt.labels] for p in response.json()["predictions"]])
     assert np.abs(served - expected).max() <= 1e-6
+
+
+def assert_explained(root: Path, best_model: str | None, text: str, steps: int = 16) -> None:
+    """``explain`` reads the model as ``predict`` does (the same probabilities) and its parts add up: every
+    producer of a model is checked by ``explain`` too."""
+    import torch
+
+    from bertcls.explain.explainer import Explainer
+    from bertcls.inference.prediction import Predictor
+    from bertcls.model.checkpoint import load_named_checkpoint
+    from bertcls.model.classifier import Classifier
+
+    ckpt = load_named_checkpoint(best_model, root)
+    explanation = Explainer(Classifier.load(ckpt, root), steps).explain(text)
+    expected = Predictor(ckpt, root, torch.device("cpu"), "fp32").predict_proba([text], 8)[0]
+    assert np.abs(explanation.probabilities - expected).max() <= 1e-5
+    for item in explanation.explained:  # base + words = score, within the completeness gap (5% of the words' part)
+        parts = item.base + item.lexical_total + item.semantic_total
+        words_part = abs(item.score - item.base - item.lexical_total) + abs(item.lexical_total)
+        assert abs(parts - item.score) <= 0.05 * max(words_part, 1e-3) + 1e-6

@@ -33,6 +33,13 @@ TOP_FILES = [
 PLOTS = [f for f in TOP_FILES if f.endswith(".png")]
 
 
+@pytest.fixture(autouse=True)
+def _no_explained_errors(monkeypatch):
+    """The tests below run evaluate for other reasons: they skip the explained errors of report.html (tested in
+    test_explain.py; the module's ``evaluated`` fixture, set up before this one, keeps the default)."""
+    monkeypatch.setenv("BERTCLS_EVALUATION__EXPLAIN_ERRORS", "0")
+
+
 @pytest.fixture(scope="module")
 def evaluated(trained_model, tmp_path_factory):
     """Evaluate the trained model on its test split, with 3-fold CV over train + val."""
@@ -142,6 +149,8 @@ def test_report_is_self_contained_and_references_every_plot(evaluated):
     assert page.index('class="cards"') < page.index("reliability diagram") < page.index("<h2>Classification report")
     assert page.index("confusion matrix</figcaption>") < page.index("<h2>")
     assert "<details>" in page and "0.30000000000000004" not in page and ">nan<" not in page.lower()
+    errors = pd.read_csv(evaluated / "error_analysis.csv")  # the most confident ones explained, word by word
+    assert page.count('<div class="xpl"') == min(5, len(errors)) and "<script" not in page
 
 
 def test_unseen_label_is_counted_not_fatal(cli, trained_model, tmp_path):

@@ -25,7 +25,7 @@ from bertcls.tuning.runner import run_optimize
 from bertcls.tuning.search_space import hidden_dims
 from bertcls.tuning.study import default_storage_url, make_storage, open_study
 from bertcls.tuning.tpe import TrialSeededSampler, TuningContext
-from tests.conftest import assert_served_like_predict, thread_subset
+from tests.conftest import assert_explained, assert_served_like_predict, thread_subset
 
 GOOD = {
     "batch_size": 32,
@@ -110,6 +110,7 @@ def test_tpe_study_finishes_and_best_model_predicts(cli, workspace, threads_smal
     )
     assert code == 0 and "macro F1" in out, err
     assert_served_like_predict(root, "best_model_bert_opt_exp0.pt", thread_subset(2, seed=4).text.tolist())
+    assert_explained(root, "best_model_bert_opt_exp0.pt", thread_subset(1, seed=4).text.iloc[0])
 
 
 def test_hopeless_trial_is_pruned(workspace, threads_small):
@@ -297,6 +298,7 @@ def test_pbt_command_saves_best_member_and_lineage(cli, workspace, threads_small
     texts = thread_subset(2, seed=4).text.tolist()
     assert_served_like_predict(root, "best_model_pbt_exp0.pt", texts)  # the exported best member, and a member
     assert_served_like_predict(root, str(folder / "trials" / "pbt_member_1.pt"), texts)
+    assert_explained(root, str(folder / "trials" / "pbt_member_1.pt"), texts[0])
 
 
 def test_a_member_that_exploits_a_deeper_donor_keeps_its_best_with_its_own_architecture(pbt_context, tmp_path):

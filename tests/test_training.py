@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import assert_served_like_predict, thread_subset
+from conftest import assert_explained, assert_served_like_predict, thread_subset
 
 from bertcls.config.sources import resolve_settings
 from bertcls.inference.batches import score_source
@@ -96,6 +96,7 @@ def test_fine_tuning_lowers_the_loss_and_round_trips(workspace, tmp_path):
     with torch.inference_mode():
         assert torch.equal(trainer.model(batch), restored(batch))
     assert_served_like_predict(settings.root, str(path), thread_subset(2, seed=4).text.tolist())
+    assert_explained(settings.root, str(path), thread_subset(1, seed=4).text.iloc[0])
 
 
 def test_frozen_checkpoint_round_trip_gives_identical_logits(trained_model, tmp_path):

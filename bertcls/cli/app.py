@@ -24,6 +24,7 @@ def _register() -> None:
     from bertcls.cli import (
         config_cmd,
         evaluate_cmd,
+        explain_cmd,
         export_cmd,
         inspect_cmd,
         optimize_cmd,
@@ -39,6 +40,7 @@ def _register() -> None:
     app.command("optimize")(optimize_cmd.optimize)
     app.command("export")(export_cmd.export)
     app.command("serve")(serve_cmd.serve)
+    app.command("explain")(explain_cmd.explain)
     app.add_typer(config_cmd.config_app, name="config")
 
 

@@ -322,6 +322,7 @@ class EvaluationSection(StrictModel):
     target_accuracy: float = Field(0.99, gt=0, le=1)
     find_label_issues: bool = False
     near_duplicate_threshold: float = Field(0.97, gt=0, le=1)
+    explain_errors: int = Field(5, ge=0)  # most confident errors explained in report.html (0: none)
 
     @field_validator("cv_folds")
     @classmethod
@@ -346,10 +347,20 @@ class ServeSection(StrictModel):
     min_confidence: float | None = Field(None, ge=0, le=1)
     threads: int | None = Field(None, ge=1)
     max_texts_per_request: int = Field(256, ge=1)
+    max_explain_texts: int = Field(8, ge=1)  # texts per POST /v1/explain (about 2 s each on 2 cores)
     max_body_bytes: int = Field(4_000_000, ge=1024)
     shutdown_timeout_s: float = Field(10.0, gt=0)
 
     _expand = field_validator("api_key_file", mode="before")(classmethod(lambda _cls, v: _expand_optional(v)))
+
+
+class ExplainSection(StrictModel):
+    """``bertcls explain``: how many texts, how finely integrated gradients integrate, where the output goes."""
+
+    steps: int = Field(32, ge=2, le=1024)  # integration steps (Gauss-Legendre) per explained label
+    limit: int = Field(20, ge=1)  # texts explained when --rows is not given
+    label: str | None = None  # explain this label instead of the predicted one(s)
+    output_file: str = "explanations.csv"  # the page is written beside it, as .html
 
 
 class Settings(BaseSettings):
@@ -373,6 +384,7 @@ class Settings(BaseSettings):
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     calibration: CalibrationSection = Field(default_factory=CalibrationSection)
     serve: ServeSection = Field(default_factory=ServeSection)
+    explain: ExplainSection = Field(default_factory=ExplainSection)
 
     _expand = field_validator("output_root", mode="before")(classmethod(lambda _cls, v: _expand_optional(v)))
 

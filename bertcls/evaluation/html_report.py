@@ -44,6 +44,7 @@ class Section:
     table: pd.DataFrame | None = None
     text: str = ""
     text_columns: list[str] = field(default_factory=list)
+    block: str = ""  # HTML shown as it is after the text (built by the caller from escaped pieces)
 
 
 def format_cell(value, *, column_is_int: bool) -> str:
@@ -90,6 +91,7 @@ def section_html(section: Section) -> str:
     parts = [f"<h2>{html.escape(section.heading)}</h2>"]
     if section.text:
         parts.append(f"<p>{section.text}</p>")  # built by the caller from escaped pieces
+    parts.append(section.block)
     if section.table is not None:
         body = table_html(section.table, section.text_columns)
         if len(section.table) > COLLAPSE_ROWS:

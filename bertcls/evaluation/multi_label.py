@@ -5,6 +5,7 @@ co-occurrence (true and predicted), per-label errors and word clouds, calibratio
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,8 +23,16 @@ from bertcls.evaluation.label_set_scoring import (
     summary_metrics,
     wordcloud_texts,
 )
-from bertcls.evaluation.report_page import short_texts
-from bertcls.evaluation.results import Analysis, CrossValidation, ResultWriter, TaskReport, TrustOutcome, TrustTables
+from bertcls.evaluation.report_page import explained_errors_section, short_texts
+from bertcls.evaluation.results import (
+    Analysis,
+    CrossValidation,
+    ErrorToExplain,
+    ResultWriter,
+    TaskReport,
+    TrustOutcome,
+    TrustTables,
+)
 from bertcls.evaluation.trust import reliability_frame
 from bertcls.task import DecisionRule
 from bertcls.task.calibration import label_decisions, uncalibrate_sigmoid
@@ -101,6 +110,13 @@ class MultiLabelReport(TaskReport):
         writer.csv("label_issues.csv", issues)
         return issues
 
+    def errors_to_explain(self, staging: Path, count: int) -> list[ErrorToExplain]:
+        errors = pd.read_csv(staging / "error_analysis.csv", dtype=str, keep_default_na=False).head(count)
+        return [
+            ErrorToExplain(row.text, row.label, f"Error {number} ({row.error} of {row.label})")
+            for number, row in enumerate(errors.itertuples(), start=1)
+        ]
+
     def keyed(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         return frame.assign(**{LABEL_SET: label_keys(frame, self.data_cfg)}), LABEL_SET
 
@@ -147,6 +163,8 @@ class MultiLabelReport(TaskReport):
         errors = pd.read_csv(staging / "error_analysis.csv", dtype={"text": str}, keep_default_na=False)
         errors = short_texts(errors.head(50), ["text"])
         sections.append(Section("Most confident label errors", errors, text_columns=["text"]))
+        if outcome.explained_errors:
+            sections.append(explained_errors_section(outcome.explained_errors, self.ckpt.task.score_meaning))
         key = [p for name in KEY_PLOTS for p in writer.plots if p.name == name]
         other = [p for p in writer.plots if p not in key]
         return build_report("bertcls evaluation (multi-label)", cards, notes, key, sections, other)

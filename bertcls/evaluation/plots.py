@@ -125,9 +125,9 @@ def length_plot(predictions: pd.DataFrame, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     top = max(1, int(np.percentile(lengths, 99))) if len(lengths) else 1
     bins = np.linspace(0, top, 25).tolist()
-    ax.hist(lengths[correct].clip(upper=top), bins=bins, alpha=0.7, density=True, label="correct", color="tab:green")
-    if (~correct).any():
-        ax.hist(lengths[~correct].clip(upper=top), bins=bins, alpha=0.7, density=True, label="errors", color="tab:red")
+    for rows, label, colour in ((correct, "correct", "tab:green"), (~correct, "errors", "tab:red")):
+        if rows.any():  # a density of no rows is 0/0
+            ax.hist(lengths[rows].clip(upper=top), bins=bins, alpha=0.7, density=True, label=label, color=colour)
     ax.set_xlabel("text length (words)")
     ax.set_ylabel("density")
     ax.set_title("Text length of errors vs correct predictions")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+from bertcls.evaluation.html_report import Section
+from bertcls.evaluation.results import ErrorToExplain
+
 KEY_PLOTS = ("confusion_matrix.png", "reliability_diagram.png", "risk_coverage.png")
 TEXT_PREVIEW = 200
 
@@ -36,3 +39,12 @@ def headline(summary: dict, trust, outcome) -> dict[str, str]:
         differing = int(outcome.near_duplicates.different_labels.sum())
         cards["near-duplicates train/test"] = f"{len(outcome.near_duplicates):,} ({differing:,} differ in label)"
     return cards
+
+
+def explained_errors_section(errors: list[ErrorToExplain], meaning: str) -> Section:
+    """The most confident errors with their words highlighted (see ``bertcls explain``)."""
+    from bertcls.explain.page import STYLE, explanation_html, legend
+
+    blocks = "".join(explanation_html(e.explanation, e.heading) for e in errors if e.explanation is not None)
+    text = f"Why the model made its {len(errors)} most confident errors. {legend(meaning)}"
+    return Section("Most confident errors, explained", text=text, block=f"<style>{STYLE}</style>{blocks}")

@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,9 @@ from bertcls.runtime.fileio import replace_dir, write_csv_atomic
 from bertcls.runtime.formulas import escape_table
 from bertcls.runtime.layout import RunLayout
 from bertcls.task import DecisionRule
+
+if TYPE_CHECKING:
+    from bertcls.explain.outputs import ExplainedText
 
 StageFn = Callable[[str], None]
 
@@ -81,6 +84,19 @@ class TrustOutcome:
     risk_coverage: bool = False  # whether an abstention threshold was looked for (single-label models)
     label_issues: pd.DataFrame | None = None
     near_duplicates: pd.DataFrame | None = None
+    explained_errors: list[ErrorToExplain] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ErrorToExplain:
+    """One of the most confident errors, for report.html's explanations: the text, the label to explain (the
+    predicted one, or a multi-label model's wrong decision), how the page names it, and its explanation once made."""
+
+    text: str
+    label: str
+    heading: str
+    truth: str | None = None
+    explanation: ExplainedText | None = None  # made by the runner
 
 
 @dataclass(frozen=True)
@@ -166,6 +182,10 @@ class TaskReport(ABC):
     @abstractmethod
     def write_label_issues(self, writer: ResultWriter, cv_data: pd.DataFrame, cv: CrossValidation) -> pd.DataFrame:
         """label_issues.csv from the out-of-fold probabilities."""
+
+    @abstractmethod
+    def errors_to_explain(self, staging: Path, count: int) -> list[ErrorToExplain]:
+        """The ``count`` most confident errors of error_analysis.csv, as the explanations need them."""
 
     @abstractmethod
     def keyed(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:

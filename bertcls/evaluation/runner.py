@@ -23,6 +23,7 @@ from bertcls.evaluation.results import (
 )
 from bertcls.evaluation.single_label import SingleLabelReport
 from bertcls.evaluation.trust import near_duplicate_frame, near_duplicates
+from bertcls.explain.run import explain_errors
 from bertcls.features.service import EmbeddingService
 from bertcls.inference.prediction import Predictor
 from bertcls.model.checkpoint import Checkpoint
@@ -179,6 +180,10 @@ def evaluate(
             threshold = cfg.near_duplicate_threshold
             outcome.near_duplicates = write_near_duplicates(writer, service, report, reference, data, threshold)
         writer.csv("all_predictions.csv", pd.concat(everything, ignore_index=True))
+        if cfg.explain_errors:
+            on_stage("Explaining the most confident errors")
+            errors = report.errors_to_explain(writer.staging, cfg.explain_errors)
+            outcome.explained_errors = explain_errors(ckpt, root, errors, settings_now.explain.steps)
         page = report.page(data, analysis.summary, unseen, cv.table if cv else None, folds, trust, outcome, writer)
         write_text_atomic(writer.staging / "report.html", page)
         files = writer.files()

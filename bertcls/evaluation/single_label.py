@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import html
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from bertcls.evaluation import plots
 from bertcls.evaluation.html_report import Section, build_report
-from bertcls.evaluation.report_page import KEY_PLOTS, headline, short_texts
-from bertcls.evaluation.results import Analysis, CrossValidation, ResultWriter, TaskReport, TrustOutcome, TrustTables
+from bertcls.evaluation.report_page import KEY_PLOTS, explained_errors_section, headline, short_texts
+from bertcls.evaluation.results import (
+    Analysis,
+    CrossValidation,
+    ErrorToExplain,
+    ResultWriter,
+    TaskReport,
+    TrustOutcome,
+    TrustTables,
+)
 from bertcls.evaluation.scoring import (
     classification_report_frame,
     confidence_frame,
@@ -120,6 +129,13 @@ class SingleLabelReport(TaskReport):
     def keyed(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         return frame, self.data_cfg.label_column
 
+    def errors_to_explain(self, staging: Path, count: int) -> list[ErrorToExplain]:
+        errors = pd.read_csv(staging / "error_analysis.csv", dtype=str, keep_default_na=False).head(count)
+        return [
+            ErrorToExplain(row.text, row.predicted_label, f"Error {number}", row.true_label)
+            for number, row in enumerate(errors.itertuples(), start=1)
+        ]
+
     def page(
         self,
         data: pd.DataFrame,
@@ -188,6 +204,8 @@ class SingleLabelReport(TaskReport):
             )
         errors = pd.read_csv(staging / "error_analysis.csv", dtype={"text": str}, keep_default_na=False)
         sections.append(Section("Most confident errors", short_texts(errors, ["text"]).head(50), text_columns=["text"]))
+        if outcome.explained_errors:
+            sections.append(explained_errors_section(outcome.explained_errors, self.ckpt.task.score_meaning))
         sections.append(Section("Error metrics", pd.read_csv(staging / "error_metrics.csv")))
         key = [p for name in KEY_PLOTS for p in writer.plots if p.name == name]
         other = [p for p in writer.plots if p not in key]

@@ -12,6 +12,7 @@
   evaluation_results/           evaluate's report, plots and CSVs
   export/                       the ONNX export
   predictions/                  predict's output when --output-file is a bare name
+  explanations/                 explain's CSV and page when --output-file is a bare name
   logs/<command>_<stamp>_<pid>.log
 ```
 """
@@ -104,6 +105,10 @@ class RunLayout:
     @property
     def predictions_dir(self) -> Path:
         return self.root / "predictions"
+
+    @property
+    def explanations_dir(self) -> Path:
+        return self.root / "explanations"
 
     @property
     def logs_dir(self) -> Path:

@@ -16,17 +16,18 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bertcls.config.settings import Settings
+from bertcls.explain.outputs import ExplanationRecord
 from bertcls.model.encoder import MAX_TEXT_CHARS
 from bertcls.runtime.errors import BertclsError
 from bertcls.runtime.redaction import redact
@@ -40,8 +41,8 @@ logger = logging.getLogger(__name__)
 # no API key needed: liveness and readiness (for load balancers; they say only the model's file name) and the page
 # (static HTML that asks for the key)
 OPEN_PATHS = {"/healthz", "/readyz", "/"}
-ENDPOINTS = {"/", "/healthz", "/readyz", "/metrics", "/v1/model", "/v1/predict", "/v1/reload", "/docs",
-             "/openapi.json"}  # fmt: skip
+ENDPOINTS = {"/", "/healthz", "/readyz", "/metrics", "/v1/model", "/v1/predict", "/v1/explain", "/v1/reload",
+             "/docs", "/openapi.json"}  # fmt: skip
 
 
 class ServeError(Exception):
@@ -61,6 +62,20 @@ class PredictRequest(BaseModel):
 class PredictResponse(BaseModel):
     model: str
     predictions: list[TextPrediction]
+
+
+class ExplainRequest(PredictRequest):
+    label: str | None = None  # explain this label (default: the predicted label, or labels)
+    steps: int | None = Field(None, ge=2, le=256)  # integrated-gradients steps (default: explain.steps)
+
+
+Asked = TypeVar("Asked", bound=PredictRequest)
+
+
+class ExplainResponse(BaseModel):
+    model: str
+    score_meaning: str  # what the attributions add up to
+    explanations: list[ExplanationRecord]
 
 
 @dataclass
@@ -92,6 +107,11 @@ def first_problem(exc: ValidationError | RequestValidationError) -> str:
 
 async def read_texts(request: Request, state: ServerState) -> list[str]:
     """The request's texts, checked: size of the body, JSON, types, count and length of each text."""
+    return (await read_request(request, state, PredictRequest)).texts
+
+
+async def read_request(request: Request, state: ServerState, schema: type[Asked]) -> Asked:
+    """The request body as ``schema``, checked: its size, JSON, types, the count and length of its texts."""
     cfg = state.settings.serve
     declared = request.headers.get("content-length", "")
     too_large = ServeError(413, f"The request body is larger than serve.max_body_bytes ({cfg.max_body_bytes:,} bytes).")
@@ -109,9 +129,10 @@ async def read_texts(request: Request, state: ServerState) -> list[str]:
     except RecursionError:
         raise ServeError(400, 'The request body nests too deeply; send {"texts": [...]}.') from None
     try:
-        texts = PredictRequest.model_validate(payload).texts
+        asked = schema.model_validate(payload)
     except ValidationError as exc:
         raise ServeError(422, f'Invalid request: {first_problem(exc)}; send {{"texts": [...]}}.') from None
+    texts = asked.texts
     if not texts:
         raise ServeError(422, "texts is empty; send at least one text.")
     if len(texts) > cfg.max_texts_per_request:
@@ -122,7 +143,7 @@ async def read_texts(request: Request, state: ServerState) -> list[str]:
     for number, text in enumerate(texts):
         if len(text) > MAX_TEXT_CHARS:
             raise ServeError(413, f"Text {number} has {len(text):,} characters; the bound is {MAX_TEXT_CHARS:,}.")
-    return texts
+    return asked
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -266,6 +287,8 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         answer = PredictResponse.model_construct(model=named[0][0], predictions=[p for _, p in named])
         return Response(answer.model_dump_json(), media_type="application/json")  # built checked, not checked again
 
+    add_explain_route(app, state)
+
     @app.get("/v1/model")
     async def model_info() -> dict[str, Any]:
         """What ``bertcls inspect --json`` says of the served model, with its name and backend."""
@@ -299,3 +322,38 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
         return HTMLResponse(PAGE)
+
+
+def explain_texts(model: LoadedModel, asked: ExplainRequest) -> list[ExplanationRecord]:
+    """Runs off the event loop: the served model's explainer (built on first use), then each text."""
+    explainer = model.explainer()
+    if asked.label is not None:
+        explainer.label_index(asked.label)
+    return [ExplanationRecord.of(explainer.explain(text, asked.label, asked.steps)) for text in asked.texts]
+
+
+def add_explain_route(app: FastAPI, state: ServerState) -> None:
+    schema = {"content": {"application/json": {"schema": ExplainRequest.model_json_schema()}}, "required": True}
+    one_at_a_time = asyncio.Lock()  # an explanation uses every core it is given; a second one waits its turn
+
+    @app.post("/v1/explain", response_model=ExplainResponse, openapi_extra={"requestBody": schema})
+    async def explain(request: Request) -> Response:
+        """Which words made the model decide, per text: each word's lexical and semantic part of the label's
+        score, as ``bertcls explain`` computes them."""
+        asked = await read_request(request, state, ExplainRequest)
+        limit = state.settings.serve.max_explain_texts
+        if len(asked.texts) > limit:
+            raise ServeError(413, f"An explain request holds at most {limit} texts (serve.max_explain_texts).")
+        if any(not text.strip() for text in asked.texts):
+            raise ServeError(422, "A text to explain is empty; send texts with words.")
+        model = state.model
+        if model.checkpoint is None:
+            raise ServeError(409, "Explanations need the torch model; this server runs the ONNX export.")
+        async with one_at_a_time:
+            try:
+                records = await asyncio.to_thread(explain_texts, model, asked)
+            except BertclsError as exc:
+                raise ServeError(422, str(exc)) from None
+        meaning = model.predictor.task.score_meaning
+        answer = ExplainResponse(model=model.name, score_meaning=meaning, explanations=records)
+        return Response(answer.model_dump_json(), media_type="application/json")

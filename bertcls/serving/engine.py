@@ -7,15 +7,20 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
 from bertcls.config.settings import Settings
+from bertcls.runtime.errors import DataError
 from bertcls.runtime.layout import RunLayout
 from bertcls.task import DecisionRule, Task
+
+if TYPE_CHECKING:
+    from bertcls.explain.explainer import Explainer
+    from bertcls.model.checkpoint import Checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +57,26 @@ class LoadedModel:
     batch_size: int  # texts per encoder batch inside one server batch, as predict uses
     min_confidence: float | None
     separator: str
+    checkpoint: Checkpoint | None = None  # the torch model's checkpoint (None for an ONNX export)
+    root: Path | None = None
+    _explainer: Explainer | None = None
 
     @property
     def name(self) -> str:
         return str(self.info.get("name", "model"))
+
+    def explainer(self) -> Explainer:
+        """The explainer of this model (built on first use, beside the predictor: it runs on the CPU in fp32)."""
+        if self.checkpoint is None or self.root is None:
+            raise DataError(
+                "Explanations need the torch model; this server runs the ONNX export (serve --backend torch explains)."
+            )
+        if self._explainer is None:
+            from bertcls.explain.explainer import Explainer
+            from bertcls.model.classifier import Classifier
+
+            self._explainer = Explainer(Classifier.load(self.checkpoint, self.root))
+        return self._explainer
 
     def predict(self, texts: list[str]) -> list[TextPrediction]:
         """Predictions in input order; an empty text gets an empty prediction, as in ``predict``'s output."""
@@ -102,6 +123,11 @@ def load_model(settings: Settings, best_model: str | None) -> LoadedModel:
         predictor, info = _load_torch(settings, best_model)
     separator, text_column = str(info.pop("_separator", "|")), str(info.pop("_text_column", "text"))
     model = LoadedModel(predictor, info, settings.encoder.encode_batch_size, serve.min_confidence, separator)
+    if serve.backend == "torch":
+        from bertcls.inference.prediction import Predictor
+
+        assert isinstance(predictor, Predictor)
+        model.checkpoint, model.root = predictor.ckpt, root
     model.predict(warm_up_texts(RunLayout(root).split_file("val"), text_column))
     logger.info("Loaded %s (%s backend) from %s", model.name, serve.backend, root)
     return model
@@ -124,7 +150,6 @@ def _load_torch(settings: Settings, best_model: str | None) -> tuple[Probability
 
 def _load_onnx(settings: Settings, best_model: str | None) -> tuple[ProbabilityModel, dict[str, Any]]:
     from bertcls.inference.onnx_backend import OnnxPredictor
-    from bertcls.runtime.errors import DataError
 
     if best_model:
         raise DataError("--best-model does not apply to --backend onnx, which serves <output_root>/export/.")

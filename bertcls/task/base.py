@@ -239,3 +239,14 @@ class Task(ABC):
     @abstractmethod
     def describe(self, min_labels: int) -> str:
         """One line for ``inspect``."""
+
+    # --- explanations ---------------------------------------------------------------------------------------
+    score_meaning: ClassVar[str]  # what an explanation attributes, in words
+
+    @abstractmethod
+    def score_mix(self, num_classes: int) -> np.ndarray:
+        """The scores an explanation attributes, as a matrix on the logits: ``scores = logits @ mix``."""
+
+    @abstractmethod
+    def explained_labels(self, probs: np.ndarray, rule: DecisionRule) -> list[int]:
+        """The labels an explanation of one text covers by default (``probs``: that text's probabilities)."""

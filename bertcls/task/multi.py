@@ -218,6 +218,15 @@ class MultiLabel(Task):
 
     coverage_title = "label decisions sure enough"
     kept_rows = "rows without an unsure label"
+    score_meaning = "the label's logit (each label has its own sigmoid)"
+
+    def score_mix(self, num_classes: int) -> np.ndarray:
+        return np.eye(num_classes, dtype=np.float32)
+
+    def explained_labels(self, probs: np.ndarray, rule: DecisionRule) -> list[int]:
+        """The labels given, or the most probable one when none is."""
+        given = np.flatnonzero(self.decide(probs[None, :], rule)[0])
+        return given.tolist() if len(given) else [int(np.argmax(probs))]
 
     def prediction_columns(
         self,

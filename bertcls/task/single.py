@@ -200,6 +200,15 @@ class SingleLabel(Task):
 
     coverage_title = "coverage (rows predicted, not abstained)"
     kept_rows = "rows"
+    score_meaning = "the label's logit minus the mean of the other labels' logits"
+
+    def score_mix(self, num_classes: int) -> np.ndarray:
+        """Each label's logit against the mean of the others' (the softmax is unchanged by a shift of all logits)."""
+        others = 1.0 / max(1, num_classes - 1)
+        return (1.0 + others) * np.eye(num_classes, dtype=np.float32) - others
+
+    def explained_labels(self, probs: np.ndarray, rule: DecisionRule) -> list[int]:
+        return [int(np.argmax(probs))]
 
     def prediction_columns(
         self,

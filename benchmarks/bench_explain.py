@@ -1,0 +1,234 @@
+"""Faithfulness and cost of ``bertcls explain`` (issue 24) on the BBC and SMS test splits of ``quality.py``.
+
+For each set: the default frozen model is trained on the fixed split (or reused from ``--work``), then ``--texts``
+test texts (a seeded sample) are explained for their predicted label, and the explanation is checked by deletion:
+
+- comprehensiveness (ERASER, DeYoung et al. 2020): the predicted label's probability drop when the top 10% of the
+  words by attribution are removed, against removing a random 10% (mean of 3 draws) and against LIME's top 10%
+  (``lime`` on PyPI, benchmark only) with ``--lime-samples`` model calls per text (more calls than the 32 forward and
+  backward passes of integrated gradients);
+- sufficiency: the share of texts whose prediction stays when only the top 20% of the words are kept;
+- completeness: the share of texts whose gap (sum of semantic attributions against the score difference to the
+  baseline) is within 5%, at the default steps and at ``--steps-grid`` on the first ``--grid-texts`` texts;
+- cost: seconds per text, and as a ratio to one prediction of the same text in the same run (2 cores, 128 tokens).
+
+    python benchmarks/bench_explain.py [--sets bbc,sms] [--texts 200] [--work DIR]
+
+Not a timed test: run it by hand. Writes benchmarks/results/explain.json.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from common import benchmark_parser, cpu_line, parse_args, save_result, train_on_splits
+from quality import make_splits
+
+TOP_REMOVED, TOP_KEPT = 0.10, 0.20
+
+
+def without(text: str, spans: list[tuple[int, int]]) -> str:
+    """The text with the characters of ``spans`` removed."""
+    keep, at = [], 0
+    for start, end in sorted(spans):
+        keep.append(text[at:start])
+        at = end
+    keep.append(text[at:])
+    return "".join(keep)
+
+
+def spans_of(words, positions) -> list[tuple[int, int]]:
+    return [(int(words.starts[i]), int(words.ends[i])) for i in positions]
+
+
+def lime_scores(explainer, predict, text: str, words, target: int, samples: int) -> np.ndarray:
+    """LIME's weight of each word position (a word's weight goes to each of its occurrences)."""
+    explanation = explainer.explain_instance(
+        text, predict, labels=(target,), num_features=len(words), num_samples=samples
+    )
+    weights = {word.casefold(): weight for word, weight in explanation.as_list(label=target)}
+    return np.array([weights.get(words.word(i).casefold(), 0.0) for i in range(len(words))])
+
+
+def deletion_scores(predict, text: str, words, scores: np.ndarray, target: int, rng) -> dict[str, float]:
+    count = len(words)
+    removed = max(1, math.ceil(TOP_REMOVED * count))
+    kept = max(1, math.ceil(TOP_KEPT * count))
+    order = np.argsort(-scores, kind="stable")
+    base = predict([text])[0]
+    top_removed = without(text, spans_of(words, order[:removed]))
+    only_top = without(text, spans_of(words, order[kept:]))
+    randoms = [without(text, spans_of(words, rng.choice(count, removed, replace=False))) for _ in range(3)]
+    probs = predict([top_removed, only_top, *randoms])
+    return {
+        "drop_top": float(base[target] - probs[0, target]),
+        "drop_random": float(np.mean([base[target] - p[target] for p in probs[2:]])),
+        "kept": bool(probs[1].argmax() == base.argmax()),
+    }
+
+
+def run_set(name: str, work: Path, args) -> dict:
+    import torch
+    from lime.lime_text import LimeTextExplainer
+
+    from bertcls.explain.explainer import Explainer
+    from bertcls.inference.prediction import Predictor
+    from bertcls.model.checkpoint import load_named_checkpoint
+    from bertcls.model.classifier import Classifier
+
+    paths = make_splits(name, work / name)
+    root = work / name / "root"
+    if not (root / "best_trials" / "best_model.pt").is_file():
+        train_on_splits(paths, root)
+    ckpt = load_named_checkpoint(None, root)
+    predictor = Predictor(ckpt, root, torch.device("cpu"), "fp32")
+    predict = lambda texts: predictor.predict_proba(list(texts), 64)  # noqa: E731
+    explainer = Explainer(Classifier.load(ckpt, root), args.steps)
+    test = pd.read_csv(paths["test"], dtype=str, keep_default_na=False)
+    texts = test["text"].sample(n=min(args.texts, len(test)), random_state=0).tolist()
+    lime = LimeTextExplainer(class_names=ckpt.labels, random_state=0)
+    rng = np.random.default_rng(0)
+    rows = []
+    for number, text in enumerate(texts):
+        started = time.perf_counter()
+        explanation = explainer.explain(text)
+        seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        predict([text])
+        predict_seconds = time.perf_counter() - started
+        item, words = explanation.explained[0], explanation.words
+        target = ckpt.labels.index(item.label)
+        ours = deletion_scores(predict, text, words, item.words, target, rng)
+        lime_words = lime_scores(lime, predict, text, words, target, args.lime_samples)
+        theirs = deletion_scores(predict, text, words, lime_words, target, rng)
+        rows.append(
+            {
+                "seconds": seconds,
+                "predict_seconds": predict_seconds,
+                "gap": item.gap,
+                "drop_top": ours["drop_top"],
+                "drop_random": ours["drop_random"],
+                "drop_lime": theirs["drop_top"],
+                "kept_top20": ours["kept"],
+                "kept_lime20": theirs["kept"],
+                "lexical_share": item.lexical_share(),
+            }
+        )
+        if number % 20 == 0:
+            print(f"{name}: {number + 1}/{len(texts)} texts, {seconds:.2f} s", flush=True)
+    frame = pd.DataFrame(rows)
+    grid = steps_grid(explainer, texts[: args.grid_texts], args.steps_grid)
+    return summarise(frame, grid)
+
+
+def completeness(name: str, work: Path, args) -> dict:
+    """The gaps alone: every text at ``--steps``, then the step grid (the models must exist under ``--work``)."""
+    from bertcls.explain.explainer import Explainer
+    from bertcls.model.checkpoint import load_named_checkpoint
+    from bertcls.model.classifier import Classifier
+
+    paths = make_splits(name, work / name)
+    root = work / name / "root"
+    if not (root / "best_trials" / "best_model.pt").is_file():
+        train_on_splits(paths, root)
+    explainer = Explainer(Classifier.load(load_named_checkpoint(None, root), root), args.steps)
+    test = pd.read_csv(paths["test"], dtype=str, keep_default_na=False)
+    texts = test["text"].sample(n=min(args.texts, len(test)), random_state=0).tolist()
+    gaps = np.array([explainer.explain(text).explained[0].gap for text in texts])
+    return {
+        "texts": len(texts),
+        "completeness_within_5pct": float(np.mean(gaps <= 0.05)),
+        "median_gap": float(np.median(gaps)),
+        "steps_grid": steps_grid(explainer, texts[: args.grid_texts], args.steps_grid),
+    }
+
+
+def steps_grid(explainer, texts: list[str], grid: list[int]) -> dict[str, dict[str, float]]:
+    """Completeness and cost at other step counts (on the first texts), to choose the default."""
+    found = {}
+    for steps in grid:
+        explainer.steps = steps
+        gaps, seconds = [], []
+        for text in texts:
+            started = time.perf_counter()
+            gaps.append(explainer.explain(text).explained[0].gap)
+            seconds.append(time.perf_counter() - started)
+        found[str(steps)] = {
+            "within_5pct": float(np.mean(np.array(gaps) <= 0.05)),
+            "median_gap": float(np.median(gaps)),
+            "seconds_per_text": float(np.mean(seconds)),
+        }
+    return found
+
+
+def summarise(frame: pd.DataFrame, grid: dict) -> dict:
+    return {
+        "texts": len(frame),
+        "comprehensiveness_top10": float(frame.drop_top.mean()),
+        "comprehensiveness_random10": float(frame.drop_random.mean()),
+        "comprehensiveness_lime10": float(frame.drop_lime.mean()),
+        "top_vs_random": float(frame.drop_top.mean() / max(frame.drop_random.mean(), 1e-9)),
+        "sufficiency_top20_kept": float(frame.kept_top20.mean()),
+        "sufficiency_lime20_kept": float(frame.kept_lime20.mean()),
+        "completeness_within_5pct": float((frame.gap <= 0.05).mean()),
+        "median_gap": float(frame.gap.median()),
+        "seconds_per_text": float(frame.seconds.mean()),
+        "seconds_per_text_median": float(frame.seconds.median()),
+        "ratio_to_predict": float(frame.seconds.sum() / frame.predict_seconds.sum()),
+        "lexical_share": float(frame.lexical_share.mean()),
+        "steps_grid": grid,
+    }
+
+
+def table(results: dict[str, dict], steps: int) -> str:
+    lines = [
+        "| set | texts | drop top 10% | drop random 10% | top / random | drop LIME top 10% | kept with top 20% | "
+        f"gap <= 5% ({steps} steps) | s / text | x one predict |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {r['texts']} | {r['comprehensiveness_top10']:.3f} | {r['comprehensiveness_random10']:.3f} | "
+            f"{r['top_vs_random']:.1f}x | {r['comprehensiveness_lime10']:.3f} | {r['sufficiency_top20_kept']:.1%} | "
+            f"{r['completeness_within_5pct']:.1%} | {r['seconds_per_text']:.2f} | {r['ratio_to_predict']:.0f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--sets", default="bbc,sms")
+    parser.add_argument("--texts", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--lime-samples", type=int, default=100)
+    parser.add_argument("--steps-grid", default="8,16,64")
+    parser.add_argument("--grid-texts", type=int, default=40)
+    parser.add_argument("--work", type=Path, default=None, help="keep the trained models here (reused when present)")
+    parser.add_argument(
+        "--completeness-only", action="store_true", help="only the gaps (all texts, then the step grid); no deletion"
+    )
+    args = parse_args(parser)
+    args.steps_grid = [int(s) for s in args.steps_grid.split(",") if s]
+    import torch
+
+    torch.set_num_threads(2)
+    print(cpu_line(), flush=True)
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-explain-"))
+    if args.completeness_only:
+        gaps = {name: completeness(name, work, args) for name in args.sets.split(",")}
+        save_result("explain_completeness", {"cpu": cpu_line(), "steps": args.steps, **gaps})
+        return
+    results = {name: run_set(name, work, args) for name in args.sets.split(",")}
+    save_result("explain", {"cpu": cpu_line(), "steps": args.steps, "lime_samples": args.lime_samples, **results})
+    print(cpu_line())
+    print(table(results, args.steps))
+    print("median seconds per text:", {n: round(r["seconds_per_text_median"], 2) for n, r in results.items()})
+
+
+if __name__ == "__main__":
+    main()

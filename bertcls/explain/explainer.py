@@ -1,0 +1,159 @@
+"""One text's explanation: per word, how much the lexical part (exact) and the semantic part (integrated gradients)
+add to each explained label's score; the two add up because the model adds their logits."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bertcls.explain.lexical import LexicalPart, lexical_part
+from bertcls.explain.semantic import DocumentScores, SemanticPart, TokenWindows, endpoints, semantic_part
+from bertcls.explain.words import Words
+from bertcls.model.classifier import Classifier
+from bertcls.runtime.errors import DataError
+
+logger = logging.getLogger(__name__)
+MAX_GAP = 0.05  # a text whose completeness gap is larger is flagged: its semantic attributions are approximate
+
+
+def completeness_gap(semantic: SemanticPart, lexical: LexicalPart) -> float:
+    """How far the attributions miss what the words add to the score: integrated gradients' residual, relative to
+    the part of the score the words explain (the semantic difference to the baseline plus the lexical words)."""
+    explained = abs(semantic.score - semantic.baseline) + abs(float(lexical.words.sum()))
+    return abs(semantic.residual) / max(explained, 1e-3)
+
+
+@dataclass(frozen=True)
+class LabelExplanation:
+    """Why one label got its score: per word, the lexical and the semantic contributions; ``base``: what no word
+    carries (the lexical layer's bias and the score of the baseline text without words)."""
+
+    label: str
+    probability: float
+    score: float
+    lexical: np.ndarray
+    semantic: np.ndarray
+    base: float
+    gap: float
+
+    @property
+    def words(self) -> np.ndarray:
+        return self.lexical + self.semantic
+
+    @property
+    def lexical_total(self) -> float:
+        return float(self.lexical.sum())
+
+    @property
+    def semantic_total(self) -> float:
+        return float(self.semantic.sum())
+
+    @property
+    def flagged(self) -> bool:
+        return self.gap > MAX_GAP
+
+    def lexical_share(self) -> float:
+        """The lexical part's share of the words' absolute attribution (0 to 1)."""
+        mass = np.abs(self.lexical).sum() + np.abs(self.semantic).sum()
+        return float(np.abs(self.lexical).sum() / mass) if mass > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A text, its words, every label's probability, and the explanations of the labels explained.
+    ``read_until``: the character where the encoder stopped reading (words after it carry no semantic part)."""
+
+    text: str
+    words: Words
+    labels: list[str]
+    probabilities: np.ndarray
+    explained: list[LabelExplanation]
+    read_until: int
+
+    def word_list(self) -> list[str]:
+        return [self.words.word(i) for i in range(len(self.words))]
+
+
+class Explainer:
+    """Explains texts with a saved model (the torch checkpoint: encoder, head and lexical layer), in fp32."""
+
+    def __init__(self, classifier: Classifier, steps: int = 32):
+        encoder = classifier.text_encoder()
+        network = classifier.network.eval()
+        for param in [*network.parameters(), *encoder.parameters()]:
+            param.requires_grad = False
+        encoder.to(torch.device("cpu")).eval()
+        network.to(torch.device("cpu"))
+        self.classifier = classifier
+        self.steps = steps
+        self.mix = classifier.task.score_mix(len(classifier.labels))
+        self.scores = DocumentScores(encoder, classifier.windowing, network.head, torch.from_numpy(self.mix))
+
+    @property
+    def labels(self) -> list[str]:
+        return self.classifier.labels
+
+    def label_index(self, name: str) -> int:
+        if name not in self.labels:
+            raise DataError(f"Unknown label {name!r}; this model's labels are {', '.join(self.labels)}.")
+        return self.labels.index(name)
+
+    def lexical_logits(self, text: str) -> np.ndarray:
+        layer = self.classifier.network.lexical
+        if layer is None or self.classifier.lexical is None:
+            return np.zeros(len(self.labels), dtype=np.float32)
+        row = self.classifier.lexical.transform([text])
+        return (row @ layer.weight.detach().numpy() + layer.bias.detach().numpy()).ravel()
+
+    def lexical_parts(self, text: str, words: Words, targets: list[int]) -> list[LexicalPart]:
+        layer, features = self.classifier.network.lexical, self.classifier.lexical
+        if layer is None or features is None:
+            return [LexicalPart(np.zeros(len(words)), 0.0, 0.0) for _ in targets]
+        mix = self.mix[:, targets]
+        weight, bias = layer.weight.detach().numpy() @ mix, layer.bias.detach().numpy() @ mix
+        return lexical_part(features, weight, bias, text, words)
+
+    def explain(self, text: str, label: str | None = None, steps: int | None = None) -> Explanation:
+        """The explanation of ``label``, or of the labels the model gives the text (``steps``: instead of the
+        explainer's)."""
+        if not text.strip():
+            raise DataError("The text to explain is empty; give a text with words.")
+        words = Words.of(text)
+        windows = TokenWindows.of(self.scores.encoder, self.classifier.windowing, text)
+        ends = endpoints(self.scores, windows)
+        logits = torch.from_numpy(ends.text_logits + self.lexical_logits(text))
+        probs = self.classifier.network.probabilities(logits[None, :])[0].numpy()
+        task = self.classifier.task
+        targets = [self.label_index(label)] if label else task.explained_labels(probs, self.classifier.rule)
+        lexical = self.lexical_parts(text, words, targets)
+        explained = []
+        for target, part in zip(targets, lexical, strict=True):
+            semantic = semantic_part(self.scores, windows, ends, target, steps or self.steps)
+            explained.append(self._combine(words, windows, semantic, part, float(probs[target])))
+            if explained[-1].flagged:
+                gap, name = 100 * explained[-1].gap, self.labels[target]
+                logger.warning("Completeness gap %.1f%% for label %s: approximate attributions.", gap, name)
+        read = windows.pieces[windows.pieces >= 0]
+        read_until = max((windows.spans[i][1] for i in np.unique(read)), default=0)
+        return Explanation(text, words, self.labels, probs, explained, int(read_until))
+
+    def _combine(
+        self, words: Words, windows: TokenWindows, semantic: SemanticPart, lexical: LexicalPart, probability: float
+    ) -> LabelExplanation:
+        on_words = np.zeros(len(words), dtype=np.float64)
+        unplaced = 0.0
+        for value, span in zip(semantic.pieces, windows.spans, strict=True):
+            if not words.spread(on_words, *span, value):
+                unplaced += value
+        return LabelExplanation(
+            label=self.labels[semantic.target],
+            probability=probability,
+            score=semantic.score + lexical.total,
+            lexical=lexical.words,
+            semantic=on_words,
+            base=semantic.baseline + lexical.bias + lexical.unplaced + unplaced,
+            gap=completeness_gap(semantic, lexical),
+        )

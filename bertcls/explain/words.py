@@ -1,0 +1,44 @@
+"""Words of a text as a reader sees them, and the spreading of a score over the words a character span covers."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+WORD = re.compile(r"\w+|[^\w\s]+")
+
+
+@dataclass(frozen=True)
+class Words:
+    """The words (runs of letters and digits, or of punctuation) of a text, with their character spans."""
+
+    text: str
+    starts: np.ndarray
+    ends: np.ndarray
+
+    @classmethod
+    def of(cls, text: str) -> Words:
+        spans = [(m.start(), m.end()) for m in WORD.finditer(text)]
+        starts = np.fromiter((s for s, _ in spans), dtype=np.int64, count=len(spans))
+        ends = np.fromiter((e for _, e in spans), dtype=np.int64, count=len(spans))
+        return cls(text, starts, ends)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def word(self, index: int) -> str:
+        return self.text[self.starts[index] : self.ends[index]]
+
+    def covering(self, start: int, end: int) -> np.ndarray:
+        """Indices of the words that overlap the characters ``[start, end)``."""
+        return np.flatnonzero((self.starts < end) & (self.ends > start))
+
+    def spread(self, scores: np.ndarray, start: int, end: int, value: float) -> bool:
+        """Add ``value`` to the words overlapping ``[start, end)``, shared equally; False when none does."""
+        covered = self.covering(start, end)
+        if not len(covered):
+            return False
+        scores[covered] += value / len(covered)
+        return True

@@ -1,0 +1,267 @@
+"""``bertcls explain``: exact lexical contributions, integrated gradients that add up, the planted word found first,
+both tasks, long texts read as windows, the CSV and the page (in a real browser), the server's /v1/explain, the
+evaluation report, and every bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bertcls.config.settings import LexicalSection
+from bertcls.explain.explainer import MAX_GAP, Explainer
+from bertcls.explain.lexical import lexical_part
+from bertcls.explain.words import Words
+from bertcls.features.lexical import LexicalFeatures
+from bertcls.model.checkpoint import load_named_checkpoint
+from bertcls.model.classifier import Classifier
+from bertcls.model.encoder import Windowing
+from tests.conftest import assert_explained, read_csv, thread_subset
+
+
+@pytest.fixture(scope="module")
+def explainer(trained_model) -> Explainer:
+    return Explainer(Classifier.load(load_named_checkpoint(None, trained_model), trained_model), steps=32)
+
+
+def test_lexical_contributions_match_a_hand_computation():
+    texts = ["free prize now", "call me now", "prize draw free", "now or never"]
+    features = LexicalFeatures.fit(texts, LexicalSection(word_ngrams=(1, 2), min_df=1))
+    weight = np.random.default_rng(0).normal(size=(features.spec.num_features, 2))
+    text = "Free prize, now free!"
+    words = Words.of(text)
+    assert [words.word(i) for i in range(len(words))] == ["Free", "prize", ",", "now", "free", "!"]
+    part = lexical_part(features, weight, np.array([0.5, -0.5]), text, words)[0]
+    row = features.transform([text]).toarray()[0]
+    column = features.vectorizers["word"].vocabulary_
+    value = lambda term: row[column[term]] * weight[column[term], 0]  # noqa: E731
+    expected = np.zeros(len(words))
+    expected[[0, 4]] += value("free") / 2  # two occurrences share the unigram's contribution
+    expected[1] += value("prize")
+    expected[3] += value("now")
+    expected[[0, 1]] += value("free prize") / 2  # a bigram's contribution goes half to each of its words
+    expected[[1, 3]] += value("prize now") / 2  # (the comma is not a word of the vectorizer)
+    assert "now free" not in column  # an unseen bigram contributes nothing
+    assert np.allclose(part.words, expected, atol=1e-7)
+    assert part.bias == 0.5 and part.unplaced == 0.0
+    assert part.total == pytest.approx(float(row @ weight[:, 0]) + 0.5, abs=1e-6)
+
+
+def test_character_ngrams_are_placed_on_their_words_exactly():
+    features = LexicalFeatures.fit(
+        ["refund my order", "order refunded twice", "reset password"], LexicalSection(char_ngrams=(2, 4), min_df=1)
+    )
+    weight = np.random.default_rng(1).normal(size=(features.spec.num_features, 3))
+    text = "Refund the order, please"
+    parts = lexical_part(features, weight, np.zeros(3), text, Words.of(text))
+    row = features.transform([text]).toarray()[0]
+    for target, part in enumerate(parts):
+        assert part.unplaced == 0.0
+        assert part.words.sum() == pytest.approx(float(row @ weight[:, target]), abs=1e-6)
+
+
+def test_attributions_add_up_and_probabilities_are_predicts(trained_model, explainer):
+    texts = thread_subset(1, seed=7).text.tolist()[:1]
+    for text in texts:
+        assert_explained(trained_model, None, text)
+        explanation = explainer.explain(text)
+        item = explanation.explained[0]
+        assert item.gap <= MAX_GAP and not item.flagged
+        assert item.label == explanation.labels[int(np.argmax(explanation.probabilities))]
+        unread = explanation.words.starts >= explanation.read_until  # past the 128 tokens the encoder reads
+        assert unread.any() and np.all(item.semantic[unread] == 0) and np.any(item.lexical[unread] != 0)
+
+
+@pytest.mark.slow
+def test_long_texts_read_as_windows_are_explained_whole(trained_model, explainer):
+    """A model reading windows: the explanation covers every window's words and adds up to the pooled score."""
+    from bertcls.model.encoder import embed_documents
+
+    classifier = dataclasses.replace(explainer.classifier, windowing=Windowing(stride=64, max_chunks=4, pooling="mean"))
+    windowed = Explainer(classifier, steps=32)
+    text = thread_subset(1, seed=8).text.iloc[0]
+    explanation = windowed.explain(text)
+    vectors = embed_documents(classifier.text_encoder(), [text], 8, torch.device("cpu"), classifier.windowing)
+    expected = classifier.predict_embedded(vectors, [text], torch.device("cpu"))[0]
+    assert np.abs(explanation.probabilities - expected).max() <= 1e-5
+    item = explanation.explained[0]
+    assert item.gap <= MAX_GAP
+    assert explanation.read_until > explainer.explain(text).read_until  # more of the text is read
+    read = explanation.words.starts < explanation.read_until
+    assert np.count_nonzero(item.semantic[read]) > 0.9 * read.sum()
+
+
+@pytest.mark.slow
+def test_the_planted_word_ranks_first(tmp_path, cli):
+    """A synthetic task where one word decides the label: that word must come first in its texts' explanations."""
+    rng = np.random.default_rng(0)
+    filler = "the a of to and in is it for on with as was at by from this that have be are or not but".split()  # noqa: SIM905
+    filler += "report meeting weather garden kitchen window river market letter evening".split()  # noqa: SIM905
+
+    rows = []
+    for number in range(160):
+        words = list(rng.choice(filler, size=int(rng.integers(8, 14))))
+        planted = number % 2 == 0
+        if planted:
+            words.insert(int(rng.integers(0, len(words))), "zanzibar")
+        rows.append((" ".join(words), "planted" if planted else "plain"))
+    data = tmp_path / "planted.csv"
+    pd.DataFrame(rows, columns=["text", "category"]).to_csv(data, index=False)
+    code, _, err = cli("train", "--output-root", tmp_path / "root", "--data-file", data, "-v", "0")
+    assert code == 0, err
+    test = read_csv(tmp_path / "root" / "data" / "test.csv")
+    texts = test[test.category == "planted"].text.tolist()[:5]
+    explainer = Explainer(Classifier.load(load_named_checkpoint(None, tmp_path / "root"), tmp_path / "root"), 32)
+    for text in texts:
+        explanation = explainer.explain(text, "planted")
+        item = explanation.explained[0]
+        assert explanation.words.word(int(np.argmax(item.words))) == "zanzibar", text
+        assert explanation.words.word(int(np.argmax(item.semantic))) == "zanzibar", text  # the encoder's view too
+
+
+@pytest.mark.slow
+def test_multi_label_explains_every_label_given(ml_model, cli, tmp_path):
+    texts = read_csv(ml_model / "data" / "test.csv").head(4)
+    code, out, err = cli("predict", "--output-root", ml_model, "--data-file", ml_model / "data" / "test.csv",
+                         "--output-file", tmp_path / "p.csv")  # fmt: skip
+    assert code == 0, err
+    given = read_csv(tmp_path / "p.csv").head(4)["predicted_labels"].tolist()
+    code, out, err = cli("explain", "--output-root", ml_model, "--data-file", ml_model / "data" / "test.csv",
+                         "--limit", "4", "--steps", "16", "--output-file", tmp_path / "x.csv")  # fmt: skip
+    assert code == 0, err
+    rows = read_csv(tmp_path / "x.csv")
+    for line, labels in zip(texts.source_row, given, strict=True):
+        explained = rows[rows.source_row == line]
+        expected = labels.split("|") if labels else None
+        if expected:  # every label given is explained (none given: the most probable one)
+            assert sorted(explained.label) == sorted(expected)
+        else:
+            assert len(explained) == 1
+    gaps = rows.completeness_gap.astype(float)
+    assert gaps.median() <= 0.01 and ((gaps > MAX_GAP) == (rows.flagged == "True")).all()  # a large gap is flagged
+    assert_explained(ml_model, None, texts.text.iloc[0])
+
+
+def test_cli_writes_the_csv_and_the_page(trained_model, cli, tmp_path):
+    data = trained_model / "data" / "test.csv"
+    lines = read_csv(data).source_row.iloc[[2, 0]].tolist()  # a split keeps the line numbers of the user's file
+    code, out, err = cli("explain", "--output-root", trained_model, "--data-file", data, "--rows", ",".join(lines),
+                         "--steps", "16", "--output-file", tmp_path / "why.csv")  # fmt: skip
+    assert code == 0, err
+    rows = read_csv(tmp_path / "why.csv")
+    assert rows.source_row.tolist() == lines
+    assert set(rows.columns) >= {"label", "probability", "top_positive", "top_negative", "completeness_gap", "flagged"}
+    assert rows.flagged.tolist() == ["False", "False"]
+    assert all(re.match(r"^\S+ \+\d+\.\d{3}", cell) for cell in rows.top_positive)
+    page = (tmp_path / "why.html").read_text()
+    assert page.count('class="xpl"') == 2 and "<script" not in page and "http" not in page.split("<body>")[1]
+    assert "why.csv" in out and "why.html" in out
+    code, out, err = cli("explain", "--output-root", trained_model, "--text", "I was charged twice for my order",
+                         "--steps", "16")  # fmt: skip
+    assert code == 0, err
+    single = read_csv(trained_model / "explanations" / "explanations.csv")
+    assert len(single) == 1 and single.source_row.iloc[0] == "" and single.label.iloc[0] == "billing"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs headless Chromium (apt-get install chromium)")
+def test_the_page_highlights_words_in_a_real_browser(trained_model, explainer, tmp_path):
+    from bertcls.explain.outputs import ExplainedText
+    from bertcls.explain.page import render_page
+
+    text = "I was charged twice for my order, please refund the second payment"
+    explanation = explainer.explain(text)
+    page = tmp_path / "page.html"
+    page.write_text(render_page([ExplainedText(explanation, 7, "billing")], "best_model.pt", "a score"))
+    done = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                           f"--user-data-dir={tmp_path / 'p'}", "--dump-dom", page.as_uri()],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    dom = done.stdout
+    spans = re.findall(r'<span class="w[^"]*" style="background: ?rgba\((\d+), ?\d+, ?\d+, ?([\d.]+)\);?" '
+                       r'title="[^"]+" data-score="([-\d.]+)">([^<]+)</span>', dom)  # fmt: skip
+    assert [s[3] for s in spans] == explanation.word_list(), done.stderr[-999:]
+    item = explanation.explained[0]
+    for (red, _, score, _), value in zip(spans, item.words, strict=True):
+        assert float(score) == pytest.approx(value, abs=1e-5)
+        assert (red == "22") == (value > 0)  # green for a word that raises the score, red for one that lowers it
+    strongest = int(np.argmax(np.abs(item.words)))
+    assert float(spans[strongest][1]) == pytest.approx(0.85, abs=1e-3)
+    assert f"Row 7: {item.label}" in dom and "true label billing" in dom
+
+
+def test_the_server_explains_like_the_cli(trained_model):
+    from fastapi.testclient import TestClient
+
+    from bertcls.config.sources import resolve_settings
+    from bertcls.serving.app import ServerState, create_app
+    from bertcls.serving.engine import load_model
+
+    settings = resolve_settings({"output_root": str(trained_model), "verbosity": 0}).settings
+    text = "My invoice shows a charge I do not recognise"
+    with TestClient(create_app(ServerState(settings, None, load_model(settings, None)))) as client:
+        answer = client.post("/v1/explain", json={"texts": [text], "steps": 16})
+        unknown = client.post("/v1/explain", json={"texts": [text], "label": "nonsense"})
+        empty = client.post("/v1/explain", json={"texts": [" "]})
+        many = client.post("/v1/explain", json={"texts": [text] * 9})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    record = body["explanations"][0]["explained"][0]
+    expected = Explainer(Classifier.load(load_named_checkpoint(None, trained_model), trained_model), 16).explain(text)
+    item = expected.explained[0]
+    assert record["label"] == item.label and record["probability"] == pytest.approx(item.probability, abs=1e-6)
+    assert [w["word"] for w in record["words"]] == expected.word_list()
+    assert np.allclose([w["semantic"] for w in record["words"]], item.semantic, atol=1e-6)
+    assert body["score_meaning"].startswith("the label's logit")
+    assert unknown.status_code == 422 and "Unknown label 'nonsense'" in unknown.json()["error"]
+    assert empty.status_code == 422 and many.status_code == 413
+
+
+@pytest.mark.slow
+def test_evaluate_explains_its_most_confident_errors(trained_model, cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("BERTCLS_EXPLAIN__STEPS", "16")
+    data = tmp_path / "hard.csv"
+    frame = read_csv(trained_model / "data" / "test.csv")
+    names = sorted(set(frame.category))
+    wrong = {name: names[(k + 1) % len(names)] for k, name in enumerate(names)}
+    frame.assign(category=frame.category.map(wrong)).head(12).to_csv(data, index=False)  # every label wrong
+    code, _, err = cli("evaluate", "--output-root", trained_model, "--data-file", data, "--cv-folds", "0")
+    assert code == 0, err
+    report = (trained_model / "evaluation_results" / "report.html").read_text()
+    section = report.split("Most confident errors, explained")[1]
+    assert section.count('class="xpl"') == 5 and "Error 1" in section and "true label" in section
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--label", "nonsense"], "Unknown label 'nonsense'; this model's labels are"),
+        (["--rows", "99999"], "has no row 99999 (its 30 data rows run from CSV line"),
+        (["--rows", "two"], "is not a list of row numbers"),
+        (["--rows", "1"], "the first data row is 2"),
+        (["--rows", "2", "--limit", "3"], "Give --rows or --limit, not both."),
+        (["--text", "   "], "The text to explain is empty"),
+        (["--output-file", "why.txt"], "should end in .csv"),
+        (["--best-model", "export/model.onnx"], "is an ONNX export; explanations need the torch model"),
+    ],
+)
+def test_bad_input_is_one_sentence(trained_model, cli, args, message):
+    data = ["--data-file", str(trained_model / "data" / "test.csv")] if "--text" not in args else []
+    code, out, err = cli("explain", "--output-root", trained_model, *data, *args)
+    assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_bad_input_without_text_or_weights(trained_model, cli, tmp_path):
+    code, _, err = cli("explain", "--output-root", trained_model)
+    assert code == 2 and "Give either --data-file FILE or --text TEXT" in err
+    data = tmp_path / "blank.csv"
+    pd.DataFrame({"text": ["fine text", " "], "category": ["billing", "billing"]}).to_csv(data, index=False)
+    code, _, err = cli("explain", "--output-root", trained_model, "--data-file", data, "--rows", "3")
+    assert code == 2 and "Row 3 of Data file" in err and "has an empty text" in err
+    code, _, err = cli("explain", "--output-root", tmp_path / "nothing", "--text", "hello there")
+    assert code == 2 and "does not exist" in err and "Traceback" not in err, err
