@@ -30,6 +30,7 @@ def _register() -> None:
         optimize_cmd,
         predict_cmd,
         serve_cmd,
+        suggest_cmd,
         train_cmd,
     )
 
@@ -41,6 +42,7 @@ def _register() -> None:
     app.command("export")(export_cmd.export)
     app.command("serve")(serve_cmd.serve)
     app.command("explain")(explain_cmd.explain)
+    app.command("suggest")(suggest_cmd.suggest)
     app.add_typer(config_cmd.config_app, name="config")
 
 

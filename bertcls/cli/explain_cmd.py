@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -24,6 +24,11 @@ from bertcls.cli.common import (
 from bertcls.cli.common import TextColumn as TextColumnOption
 from bertcls.cli.predict_cmd import check_target
 from bertcls.runtime.layout import RunLayout
+
+if TYPE_CHECKING:
+    from bertcls.explain.explainer import Explainer
+    from bertcls.explain.outputs import ExplainedText
+    from bertcls.explain.run import ChosenRows
 
 
 def explain(
@@ -62,7 +67,7 @@ def explain(
     from bertcls.data.labelled import check_regular_file, resolve_data_path
     from bertcls.explain.explainer import Explainer
     from bertcls.explain.outputs import ExplainedText
-    from bertcls.explain.run import ExplainRequest, load_explained_checkpoint, parse_rows, read_rows, write_outputs
+    from bertcls.explain.run import RowsRequest, load_explained_checkpoint, parse_rows, read_rows, write_outputs
     from bertcls.model.classifier import Classifier
     from bertcls.runtime.errors import DataError
 
@@ -96,6 +101,7 @@ def explain(
     if target.suffix.lower() != ".csv":
         raise DataError(f"--output-file {target} should end in .csv (the page is written beside it as .html).")
     check_target(str(target))
+    check_target(str(target.with_suffix(".html")))
     source = None
     if data_file is not None:
         source = resolve_data_path(data_file, settings.root)
@@ -110,7 +116,7 @@ def explain(
             "encoding": settings.data.encoding,
         }
     )
-    chosen = None if source is None else read_rows(ExplainRequest(source, row_numbers, cfg.limit), data)
+    chosen = None if source is None else read_rows(RowsRequest(source, row_numbers, cfg.limit), data)
     explainer = Explainer(Classifier.load(ckpt, settings.root), cfg.steps)
     if chosen is None:
         assert text is not None
@@ -122,7 +128,7 @@ def explain(
     out_console.print(f"Wrote {csv_path}\nWrote {page} (open it in a browser)", highlight=False)
 
 
-def run_with_progress(explainer, rows, label: str | None, verbosity: int):
+def run_with_progress(explainer: Explainer, rows: ChosenRows, label: str | None, verbosity: int) -> list[ExplainedText]:
     from bertcls.explain.run import explain_rows
 
     progress = Progress(
@@ -139,7 +145,7 @@ def run_with_progress(explainer, rows, label: str | None, verbosity: int):
         return explain_rows(explainer, rows, label, lambda n: progress.update(task, advance=n))
 
 
-def render(entries) -> None:
+def render(entries: list[ExplainedText]) -> None:
     from bertcls.explain.outputs import top_words
 
     table = Table(title="Explanations (scores in logits; + raises the label, - lowers it)")

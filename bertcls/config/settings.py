@@ -363,6 +363,15 @@ class ExplainSection(StrictModel):
     output_file: str = "explanations.csv"  # the page is written beside it, as .html
 
 
+class SuggestSection(StrictModel):
+    """``bertcls suggest``: how many pool texts to pick, how, and where they go."""
+
+    n: int = Field(50, ge=1)
+    strategy: Literal["diverse", "uncertainty", "margin", "entropy", "activelab"] = "diverse"
+    output_file: str = "to_label.csv"
+    seed: int = Field(0, ge=0, lt=2**32)  # diverse: the k-means start
+
+
 class Settings(BaseSettings):
     """The whole resolved configuration."""
 
@@ -385,6 +394,7 @@ class Settings(BaseSettings):
     calibration: CalibrationSection = Field(default_factory=CalibrationSection)
     serve: ServeSection = Field(default_factory=ServeSection)
     explain: ExplainSection = Field(default_factory=ExplainSection)
+    suggest: SuggestSection = Field(default_factory=SuggestSection)
 
     _expand = field_validator("output_root", mode="before")(classmethod(lambda _cls, v: _expand_optional(v)))
 

@@ -12,8 +12,8 @@ SOURCE_ROW = "source_row"  # a row's CSV line number in the file it came from
 def csv_lines(frame: pd.DataFrame, positions: np.ndarray) -> list[int]:
     """CSV line numbers of the rows at ``positions`` (the ``source_row`` column where present)."""
     if SOURCE_ROW in frame.columns:
-        lines = pd.to_numeric(frame[SOURCE_ROW], errors="coerce").to_numpy()[positions]
-        return [int(r) if r == r else int(i) + 2 for r, i in zip(lines, positions, strict=True)]
+        lines = pd.to_numeric(frame[SOURCE_ROW], errors="coerce").to_numpy(dtype=np.float64)[positions]
+        return [int(r) if np.isfinite(r) else int(i) + 2 for r, i in zip(lines, positions, strict=True)]
     return [int(i) + 2 for i in positions]
 
 

@@ -324,6 +324,19 @@ def write_splits(splits: Splits, output_root: str | Path) -> dict[str, Path]:
     return paths
 
 
+ROUND_COLUMN = "round"  # the labelling round a row came from (bertcls suggest's loop; optional)
+
+
+def note_rounds(frame: pd.DataFrame, source: str) -> None:
+    """Say how many rows came from each labelling round when the data has a ``round`` column."""
+    if ROUND_COLUMN not in frame.columns:
+        return
+    cells = frame[ROUND_COLUMN].astype(str).str.strip().replace("", "(none)")
+    counts = cells.value_counts()
+    order = sorted(counts.index, key=lambda r: (not r.isdigit(), int(r) if r.isdigit() else 0, r))
+    logger.info("Rows of %s by labelling round: %s", source, ", ".join(f"{r}: {counts[r]}" for r in order))
+
+
 def with_source_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """Add each row's CSV line number in its file (the header is line 1), kept through splits and into
     ``data/*.csv``, so that findings such as label issues point at the user's own file."""
@@ -403,6 +416,7 @@ def load_splits(cfg: DataSection, output_root: str | Path, seed: int, task: Task
         raise DataError("No data file given; pass --data-file or set data.data_file in the config.")
     resolved = resolve_data_path(cfg.data_file, output_root)
     raw = with_source_rows(read_labelled_csv(resolved, cfg))
+    note_rounds(raw, str(resolved))
     raw = exclude_rows(raw, cfg, output_root, str(resolved))
     frame, report = check_labelled(raw, cfg, f"Data file {resolved}", task, 3, require_several=True)
     splits = Splits(**task.split(frame, cfg, seed))

@@ -5,7 +5,6 @@ co-occurrence (true and predicted), per-label errors and word clouds, calibratio
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,16 +23,9 @@ from bertcls.evaluation.label_set_scoring import (
     wordcloud_texts,
 )
 from bertcls.evaluation.report_page import explained_errors_section, short_texts
-from bertcls.evaluation.results import (
-    Analysis,
-    CrossValidation,
-    ErrorToExplain,
-    ResultWriter,
-    TaskReport,
-    TrustOutcome,
-    TrustTables,
-)
+from bertcls.evaluation.results import Analysis, CrossValidation, ResultWriter, TaskReport, TrustOutcome, TrustTables
 from bertcls.evaluation.trust import reliability_frame
+from bertcls.explain.outputs import ErrorToExplain
 from bertcls.task import DecisionRule
 from bertcls.task.calibration import label_decisions, uncalibrate_sigmoid
 
@@ -110,8 +102,12 @@ class MultiLabelReport(TaskReport):
         writer.csv("label_issues.csv", issues)
         return issues
 
-    def errors_to_explain(self, staging: Path, count: int) -> list[ErrorToExplain]:
-        errors = pd.read_csv(staging / "error_analysis.csv", dtype=str, keep_default_na=False).head(count)
+    def errors_to_explain(
+        self, texts: list[str], truth: np.ndarray, probs: np.ndarray, count: int
+    ) -> list[ErrorToExplain]:
+        rule, names = self.ckpt.rule, self.ckpt.labels
+        given = self.ckpt.task.decide(probs, rule)
+        errors = label_errors(texts, truth, given, probs, names, rule.thresholds or [0.5] * len(names)).head(count)
         return [
             ErrorToExplain(row.text, row.label, f"Error {number} ({row.error} of {row.label})")
             for number, row in enumerate(errors.itertuples(), start=1)

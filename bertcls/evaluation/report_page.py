@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from bertcls.evaluation.html_report import Section
-from bertcls.evaluation.results import ErrorToExplain
+from bertcls.explain.outputs import ErrorToExplain
 
 KEY_PLOTS = ("confusion_matrix.png", "reliability_diagram.png", "risk_coverage.png")
 TEXT_PREVIEW = 200

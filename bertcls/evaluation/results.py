@@ -21,7 +21,7 @@ from bertcls.runtime.layout import RunLayout
 from bertcls.task import DecisionRule
 
 if TYPE_CHECKING:
-    from bertcls.explain.outputs import ExplainedText
+    from bertcls.explain.outputs import ErrorToExplain
 
 StageFn = Callable[[str], None]
 
@@ -85,18 +85,6 @@ class TrustOutcome:
     label_issues: pd.DataFrame | None = None
     near_duplicates: pd.DataFrame | None = None
     explained_errors: list[ErrorToExplain] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class ErrorToExplain:
-    """One of the most confident errors, for report.html's explanations: the text, the label to explain (the
-    predicted one, or a multi-label model's wrong decision), how the page names it, and its explanation once made."""
-
-    text: str
-    label: str
-    heading: str
-    truth: str | None = None
-    explanation: ExplainedText | None = None  # made by the runner
 
 
 @dataclass(frozen=True)
@@ -184,8 +172,9 @@ class TaskReport(ABC):
         """label_issues.csv from the out-of-fold probabilities."""
 
     @abstractmethod
-    def errors_to_explain(self, staging: Path, count: int) -> list[ErrorToExplain]:
-        """The ``count`` most confident errors of error_analysis.csv, as the explanations need them."""
+    def errors_to_explain(self, texts: list[str], truth: Any, probs: np.ndarray, count: int) -> list[ErrorToExplain]:
+        """The ``count`` most confident errors (from the texts and labels as they are, not from the CSV written for
+        spreadsheets), as the explanations need them."""
 
     @abstractmethod
     def keyed(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,50 +24,14 @@ from bertcls.evaluation.single_label import SingleLabelReport
 from bertcls.evaluation.trust import near_duplicate_frame, near_duplicates
 from bertcls.explain.run import explain_errors
 from bertcls.features.service import EmbeddingService
-from bertcls.inference.prediction import Predictor
+from bertcls.inference.scoring import checkpoint_service, score_texts
 from bertcls.model.checkpoint import Checkpoint
-from bertcls.model.classifier import Classifier
-from bertcls.runtime.errors import CheckpointError, DataError
+from bertcls.runtime.errors import DataError
 from bertcls.runtime.fileio import write_text_atomic
-from bertcls.runtime.precision import sample_indices
 from bertcls.task import MultiLabel, SingleLabel
 
 logger = logging.getLogger(__name__)
 REPORTS: dict[str, type[TaskReport]] = {SingleLabel.name: SingleLabelReport, MultiLabel.name: MultiLabelReport}
-
-
-def checkpoint_service(
-    ckpt: Checkpoint, trained: Settings, device: torch.device, precision: str = "fp32"
-) -> EmbeddingService:
-    """The encoder service of the checkpoint's config, at the precision to run it at (see
-    :class:`~bertcls.runtime.precision.PrecisionGuard`: the model's own check is trusted where it applies); a
-    frozen checkpoint refuses an encoder whose fingerprint changed."""
-    args = (trained.encoder, trained.model.max_seq_len, trained.root, device, precision)
-    service = EmbeddingService(*args, trusted=ckpt.meta.precision)
-    if not ckpt.fine_tuned and service.fingerprint != ckpt.architecture.encoder.fingerprint:
-        raise CheckpointError(
-            f"The encoder at {service.folder} does not match the one {ckpt.path.name} was trained with; "
-            "restore it or retrain."
-        )
-    return service
-
-
-def score_texts(
-    ckpt: Checkpoint, texts: list[str], service: EmbeddingService, output_root: Path, batch_size: int
-) -> np.ndarray:
-    """Class probabilities: through the embedding cache for a frozen model, the full model otherwise."""
-    device = service.device
-    if ckpt.fine_tuned:
-        predictor = Predictor(ckpt, output_root, device, service.precision)
-        probs = predictor.predict_proba(texts, batch_size)
-        service.adopt(predictor.guard.record())  # the guard's verdict holds for the folds too
-        return probs
-    classifier = Classifier.load(ckpt, output_root, with_encoder=False).to(device)
-    if service.guard.pending:
-        sample = [texts[i] for i in sample_indices(len(texts), seed=0)]
-        service.check_precision(sample, labeller=classifier.labeller(sample, device))
-    vectors, _ = service.embed(texts)
-    return classifier.predict_embedded(vectors, texts, device)
 
 
 def run_cv(
@@ -182,7 +145,7 @@ def evaluate(
         writer.csv("all_predictions.csv", pd.concat(everything, ignore_index=True))
         if cfg.explain_errors:
             on_stage("Explaining the most confident errors")
-            errors = report.errors_to_explain(writer.staging, cfg.explain_errors)
+            errors = report.errors_to_explain(texts, truth, probs, cfg.explain_errors)
             outcome.explained_errors = explain_errors(ckpt, root, errors, settings_now.explain.steps)
         page = report.page(data, analysis.summary, unseen, cv.table if cv else None, folds, trust, outcome, writer)
         write_text_atomic(writer.staging / "report.html", page)

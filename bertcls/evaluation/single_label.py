@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,15 +12,7 @@ import pandas as pd
 from bertcls.evaluation import plots
 from bertcls.evaluation.html_report import Section, build_report
 from bertcls.evaluation.report_page import KEY_PLOTS, explained_errors_section, headline, short_texts
-from bertcls.evaluation.results import (
-    Analysis,
-    CrossValidation,
-    ErrorToExplain,
-    ResultWriter,
-    TaskReport,
-    TrustOutcome,
-    TrustTables,
-)
+from bertcls.evaluation.results import Analysis, CrossValidation, ResultWriter, TaskReport, TrustOutcome, TrustTables
 from bertcls.evaluation.scoring import (
     classification_report_frame,
     confidence_frame,
@@ -41,6 +32,7 @@ from bertcls.evaluation.trust import (
     threshold_for,
     truth_indices,
 )
+from bertcls.explain.outputs import ErrorToExplain
 from bertcls.task import DecisionRule
 from bertcls.task.calibration import uncalibrate
 from bertcls.task.metrics import label_indices
@@ -129,11 +121,16 @@ class SingleLabelReport(TaskReport):
     def keyed(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         return frame, self.data_cfg.label_column
 
-    def errors_to_explain(self, staging: Path, count: int) -> list[ErrorToExplain]:
-        errors = pd.read_csv(staging / "error_analysis.csv", dtype=str, keep_default_na=False).head(count)
+    def errors_to_explain(
+        self, texts: list[str], truth: list[str], probs: np.ndarray, count: int
+    ) -> list[ErrorToExplain]:
+        names = self.ckpt.labels
+        predicted = probs.argmax(axis=1)
+        wrong = np.flatnonzero([true != names[k] for true, k in zip(truth, predicted, strict=True)])
+        worst = wrong[np.argsort(-probs[wrong].max(axis=1), kind="stable")][:count]
         return [
-            ErrorToExplain(row.text, row.predicted_label, f"Error {number}", row.true_label)
-            for number, row in enumerate(errors.itertuples(), start=1)
+            ErrorToExplain(texts[row], names[predicted[row]], f"Error {number}", truth[row])
+            for number, row in enumerate(worst, start=1)
         ]
 
     def page(

@@ -13,7 +13,8 @@ from bertcls.explain.lexical import LexicalPart, lexical_part
 from bertcls.explain.semantic import DocumentScores, SemanticPart, TokenWindows, endpoints, semantic_part
 from bertcls.explain.words import Words
 from bertcls.model.classifier import Classifier
-from bertcls.runtime.errors import DataError
+from bertcls.model.encoder import bounded
+from bertcls.runtime.errors import BertclsError, DataError
 
 logger = logging.getLogger(__name__)
 MAX_GAP = 0.05  # a text whose completeness gap is larger is flagged: its semantic attributions are approximate
@@ -29,7 +30,8 @@ def completeness_gap(semantic: SemanticPart, lexical: LexicalPart) -> float:
 @dataclass(frozen=True)
 class LabelExplanation:
     """Why one label got its score: per word, the lexical and the semantic contributions; ``base``: what no word
-    carries (the lexical layer's bias and the score of the baseline text without words)."""
+    carries (the lexical layer's bias, the score of the [PAD] baseline, and the rare n-gram or word piece that could
+    not be placed on a word)."""
 
     label: str
     probability: float
@@ -82,6 +84,11 @@ class Explainer:
 
     def __init__(self, classifier: Classifier, steps: int = 32):
         encoder = classifier.text_encoder()
+        if not encoder.tokenizer.is_fast:
+            raise BertclsError(
+                f"The encoder at {encoder.folder} has no fast tokenizer (tokenizer.json); explanations need one to map "
+                "word pieces back to the words of the text."
+            )
         network = classifier.network.eval()
         for param in [*network.parameters(), *encoder.parameters()]:
             param.requires_grad = False
@@ -121,6 +128,7 @@ class Explainer:
         explainer's)."""
         if not text.strip():
             raise DataError("The text to explain is empty; give a text with words.")
+        text = bounded([text])[0]  # the model reads no more of a cell; neither do the words and the page
         words = Words.of(text)
         windows = TokenWindows.of(self.scores.encoder, self.classifier.windowing, text)
         ends = endpoints(self.scores, windows)

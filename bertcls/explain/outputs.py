@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
@@ -24,6 +23,18 @@ class ExplainedText:
     explanation: Explanation
     source_row: int | None = None
     truth: str | None = None
+
+
+@dataclass(frozen=True)
+class ErrorToExplain:
+    """One of the most confident errors, for report.html's explanations: the text, the label to explain (the
+    predicted one, or a multi-label model's wrong decision), how the page names it, and its explanation once made."""
+
+    text: str
+    label: str
+    heading: str
+    truth: str | None = None
+    explanation: ExplainedText | None = None  # made by explain_errors
 
 
 def word_totals(explanation: Explanation, item: LabelExplanation) -> list[tuple[str, float]]:
@@ -74,10 +85,6 @@ def explanation_rows(items: list[ExplainedText]) -> pd.DataFrame:
 
 def write_csv(items: list[ExplainedText], path: Path) -> Path:
     return write_csv_atomic(path, escape_table(explanation_rows(items)))
-
-
-def flagged_count(items: list[ExplainedText]) -> int:
-    return int(np.sum([label.flagged for item in items for label in item.explanation.explained]))
 
 
 class WordRecord(BaseModel):

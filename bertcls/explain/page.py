@@ -97,7 +97,8 @@ def legend(meaning: str) -> str:
         f"effect (hover a word for its lexical and semantic parts). The score is {escape(meaning)}. The bar shows "
         'the share of the <span style="background:#8e6bd8;color:#fff">lexical</span> part (TF-IDF n-grams, exact) '
         'and of the <span style="background:#3d8fd1;color:#fff">semantic</span> part (integrated gradients through '
-        "the encoder). Base: the score of the text with every word removed, plus the lexical layer's bias.</span>"
+        "the encoder). Base: what no word carries (the score of the text with every word piece replaced by [PAD], "
+        "plus the lexical layer's bias).</span>"
     )
 
 

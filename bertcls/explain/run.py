@@ -14,13 +14,12 @@ import pandas as pd
 from bertcls.config.settings import DataSection
 from bertcls.data.csvlines import csv_lines, row_list
 from bertcls.data.labelled import read_labelled_csv, with_source_rows
-from bertcls.evaluation.results import ErrorToExplain
 from bertcls.explain.explainer import Explainer
-from bertcls.explain.outputs import ExplainedText, write_csv
+from bertcls.explain.outputs import ErrorToExplain, ExplainedText, write_csv
 from bertcls.explain.page import render_page
 from bertcls.model.checkpoint import Checkpoint, load_named_checkpoint
 from bertcls.model.classifier import Classifier
-from bertcls.runtime.errors import DataError
+from bertcls.runtime.errors import BertclsError, DataError
 from bertcls.runtime.fileio import write_text_atomic
 from bertcls.runtime.layout import RunLayout
 
@@ -30,7 +29,7 @@ ONNX_SUFFIXES = (".onnx",)
 
 
 @dataclass(frozen=True)
-class ExplainRequest:
+class RowsRequest:
     """Which rows of a file to explain (``rows``: CSV line numbers, or the first ``limit`` texts with text)."""
 
     data_file: Path
@@ -75,7 +74,7 @@ def truth_of(frame: pd.DataFrame, data: DataSection) -> list[str | None]:
     return [None] * len(frame)
 
 
-def chosen_rows(frame: pd.DataFrame, request: ExplainRequest, text_column: str, source: str) -> pd.DataFrame:
+def chosen_rows(frame: pd.DataFrame, request: RowsRequest, text_column: str, source: str) -> pd.DataFrame:
     """The rows named by ``--rows`` (each must exist and have text), or the first ``limit`` rows with text."""
     with_text = frame[frame[text_column].str.strip() != ""]
     if request.rows is None:
@@ -89,6 +88,9 @@ def chosen_rows(frame: pd.DataFrame, request: ExplainRequest, text_column: str, 
             f"{source} has no row {row_list(missing)} (its {len(lines):,} data rows run from CSV line {lines.min()} to "
             f"{lines.max()})."
         )
+    if lines.duplicated().any():
+        twice = sorted(set(lines[lines.duplicated()]))
+        raise DataError(f"{source} names CSV line {row_list(twice)} more than once in its source_row column.")
     picked = frame.set_index(lines.to_numpy(), drop=False).loc[request.rows]
     empty = [int(r) for r, t in zip(picked.index, picked[text_column], strict=True) if not t.strip()]
     if empty:
@@ -105,7 +107,7 @@ class ChosenRows:
     truths: list[str | None]
 
 
-def read_rows(request: ExplainRequest, data: DataSection) -> ChosenRows:
+def read_rows(request: RowsRequest, data: DataSection) -> ChosenRows:
     frame = with_source_rows(read_labelled_csv(request.data_file, data, require_label=False))
     if frame.empty:
         raise DataError(f"Data file {request.data_file} has no data rows.")
@@ -138,4 +140,12 @@ def explain_errors(ckpt: Checkpoint, root: Path, errors: list[ErrorToExplain], s
     if not errors:
         return []
     explainer = Explainer(Classifier.load(ckpt, root), steps)
-    return [replace(e, explanation=ExplainedText(explainer.explain(e.text, e.label), None, e.truth)) for e in errors]
+    explained = []
+    for error in errors:
+        try:
+            explanation = explainer.explain(error.text, error.label)
+        except BertclsError as exc:  # an explanation never fails the evaluation it decorates
+            logger.warning("%s was not explained: %s", error.heading, exc)
+            continue
+        explained.append(replace(error, explanation=ExplainedText(explanation, None, error.truth)))
+    return explained

@@ -2,7 +2,7 @@
 through pooling, the windows of a long text, standardisation and the head, to the explained label's score.
 
 The baseline keeps [CLS] and [SEP] and puts [PAD] in place of every word piece, so its attributions sum to the
-score of the text minus the score of a text without words (completeness); the residual is reported."""
+score of the text minus the score of the baseline (completeness); the residual is reported."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from bertcls.model.encoder import Encoder, Windowing, bounded, pool, text_windows
-from bertcls.runtime.errors import BertclsError
+from bertcls.model.encoder import Encoder, Windowing, pool, text_windows
 
 Span = tuple[int, int]
-SEQUENCES_PER_PASS = 32  # token windows in one forward and backward pass (bounds memory on long texts)
+SEQUENCES_PER_PASS = 32  # token windows per forward and backward pass: 32 // windows steps, at least one
 
 
 @dataclass(frozen=True)
@@ -32,12 +31,7 @@ class TokenWindows:
     @classmethod
     def of(cls, encoder: Encoder, windowing: Windowing | None, text: str) -> TokenWindows:
         tokenizer = encoder.tokenizer
-        if not tokenizer.is_fast:
-            raise BertclsError(
-                f"The encoder at {encoder.folder} has no fast tokenizer (tokenizer.json); explanations need one to "
-                "map word pieces back to the words of the text."
-            )
-        encoded = tokenizer(bounded([text])[0], add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         ids, spans = encoded["input_ids"], [tuple(span) for span in encoded["offset_mapping"]]
         stride = windowing.stride if windowing else encoder.max_seq_len
         chunks = windowing.max_chunks if windowing else 1

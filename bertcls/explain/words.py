@@ -31,9 +31,14 @@ class Words:
     def word(self, index: int) -> str:
         return self.text[self.starts[index] : self.ends[index]]
 
+    def word_list(self) -> list[str]:
+        return [self.word(i) for i in range(len(self))]
+
     def covering(self, start: int, end: int) -> np.ndarray:
-        """Indices of the words that overlap the characters ``[start, end)``."""
-        return np.flatnonzero((self.starts < end) & (self.ends > start))
+        """Indices of the words that overlap the characters ``[start, end)`` (words are sorted and disjoint)."""
+        first = int(np.searchsorted(self.ends, start, side="right"))
+        last = int(np.searchsorted(self.starts, end, side="left"))
+        return np.arange(first, max(first, last))
 
     def spread(self, scores: np.ndarray, start: int, end: int, value: float) -> bool:
         """Add ``value`` to the words overlapping ``[start, end)``, shared equally; False when none does."""

@@ -13,6 +13,7 @@
   export/                       the ONNX export
   predictions/                  predict's output when --output-file is a bare name
   explanations/                 explain's CSV and page when --output-file is a bare name
+  suggestions/                  suggest's to_label.csv when --output-file is a bare name
   logs/<command>_<stamp>_<pid>.log
 ```
 """
@@ -109,6 +110,10 @@ class RunLayout:
     @property
     def explanations_dir(self) -> Path:
         return self.root / "explanations"
+
+    @property
+    def suggestions_dir(self) -> Path:
+        return self.root / "suggestions"
 
     @property
     def logs_dir(self) -> Path:

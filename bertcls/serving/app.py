@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bertcls.config.settings import Settings
 from bertcls.explain.outputs import ExplanationRecord
 from bertcls.model.encoder import MAX_TEXT_CHARS
-from bertcls.runtime.errors import BertclsError
+from bertcls.runtime.errors import BertclsError, DataError
 from bertcls.runtime.redaction import redact
 from bertcls.serving.batching import MicroBatcher, QueueFull
 from bertcls.serving.engine import LoadedModel, TextPrediction, load_model
@@ -324,17 +324,9 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         return HTMLResponse(PAGE)
 
 
-def explain_texts(model: LoadedModel, asked: ExplainRequest) -> list[ExplanationRecord]:
-    """Runs off the event loop: the served model's explainer (built on first use), then each text."""
-    explainer = model.explainer()
-    if asked.label is not None:
-        explainer.label_index(asked.label)
-    return [ExplanationRecord.of(explainer.explain(text, asked.label, asked.steps)) for text in asked.texts]
-
-
 def add_explain_route(app: FastAPI, state: ServerState) -> None:
     schema = {"content": {"application/json": {"schema": ExplainRequest.model_json_schema()}}, "required": True}
-    one_at_a_time = asyncio.Lock()  # an explanation uses every core it is given; a second one waits its turn
+    one_at_a_time = asyncio.Lock()  # an explanation uses every core it is given: a second request gets 503
 
     @app.post("/v1/explain", response_model=ExplainResponse, openapi_extra={"requestBody": schema})
     async def explain(request: Request) -> Response:
@@ -347,13 +339,16 @@ def add_explain_route(app: FastAPI, state: ServerState) -> None:
         if any(not text.strip() for text in asked.texts):
             raise ServeError(422, "A text to explain is empty; send texts with words.")
         model = state.model
-        if model.checkpoint is None:
-            raise ServeError(409, "Explanations need the torch model; this server runs the ONNX export.")
+        if one_at_a_time.locked():
+            raise ServeError(503, "The server is explaining another request; retry shortly.", {"Retry-After": "2"})
         async with one_at_a_time:
             try:
-                records = await asyncio.to_thread(explain_texts, model, asked)
-            except BertclsError as exc:
+                explained = await asyncio.to_thread(model.explain, asked.texts, asked.label, asked.steps)
+            except DataError as exc:  # the request's fault: an unknown label
                 raise ServeError(422, str(exc)) from None
+            except BertclsError as exc:  # the server's: an ONNX export, an encoder that changed
+                raise ServeError(409, str(exc)) from None
+        records = [ExplanationRecord.of(explanation) for explanation in explained]
         meaning = model.predictor.task.score_meaning
         answer = ExplainResponse(model=model.name, score_meaning=meaning, explanations=records)
         return Response(answer.model_dump_json(), media_type="application/json")

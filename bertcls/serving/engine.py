@@ -5,7 +5,8 @@ does (the same probabilities, decisions and abstentions)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -14,12 +15,12 @@ import pandas as pd
 from pydantic import BaseModel
 
 from bertcls.config.settings import Settings
-from bertcls.runtime.errors import DataError
+from bertcls.runtime.errors import CheckpointError, DataError
 from bertcls.runtime.layout import RunLayout
 from bertcls.task import DecisionRule, Task
 
 if TYPE_CHECKING:
-    from bertcls.explain.explainer import Explainer
+    from bertcls.explain.explainer import Explainer, Explanation
     from bertcls.model.checkpoint import Checkpoint
 
 logger = logging.getLogger(__name__)
@@ -59,24 +60,30 @@ class LoadedModel:
     separator: str
     checkpoint: Checkpoint | None = None  # the torch model's checkpoint (None for an ONNX export)
     root: Path | None = None
+    explain_steps: int = 32
     _explainer: Explainer | None = None
+    _explaining: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def name(self) -> str:
         return str(self.info.get("name", "model"))
 
-    def explainer(self) -> Explainer:
-        """The explainer of this model (built on first use, beside the predictor: it runs on the CPU in fp32)."""
+    def explain(self, texts: list[str], label: str | None, steps: int | None) -> list[Explanation]:
+        """Explanations of ``texts``, one text at a time on this model's explainer (built on first use, beside the
+        predictor; it runs on the CPU in fp32)."""
         if self.checkpoint is None or self.root is None:
-            raise DataError(
+            raise CheckpointError(
                 "Explanations need the torch model; this server runs the ONNX export (serve --backend torch explains)."
             )
-        if self._explainer is None:
-            from bertcls.explain.explainer import Explainer
-            from bertcls.model.classifier import Classifier
+        with self._explaining:  # one explanation at a time, also when a cancelled request's thread runs on
+            if self._explainer is None:
+                from bertcls.explain.explainer import Explainer
+                from bertcls.model.classifier import Classifier
 
-            self._explainer = Explainer(Classifier.load(self.checkpoint, self.root))
-        return self._explainer
+                self._explainer = Explainer(Classifier.load(self.checkpoint, self.root), self.explain_steps)
+            if label is not None:
+                self._explainer.label_index(label)
+            return [self._explainer.explain(text, label, steps) for text in texts]
 
     def predict(self, texts: list[str]) -> list[TextPrediction]:
         """Predictions in input order; an empty text gets an empty prediction, as in ``predict``'s output."""
@@ -122,12 +129,11 @@ def load_model(settings: Settings, best_model: str | None) -> LoadedModel:
     else:
         predictor, info = _load_torch(settings, best_model)
     separator, text_column = str(info.pop("_separator", "|")), str(info.pop("_text_column", "text"))
-    model = LoadedModel(predictor, info, settings.encoder.encode_batch_size, serve.min_confidence, separator)
-    if serve.backend == "torch":
-        from bertcls.inference.prediction import Predictor
-
-        assert isinstance(predictor, Predictor)
-        model.checkpoint, model.root = predictor.ckpt, root
+    checkpoint = info.pop("_checkpoint", None)
+    model = LoadedModel(
+        predictor, info, settings.encoder.encode_batch_size, serve.min_confidence, separator, checkpoint, root,
+        settings.explain.steps,
+    )  # fmt: skip
     model.predict(warm_up_texts(RunLayout(root).split_file("val"), text_column))
     logger.info("Loaded %s (%s backend) from %s", model.name, serve.backend, root)
     return model
@@ -145,6 +151,7 @@ def _load_torch(settings: Settings, best_model: str | None) -> tuple[Probability
     info = {"name": ckpt.path.name, "backend": "torch", **describe_checkpoint(ckpt, root)}
     trained = ckpt.trained_settings(root).data
     info["_separator"], info["_text_column"] = trained.label_separator, trained.text_column
+    info["_checkpoint"] = ckpt
     return predictor, info
 
 
