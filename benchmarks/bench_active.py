@@ -124,22 +124,28 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--budget", type=int, default=500)
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--resume", action="store_true", help="keep the curves of benchmarks/results/active.json")
+    parser.add_argument("--round-seconds", action="store_true", help="also time one round on a 10,000-text pool")
     args = parse_args(parser)
     logging.disable(logging.WARNING)
     print(cpu_line(), flush=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-active-"))
     full = full_data_f1()
-    results: dict = {"cpu": cpu_line(), "full_data_f1": full, "curves": {}}
+    previous = RESULTS / "active.json"
+    done = json.loads(previous.read_text()).get("curves", {}) if args.resume and previous.is_file() else {}
+    results: dict = {"cpu": cpu_line(), "full_data_f1": full, "curves": done}
     for name in args.sets.split(","):
         for seed in [int(s) for s in args.seeds.split(",")]:
             for strategy in args.strategies.split(","):
+                if str(seed) in results["curves"].get(name, {}).get(strategy, {}):
+                    continue  # --resume: measured in an earlier run
                 started = time.perf_counter()
                 points = curve(name, strategy, seed, work, args.budget)
                 results["curves"].setdefault(name, {}).setdefault(strategy, {})[str(seed)] = points
                 area, seconds = 100 * np.mean([f for _, f in points]), time.perf_counter() - started
                 print(f"{name} {seed} {strategy}: {len(points)} rounds, area {area:.2f}, {seconds:.0f} s", flush=True)
                 save_result("active", results)
-    if "bbc" in args.sets.split(","):
+    if "bbc" in args.sets.split(",") and args.round_seconds:
         results["round_seconds_10k"] = round_seconds("bbc", work)
     results["summary"] = summarise(results["curves"], full)
     save_result("active", results)

@@ -108,20 +108,24 @@ class Explainer:
             raise DataError(f"Unknown label {name!r}; this model's labels are {', '.join(self.labels)}.")
         return self.labels.index(name)
 
-    def lexical_logits(self, text: str) -> np.ndarray:
+    def tfidf_row(self, text: str):
+        """The text's TF-IDF row (None for a model without a lexical layer)."""
+        features = self.classifier.lexical
+        return None if features is None or self.classifier.network.lexical is None else features.transform([text])
+
+    def lexical_logits(self, row) -> np.ndarray:
         layer = self.classifier.network.lexical
-        if layer is None or self.classifier.lexical is None:
+        if layer is None or row is None:
             return np.zeros(len(self.labels), dtype=np.float32)
-        row = self.classifier.lexical.transform([text])
         return (row @ layer.weight.detach().numpy() + layer.bias.detach().numpy()).ravel()
 
-    def lexical_parts(self, text: str, words: Words, targets: list[int]) -> list[LexicalPart]:
+    def lexical_parts(self, text: str, words: Words, targets: list[int], row) -> list[LexicalPart]:
         layer, features = self.classifier.network.lexical, self.classifier.lexical
-        if layer is None or features is None:
+        if layer is None or features is None or row is None:
             return [LexicalPart(np.zeros(len(words)), 0.0, 0.0) for _ in targets]
         mix = self.mix[:, targets]
         weight, bias = layer.weight.detach().numpy() @ mix, layer.bias.detach().numpy() @ mix
-        return lexical_part(features, weight, bias, text, words)
+        return lexical_part(features, weight, bias, text, words, row)
 
     def explain(self, text: str, label: str | None = None, steps: int | None = None) -> Explanation:
         """The explanation of ``label``, or of the labels the model gives the text (``steps``: instead of the
@@ -132,11 +136,12 @@ class Explainer:
         words = Words.of(text)
         windows = TokenWindows.of(self.scores.encoder, self.classifier.windowing, text)
         ends = endpoints(self.scores, windows)
-        logits = torch.from_numpy(ends.text_logits + self.lexical_logits(text))
+        row = self.tfidf_row(text)
+        logits = torch.from_numpy(ends.text_logits + self.lexical_logits(row))
         probs = self.classifier.network.probabilities(logits[None, :])[0].numpy()
         task = self.classifier.task
         targets = [self.label_index(label)] if label else task.explained_labels(probs, self.classifier.rule)
-        lexical = self.lexical_parts(text, words, targets)
+        lexical = self.lexical_parts(text, words, targets, row)
         explained = []
         for target, part in zip(targets, lexical, strict=True):
             semantic = semantic_part(self.scores, windows, ends, target, steps or self.steps)

@@ -113,13 +113,14 @@ def shares(features: LexicalFeatures, text: str, words: Words) -> tuple[np.ndarr
 
 
 def lexical_part(
-    features: LexicalFeatures, weight: np.ndarray, bias: np.ndarray, text: str, words: Words
+    features: LexicalFeatures, weight: np.ndarray, bias: np.ndarray, text: str, words: Words, row=None
 ) -> list[LexicalPart]:
     """One :class:`LexicalPart` per column of ``weight`` (features x scores, already mixed into the explained
-    scores), for ``text`` (already cut at ``MAX_TEXT_CHARS``) read as the model reads it."""
-    row = features.transform([text]).tocoo()
+    scores), for ``text`` (already cut at ``MAX_TEXT_CHARS``) read as the model reads it; ``row``: its TF-IDF row
+    when the caller has it."""
+    found = (features.transform([text]) if row is None else row).tocoo()
     values = np.zeros(weight.shape[0], np.float64)
-    values[row.col] = row.data
+    values[found.col] = found.data
     columns, on_words, part = shares(features, text, words)
     parts = []
     for target in range(weight.shape[1]):

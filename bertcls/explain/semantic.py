@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bertcls.model.encoder import Encoder, Windowing, pool, text_windows
+from bertcls.model.encoder import Encoder, Windowing, text_windows
 
 Span = tuple[int, int]
 SEQUENCES_PER_PASS = 32  # token windows per forward and backward pass: 32 // windows steps, at least one
@@ -75,10 +75,7 @@ class DocumentScores(nn.Module):
         flat = embeds.reshape(count * windows, width, -1)
         mask = self.mask.repeat(count, 1)
         hidden = self.encoder.transformer(inputs_embeds=flat, attention_mask=mask, return_dict=True).last_hidden_state
-        vectors = pool(hidden, mask, self.encoder.pooling)
-        if self.encoder.normalize:
-            vectors = nn.functional.normalize(vectors, p=2, dim=1)
-        vectors = vectors.reshape(count, windows, -1)
+        vectors = self.encoder.sentence_vectors(hidden, mask).reshape(count, windows, -1)
         if self.windowing is None:
             document = vectors[:, 0]
         else:

@@ -319,7 +319,11 @@ class Encoder(nn.Module):
         inputs = {k: v for k, v in features.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         with autocast(features["input_ids"].device, self.precision):
             output = self.transformer(**inputs, return_dict=True)
-        pooled = pool(output.last_hidden_state.float(), features["attention_mask"], self.pooling)
+        return self.sentence_vectors(output.last_hidden_state.float(), features["attention_mask"])
+
+    def sentence_vectors(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The last hidden states pooled into one vector per sequence (L2-normalised where the folder says so)."""
+        pooled = pool(hidden, attention_mask, self.pooling)
         return nn.functional.normalize(pooled, p=2, dim=1) if self.normalize else pooled
 
     def set_trainable(self, *, freeze: bool, unfreeze_last_n_layers: int | None) -> None:
