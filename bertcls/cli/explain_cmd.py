@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -22,7 +21,7 @@ from bertcls.cli.common import (
     setup_logging,
 )
 from bertcls.cli.common import TextColumn as TextColumnOption
-from bertcls.cli.predict_cmd import check_target
+from bertcls.cli.predict_cmd import bare_under, check_target
 from bertcls.runtime.layout import RunLayout
 
 if TYPE_CHECKING:
@@ -65,7 +64,7 @@ def explain(
     """Which words made the model decide: exact TF-IDF contributions plus integrated gradients through the encoder,
     as a CSV and a page with the words highlighted."""
     from bertcls.data.labelled import check_regular_file, resolve_data_path
-    from bertcls.explain.explainer import Explainer
+    from bertcls.explain.explainer import Explainer, label_index
     from bertcls.explain.outputs import ExplainedText
     from bertcls.explain.run import RowsRequest, load_explained_checkpoint, parse_rows, read_rows, write_outputs
     from bertcls.model.classifier import Classifier
@@ -96,8 +95,7 @@ def explain(
     if text is not None and not text.strip():
         raise DataError("The text to explain is empty; give a text with words.")
     row_numbers = parse_rows(rows)
-    target = Path(cfg.output_file)
-    target = RunLayout(settings.root).explanations_dir / target if len(target.parts) == 1 else target
+    target = bare_under(cfg.output_file, RunLayout(settings.root).explanations_dir)
     if target.suffix.lower() != ".csv":
         raise DataError(f"--output-file {target} should end in .csv (the page is written beside it as .html).")
     check_target(str(target))
@@ -107,8 +105,8 @@ def explain(
         source = resolve_data_path(data_file, settings.root)
         check_regular_file(source, "Data file")
     ckpt = load_explained_checkpoint(best_model, settings.root)
-    if cfg.label is not None and cfg.label not in ckpt.labels:
-        raise DataError(f"Unknown label {cfg.label!r}; this model's labels are {', '.join(ckpt.labels)}.")
+    if cfg.label is not None:
+        label_index(cfg.label, ckpt.labels)  # before the encoder is loaded
     trained = ckpt.trained_settings(settings.root).data
     data = trained.model_copy(
         update={

@@ -42,12 +42,15 @@ def count_rows(path: Path) -> int | None:
     return max(0, lines - 1)
 
 
+def bare_under(name: str, folder: Path) -> Path:
+    """An ``--output-file``: a bare file name goes under ``folder`` (of the output root), a path stays as given."""
+    path = Path(name)
+    return folder / path if len(path.parts) == 1 else path
+
+
 def resolve_output(name: str, root: Path) -> str:
     """``-`` is stdout; a bare file name goes under ``<output_root>/predictions/``."""
-    if name == STDIO:
-        return STDIO
-    path = Path(name)
-    return str(RunLayout(root).predictions_dir / path if len(path.parts) == 1 else path)
+    return STDIO if name == STDIO else str(bare_under(name, RunLayout(root).predictions_dir))
 
 
 def check_target(target: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 from rich.table import Table
@@ -21,7 +20,7 @@ from bertcls.cli.common import (
     out_console,
     setup_logging,
 )
-from bertcls.cli.predict_cmd import check_target
+from bertcls.cli.predict_cmd import bare_under, check_target
 from bertcls.runtime.layout import RunLayout
 
 
@@ -80,8 +79,7 @@ def suggest(
     if exclude_file:
         excluded = resolve_data_path(exclude_file, settings.root)
         check_regular_file(excluded, "Exclude file")
-    target = Path(cfg.output_file)
-    target = RunLayout(settings.root).suggestions_dir / target if len(target.parts) == 1 else target
+    target = bare_under(cfg.output_file, RunLayout(settings.root).suggestions_dir)
     check_target(str(target))
     if target.resolve() == pool.resolve():
         raise DataError(f"--output-file {target} is the pool file; write the suggestions to another file.")

@@ -79,6 +79,13 @@ class Explanation:
         return [self.words.word(i) for i in range(len(self.words))]
 
 
+def label_index(name: str, labels: list[str]) -> int:
+    """The position of ``name`` among a model's labels; an unknown one is one sentence naming them."""
+    if name not in labels:
+        raise DataError(f"Unknown label {name!r}; this model's labels are {', '.join(labels)}.")
+    return labels.index(name)
+
+
 class Explainer:
     """Explains texts with a saved model (the torch checkpoint: encoder, head and lexical layer), in fp32."""
 
@@ -104,9 +111,7 @@ class Explainer:
         return self.classifier.labels
 
     def label_index(self, name: str) -> int:
-        if name not in self.labels:
-            raise DataError(f"Unknown label {name!r}; this model's labels are {', '.join(self.labels)}.")
-        return self.labels.index(name)
+        return label_index(name, self.labels)
 
     def tfidf_row(self, text: str):
         """The text's TF-IDF row (None for a model without a lexical layer)."""
