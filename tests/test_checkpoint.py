@@ -87,7 +87,7 @@ def test_changed_encoder_fingerprint_is_refused(trained_model, tmp_path):
 
 def test_checkpoint_holds_the_promised_metadata(trained_model):
     meta = saved_meta(trained_model)
-    assert meta.format_version == FORMAT_VERSION == 2
+    assert meta.format_version == FORMAT_VERSION == 3
     assert meta.labels and meta.history and meta.stop_reason and meta.metrics["test"]["f1"] > 0
     assert len(meta.architecture.encoder.fingerprint) == 64 and meta.architecture.encoder.fine_tuned is False
     assert meta.architecture.head.hidden_dims == meta.settings["classifier"]["hidden_dims"]

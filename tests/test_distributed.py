@@ -63,10 +63,11 @@ def test_frozen_train_embeds_sharded_and_predict_matches_one_process(workspace, 
     root = tmp_path / "frozen"
     done = torchrun(
         "train", "--output-root", root, "--data-file", small_csv, "--num-epochs", "3", "--max-seq-len", "48",
-        "--precision", "fp32", "--verbosity", "0", cwd=tmp_path,
+        "--precision", "fp32", "--track", "tensorboard", "--verbosity", "0", cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(p.name for p in (root / "best_trials").iterdir()) == ["best_model.pt"]
+    assert sorted(p.name for p in (root / "best_trials").iterdir()) == ["MODEL_CARD.md", "best_model.pt"]
+    assert len(list((root / "tensorboard").iterdir())) == 1  # rank 0 alone tracks
     texts = pd.read_csv(small_csv).text.tolist()
     service = EmbeddingService(EncoderSection(), 48, root, torch.device("cpu"), precision="fp32")
     cached, _ = service.embed(texts)  # from the cache rank 0 wrote
@@ -95,7 +96,7 @@ def test_fine_tuning_with_two_ranks_writes_one_checkpoint_and_learns(small_csv, 
         "--max-seq-len", "32", "--batch-size", "8", "--verbosity", "0", cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(p.name for p in (root / "best_trials").iterdir()) == ["best_model.pt"]
+    assert sorted(p.name for p in (root / "best_trials").iterdir()) == ["MODEL_CARD.md", "best_model.pt"]
     assert len(list((root / "logs").glob("train_*.log"))) == 1  # rank 0 alone logs
     ckpt = load_checkpoint(root / "best_trials" / "best_model.pt")
     history = ckpt.meta.history

@@ -32,6 +32,8 @@ def torch_probs(root, texts):
 @pytest.mark.slow
 def test_fp32_export_matches_torch_probabilities(trained_model, fp32_export):
     manifest = OnnxPredictor(fp32_export).manifest
+    card = (fp32_export / "MODEL_CARD.md").read_text()
+    assert card.startswith("---\n") and "## Model description" in card and "## Training data" in card
     assert not manifest.int8 and manifest.checks["max_prob_diff"] <= 1e-4 and manifest.checks["texts"] > 0
     assert manifest.lexical is not None  # the model's TF-IDF features travel with the export
     texts = thread_subset(6, seed=7).text.tolist()

@@ -83,6 +83,30 @@ Threads = Annotated[
 ]
 
 
+Track = Annotated[
+    Optional[list[str]],
+    option(
+        "--track",
+        help="Track the run in mlflow and/or tensorboard (repeat, or comma-separate; none turns tracking off).",
+    ),
+]
+TrackingUri = Annotated[
+    Optional[str],
+    option(
+        "--tracking-uri",
+        help="MLflow: http(s)://host:port of a tracking server, a database URL, or a folder (default "
+        "<output_root>/mlruns).",
+    ),
+]
+RunName = Annotated[Optional[str], option("--run-name", help="Name of the tracked run (default <command>-<time>).")]
+
+
+def tracking_flags(track: list[str] | None, uri: str | None, run_name: str | None) -> dict[str, Any]:
+    """The dotted settings of the tracking options (None where not given)."""
+    backends = None if track is None else ",".join(track)
+    return {"tracking.backend": backends, "tracking.uri": uri, "tracking.run_name": run_name}
+
+
 def print_unseen_labels(console: Console, counts: dict[str, int]) -> None:
     """Name the labels a model never saw, with their counts (they are scored as errors)."""
     if counts:

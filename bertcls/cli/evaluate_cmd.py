@@ -14,7 +14,10 @@ from bertcls.cli.common import (
     Encoding,
     OutputRoot,
     Precision,
+    RunName,
     Threads,
+    Track,
+    TrackingUri,
     Verbosity,
     build_config,
     err_console,
@@ -22,6 +25,7 @@ from bertcls.cli.common import (
     out_console,
     print_unseen_labels,
     setup_logging,
+    tracking_flags,
 )
 from bertcls.runtime.layout import RunLayout
 
@@ -45,6 +49,9 @@ def evaluate(
     precision: Precision = None,
     threads: Threads = None,
     config: ConfigFile = None,
+    track: Track = None,
+    tracking_uri: TrackingUri = None,
+    run_name: RunName = None,
     verbosity: Verbosity = None,
 ) -> None:
     """Metrics, k-fold cross-validation, error analysis, plots and report.html in <output_root>/evaluation_results/."""
@@ -66,6 +73,7 @@ def evaluate(
             "model.device": device,
             "model.precision": precision,
             "model.num_threads": threads,
+            **tracking_flags(track, tracking_uri, run_name),
         },
     )
     settings = resolved.settings

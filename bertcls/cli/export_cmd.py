@@ -82,4 +82,9 @@ def export(
                       f"{speed.torch_texts_per_s:.1f} / {speed.onnx_texts_per_s:.1f}")  # fmt: skip
         table.add_row("predict --backend auto uses", speed.faster)
     out_console.print(table)
+    from bertcls.model.card import write_card_with_evaluation
+    from bertcls.runtime.layout import MODEL_CARD
+
+    write_card_with_evaluation(report.folder / MODEL_CARD, ckpt.meta, ckpt.path, root)
+    report.files.append(MODEL_CARD)
     out_console.print(f"Wrote {report.folder} ({', '.join(f for f in report.files if '/' not in f)})", highlight=False)

@@ -112,8 +112,14 @@ def provenance_panel(info: dict) -> Panel:
         rows["parameters"] = ", ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in tuning["params"].items()
         )
+    tracking = info.get("tracking") or {}
+    if tracking.get("mlflow_run_id"):
+        rows["MLflow run"] = f"{tracking['mlflow_run_id']} (experiment {tracking.get('mlflow_experiment_id')})"
+        rows["MLflow tracking URI"] = tracking.get("mlflow_uri")
+    if tracking.get("tensorboard_dir"):
+        rows["TensorBoard folder"] = tracking["tensorboard_dir"]
     rows.update({f"{name}": version for name, version in info["versions"].items()})
-    return Panel(_kv_table(rows), title="File, fingerprint and versions")
+    return Panel(_kv_table(rows), title="File, fingerprint, tracking and versions")
 
 
 def config_table(config: dict) -> Table:

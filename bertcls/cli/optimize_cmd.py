@@ -19,8 +19,11 @@ from bertcls.cli.common import (
     MultiLabel,
     OutputRoot,
     Precision,
+    RunName,
     TextColumn,
     Threads,
+    Track,
+    TrackingUri,
     Verbosity,
     build_config,
     err_console,
@@ -28,6 +31,7 @@ from bertcls.cli.common import (
     out_console,
     setup_logging,
     task_flags,
+    tracking_flags,
 )
 
 KEY_PARAMS = ("lr", "batch_size", "num_hidden_layers", "dropout_rate", "activation", "linear_l2")
@@ -89,11 +93,12 @@ def optimize(
     precision: Precision = None,
     threads: Threads = None,
     config: ConfigFile = None,
+    track: Track = None,
+    tracking_uri: TrackingUri = None,
+    run_name: RunName = None,
     verbosity: Verbosity = None,
 ) -> None:
     """Tune hyperparameters with Optuna TPE or PBT; the best model lands in <output_root>/best_trials/."""
-    from bertcls.tuning.runner import OptimizeHooks, run_optimize
-
     resolved = build_config(
         config,
         {
@@ -114,6 +119,7 @@ def optimize(
             "model.device": device,
             "model.precision": precision,
             "model.num_threads": threads,
+            **tracking_flags(track, tracking_uri, run_name),
         },
     )
     settings = resolved.settings
@@ -127,6 +133,11 @@ def optimize(
             "bertcls optimize does not run under torchrun; start it as a plain command (optimize scales out "
             "through a shared --storage)."
         )
+    from bertcls.tracking.session import open_tracker
+
+    tracker = open_tracker(settings.tracking, settings.root)  # first: its process starts while the rest imports
+    from bertcls.tuning.runner import OptimizeHooks, run_optimize
+
     title = f"Study {settings.tuning.study_name} ({settings.tuning.strategy})"
     live = Live(
         Table(title=title),
@@ -167,7 +178,7 @@ def optimize(
 
     lock = root_lock(settings.root, "optimize", study=settings.tuning.study_name)
     with lock, live if settings.verbosity >= 1 else _null():
-        outcome = run_optimize(settings, Hooks())
+        outcome = run_optimize(settings, Hooks(), tracker)
     out_console.print(trials_table(outcome.study, title))
     summary = Table(title="Best trial")
     summary.add_column("measure")

@@ -20,14 +20,18 @@ from bertcls.cli.common import (
     MultiLabel,
     OutputRoot,
     Precision,
+    RunName,
     TextColumn,
     Threads,
+    Track,
+    TrackingUri,
     Verbosity,
     build_config,
     option,
     out_console,
     setup_logging,
     task_flags,
+    tracking_flags,
 )
 from bertcls.cli.progress import RichTrainingHooks, new_progress
 
@@ -108,13 +112,12 @@ def train(
             "--resume", help="Go on from <output_root>/checkpoints/last_state.pt (same settings and data) after a stop."
         ),
     ] = False,
+    track: Track = None,
+    tracking_uri: TrackingUri = None,
+    run_name: RunName = None,
     verbosity: Verbosity = None,
 ) -> None:
     """Train a classifier and save <output_root>/best_trials/best_model.pt."""
-    from bertcls.runtime.interrupts import StopRequest
-    from bertcls.runtime.locking import root_lock
-    from bertcls.training.workflow import run_training
-
     resolved = build_config(
         config,
         {
@@ -143,16 +146,23 @@ def train(
             "encoder.freeze": freeze,
             "classifier.min_labels": min_labels,
             **task_flags(multi_label=multi_label, separator=label_separator, columns=label_columns),
+            **tracking_flags(track, tracking_uri, run_name),
         },
     )
     settings = resolved.settings
     log_path = setup_logging(resolved, "train")
+    from bertcls.tracking.session import open_tracker
+
+    tracker = open_tracker(settings.tracking, settings.root)  # first: its process starts while the rest imports
     from bertcls.runtime.distributed import world
+    from bertcls.runtime.interrupts import StopRequest
+    from bertcls.runtime.locking import root_lock
+    from bertcls.training.workflow import run_training
 
     progress = new_progress(enabled=settings.verbosity >= 1 and world().is_main)
     hooks = RichTrainingHooks(progress, settings.model.metric, settings.model.num_epochs)
     with root_lock(settings.root, "train"), StopRequest() as stop, progress:
-        outcome = run_training(settings, hooks, stop, resume=resume)
+        outcome = run_training(settings, hooks, stop, resume=resume, tracker=tracker)
     if outcome is None:  # another rank of a torchrun launch: rank 0 reports
         return
     out_console.print(metrics_table(outcome.metrics, outcome.task.metric_names, "Best model"))

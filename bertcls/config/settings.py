@@ -11,10 +11,10 @@ import ast
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 if TYPE_CHECKING:
     from bertcls.task import Task
@@ -372,6 +372,53 @@ class SuggestSection(StrictModel):
     seed: int = Field(0, ge=0, lt=2**32)  # diverse: the k-means start
 
 
+TrackerName = Literal["mlflow", "tensorboard"]
+TRACKERS: tuple[str, ...] = ("mlflow", "tensorboard")
+# what a tracking URI may be: a tracking server, a database (SQLAlchemy URL) or a local folder
+TRACKING_URI_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file")
+
+
+def parse_trackers(value: Any) -> Any:
+    """``none``, ``mlflow``, ``mlflow,tensorboard`` or a list of those: the trackers, in order, without repeats."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        return value
+    names = [str(item).strip().lower() for item in items if str(item).strip()]
+    unknown = [n for n in names if n not in (*TRACKERS, "none")]
+    if unknown:
+        raise ValueError(f"unknown tracking backend {unknown[0]!r}; choose none, mlflow or tensorboard")
+    return list(dict.fromkeys(n for n in names if n != "none"))
+
+
+class TrackingSection(StrictModel):
+    """Experiment tracking: MLflow runs and TensorBoard event files for train, optimize and evaluate."""
+
+    # none: []; the flag --track mlflow,tensorboard (or repeated)
+    backend: Annotated[list[TrackerName], NoDecode] = Field(default_factory=list)
+    uri: str | None = None  # MLflow: http(s)://host:port, a database URL, or a folder (default <root>/mlruns)
+    experiment: str | None = Field(None, min_length=1, max_length=500)  # default: the output root's folder name
+    run_name: str | None = Field(None, min_length=1, max_length=250)  # default: <command>-<YYYYmmdd-HHMMSS>
+    tensorboard_dir: str | None = None  # default <output_root>/tensorboard
+    flush_timeout_s: float = Field(15.0, gt=0, le=600)  # how long a command waits at its end for the tracker
+
+    _trackers = field_validator("backend", mode="before")(classmethod(lambda _cls, v: parse_trackers(v)))
+    _expand = field_validator("tensorboard_dir", mode="before")(classmethod(lambda _cls, v: _expand_optional(v)))
+
+    @field_validator("uri", mode="before")
+    @classmethod
+    def _known_scheme(cls, uri: Any) -> Any:
+        if not isinstance(uri, str):
+            return uri
+        uri = expand_path_value(uri.strip())
+        scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+        if scheme and scheme not in TRACKING_URI_SCHEMES:
+            raise ValueError(
+                f"tracking.uri scheme {scheme!r} is not one MLflow tracks to here; give http(s)://host:port, a "
+                "database URL (sqlite, postgresql, mysql, mssql) or a folder"
+            )
+        return uri
+
+
 class Settings(BaseSettings):
     """The whole resolved configuration."""
 
@@ -395,6 +442,7 @@ class Settings(BaseSettings):
     serve: ServeSection = Field(default_factory=ServeSection)
     explain: ExplainSection = Field(default_factory=ExplainSection)
     suggest: SuggestSection = Field(default_factory=SuggestSection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
 
     _expand = field_validator("output_root", mode="before")(classmethod(lambda _cls, v: _expand_optional(v)))
 

@@ -218,6 +218,7 @@ class DataReport:
     rows: int = 0
     dropped_rows: list[int] = field(default_factory=list)
     duplicate_rows: int = 0
+    excluded_rows: int = 0  # left out as data.exclude_rows asked
     class_counts: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -394,14 +395,16 @@ def load_splits(cfg: DataSection, output_root: str | Path, seed: int, task: Task
     written here)."""
     if cfg.train_file:
         parts = {}
-        report = DataReport()
+        report, excluded = DataReport(), 0
         for name, path in zip(SPLIT_NAMES, (cfg.train_file, cfg.val_file, cfg.test_file), strict=True):
             if path is None:  # the settings refuse a train file without the other two
                 raise DataError(f"No {name} file given; pass --train-file, --val-file and --test-file together.")
             resolved = resolve_data_path(path, output_root)
             raw = with_source_rows(read_labelled_csv(resolved, cfg))
             if name in ("train", "val"):  # label issues come from the cross-validated train and val rows
+                read = len(raw)
                 raw = exclude_rows(raw, cfg, output_root, str(resolved), split=name)
+                excluded += read - len(raw)
             minimum = 1 if name == "train" else task.min_per_label_in_eval_files
             frame, part_report = check_labelled(
                 raw, cfg, f"Data file {resolved}", task, minimum, require_several=name == "train"
@@ -411,14 +414,17 @@ def load_splits(cfg: DataSection, output_root: str | Path, seed: int, task: Task
             report.warnings += part_report.warnings
             if name == "train":
                 report.class_counts = part_report.class_counts
+        report.excluded_rows = excluded
         return Splits(**parts), report
     if not cfg.data_file:
         raise DataError("No data file given; pass --data-file or set data.data_file in the config.")
     resolved = resolve_data_path(cfg.data_file, output_root)
     raw = with_source_rows(read_labelled_csv(resolved, cfg))
     note_rounds(raw, str(resolved))
+    read = len(raw)
     raw = exclude_rows(raw, cfg, output_root, str(resolved))
     frame, report = check_labelled(raw, cfg, f"Data file {resolved}", task, 3, require_several=True)
+    report.excluded_rows = read - len(raw)
     splits = Splits(**task.split(frame, cfg, seed))
     logger.info("Split %s", ", ".join(f"{k}={len(v)}" for k, v in splits.items()))
     return splits, report

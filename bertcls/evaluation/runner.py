@@ -21,6 +21,7 @@ from bertcls.evaluation.results import (
     TrustOutcome,
 )
 from bertcls.evaluation.single_label import SingleLabelReport
+from bertcls.evaluation.tracking import finish_evaluation
 from bertcls.evaluation.trust import near_duplicate_frame, near_duplicates
 from bertcls.explain.run import explain_errors
 from bertcls.features.service import EmbeddingService
@@ -29,6 +30,8 @@ from bertcls.model.checkpoint import Checkpoint
 from bertcls.runtime.errors import DataError
 from bertcls.runtime.fileio import write_text_atomic
 from bertcls.task import MultiLabel, SingleLabel
+from bertcls.tracking.records import exit_status
+from bertcls.tracking.session import open_tracker
 
 logger = logging.getLogger(__name__)
 REPORTS: dict[str, type[TaskReport]] = {SingleLabel.name: SingleLabelReport, MultiLabel.name: MultiLabelReport}
@@ -121,6 +124,7 @@ def evaluate(
         if frame is not None:
             report.check(frame, name)
     truth, unseen = report.truth(data, ckpt.labels), report.unseen(data)
+    tracker = open_tracker(settings_now.tracking, root)  # its process starts while the evaluation runs
     writer = ResultWriter(root)
     try:
         on_stage("Scoring")
@@ -151,8 +155,11 @@ def evaluate(
         write_text_atomic(writer.staging / "report.html", page)
         files = writer.files()
         folder = writer.commit()
-    except BaseException:
+    except BaseException as exc:
         writer.abort()
+        tracker.close(exit_status(exc))
         raise
     ece = analysis.ece if analysis.ece is not None else trust.ece
-    return EvaluationOutcome(folder, analysis.summary, len(data), unseen, ece, cv, files, outcome)
+    evaluated = EvaluationOutcome(folder, analysis.summary, len(data), unseen, ece, cv, files, outcome)
+    finish_evaluation(ckpt, evaluated, settings_now, tracker)
+    return evaluated

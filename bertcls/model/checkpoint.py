@@ -32,10 +32,11 @@ from bertcls.runtime.precision import PrecisionCheck
 from bertcls.task import DecisionRule, Task, task_for
 from bertcls.task.calibration import CalibrationRecord
 from bertcls.task.metrics import EpochRecord
+from bertcls.tracking.records import TrackingRecord
 
 logger = logging.getLogger(__name__)
 FORMAT = "bertcls-checkpoint"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: where the run is tracked, and more about the training data
 VERSIONED_PACKAGES = ("bertcls", "torch", "transformers", "sentence-transformers", "optuna", "scikit-learn", "numpy")
 
 
@@ -88,9 +89,17 @@ class TuningProvenance(_Record):
 
 
 class DataProvenance(_Record):
+    """What the model was trained on (for inspect and the model card)."""
+
     truncation: dict[str, float] = Field(default_factory=dict)
     chunking: dict[str, int] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
+    rows: dict[str, int] = Field(default_factory=dict)  # per split
+    label_counts: dict[str, int] = Field(default_factory=dict)  # training texts per label
+    fingerprint: dict[str, str] = Field(default_factory=dict)  # per split: rows and a hash of texts and labels
+    excluded_rows: int = 0  # left out by data.exclude_rows
+    dropped_rows: int = 0  # dropped as data.on_bad_rows drop asked
+    languages: dict[str, float] = Field(default_factory=dict)  # share of training texts, estimated
 
 
 class CheckpointMeta(_Record):
@@ -109,6 +118,7 @@ class CheckpointMeta(_Record):
     data: DataProvenance = Field(default_factory=DataProvenance)
     precision: PrecisionCheck | None = None
     calibration: CalibrationRecord | None = None
+    tracking: TrackingRecord | None = None  # the MLflow run / TensorBoard folder of the run that made it
 
 
 def library_versions() -> dict[str, str]:

@@ -106,5 +106,6 @@ def describe_checkpoint(ckpt: Checkpoint, output_root: str | Path) -> dict[str, 
         },
         "versions": meta.versions,
         "tuning": meta.tuning.model_dump() if meta.tuning else None,
+        "tracking": meta.tracking.model_dump(exclude_none=True) if meta.tracking else None,
         "data": meta.data.model_dump(),
     }

@@ -5,6 +5,7 @@
   .bertcls.lock                 one writer at a time
   data/{train,val,test}.csv     the rows the model was trained, validated and tested on
   best_trials/best_model.pt     the model (and best_model_<study>_exp<N>.pt per optimize run)
+  best_trials/MODEL_CARD.md     the model card of best_model.pt
   checkpoints/last_state.pt     the state `train --resume` goes on from (removed when a run finishes)
   bert_encoder/                 the default encoder, copied once
   cache/                        embedding caches, one folder per encoder, length, pooling and precision
@@ -14,6 +15,8 @@
   predictions/                  predict's output when --output-file is a bare name
   explanations/                 explain's CSV and page when --output-file is a bare name
   suggestions/                  suggest's to_label.csv when --output-file is a bare name
+  mlruns/                       MLflow's default local store (mlflow.db, artifacts/) with --track mlflow
+  tensorboard/                  TensorBoard event folders, one per run, with --track tensorboard
   logs/<command>_<stamp>_<pid>.log
 ```
 """
@@ -33,6 +36,7 @@ from bertcls.runtime.fileio import remove_stale_staging
 logger = logging.getLogger(__name__)
 
 BEST_MODEL = "best_model.pt"
+MODEL_CARD = "MODEL_CARD.md"
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -62,6 +66,10 @@ class RunLayout:
     @property
     def best_model(self) -> Path:
         return self.best_dir / BEST_MODEL
+
+    @property
+    def model_card(self) -> Path:
+        return self.best_dir / MODEL_CARD
 
     def checkpoint(self, name: str | None) -> Path:
         """``--best-model`` as given: a bare file name that does not exist here resolves under ``best_trials/``."""
@@ -114,6 +122,14 @@ class RunLayout:
     @property
     def suggestions_dir(self) -> Path:
         return self.root / "suggestions"
+
+    @property
+    def mlruns_dir(self) -> Path:
+        return self.root / "mlruns"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.root / "tensorboard"
 
     @property
     def logs_dir(self) -> Path:

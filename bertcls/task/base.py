@@ -190,6 +190,10 @@ class Task(ABC):
     def guard_classes(self, labels: np.ndarray) -> np.ndarray:
         """One class index per row, for the precision guard's class means."""
 
+    @abstractmethod
+    def texts_per_label(self, labels: np.ndarray, names: list[str]) -> dict[str, int]:
+        """How many texts carry each label (``labels`` as :meth:`encode` gives them)."""
+
     # --- prediction files -----------------------------------------------------------------------------------
     coverage_title: ClassVar[str]  # what --min-confidence's coverage counts
     kept_rows: ClassVar[str]  # what the rows it keeps are

@@ -212,6 +212,9 @@ class MultiLabel(Task):
         """Each text's first label (no label: a class of its own)."""
         return np.where(labels.any(axis=1), labels.argmax(axis=1), labels.shape[1])
 
+    def texts_per_label(self, labels: np.ndarray, names: list[str]) -> dict[str, int]:
+        return {name: int(count) for name, count in zip(names, labels.sum(axis=0), strict=True)}
+
     def describe(self, min_labels: int) -> str:
         at_least = ", at least one label per text" if min_labels else ""
         return f"multilabel (a sigmoid per label, a threshold per label tuned on validation{at_least})"

@@ -195,6 +195,10 @@ class SingleLabel(Task):
     def guard_classes(self, labels: np.ndarray) -> np.ndarray:
         return labels
 
+    def texts_per_label(self, labels: np.ndarray, names: list[str]) -> dict[str, int]:
+        counts = np.bincount(labels, minlength=len(names))
+        return {name: int(count) for name, count in zip(names, counts, strict=True)}
+
     def describe(self, min_labels: int) -> str:
         return "multiclass (one label per text, softmax)"
 

@@ -10,9 +10,11 @@ import pandas as pd
 
 from bertcls.config.settings import Settings
 from bertcls.data.labelled import DataReport, Splits, load_splits
+from bertcls.data.languages import languages_seen
 from bertcls.features.cache import EncodingStopped
 from bertcls.features.service import EmbeddingService
 from bertcls.features.sets import FeatureSet, build_features
+from bertcls.model.checkpoint import DataProvenance
 from bertcls.model.encoder import pick_device
 from bertcls.runtime.distributed import world
 from bertcls.runtime.interrupts import Interrupted, StopRequest
@@ -34,6 +36,22 @@ class PreparedRun:
     service: EmbeddingService
     features: FeatureSet
     stage: StageClock  # announces and times the stages that follow
+
+    def provenance(self, data_fp: dict[str, str], settings: Settings) -> DataProvenance:
+        """What the model is trained on: reading of long texts, data warnings, rows, labels, languages."""
+        features, report = self.features, self.report
+        train_labels = features.sources["train"].labels
+        return DataProvenance(
+            truncation=features.truncation,
+            chunking=features.chunking or {},
+            warnings=report.warnings,
+            rows={name: len(frame) for name, frame in self.splits.items()},
+            label_counts=task_for(settings.model.task).texts_per_label(train_labels, self.names),
+            fingerprint=data_fp,
+            excluded_rows=report.excluded_rows,
+            dropped_rows=len(report.dropped_rows),
+            languages=languages_seen(self.splits.train[settings.data.text_column].tolist()),
+        )
 
 
 def prepare(settings: Settings, hooks: WorkflowHooks, stop_request: StopRequest | None = None) -> PreparedRun:

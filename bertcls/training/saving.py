@@ -13,6 +13,7 @@ from bertcls.config.settings import Settings
 from bertcls.features.service import EmbeddingService
 from bertcls.features.sets import FeatureSet
 from bertcls.inference.batches import score_source
+from bertcls.model.card import write_model_card
 from bertcls.model.checkpoint import (
     Architecture,
     CheckpointMeta,
@@ -24,9 +25,11 @@ from bertcls.model.checkpoint import (
     save_checkpoint,
 )
 from bertcls.model.network import TextClassifier, count_parameters
+from bertcls.runtime.layout import MODEL_CARD
 from bertcls.runtime.redaction import redact_data
 from bertcls.task import task_for
 from bertcls.task.calibration import CalibrationRecord
+from bertcls.tracking.records import TrackingRecord
 from bertcls.training.setup import head_spec
 from bertcls.training.trainer import TrainResult
 
@@ -42,7 +45,7 @@ def split_metrics(model: TextClassifier, features: FeatureSet, device: torch.dev
 class TrainedModel:
     """A model at the end of a run and what describes it: the settings that built its weights (a PBT member's own,
     not the study's), the encoder service, the label names, the features it was trained on, the training result
-    (its best weights) and the calibration."""
+    (its best weights), the calibration and where its run is tracked."""
 
     settings: Settings
     service: EmbeddingService
@@ -51,6 +54,7 @@ class TrainedModel:
     model: TextClassifier
     result: TrainResult
     calibration: CalibrationRecord = field(default_factory=CalibrationRecord)
+    tracking: TrackingRecord | None = None  # where the run that made it is tracked
 
 
 def checkpoint_meta(
@@ -87,14 +91,24 @@ def checkpoint_meta(
         data=data or DataProvenance(),
         precision=service.guard.record(),
         calibration=trained.calibration,
+        tracking=trained.tracking,
     )
 
 
 def score_and_save(
-    path: Path, trained: TrainedModel, tuning: TuningProvenance | None = None, data: DataProvenance | None = None
+    path: Path,
+    trained: TrainedModel,
+    tuning: TuningProvenance | None = None,
+    data: DataProvenance | None = None,
+    *,
+    card: bool = False,
 ) -> tuple[Path, dict[str, dict[str, float]]]:
     """Score a trained model (holding its result's best weights) on val and test and save it as a checkpoint at
-    ``path``: the one way ``train``, TPE trials and PBT members finish a model. Returns the path and the metrics."""
+    ``path``: the one way ``train``, TPE trials and PBT members finish a model; with ``card``, its MODEL_CARD.md
+    beside it. Returns the path and the metrics."""
     metrics = split_metrics(trained.model, trained.features, trained.service.device)
     meta = checkpoint_meta(trained, metrics, tuning, data)
-    return save_checkpoint(path, trained.result.best_state, meta, trained.features.lexical), metrics
+    saved = save_checkpoint(path, trained.result.best_state, meta, trained.features.lexical)
+    if card:
+        write_model_card(path.with_name(MODEL_CARD), meta, trained.settings.root.absolute().name)
+    return saved, metrics

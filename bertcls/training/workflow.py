@@ -8,17 +8,19 @@ from pathlib import Path
 
 from bertcls.config.settings import Settings
 from bertcls.data.labelled import DataReport, write_splits
-from bertcls.model.checkpoint import DataProvenance
 from bertcls.runtime.distributed import SINGLE, world
-from bertcls.runtime.interrupts import Interrupted
+from bertcls.runtime.interrupts import Interrupted, StopRequest
 from bertcls.runtime.layout import RunLayout
 from bertcls.runtime.precision import describe as describe_precision
 from bertcls.task import Task, task_for
+from bertcls.tracking.records import TrackingRecord, run_name
+from bertcls.tracking.session import TrackedRun, Tracker, open_tracker
 from bertcls.training.callbacks import WorkflowHooks
 from bertcls.training.preparation import PreparedRun, prepare
 from bertcls.training.resume import ResumeWriter, check_resume_data, data_fingerprint, read_resume, settings_fingerprint
 from bertcls.training.saving import TrainedModel, score_and_save
 from bertcls.training.setup import make_trainer
+from bertcls.training.tracking import EpochLogger, log_finished, prepared_tags, tracked, train_spec
 from bertcls.training.trainer import Trainer, TrainResult
 
 logger = logging.getLogger(__name__)
@@ -42,14 +44,28 @@ class TrainOutcome:
 
 
 def run_training(
-    settings: Settings, hooks: WorkflowHooks | None = None, stop_request=None, *, resume: bool = False
+    settings: Settings,
+    hooks: WorkflowHooks | None = None,
+    stop_request=None,
+    *,
+    resume: bool = False,
+    tracker: Tracker | None = None,
 ) -> TrainOutcome | None:
-    """Train one model as configured, save ``best_trials/best_model.pt`` and the splits it used under ``data/``
-    (under torchrun: rank 0 does the writing and returns the outcome; the other ranks return None).
-    After every epoch the run's state goes to ``checkpoints/last_state.pt`` (removed when the run finishes), so an
-    interrupted run can go on with ``resume``. A ``stop_request`` that fires saves the best epoch so far, then
-    raises :class:`Interrupted`."""
-    hooks = hooks or WorkflowHooks()
+    """Train one model as configured, save ``best_trials/best_model.pt`` (with its model card) and the splits it
+    used under ``data/`` (under torchrun: rank 0 does the writing and returns the outcome; the other ranks return
+    None). After every epoch the run's state goes to ``checkpoints/last_state.pt`` (removed when the run finishes),
+    so an interrupted run can go on with ``resume``. A ``stop_request`` that fires saves the best epoch so far, then
+    raises :class:`Interrupted`. With ``tracking.backend`` set, rank 0 tracks the run (MLflow, TensorBoard), through
+    ``tracker`` if the caller opened it already (its tracking process then starts while the caller imports)."""
+    tracker = tracker or open_tracker(settings.tracking, settings.root)
+    run = tracker.start_run(train_spec(settings, run_name("train", settings.tracking.run_name)))
+    with tracked(tracker, run):
+        return train_tracked(settings, hooks or WorkflowHooks(), stop_request, run, resume=resume)
+
+
+def train_tracked(
+    settings: Settings, hooks: WorkflowHooks, stop_request: StopRequest | None, tracking: TrackedRun, *, resume: bool
+) -> TrainOutcome | None:
     settings_fp, state_path = settings_fingerprint(settings), RunLayout(settings.root).resume_state
     payload = read_resume(state_path, settings_fp) if resume else None
     run = prepare(settings, hooks, stop_request)
@@ -60,22 +76,27 @@ def run_training(
     trainer = make_trainer(settings, run.features, run.service, len(run.names), ranks)
     trainer.add_callback(hooks)
     data_fp = data_fingerprint(run.splits, settings.data, task_for(settings.model.task))
+    tracking.set_tags(prepared_tags(run.service, data_fp, describe_precision(run.service.guard.verdict)))
     if payload is not None:
         trainer.load_resume_state(check_resume_data(payload, data_fp))
         logger.info("Resuming after epoch %d from %s", trainer.state.epoch, state_path)
     if here.is_main:
         trainer.add_callback(ResumeWriter(state_path, settings_fp, data_fp))
+        trainer.add_callback(EpochLogger(tracking))
     run.stage("Training")
     result = trainer.fit(stop_request)
     if not here.is_main:
         return None  # only rank 0 writes the checkpoint, the splits and files
     if trainer.state.interrupted and not result.best_state:
+        assert stop_request is not None and stop_request.signum is not None  # only a stop request interrupts
         raise Interrupted(stop_request.signum, "Interrupted before the first epoch finished; nothing was saved.")
     run.stage("Scoring and saving")
-    outcome = save_trained(settings, run, trainer)
+    outcome = save_trained(settings, run, trainer, data_fp, tracking.record())
+    log_finished(tracking, outcome.metrics, trainer.calibration, result, outcome.checkpoint)
     run.stage.stop()
     outcome.phases = run.stage.phases
     if trainer.state.interrupted:
+        assert stop_request is not None and stop_request.signum is not None
         raise Interrupted(
             stop_request.signum,
             f"Interrupted after epoch {trainer.state.epoch}: saved the best epoch ({result.best_epoch}) to "
@@ -85,13 +106,16 @@ def run_training(
     return outcome
 
 
-def save_trained(settings: Settings, run: PreparedRun, trainer: Trainer) -> TrainOutcome:
-    """Score the best weights on val and test, save the checkpoint, then the splits beside it."""
+def save_trained(
+    settings: Settings, run: PreparedRun, trainer: Trainer, data_fp: dict[str, str], tracking: TrackingRecord | None
+) -> TrainOutcome:
+    """Score the best weights on val and test, save the checkpoint and its model card, then the splits beside it."""
     result, features = trainer.result, run.features
-    chunking, warnings = features.chunking or {}, run.report.warnings
-    data = DataProvenance(truncation=features.truncation, chunking=chunking, warnings=warnings)
-    trained = TrainedModel(settings, run.service, run.names, features, trainer.model, result, trainer.calibration)
-    path, metrics = score_and_save(RunLayout(settings.root).best_model, trained, data=data)
+    data = run.provenance(data_fp, settings)
+    trained = TrainedModel(
+        settings, run.service, run.names, features, trainer.model, result, trainer.calibration, tracking
+    )
+    path, metrics = score_and_save(RunLayout(settings.root).best_model, trained, data=data, card=True)
     lexical = features.lexical
     write_splits(run.splits, settings.root)
     service = run.service

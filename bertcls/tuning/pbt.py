@@ -18,8 +18,11 @@ import numpy as np
 from bertcls.config.settings import Settings
 from bertcls.model.network import set_dropout
 from bertcls.runtime.errors import TrainingDiverged
+from bertcls.tracking.records import TrackingRecord
+from bertcls.tracking.session import TrackedRun
 from bertcls.training.convex import ConvexTrainer
 from bertcls.training.setup import make_trainer
+from bertcls.training.tracking import EpochLogger
 from bertcls.training.trainer import Trainer
 from bertcls.tuning.pbt_rules import Decision, decide
 from bertcls.tuning.search_space import apply, sample, uses_linear_head
@@ -47,6 +50,8 @@ class Member:
     snapshot: Snapshot | None = None
     best_settings: Settings | None = None  # the settings and parameters that built the best weights so far
     best_params: dict[str, Any] = field(default_factory=dict)
+    run: TrackedRun = field(default_factory=TrackedRun.untracked)  # its child run of the study's tracked run
+    record: TrackingRecord | None = None  # where that run is tracked, once the member is saved
     diverged: bool = False  # its last epoch's training loss was not finite: its weights are no longer numbers
 
     def best(self) -> tuple[Settings, dict[str, Any]]:
@@ -76,8 +81,12 @@ def member_settings(ctx: TuningContext, index: int, params: dict[str, Any]) -> S
 
 
 def new_member(ctx: TuningContext, index: int, params: dict[str, Any]) -> Member:
+    """A member with its own settings, trainer and tracked run (its epochs are logged as they finish)."""
     settings = member_settings(ctx, index, params)
-    return Member(index, dict(params), settings, make_trainer(settings, ctx.features, ctx.service, len(ctx.names)))
+    trainer = make_trainer(settings, ctx.features, ctx.service, len(ctx.names))
+    run = ctx.tracking.child(f"member-{index}", params, {"bertcls.member": index, "bertcls.strategy": "pbt"})
+    trainer.add_callback(EpochLogger(run))
+    return Member(index, dict(params), settings, trainer, run=run)
 
 
 def take_snapshot(member: Member) -> None:

@@ -19,14 +19,17 @@ from bertcls.config.settings import Settings
 from bertcls.data.labelled import Splits
 from bertcls.features.service import EmbeddingService
 from bertcls.features.sets import FeatureSet, build_features
-from bertcls.model.checkpoint import TuningProvenance
+from bertcls.model.checkpoint import DataProvenance, TuningProvenance
 from bertcls.runtime.errors import TrainingDiverged
 from bertcls.runtime.fileio import pid_alive
+from bertcls.tracking.session import TrackedRun
 from bertcls.training.callbacks import TrainerCallback, WorkflowHooks
 from bertcls.training.saving import TrainedModel, score_and_save
 from bertcls.training.setup import make_trainer
+from bertcls.training.tracking import EpochLogger
 from bertcls.tuning.search_space import apply, original_early_stopping, suggest, uses_linear_head
 from bertcls.tuning.study import count_trials
+from bertcls.tuning.tracking import TRACKING_ATTR, StudyTracking
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +100,8 @@ class TuningContext:
     trials_dir: Path
     study_name: str
     hooks: WorkflowHooks = field(default_factory=WorkflowHooks)
+    tracking: StudyTracking = field(default_factory=StudyTracking.untracked)
+    data: DataProvenance | None = None  # what every trial is trained on (for checkpoints and model cards)
 
     def trial_features(self) -> FeatureSet:
         if not self.features.fine_tune:
@@ -106,7 +111,14 @@ class TuningContext:
 
 
 def train_trial(ctx: TuningContext, trial: optuna.Trial, params: dict) -> float:
-    """Train one configuration; save its checkpoint; return its best validation metric."""
+    """Train one configuration (tracked as a child of the study's run); save its checkpoint; return its best
+    validation metric."""
+    tags = {"bertcls.trial": trial.number, "bertcls.strategy": "tpe"}
+    with ctx.tracking.child_run(f"trial-{trial.number}", params, tags) as run:
+        return train_tracked_trial(ctx, trial, params, run)
+
+
+def train_tracked_trial(ctx: TuningContext, trial: optuna.Trial, params: dict, run: TrackedRun) -> float:
     settings = ctx.settings
     stopping = original_early_stopping(trial.number, settings.model.num_epochs, settings.early_stopping)
     trial_settings = apply(settings, params, stopping)
@@ -115,6 +127,7 @@ def train_trial(ctx: TuningContext, trial: optuna.Trial, params: dict) -> float:
     pruning = PruningCallback(trial, settings.model.metric)
     trainer.add_callback(pruning)
     trainer.add_callback(ctx.hooks)
+    trainer.add_callback(EpochLogger(run))
     started = time.perf_counter()
     try:
         result = trainer.fit()
@@ -128,8 +141,15 @@ def train_trial(ctx: TuningContext, trial: optuna.Trial, params: dict) -> float:
     tuning = TuningProvenance(
         study=ctx.study_name, strategy="tpe", trial=trial.number, params=params, seconds=time.perf_counter() - started
     )
-    trained = TrainedModel(trial_settings, ctx.service, ctx.names, features, trainer.model, result, trainer.calibration)
-    path, metrics = score_and_save(ctx.trials_dir / f"trial_{trial.number}.pt", trained, tuning)
+    record = run.record()
+    trained = TrainedModel(
+        trial_settings, ctx.service, ctx.names, features, trainer.model, result, trainer.calibration, record
+    )
+    path, metrics = score_and_save(ctx.trials_dir / f"trial_{trial.number}.pt", trained, tuning, ctx.data)
+    done = {"bertcls.state": "COMPLETE", "bertcls.stop_reason": result.stop_reason, "bertcls.checkpoint": str(path)}
+    ctx.tracking.finish_child(run, metrics, trainer.calibration, done)
+    if record is not None:
+        trial.set_user_attr(TRACKING_ATTR, record.model_dump_json(exclude_none=True))
     trial.set_user_attr("checkpoint", str(path))
     trial.set_user_attr("test_f1", metrics["test"]["f1"])
     trial.set_user_attr("test_accuracy", metrics["test"]["accuracy"])
