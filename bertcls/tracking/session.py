@@ -59,6 +59,7 @@ class AgentLink:
         self.asks = itertools.count()
         self.closing = False
         self.dead = False  # its output ended: nothing more will be answered
+        self.lock = threading.Lock()
         threading.Thread(target=self._write, name="bertcls-tracking-writer", daemon=True).start()
         threading.Thread(target=self._read, name="bertcls-tracking-reader", daemon=True).start()
         self.send(opening)
@@ -69,11 +70,12 @@ class AgentLink:
     def ask(self, request: dict[str, Any], timeout: float) -> dict[str, Any] | None:
         """Send a request that the tracking process answers; None if it does not within ``timeout`` seconds (at once,
         if it has gone)."""
-        if self.dead:
-            return None
-        number = next(self.asks)
-        answer: Future = Future()
-        self.answers[number] = answer
+        with self.lock:  # registered before the reader's last sweep, or not at all
+            if self.dead:
+                return None
+            number = next(self.asks)
+            answer: Future = Future()
+            self.answers[number] = answer
         self.send({**request, "ask": number})
         try:
             return answer.result(timeout=timeout)
@@ -103,13 +105,14 @@ class AgentLink:
                 logger.warning("%s", redact(str(message["warning"])))
             elif "answer" in message and message["answer"] in self.answers:
                 self.answers.pop(message["answer"]).set_result(message)
-        self.dead = True
         if not self.closing:
             logger.warning("The tracking process ended early (exit code %s); this command goes on without it.",
                            self.process.poll())  # fmt: skip
-        for answer in list(self.answers.values()):
-            if not answer.done():
-                answer.set_result(None)
+        with self.lock:
+            self.dead = True
+            for answer in self.answers.values():
+                if not answer.done():
+                    answer.set_result(None)
 
     def close(self, timeout: float, status: str) -> bool:
         """Wait until the tracking process has carried out every request and ended the runs still open with
