@@ -138,16 +138,16 @@ class MlflowBackend:
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, v) for k, v in params.items()]
-        for start in range(0, len(items), BATCH_LIMIT):
-            self._client.log_batch(run_id, params=items[start : start + BATCH_LIMIT])
+        self._log_in_batches(run_id, "params", [Param(k, v) for k, v in params.items()])
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, v) for k, v in tags.items()]
+        self._log_in_batches(run_id, "tags", [RunTag(k, v) for k, v in tags.items()])
+
+    def _log_in_batches(self, run_id: str, kind: str, items: list[Any]) -> None:
         for start in range(0, len(items), BATCH_LIMIT):
-            self._client.log_batch(run_id, tags=items[start : start + BATCH_LIMIT])
+            self._client.log_batch(run_id, **{kind: items[start : start + BATCH_LIMIT]})
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -100,6 +102,22 @@ def exit_status(error: BaseException | None) -> str:
     if error is None:
         return "FINISHED"
     return "KILLED" if isinstance(error, (Interrupted, KeyboardInterrupt)) else "FAILED"
+
+
+@contextlib.contextmanager
+def ending(finish: Callable[[str], None], *, normal: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Calls ``finish`` with how the block ended (:func:`exit_status`), whether it returned or raised; an exception
+    of the ``normal`` kinds (a pruned trial) ends it as finished."""
+    error: BaseException | None = None
+    try:
+        yield
+    except normal:
+        raise
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        finish(exit_status(error))
 
 
 def clip_tags(tags: dict[str, Any]) -> dict[str, str]:

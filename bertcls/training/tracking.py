@@ -12,9 +12,10 @@ from typing import Any
 from bertcls.config.settings import Settings
 from bertcls.features.service import EmbeddingService
 from bertcls.runtime.distributed import world
+from bertcls.runtime.layout import MODEL_CARD
 from bertcls.runtime.redaction import redact_data
 from bertcls.task.calibration import CalibrationRecord
-from bertcls.tracking.records import RunSpec, bertcls_version, epoch_metrics, exit_status, finite_metrics, flatten
+from bertcls.tracking.records import RunSpec, bertcls_version, ending, epoch_metrics, finite_metrics, flatten
 from bertcls.tracking.session import TrackedRun, Tracker
 from bertcls.training.callbacks import TrainerCallback
 from bertcls.training.trainer import TrainResult
@@ -64,6 +65,17 @@ class EpochLogger(TrainerCallback):
         self.run.log_metrics(epoch_metrics(record), record.epoch)
 
 
+def final_metrics(metrics: dict[str, dict[str, float]], calibration: CalibrationRecord | None) -> dict[str, float]:
+    """A saved model's val/test metrics (``final_val_*``, ``final_test_*``; the epoch records keep the plain names)
+    and its calibration (``calibration_*``), as a train run, a trial and a member log them."""
+    final = {}
+    for split, values in metrics.items():
+        final.update(finite_metrics(values, f"final_{split}_"))
+    if calibration is not None:
+        final.update(finite_metrics(calibration.model_dump(exclude={"thresholds", "temperatures"}), "calibration_"))
+    return final
+
+
 def log_finished(
     run: TrackedRun,
     metrics: dict[str, dict[str, float]],
@@ -72,15 +84,11 @@ def log_finished(
     checkpoint: Path,
 ) -> None:
     """The final val/test metrics, the calibration, the best epoch, the stop reason and the checkpoint."""
-    final = {}
-    for split, values in metrics.items():
-        final.update(finite_metrics(values, f"final_{split}_"))
-    if calibration is not None:
-        final.update(finite_metrics(calibration.model_dump(exclude={"thresholds", "temperatures"}), "calibration_"))
+    final = final_metrics(metrics, calibration)
     final["best_epoch"] = float(result.best_epoch)
     run.log_metrics(final, result.best_epoch)
     run.set_tags({"bertcls.stop_reason": result.stop_reason, "bertcls.checkpoint": str(checkpoint.absolute())})
-    card = checkpoint.with_name("MODEL_CARD.md")
+    card = checkpoint.with_name(MODEL_CARD)
     if card.is_file():
         run.log_file(card)
 
@@ -88,15 +96,13 @@ def log_finished(
 @contextlib.contextmanager
 def tracked(tracker: Tracker, run: TrackedRun) -> Iterator[TrackedRun]:
     """Ends ``run`` as finished, killed (a stop request, Ctrl-C) or failed, then waits for the tracker (bounded)."""
-    error: BaseException | None = None
-    try:
+
+    def finish(status: str) -> None:
+        run.end(status)
+        tracker.close(status)
+
+    with ending(finish):
         yield run
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        run.end(exit_status(error))
-        tracker.close(exit_status(error))
 
 
 def train_spec(settings: Settings, name: str, command: str = "train") -> RunSpec:

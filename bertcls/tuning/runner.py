@@ -17,7 +17,7 @@ from bertcls.model.card import write_model_card
 from bertcls.model.checkpoint import TuningProvenance, load_checkpoint
 from bertcls.runtime.layout import MODEL_CARD, RunLayout
 from bertcls.task import task_for
-from bertcls.tracking.records import exit_status
+from bertcls.tracking.records import ending
 from bertcls.tracking.session import Tracker, open_tracker
 from bertcls.training.callbacks import WorkflowHooks
 from bertcls.training.preparation import PreparedRun, prepare
@@ -117,14 +117,8 @@ def run_optimize(
     """Run the study (tracked as one parent run with a child per trial or member, when tracking is on; through
     ``tracker`` if the caller opened it already, so that its process started early)."""
     tracker = tracker or open_tracker(settings.tracking, settings.root)
-    error: BaseException | None = None
-    try:
+    with ending(tracker.close):  # a member or trial run still open ends with the study's status
         return optimize_tracked(settings, hooks or OptimizeHooks(), tracker)
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        tracker.close(exit_status(error))  # a member or trial run still open ends with the study's status
 
 
 def optimize_tracked(settings: Settings, hooks: OptimizeHooks, tracker: Tracker) -> OptimizeOutcome:

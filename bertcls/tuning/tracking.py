@@ -15,12 +15,17 @@ import optuna
 from bertcls.config.settings import Settings
 from bertcls.runtime.redaction import redact
 from bertcls.task.calibration import CalibrationRecord
-from bertcls.tracking.records import RunSpec, TrackingRecord, exit_status, finite_metrics
+from bertcls.tracking.records import RunSpec, TrackingRecord, ending
 from bertcls.tracking.session import TrackedRun, Tracker
-from bertcls.training.tracking import base_tags, settings_params
+from bertcls.training.tracking import base_tags, final_metrics, settings_params
 
 logger = logging.getLogger(__name__)
 TRACKING_ATTR = "tracking"  # a trial's user attribute: where its run is tracked (TrackingRecord as JSON)
+
+
+def trials_running(study: optuna.Study) -> bool:
+    """Whether a trial of the study (of any worker) is running now."""
+    return bool(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
 
 
 def study_key(study_name: str, storage_url: str) -> str:
@@ -59,15 +64,13 @@ class StudyTracking:
     def parent_run(self, study: optuna.Study) -> Iterator[None]:
         """Ends the parent as this process's part of the study ends (finished, killed or failed), unless a trial
         of another worker still runs: the last one to finish ends it."""
-        error: BaseException | None = None
-        try:
+
+        def finish(status: str) -> None:
+            if not trials_running(study):
+                self.parent.end(status)
+
+        with ending(finish):
             yield
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-                self.parent.end(exit_status(error))
 
     def child(self, name: str, params: dict[str, Any], tags: dict[str, Any]) -> TrackedRun:
         """A trial's or member's run under the study's (a member's ends when it is saved, or with the command)."""
@@ -80,17 +83,12 @@ class StudyTracking:
         """A trial's run, ended as the block ends: a pruned trial is finished (and tagged pruned), a stopped one
         killed, an error fails it."""
         run = self.child(name, params, tags)
-        error: BaseException | None = None
-        try:
-            yield run
-        except optuna.TrialPruned as pruned:
-            run.set_tags({"bertcls.state": "PRUNED", "bertcls.stop_reason": str(pruned)})
-            raise
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            run.end(exit_status(error))
+        with ending(run.end, normal=(optuna.TrialPruned,)):
+            try:
+                yield run
+            except optuna.TrialPruned as pruned:
+                run.set_tags({"bertcls.state": "PRUNED", "bertcls.stop_reason": str(pruned)})
+                raise
 
     def finish_child(
         self,
@@ -100,12 +98,7 @@ class StudyTracking:
         tags: dict[str, Any],
     ) -> None:
         """A finished child's val/test metrics, calibration and tags."""
-        final = {}
-        for split, values in metrics.items():
-            final.update(finite_metrics(values, f"final_{split}_"))
-        if calibration is not None:
-            final.update(finite_metrics({"temperature": calibration.temperature}, "calibration_"))
-        run.log_metrics(final)
+        run.log_metrics(final_metrics(metrics, calibration))
         run.set_tags(tags)
 
     def mark_best(self, study: optuna.Study, best: optuna.trial.FrozenTrial) -> None:
@@ -114,7 +107,7 @@ class StudyTracking:
         self.parent.set_tags({"bertcls.best_trial": best.number, "bertcls.best_value": best.value})
         if best.value is not None:
             self.parent.log_metrics({"best_value": float(best.value)}, best.number)
-        if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if trials_running(study):
             return  # another worker still runs: the last one to finish marks the trials
         for trial in study.get_trials(deepcopy=False):
             stored = trial.user_attrs.get(TRACKING_ATTR)
