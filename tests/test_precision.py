@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -213,3 +214,56 @@ def test_threads_flag_sets_torch_threads(trained_model, threads_small, cli, thre
         assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(before)
+
+
+def fine_tune_settings(root, data, **flags):
+    from bertcls.config.sources import resolve_settings
+
+    base = {"output_root": str(root), "data.data_file": str(data), "verbosity": 0, "encoder.freeze": False,
+            "encoder.unfreeze_last_n_layers": 1, "model.max_seq_len": 32, "model.num_epochs": 1,
+            "model.batch_size": 8, "model.precision": "bf16"}  # fmt: skip
+    return resolve_settings({**base, **flags}).settings
+
+
+def test_a_fine_tuned_model_is_guarded_after_training_on_its_own_predictions(tmp_path, monkeypatch, cli):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    data = tmp_path / "ft.csv"
+    thread_subset(10, seed=2).to_csv(data, index=False)
+    root = tmp_path / "ft"
+    code, out, err = cli("train", "--output-root", root, "--data-file", data, "--fine-tune", "--num-epochs", "1",
+                         "--max-seq-len", "32", "--precision", "bf16", "--verbosity", "2")  # fmt: skip
+    assert code == 0, err
+    stages = [line.split("│")[1].strip() for line in out.splitlines() if line.count("│") == 3]
+    checked = stages.index("Checking bf16 against fp32 on the fine-tuned model")
+    assert stages.index("Training") < checked and "Checking bf16 against fp32" not in stages  # none before training
+    from bertcls.model.checkpoint import load_named_checkpoint
+
+    check = load_named_checkpoint(None, root).meta.precision
+    rows = sum(len(pd.read_csv(root / "data" / f"{split}.csv")) for split in ("val", "train"))
+    assert check.used == "bf16" and check.sample == rows and check.label_agreement >= 0.995  # val, then train
+    assert not (tmp_path / "user-cache" / "bertcls" / VERDICTS_FILE).exists()  # these weights' verdict only
+    code, out, _ = cli("inspect", "--output-root", root)
+    assert code == 0 and "bf16 (checked against fp32" in " ".join(out.split())
+
+
+def test_a_fine_tuned_model_that_disagrees_below_fp32_falls_back_and_is_calibrated_again(tmp_path, monkeypatch):
+    from bertcls.tracking.session import Tracker
+    from bertcls.training.callbacks import WorkflowHooks
+    from bertcls.training.preparation import prepare
+    from bertcls.training.setup import make_trainer
+    from bertcls.training.workflow import check_fine_tuned
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    data = tmp_path / "ft.csv"
+    thread_subset(10, seed=2).to_csv(data, index=False)
+    settings = fine_tune_settings(tmp_path / "ft", data, **{"calibration.method": "temperature"})
+    run = prepare(settings, WorkflowHooks())
+    assert run.service.guard.pending  # nothing checked the pretrained encoder before fine-tuning
+    trainer = make_trainer(settings, run.features, run.service, len(run.names))
+    trainer.fit()
+    fitted = trainer.calibration
+    run.service._encoder = DegradedEncoder(run.service.encoder)  # what training tuned, broken below fp32
+    trainer.calibration = None
+    check_fine_tuned(settings, run, trainer, Tracker(settings.tracking, None).start_run(None))
+    assert run.service.guard.verdict.used == "fp32" and run.service.precision == "fp32"
+    assert trainer.calibration is not None and trainer.calibration.method == fitted.method  # fitted again

@@ -70,7 +70,7 @@ def prepare(settings: Settings, hooks: WorkflowHooks, stop_request: StopRequest 
     service = EmbeddingService(
         settings.encoder, settings.model.max_seq_len, settings.root, device, settings.model.precision
     )
-    if service.guard.pending:
+    if service.guard.pending and settings.encoder.freeze:  # a fine-tuned model is checked after training
         stage(f"Checking {service.precision} against fp32")
         guard_precision(service, splits.train, names, settings)
     service.progress = hooks.on_encode_progress

@@ -330,9 +330,13 @@ class Trainer:
             self.result.stop_reason = control.stop_reason or "stopped by a callback"
         logger.info("Training stopped: %s (best epoch %d)", self.result.stop_reason, self.result.best_epoch)
         self.restore_best()
-        self.calibration = calibrate(self.model, self.val_data, self.device, self.calibration_cfg)
+        self.fit_calibration()
         self.trigger("on_train_end", self.result)
         return self.result
+
+    def fit_calibration(self) -> None:
+        """Calibrate the model as it runs now on the validation split (again after its precision changed)."""
+        self.calibration = calibrate(self.model, self.val_data, self.device, self.calibration_cfg)
 
     def state_dict(self) -> dict:
         """A copy of what training has learned so far: weights, optimizer state and the schedule's position."""

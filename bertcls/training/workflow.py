@@ -16,6 +16,7 @@ from bertcls.task import Task, task_for
 from bertcls.tracking.records import TrackingRecord, run_name
 from bertcls.tracking.session import TrackedRun, Tracker, open_tracker
 from bertcls.training.callbacks import WorkflowHooks
+from bertcls.training.fine_tuned_guard import guard_fine_tuned, guard_texts
 from bertcls.training.preparation import PreparedRun, prepare
 from bertcls.training.resume import ResumeWriter, check_resume_data, data_fingerprint, read_resume, settings_fingerprint
 from bertcls.training.saving import TrainedModel, score_and_save
@@ -76,7 +77,9 @@ def train_tracked(
     trainer = make_trainer(settings, run.features, run.service, len(run.names), ranks)
     trainer.add_callback(hooks)
     data_fp = data_fingerprint(run.splits, settings.data, task_for(settings.model.task))
-    tracking.set_tags(prepared_tags(run.service, data_fp, describe_precision(run.service.guard.verdict)))
+    guard = run.service.guard
+    precision = f"{guard.precision} (checked after training)" if guard.pending else describe_precision(guard.verdict)
+    tracking.set_tags(prepared_tags(run.service, data_fp, precision))
     if payload is not None:
         trainer.load_resume_state(check_resume_data(payload, data_fp))
         logger.info("Resuming after epoch %d from %s", trainer.state.epoch, state_path)
@@ -90,6 +93,8 @@ def train_tracked(
     if trainer.state.interrupted and not result.best_state:
         assert stop_request is not None and stop_request.signum is not None  # only a stop request interrupts
         raise Interrupted(stop_request.signum, "Interrupted before the first epoch finished; nothing was saved.")
+    if run.features.fine_tune and run.service.guard.pending:
+        check_fine_tuned(settings, run, trainer, tracking)
     run.stage("Scoring and saving")
     outcome = save_trained(settings, run, trainer, data_fp, tracking.record())
     log_finished(tracking, outcome.metrics, trainer.calibration, result, outcome.checkpoint)
@@ -104,6 +109,16 @@ def train_tracked(
         )
     state_path.unlink(missing_ok=True)
     return outcome
+
+
+def check_fine_tuned(settings: Settings, run: PreparedRun, trainer: Trainer, tracking: TrackedRun) -> None:
+    """The precision guard on the fine-tuned model; calibrate again at fp32 when it falls back."""
+    run.stage(f"Checking {run.service.precision} against fp32 on the fine-tuned model")
+    texts = guard_texts(run.splits.val, run.splits.train, settings.data.text_column, settings.model.seed)
+    check = guard_fine_tuned(run.service, trainer.model, run.features, texts)
+    if check is not None and not check.passed:
+        trainer.fit_calibration()
+    tracking.set_tags({"bertcls.precision": describe_precision(run.service.guard.verdict)})
 
 
 def save_trained(
