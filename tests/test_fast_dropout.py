@@ -1,0 +1,59 @@
+"""bertcls's CPU dropout and attention for fine-tuning: the same distribution as torch's dropout, the same outputs
+as SDPA when nothing is dropped, and exactly SDPA outside training."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bertcls.model.fast_dropout import ATTENTION, FastDropout, attention, fast_dropout, use_fast_dropout
+
+
+def test_fast_dropout_drops_p_of_the_elements_and_scales_the_rest():
+    torch.manual_seed(0)
+    x = torch.ones(1_000_000, requires_grad=True)
+    for p in (0.1, 0.35):
+        out = fast_dropout(x, p)
+        kept = out != 0
+        assert abs(kept.float().mean().item() - (1 - p)) < 0.002  # 1e6 draws: sd 0.0005
+        assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / (1 - p)))
+    out.sum().backward()  # the gradient flows through the kept elements only, scaled as they are
+    assert torch.equal(x.grad != 0, kept) and torch.allclose(x.grad[kept], torch.full_like(x.grad[kept], 1 / 0.65))
+    assert fast_dropout(x, 0.0) is x and not fast_dropout(x, 1.0).any()
+
+
+def test_the_seed_decides_the_mask_and_evaluation_drops_nothing():
+    x = torch.randn(64, 128)
+    torch.manual_seed(3)
+    first = fast_dropout(x, 0.1)
+    torch.manual_seed(3)
+    assert torch.equal(first, fast_dropout(x, 0.1))
+    layer = FastDropout(0.1)
+    assert torch.equal(layer.eval()(x), x) and not torch.equal(layer.train()(x), x)
+
+
+def encoder_inputs():
+    from bertcls.config.settings import EncoderSection
+    from bertcls.model.encoder import Encoder, resolve_encoder_folder
+
+    encoder = Encoder(resolve_encoder_folder(EncoderSection(), "."), 32, "mean")
+    texts = ["a short one", "a much longer text than the first one, padded to the same length"]
+    return encoder, encoder.tokenize(texts)
+
+
+def test_the_attention_equals_sdpa_where_nothing_is_dropped(tmp_path):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    encoder, features = encoder_inputs()
+    reference = encoder.eval()(features)
+    assert use_fast_dropout(encoder.transformer) and encoder.transformer.config._attn_implementation == ATTENTION
+    assert not any(type(m) is nn.Dropout for m in encoder.transformer.modules())
+    assert torch.equal(encoder.eval()(features), reference)  # evaluation runs SDPA as before
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 12, 9, 32) for _ in range(3))
+    mask = torch.ones(2, 1, 9, 9, dtype=torch.bool)
+    mask[0, :, :, 6:] = False  # the first sequence is padded after 6 tokens
+    module = nn.Module()
+    expected, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](module, q, k, v, mask, dropout=0.0, scaling=0.2)
+    eager, _ = attention(module, q, k, v, mask, dropout=1e-12, scaling=0.2)  # the training path, keeping all
+    assert torch.allclose(eager, expected, atol=1e-5)
