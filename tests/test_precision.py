@@ -225,6 +225,7 @@ def fine_tune_settings(root, data, **flags):
     return resolve_settings({**base, **flags}).settings
 
 
+@pytest.mark.slow
 def test_a_fine_tuned_model_is_guarded_after_training_on_its_own_predictions(tmp_path, monkeypatch, cli):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
     data = tmp_path / "ft.csv"
@@ -246,6 +247,7 @@ def test_a_fine_tuned_model_is_guarded_after_training_on_its_own_predictions(tmp
     assert code == 0 and "bf16 (checked against fp32" in " ".join(out.split())
 
 
+@pytest.mark.slow
 def test_a_fine_tuned_model_that_disagrees_below_fp32_falls_back_and_is_calibrated_again(tmp_path, monkeypatch):
     from bertcls.tracking.session import Tracker
     from bertcls.training.callbacks import WorkflowHooks
