@@ -18,6 +18,7 @@ from bertcls.runtime.precision import (
     read_cpu_flags,
     resolve_precision,
 )
+from bertcls.runtime.precision import probe_hardware as precision_probe
 from bertcls.runtime.verdicts import VERDICTS_FILE, MachineVerdicts, verdict_key
 from tests.conftest import thread_subset
 
@@ -269,3 +270,33 @@ def test_a_fine_tuned_model_that_disagrees_below_fp32_falls_back_and_is_calibrat
     check_fine_tuned(settings, run, trainer, Tracker(settings.tracking, None).start_run(None))
     assert run.service.guard.verdict.used == "fp32" and run.service.precision == "fp32"
     assert trainer.calibration is not None and trainer.calibration.method == fitted.method  # fitted again
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not precision_probe().cpu_bf16, reason="this CPU has no native bf16 (AVX512_BF16 or AMX)")
+def test_bf16_fine_tuning_runs_forward_and_backward_in_bf16(tmp_path, monkeypatch):
+    from bertcls.training.callbacks import WorkflowHooks
+    from bertcls.training.preparation import prepare
+    from bertcls.training.setup import make_trainer
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    data = tmp_path / "ft.csv"
+    thread_subset(6, seed=2).to_csv(data, index=False)
+    settings = fine_tune_settings(tmp_path / "ft", data, **{"model.precision": "auto"})
+    run = prepare(settings, WorkflowHooks())
+    trainer = make_trainer(settings, run.features, run.service, len(run.names))
+    seen: dict[str, torch.dtype] = {}
+    query = trainer.model.encoder.transformer.encoder.layer[-1].attention.self.query
+
+    def forward(module, inputs, output) -> None:
+        seen.setdefault("forward", output.dtype)
+
+    def backward(module, grad_in, grad_out) -> None:
+        seen.setdefault("backward", grad_out[0].dtype)
+
+    query.register_forward_hook(forward)
+    query.register_full_backward_hook(backward)
+    trainer.model.train()
+    trainer._step(np.arange(8))
+    assert seen == {"forward": torch.bfloat16, "backward": torch.bfloat16}
+    assert query.weight.dtype == torch.float32 and query.weight.grad.dtype == torch.float32  # fp32 master weights
