@@ -170,9 +170,9 @@ def hf_trainer_samples_per_s(rows: pd.DataFrame, *, bf16: bool) -> float:
         return float(trainer.train().metrics["train_samples_per_second"])
 
 
-def bertcls_fine_tune(root: Path, paths: dict[str, Path], precision: str) -> tuple[float, float]:
+def bertcls_fine_tune(root: Path, paths: dict[str, Path], precision: str) -> tuple[float, float, float]:
     """``train --fine-tune --num-epochs 1`` in process: samples/s of the epoch's training steps (from its first step
-    to its last, without validation, as the Trainer's figure) and the model's test macro F1."""
+    to its last, without validation) and the model's test macro F1 and loss."""
     from bertcls.config.sources import resolve_settings
     from bertcls.training.callbacks import WorkflowHooks
     from bertcls.training.workflow import run_training
@@ -195,7 +195,7 @@ def bertcls_fine_tune(root: Path, paths: dict[str, Path], precision: str) -> tup
     outcome = run_training(resolve_settings(flags).settings, clock)
     assert outcome is not None
     rows = len(pd.read_csv(paths["train"]))
-    return rows / (clock.ended - clock.started), outcome.metrics["test"]["f1"]
+    return rows / (clock.ended - clock.started), outcome.metrics["test"]["f1"], outcome.metrics["test"]["loss"]
 
 
 def fine_tune_speed(work: Path, paths: dict[str, Path], rows: int, rounds: int) -> dict:
@@ -207,14 +207,16 @@ def fine_tune_speed(work: Path, paths: dict[str, Path], rows: int, rounds: int) 
     train.to_csv(subset["train"], index=False)
     rates: dict[str, list[float]] = {}
     f1: dict[str, float] = {}
+    losses: dict[str, float] = {}
     for number in range(rounds):
         for precision in ("fp32", "bf16"):
             rates.setdefault(f"hf_trainer_{precision}", []).append(
                 hf_trainer_samples_per_s(train, bf16=precision == "bf16")
             )
-            rate, score = bertcls_fine_tune(work / f"ft-{precision}-{number}", subset, precision)
+            rate, score, loss = bertcls_fine_tune(work / f"ft-{precision}-{number}", subset, precision)
             rates.setdefault(f"bertcls_{precision}", []).append(rate)
             f1[f"bertcls_{precision}"] = round(score, 4)
+            losses[f"bertcls_{precision}"] = round(loss, 4)
             print(precision, {k: round(v[-1], 2) for k, v in rates.items()}, flush=True)
     median = {name: round(statistics.median(values), 2) for name, values in rates.items()}
     return {
@@ -227,6 +229,7 @@ def fine_tune_speed(work: Path, paths: dict[str, Path], rows: int, rounds: int) 
         "bertcls_over_hf_bf16": round(median["bertcls_bf16"] / median["hf_trainer_bf16"], 2),
         "bertcls_bf16_over_fp32": round(median["bertcls_bf16"] / median["bertcls_fp32"], 2),
         "test_macro_f1_last_round": f1,
+        "test_loss_last_round": losses,
     }
 
 

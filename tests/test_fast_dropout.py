@@ -19,7 +19,9 @@ def test_fast_dropout_drops_p_of_the_elements_and_scales_the_rest():
         assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / (1 - p)))
     out.sum().backward()  # the gradient flows through the kept elements only, scaled as they are
     assert torch.equal(x.grad != 0, kept) and torch.allclose(x.grad[kept], torch.full_like(x.grad[kept], 1 / 0.65))
-    assert fast_dropout(x, 0.0) is x and not fast_dropout(x, 1.0).any()
+    assert fast_dropout(x, 0.0) is x and not fast_dropout(x, 1.0).any() and not fast_dropout(x, 0.999999).any()
+    odd = torch.ones(7, 5).t()  # 35 elements (not a multiple of 4), not contiguous
+    assert fast_dropout(odd, 0.5).shape == (5, 7)
 
 
 def test_the_seed_decides_the_mask_and_evaluation_drops_nothing():
@@ -54,6 +56,31 @@ def test_the_attention_equals_sdpa_where_nothing_is_dropped(tmp_path):
     mask = torch.ones(2, 1, 9, 9, dtype=torch.bool)
     mask[0, :, :, 6:] = False  # the first sequence is padded after 6 tokens
     module = nn.Module()
+    module.is_causal = False  # an encoder's self-attention
     expected, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](module, q, k, v, mask, dropout=0.0, scaling=0.2)
     eager, _ = attention(module, q, k, v, mask, dropout=1e-12, scaling=0.2)  # the training path, keeping all
     assert torch.allclose(eager, expected, atol=1e-5)
+
+
+def test_the_attention_takes_every_mask_and_keeps_the_softmax_in_fp32_under_bf16():
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(2, 12, 9, 32) for _ in range(3))
+    module, sdpa = nn.Module(), ALL_ATTENTION_FUNCTIONS["sdpa"]
+    module.is_causal = False  # an encoder's self-attention
+    additive = torch.zeros(2, 1, 9, 9)
+    additive[1, :, :, 4:] = torch.finfo(torch.float32).min  # the second sequence padded after 4 tokens
+    for mask in (None, additive):
+        expected, _ = sdpa(module, q, k, v, mask, dropout=0.0, scaling=None)
+        eager, _ = attention(module, q, k, v, mask, dropout=1e-12, scaling=None)
+        assert torch.allclose(eager, expected, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, _ = sdpa(module, q, k, v, None, dropout=0.0, scaling=None)
+        eager, _ = attention(module, q, k, v, None, dropout=1e-12, scaling=None)
+    assert torch.allclose(eager.float(), expected.float(), atol=2e-2)
+    causal = nn.Module()  # no is_causal: SDPA reads it as causal, so it is never taken off SDPA
+    torch.manual_seed(2)
+    first, _ = attention(causal, q, k, v, None, dropout=0.5, scaling=None)
+    torch.manual_seed(2)
+    assert torch.equal(first, sdpa(causal, q, k, v, None, dropout=0.5, scaling=None)[0])

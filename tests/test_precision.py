@@ -264,12 +264,21 @@ def test_a_fine_tuned_model_that_disagrees_below_fp32_falls_back_and_is_calibrat
     assert run.service.guard.pending  # nothing checked the pretrained encoder before fine-tuning
     trainer = make_trainer(settings, run.features, run.service, len(run.names))
     trainer.fit()
-    fitted = trainer.calibration
-    run.service._encoder = DegradedEncoder(run.service.encoder)  # what training tuned, broken below fp32
+    encoder = run.service.encoder  # the one training tuned, and the model's; below fp32 it now gives wrong vectors
+    real_embed = encoder.embed
+
+    def degraded(texts, batch_size, device, progress=None):
+        wanted, encoder.precision = encoder.precision, "fp32"
+        vectors = real_embed(texts, batch_size, device, progress)
+        encoder.precision = wanted
+        return vectors if wanted == "fp32" else np.random.default_rng(0).permutation(vectors)
+
+    monkeypatch.setattr(encoder, "embed", degraded)
     trainer.calibration = None
     check_fine_tuned(settings, run, trainer, Tracker(settings.tracking, None).start_run(None))
     assert run.service.guard.verdict.used == "fp32" and run.service.precision == "fp32"
-    assert trainer.calibration is not None and trainer.calibration.method == fitted.method  # fitted again
+    assert trainer.model.encoder is encoder and encoder.precision == "fp32"  # what scoring and saving run at
+    assert trainer.calibration is not None  # fitted again
 
 
 @pytest.mark.slow

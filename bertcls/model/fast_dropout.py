@@ -8,11 +8,13 @@ Only training on a CPU takes this path; evaluation, and every other device, run 
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 from torch import nn
 
+logger = logging.getLogger(__name__)
 ATTENTION = "bertcls_cpu_training"  # the transformers attention implementation registered below
 _SLICES = 65536
 
@@ -21,8 +23,8 @@ def fast_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     """Zero each element with probability ``p`` (to within 1/65536) and scale the rest by ``1 / (1 - p)``."""
     if p <= 0.0:
         return x
-    if p >= 1.0:
-        return torch.zeros_like(x)
+    if p >= 1.0 - 0.5 / _SLICES:  # nothing is kept (and the threshold would not fit in 16 bits)
+        return x * 0.0
     count = x.numel()
     words = torch.randint(-(2**63), 2**63 - 1, ((count + 3) // 4,), dtype=torch.int64, device=x.device)
     keep = words.view(torch.int16)[:count].view(x.shape) >= round(p * _SLICES) - _SLICES // 2
@@ -43,11 +45,13 @@ def attention(module: nn.Module, query, key, value, attention_mask, dropout: flo
     with :func:`fast_dropout`; otherwise PyTorch's scaled dot-product attention, as the model ran before."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    if not dropout or query.device.type != "cpu":
+    plain = getattr(module, "is_causal", True) is False and query.size(1) == key.size(1)  # as SDPA reads it; no GQA
+    extras = kwargs.get("is_causal") or any(kwargs.get(k) is not None for k in ("position_bias", "softcap", "s_aux"))
+    if not dropout or query.device.type != "cpu" or not plain or extras:
         return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, dropout=dropout,
                                               scaling=scaling, **kwargs)  # fmt: skip
     scale = scaling if scaling is not None else 1.0 / math.sqrt(query.size(-1))
-    scores = torch.matmul(query, key.transpose(2, 3)) * scale
+    scores = torch.matmul(query, key.transpose(2, 3)).float() * scale  # the softmax in fp32, as SDPA's math path
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:  # the SDPA mask: True where a token may be attended to
             scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
@@ -69,15 +73,20 @@ def register_attention() -> None:
 
 def use_fast_dropout(transformer: nn.Module) -> bool:
     """Swap the transformer's dropout for :class:`FastDropout` and its attention for :func:`attention`, where its
-    attention runs through PyTorch's SDPA today (the only one :func:`attention` stands in for). Returns whether it
-    did."""
+    attention runs through PyTorch's SDPA today (the only one :func:`attention` stands in for) and this version of
+    transformers can register an attention function. Returns whether the attention was swapped (the dropout
+    modules are swapped either way)."""
     config = getattr(transformer, "config", None)
-    if config is None or getattr(config, "_attn_implementation", None) not in ("sdpa", ATTENTION):
-        return False
     for parent in list(transformer.modules()):
         for name, child in parent.named_children():
             if type(child) is nn.Dropout:
                 setattr(parent, name, FastDropout(child.p, child.inplace))
-    register_attention()
-    transformer.set_attn_implementation(ATTENTION)  # type: ignore[operator]  # a PreTrainedModel method
-    return True
+    if config is None or getattr(config, "_attn_implementation", None) not in ("sdpa", ATTENTION):
+        return False
+    try:
+        register_attention()
+        transformer.set_attn_implementation(ATTENTION)  # type: ignore[operator]  # a PreTrainedModel method
+    except (ImportError, AttributeError, ValueError) as exc:  # an older transformers: SDPA's own dropout stays
+        logger.debug("Attention dropout stays torch's: %s", exc)
+        return False
+    return getattr(config, "_attn_implementation", None) == ATTENTION

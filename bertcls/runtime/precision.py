@@ -184,8 +184,8 @@ def describe(check: PrecisionCheck | None) -> str:
     """One line for people: the precision used and what the guard measured."""
     if check is None:
         return "fp32 (not recorded: made before precision was chosen)"
-    if check.mean_cosine is None:
-        return check.used
+    if check.mean_cosine is None:  # fp32, or a fine-tuned trial saved unchecked (checked on its first texts)
+        return check.used if check.used == "fp32" else f"{check.used} (not checked yet: checked on first use)"
     agreement = check.label_agreement or 0.0
     measured = f"mean cosine {check.mean_cosine:.5f}, same label {100 * agreement:.1f}% of {check.sample} texts"
     if check.passed:

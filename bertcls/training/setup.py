@@ -52,8 +52,9 @@ def make_trainer(
     if features.fine_tune:
         encoder = service.encoder
         encoder.set_trainable(freeze=False, unfreeze_last_n_layers=settings.encoder.unfreeze_last_n_layers)
-        if device.type == "cpu" and use_fast_dropout(encoder.transformer):
-            logger.debug("Fine-tuning with bertcls's CPU dropout and attention (bertcls/model/fast_dropout.py)")
+        if device.type == "cpu":
+            swapped = use_fast_dropout(encoder.transformer)
+            logger.debug("Fine-tuning with bertcls's CPU dropout%s", " and attention" if swapped else "")
     lexical = None
     if features.lexical is not None:
         lexical = LexicalLayer(features.lexical.spec.num_features, num_classes)

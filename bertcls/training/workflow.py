@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from bertcls.config.settings import Settings
 from bertcls.data.labelled import DataReport, write_splits
 from bertcls.runtime.distributed import SINGLE, world
@@ -93,8 +95,8 @@ def train_tracked(
     if trainer.state.interrupted and not result.best_state:
         assert stop_request is not None and stop_request.signum is not None  # only a stop request interrupts
         raise Interrupted(stop_request.signum, "Interrupted before the first epoch finished; nothing was saved.")
-    if run.features.fine_tune and run.service.guard.pending:
-        check_fine_tuned(settings, run, trainer, tracking)
+    if run.features.fine_tune and run.service.guard.pending and not trainer.state.interrupted:
+        check_fine_tuned(settings, run, trainer, tracking)  # a stopped run saves at once, unchecked
     run.stage("Scoring and saving")
     outcome = save_trained(settings, run, trainer, data_fp, tracking.record())
     log_finished(tracking, outcome.metrics, trainer.calibration, result, outcome.checkpoint)
@@ -115,7 +117,11 @@ def check_fine_tuned(settings: Settings, run: PreparedRun, trainer: Trainer, tra
     """The precision guard on the fine-tuned model; calibrate again at fp32 when it falls back."""
     run.stage(f"Checking {run.service.precision} against fp32 on the fine-tuned model")
     texts = guard_texts(run.splits.val, run.splits.train, settings.data.text_column, settings.model.seed)
-    check = guard_fine_tuned(run.service, trainer.model, run.features, texts)
+    try:
+        check = guard_fine_tuned(run.service, trainer.model, run.features, texts)
+    except (RuntimeError, torch.OutOfMemoryError) as exc:  # never lose a trained model to its check
+        logger.warning("The precision guard failed (%s); the model is saved unchecked and checked on first use.", exc)
+        return
     if check is not None and not check.passed:
         trainer.fit_calibration()
     tracking.set_tags({"bertcls.precision": describe_precision(run.service.guard.verdict)})
