@@ -3,6 +3,7 @@ as SDPA when nothing is dropped, and exactly SDPA outside training."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -43,6 +44,7 @@ def encoder_inputs():
     return encoder, encoder.tokenize(texts)
 
 
+@pytest.mark.slow
 def test_the_attention_equals_sdpa_where_nothing_is_dropped(tmp_path):
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 

@@ -113,6 +113,7 @@ def test_tpe_study_finishes_and_best_model_predicts(cli, workspace, threads_smal
     assert_explained(root, "best_model_bert_opt_exp0.pt", thread_subset(1, seed=4).text.iloc[0])
 
 
+@pytest.mark.slow  # trains several trials: about 6 s
 def test_hopeless_trial_is_pruned(workspace, threads_small):
     root = workspace / "tuning"
     # the lexical part has its own learning rate and alone separates the threads: the trial's lr is hopeless without it
