@@ -250,7 +250,6 @@ def test_a_fine_tuned_model_is_guarded_after_training_on_its_own_predictions(tmp
 
 @pytest.mark.slow
 def test_a_fine_tuned_model_that_disagrees_below_fp32_falls_back_and_is_calibrated_again(tmp_path, monkeypatch):
-    from bertcls.tracking.session import Tracker
     from bertcls.training.callbacks import WorkflowHooks
     from bertcls.training.preparation import prepare
     from bertcls.training.setup import make_trainer
@@ -275,7 +274,7 @@ def test_a_fine_tuned_model_that_disagrees_below_fp32_falls_back_and_is_calibrat
 
     monkeypatch.setattr(encoder, "embed", degraded)
     trainer.calibration = None
-    check_fine_tuned(settings, run, trainer, Tracker(settings.tracking, None).start_run(None))
+    check_fine_tuned(settings, run, trainer)
     assert run.service.guard.verdict.used == "fp32" and run.service.precision == "fp32"
     assert trainer.model.encoder is encoder and encoder.precision == "fp32"  # what scoring and saving run at
     assert trainer.calibration is not None  # fitted again

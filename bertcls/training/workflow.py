@@ -96,7 +96,9 @@ def train_tracked(
         assert stop_request is not None and stop_request.signum is not None  # only a stop request interrupts
         raise Interrupted(stop_request.signum, "Interrupted before the first epoch finished; nothing was saved.")
     if run.features.fine_tune and run.service.guard.pending and not trainer.state.interrupted:
-        check_fine_tuned(settings, run, trainer, tracking)  # a stopped run saves at once, unchecked
+        check_fine_tuned(settings, run, trainer)  # a stopped run saves at once, unchecked
+    if run.features.fine_tune:
+        tracking.set_tags({"bertcls.precision": describe_precision(run.service.guard.record())})
     run.stage("Scoring and saving")
     outcome = save_trained(settings, run, trainer, data_fp, tracking.record())
     log_finished(tracking, outcome.metrics, trainer.calibration, result, outcome.checkpoint)
@@ -113,7 +115,7 @@ def train_tracked(
     return outcome
 
 
-def check_fine_tuned(settings: Settings, run: PreparedRun, trainer: Trainer, tracking: TrackedRun) -> None:
+def check_fine_tuned(settings: Settings, run: PreparedRun, trainer: Trainer) -> None:
     """The precision guard on the fine-tuned model; calibrate again at fp32 when it falls back."""
     run.stage(f"Checking {run.service.precision} against fp32 on the fine-tuned model")
     texts = guard_texts(run.splits.val, run.splits.train, settings.data.text_column, settings.model.seed)
@@ -124,7 +126,6 @@ def check_fine_tuned(settings: Settings, run: PreparedRun, trainer: Trainer, tra
         return
     if check is not None and not check.passed:
         trainer.fit_calibration()
-    tracking.set_tags({"bertcls.precision": describe_precision(run.service.guard.verdict)})
 
 
 def save_trained(
@@ -153,5 +154,5 @@ def save_trained(
         service.encoder_loaded,
         run.features.chunking,
         lexical_count,
-        describe_precision(service.guard.verdict),
+        describe_precision(service.guard.record()),  # a stopped fine-tuning run's: not checked yet
     )
