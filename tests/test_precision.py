@@ -226,6 +226,20 @@ def fine_tune_settings(root, data, **flags):
     return resolve_settings({**base, **flags}).settings
 
 
+def fine_tune_trainer(tmp_path, monkeypatch, per_class: int, **flags):
+    """A prepared fine-tuning run on generated threads, and its trainer (nothing trained yet)."""
+    from bertcls.training.callbacks import WorkflowHooks
+    from bertcls.training.preparation import prepare
+    from bertcls.training.setup import make_trainer
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    data = tmp_path / "ft.csv"
+    thread_subset(per_class, seed=2).to_csv(data, index=False)
+    settings = fine_tune_settings(tmp_path / "ft", data, **flags)
+    run = prepare(settings, WorkflowHooks())
+    return settings, run, make_trainer(settings, run.features, run.service, len(run.names))
+
+
 @pytest.mark.slow
 def test_a_fine_tuned_model_is_guarded_after_training_on_its_own_predictions(tmp_path, monkeypatch, cli):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
@@ -250,18 +264,10 @@ def test_a_fine_tuned_model_is_guarded_after_training_on_its_own_predictions(tmp
 
 @pytest.mark.slow
 def test_a_fine_tuned_model_that_disagrees_below_fp32_falls_back_and_is_calibrated_again(tmp_path, monkeypatch):
-    from bertcls.training.callbacks import WorkflowHooks
-    from bertcls.training.preparation import prepare
-    from bertcls.training.setup import make_trainer
     from bertcls.training.workflow import check_fine_tuned
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
-    data = tmp_path / "ft.csv"
-    thread_subset(10, seed=2).to_csv(data, index=False)
-    settings = fine_tune_settings(tmp_path / "ft", data, **{"calibration.method": "temperature"})
-    run = prepare(settings, WorkflowHooks())
+    settings, run, trainer = fine_tune_trainer(tmp_path, monkeypatch, 10, **{"calibration.method": "temperature"})
     assert run.service.guard.pending  # nothing checked the pretrained encoder before fine-tuning
-    trainer = make_trainer(settings, run.features, run.service, len(run.names))
     trainer.fit()
     encoder = run.service.encoder  # the one training tuned, and the model's; below fp32 it now gives wrong vectors
     real_embed = encoder.embed
@@ -283,16 +289,7 @@ def test_a_fine_tuned_model_that_disagrees_below_fp32_falls_back_and_is_calibrat
 @pytest.mark.slow
 @pytest.mark.skipif(not precision_probe().cpu_bf16, reason="this CPU has no native bf16 (AVX512_BF16 or AMX)")
 def test_bf16_fine_tuning_runs_forward_and_backward_in_bf16(tmp_path, monkeypatch):
-    from bertcls.training.callbacks import WorkflowHooks
-    from bertcls.training.preparation import prepare
-    from bertcls.training.setup import make_trainer
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
-    data = tmp_path / "ft.csv"
-    thread_subset(6, seed=2).to_csv(data, index=False)
-    settings = fine_tune_settings(tmp_path / "ft", data, **{"model.precision": "auto"})
-    run = prepare(settings, WorkflowHooks())
-    trainer = make_trainer(settings, run.features, run.service, len(run.names))
+    _, _, trainer = fine_tune_trainer(tmp_path, monkeypatch, 6, **{"model.precision": "auto"})
     seen: dict[str, torch.dtype] = {}
     query = trainer.model.encoder.transformer.encoder.layer[-1].attention.self.query
 
