@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import pandas as pd
 
 from bertcls.features.service import EmbeddingService
 from bertcls.features.sets import FeatureSet
-from bertcls.inference.batches import predict_embedded
+from bertcls.model.classifier import Classifier
 from bertcls.model.network import TextClassifier
 from bertcls.runtime.precision import GUARD_SAMPLE, PrecisionCheck, log_check, measure, sample_indices
 
@@ -29,17 +28,13 @@ def guard_texts(val: pd.DataFrame, train: pd.DataFrame, text_column: str, seed: 
 
 
 def guard_fine_tuned(
-    service: EmbeddingService, model: TextClassifier, features: FeatureSet, texts: list[str]
+    service: EmbeddingService, model: TextClassifier, labels: list[str], features: FeatureSet, texts: list[str]
 ) -> PrecisionCheck | None:
     """Check the fine-tuned ``model`` at the service's reduced precision against fp32 on ``texts`` (embeddings and
     the model's labels) and settle the service's guard; None when nothing was pending (fp32, or a verdict given)."""
     if not service.guard.pending:
         return None
-    rows = features.lexical.transform(texts) if features.lexical is not None else None
-
-    def label(vectors: np.ndarray) -> np.ndarray:
-        return predict_embedded(model, vectors, rows, service.device).argmax(axis=1)
-
+    label = Classifier(model, labels, features.lexical, None).labeller(texts, service.device)  # as predict's guard
     model.eval()
     batch = service.cfg.encode_batch_size
     check, _ = measure(service.encoder, texts, service.precision, service.device, batch, label)

@@ -120,7 +120,7 @@ def check_fine_tuned(settings: Settings, run: PreparedRun, trainer: Trainer) -> 
     run.stage(f"Checking {run.service.precision} against fp32 on the fine-tuned model")
     texts = guard_texts(run.splits.val, run.splits.train, settings.data.text_column, settings.model.seed)
     try:
-        check = guard_fine_tuned(run.service, trainer.model, run.features, texts)
+        check = guard_fine_tuned(run.service, trainer.model, run.names, run.features, texts)
     except (RuntimeError, torch.OutOfMemoryError) as exc:  # never lose a trained model to its check
         logger.warning("The precision guard failed (%s); the model is saved unchecked and checked on first use.", exc)
         return
