@@ -4,6 +4,7 @@ that differ between ranks. Plain runs are covered by every other test (no torchr
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -20,10 +21,20 @@ from bertcls.runtime.distributed import Parallel
 from tests.conftest import thread_subset
 
 
+def torchrun_command(*target: str) -> list[str]:
+    """``torchrun --nproc-per-node 2`` with its store on a free loopback port (not the fixed default, 29500, which a
+    rank of the previous launch may still hold)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launch = ["--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(port)]
+    return [sys.executable, "-m", "torch.distributed.run", *launch, *target]
+
+
 def torchrun(*args, cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     env = {k: v for k, v in env.items() if not k.startswith("BERTCLS_")}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "bertcls", *map(str, args)]
+    command = torchrun_command("-m", "bertcls", *map(str, args))
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -139,7 +150,7 @@ def test_an_out_of_memory_step_on_one_rank_makes_every_rank_halve(small_csv, tmp
     script.write_text(OOM_ON_RANK_1.format(repo=str(__import__("pathlib").Path(__file__).resolve().parents[1])))
     root = tmp_path / "oom"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(script), "train"]
+    command = torchrun_command(str(script), "train")
     command += ["--output-root", str(root), "--data-file", str(small_csv), "--fine-tune", "--num-epochs", "1"]
     command += ["--max-seq-len", "32", "--batch-size", "16", "--verbosity", "0"]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -66,8 +66,10 @@ def run(argv: list[str] | None = None) -> int:
     and SIGTERM print one sentence and give 130 and 143."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     previous = raise_on_signals()
+    finished = False
     try:
         result = app(args=argv, standalone_mode=False)
+        finished = True
     except BertclsError as exc:
         report_error(exc)
         return 2
@@ -103,17 +105,19 @@ def run(argv: list[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        leave_process_group()
+        leave_process_group(together=finished)
     return result if isinstance(result, int) else 0
 
 
-def leave_process_group() -> None:
+def leave_process_group(*, together: bool) -> None:
     """Under torchrun, destroy the process group before the interpreter exits: left to finalisation, gloo's worker
-    threads can abort the process ("terminate called without an active exception", SIGABRT) after a good run."""
+    threads can abort the process ("terminate called without an active exception", SIGABRT) after a good run.
+    After a good run the ranks leave together (a rank that finished early, as in frozen training, waits for the
+    others) so that no rank tears its connections down under a peer still using them."""
     # never imported (and torch never loaded) on plain runs
     distributed = sys.modules.get("bertcls.runtime.distributed")
     if distributed is not None:
-        distributed.shutdown()
+        distributed.shutdown(together=together)
 
 
 def main() -> None:

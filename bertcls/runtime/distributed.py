@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ import torch.distributed as dist
 from bertcls.runtime.errors import ConfigError
 
 logger = logging.getLogger(__name__)
+Rows = TypeVar("Rows", np.ndarray, tuple[np.ndarray, np.ndarray])
 TIMEOUT = dt.timedelta(hours=6)  # rank 0 may train a head for a long time while the others wait
 
 
@@ -52,15 +53,20 @@ class Parallel:
         return order[self.rank :: self.size], len(order[0 :: self.size])
 
     def map_sharded(
-        self, compute: Callable[[Any], np.ndarray], items: Any, take: Callable[[Any, np.ndarray], Any] | None = None
-    ) -> np.ndarray:
-        """``compute(items)`` in input order; under torchrun each rank computes its share (``take(items, rows)``,
-        a list of those items by default) and every rank gets all the rows back."""
+        self, compute: Callable[[Any], Rows], items: Any, take: Callable[[Any, np.ndarray], Any] | None = None
+    ) -> Rows:
+        """``compute(items)`` in input order (an array of rows, or a tuple of them); under torchrun each rank
+        computes its share (``take(items, rows)``, a list of those items by default) and every rank gets all the
+        rows back."""
         if not self.distributed:
             return compute(items)
         rows = self.shard(len(items))
         mine = take(items, rows) if take is not None else [items[i] for i in rows]
-        return self.gather_rows(compute(mine), len(items))
+        local = compute(mine)
+        if isinstance(local, tuple):
+            first, second = (self.gather_rows(part, len(items)) for part in local)
+            return first, second
+        return self.gather_rows(local, len(items))
 
     def gather_rows(self, local: np.ndarray, count: int) -> np.ndarray:
         """Reassemble rows computed as ``shard(count)`` on every rank into one array in row order (tensors padded
@@ -186,9 +192,16 @@ def init_from_env(device_type: str = "cpu") -> Parallel:
     return world()
 
 
-def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(*, together: bool = False) -> None:
+    """Leave the process group; ``together``: after a barrier (a peer that failed meanwhile ends the wait)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if together:
+        try:
+            dist.barrier()
+        except RuntimeError as exc:  # a peer failed and left: nothing to wait for
+            logger.debug("Leaving without the other ranks: %s", exc)
+    dist.destroy_process_group()
 
 
 def check_same_settings(settings_dump: dict) -> None:
