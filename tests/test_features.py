@@ -13,7 +13,7 @@ from bertcls.features.lexical import LexicalFeatures
 from bertcls.features.service import EmbeddingService
 from bertcls.inference.prediction import Predictor
 from bertcls.model.checkpoint import build_classifier, load_checkpoint, save_checkpoint
-from bertcls.model.encoder import pool_windows, split_into_windows, text_windows
+from bertcls.model.encoder import pool_windows, split_into_windows, text_windows, truncated_ids
 from bertcls.task import SingleLabel
 from bertcls.training.workflow import run_training
 
@@ -83,6 +83,23 @@ def test_a_text_of_three_windows_gives_three_cache_entries_and_their_pooled_vect
     assert service.chunking.as_dict() == {"texts": 1, "chunked": 1, "windows": 3, "cut": 0}
     service.embed([text])
     assert service.stats.hits == 3  # a second pass reads all three windows from the cache
+
+
+def test_one_tokeniser_pass_gives_the_truncated_ids_lengths_and_vectors_of_two(workspace):
+    service = EmbeddingService(EncoderSection(), 32, workspace / "one_pass", DEVICE)
+    tokenizer, encoder = service.tokenizer, service.encoder
+    long = " ".join(thread_subset(2)["text"])  # hundreds of tokens
+    texts = [long, "", "short", "naïve café – 東京 🙂 " * 9, "word " * 30, "word " * 31, long[:500]]
+    for max_len in (8, 32, 64):
+        ids, lengths = truncated_ids(tokenizer, texts, max_len)
+        assert ids == tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]
+        assert lengths.tolist() == [len(x) for x in tokenizer(texts, truncation=False)["input_ids"]]
+    encoder.max_seq_len = 32
+    vectors, lengths = encoder.embed_with_lengths(texts, 3, DEVICE)
+    assert np.array_equal(lengths, encoder.token_lengths(texts))
+    with torch.inference_mode():  # the tokeniser's own padded batch (token type ids included) gives the same rows
+        expected = encoder(encoder.tokenize(texts)).numpy()
+    assert np.abs(vectors - expected).max() < 1e-5
 
 
 @pytest.mark.slow

@@ -20,13 +20,20 @@ FUNCTION_WORDS = {
 }
 WORDS = {language: frozenset(words.split()) for language, words in FUNCTION_WORDS.items()}
 _TOKEN = re.compile(r"\w+", re.UNICODE)
+_NOT_ASCII = re.compile(r"[^\x00-\x7f]")
+_NOT_ASCII_LETTER = re.compile(r"[^A-Za-z]+")
 UNDETERMINED = "undetermined"
 
 
 def script_of(text: str) -> str | None:
     """The main non-Latin script of a text (e.g. ``Cyrillic``), or None when its letters are mostly Latin."""
+    if text.isascii():  # every letter is Latin
+        return None
     scripts: Counter[str] = Counter()
-    for char in text:
+    latin_ascii = len(_NOT_ASCII_LETTER.sub("", text))
+    if latin_ascii:
+        scripts["LATIN"] = latin_ascii
+    for char in _NOT_ASCII.findall(text):  # only the non-ASCII characters are looked up by name
         if char.isalpha():
             name = unicodedata.name(char, "")
             scripts[name.split(" ")[0] if name else "UNKNOWN"] += 1
@@ -42,8 +49,8 @@ def language_of(text: str) -> str:
     script = script_of(text)
     if script is not None:
         return script
-    tokens = _TOKEN.findall(text.lower())
-    hits = Counter({language: sum(t in words for t in tokens) for language, words in WORDS.items()})
+    tokens = Counter(_TOKEN.findall(text.lower()))
+    hits = Counter({language: sum(tokens[word] for word in words) for language, words in WORDS.items()})
     ranked = hits.most_common(2)
     if not ranked or ranked[0][1] < 1 or (len(ranked) > 1 and ranked[1][1] == ranked[0][1]):
         return UNDETERMINED

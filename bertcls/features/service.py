@@ -195,8 +195,9 @@ class EmbeddingService:
 
         def encode_block(block: list[str], progress: ProgressFn | None) -> tuple[np.ndarray, np.ndarray]:
             size = self.cfg.encode_batch_size
-            vectors = here.map_sharded(lambda part: self.encoder.embed(part, size, self.device, progress), block)
-            return vectors, here.map_sharded(self.encoder.token_lengths, block)
+            return here.map_sharded(
+                lambda part: self.encoder.embed_with_lengths(part, size, self.device, progress), block
+            )
 
         return self._encode_in_blocks(texts, encode_block)
 

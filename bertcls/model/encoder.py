@@ -215,6 +215,30 @@ def split_into_windows(
     return windows, np.asarray(owner, dtype=np.int64), lengths
 
 
+def special_tokens_around(tokenizer) -> tuple[int, int]:
+    """How many special tokens the tokeniser puts before and after one text (BERT: [CLS] and [SEP], so 1 and 1)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for head in range(len(full) - len(plain) + 1):
+        if full[head : head + len(plain)] == plain:
+            return head, len(full) - head - len(plain)
+    raise ValueError("the tokeniser's special tokens are not around the text")
+
+
+def truncated_ids(tokenizer, texts: list[str], max_seq_len: int) -> tuple[list[list[int]], np.ndarray]:
+    """Each text's input ids as the tokeniser truncates them at ``max_seq_len`` (special tokens kept) and its
+    untruncated token count (special tokens included), from one tokeniser pass instead of two: the tokens kept
+    are the first ones, then the closing special tokens, exactly what ``truncation=True`` keeps."""
+    full = tokenizer(bounded(texts), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+    lengths = np.fromiter((len(x) for x in full), dtype=np.int64, count=len(full))
+    head, tail = special_tokens_around(tokenizer)
+    if getattr(tokenizer, "truncation_side", "right") != "right" or head + tail >= max_seq_len:
+        short = tokenizer(bounded(texts), truncation=True, max_length=max_seq_len, verbose=False)["input_ids"]
+        return short, lengths
+    keep = max_seq_len - tail
+    return [x if len(x) <= max_seq_len else x[:keep] + x[len(x) - tail :] for x in full], lengths
+
+
 def window_batches(windows: list[list[int]], batch_size: int, pad_id: int):
     """``(indices, input_ids, attention_mask)`` per batch of token windows, longest first, padded to the longest
     window of the batch (numpy int64, for torch and onnxruntime alike)."""
@@ -344,16 +368,6 @@ class Encoder(nn.Module):
             for param in layer.parameters():
                 param.requires_grad = True
 
-    def length_sorted_batches(self, texts: list[str], batch_size: int):
-        """Tokenise once, sort by token length, and yield ``(row indices, padded features)`` per batch."""
-        encoded = self.tokenizer(bounded(texts), truncation=True, max_length=self.max_seq_len, padding=False)
-        ids = encoded["input_ids"]
-        order = np.argsort([-len(x) for x in ids], kind="stable")
-        for start in range(0, len(texts), batch_size):
-            indices = order[start : start + batch_size]
-            rows = [{key: encoded[key][i] for key in encoded} for i in indices]
-            yield indices, dict(self.tokenizer.pad(rows, padding=True, return_tensors="pt"))
-
     @torch.inference_mode()
     def embed_windows(
         self, windows: list[list[int]], batch_size: int, device: torch.device, progress: ProgressFn | None = None
@@ -374,18 +388,16 @@ class Encoder(nn.Module):
                 progress(done, len(windows))
         return out
 
-    @torch.inference_mode()
     def embed(
         self, texts: list[str], batch_size: int, device: torch.device, progress: ProgressFn | None = None
     ) -> np.ndarray:
-        """Embed texts in batches sorted by token length; rows come back in input order."""
-        self.eval()
-        self.to(device)
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        done = 0
-        for indices, features in self.length_sorted_batches(texts, batch_size):
-            out[indices] = self({k: v.to(device) for k, v in features.items()}).float().cpu().numpy()
-            done += len(indices)
-            if progress:
-                progress(done, len(texts))
-        return out
+        """Embed the first ``max_seq_len`` tokens of each text, in batches sorted by token length; rows come back
+        in input order."""
+        return self.embed_with_lengths(texts, batch_size, device, progress)[0]
+
+    def embed_with_lengths(
+        self, texts: list[str], batch_size: int, device: torch.device, progress: ProgressFn | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`embed` and :meth:`token_lengths` from one tokeniser pass."""
+        ids, lengths = truncated_ids(self.tokenizer, texts, self.max_seq_len)
+        return self.embed_windows(ids, batch_size, device, progress), lengths
