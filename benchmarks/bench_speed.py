@@ -289,7 +289,7 @@ def main() -> None:
     args = parse_args(parser)
     skip = set(args.skip.split(","))
     work = Path(tempfile.mkdtemp(prefix="bench-speed-"))
-    results: dict = {**earlier_results(), "cpu": cpu_line()}  # a skipped part keeps its earlier numbers
+    results: dict = {**earlier_results(), "cpu": cpu_line()}  # a skipped part keeps its numbers (and CPU line)
     print(results["cpu"], flush=True)
     try:
         paths = make_splits(work / "data")
@@ -299,14 +299,14 @@ def main() -> None:
             for kind, flags in {"fp32": ("--fp32",), "int8": ("--int8",)}.items():
                 timed(bertcls("export", "--output-root", str(root), *flags, "-v", "0"), cwd=work)
                 (root / "export").rename(root / f"export_{kind}")
-            results["predict"] = predict_speed(root, paths, args.rounds)
+            results["predict"] = {"cpu": cpu_line(), **predict_speed(root, paths, args.rounds)}
             results["predict"]["backend_auto"] = backend_auto(root, results["predict"]["texts_per_s"])
             print(results["predict"], flush=True)
         if "train" not in skip:
-            results["cold_train"] = cold_train_cost(work, paths, args.cold_rounds)
+            results["cold_train"] = {"cpu": cpu_line(), **cold_train_cost(work, paths, args.cold_rounds)}
             print(results["cold_train"], flush=True)
         if "finetune" not in skip:
-            results["fine_tune"] = fine_tune_speed(work, paths, args.ft_rows, args.ft_rounds)
+            results["fine_tune"] = {"cpu": cpu_line(), **fine_tune_speed(work, paths, args.ft_rows, args.ft_rounds)}
             print(results["fine_tune"], flush=True)
         save_result("speed", results)
     finally:

@@ -4,7 +4,6 @@ that differ between ranks. Plain runs are covered by every other test (no torchr
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -22,13 +21,9 @@ from tests.conftest import thread_subset
 
 
 def torchrun_command(*target: str) -> list[str]:
-    """``torchrun --nproc-per-node 2`` with its store on a free loopback port (not the fixed default, 29500, which a
-    rank of the previous launch may still hold)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    launch = ["--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(port)]
-    return [sys.executable, "-m", "torch.distributed.run", *launch, *target]
+    """``torchrun --standalone --nproc-per-node 2``: the launch's store on a free port torchrun picks itself (not the
+    fixed default, 29500, which a rank of the previous launch may still hold)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *target]
 
 
 def torchrun(*args, cwd) -> subprocess.CompletedProcess:

@@ -100,6 +100,8 @@ def test_one_tokeniser_pass_gives_the_truncated_ids_lengths_and_vectors_of_two(w
     with torch.inference_mode():  # the tokeniser's own padded batch (token type ids included) gives the same rows
         expected = encoder(encoder.tokenize(texts)).numpy()
     assert np.abs(vectors - expected).max() < 1e-5
+    empty_vectors, empty_lengths = encoder.embed_with_lengths([], 3, DEVICE)  # a rank's empty share of a block
+    assert empty_vectors.shape == (0, encoder.dim) and empty_lengths.shape == (0,)
 
 
 @pytest.mark.slow

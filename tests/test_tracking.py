@@ -415,6 +415,34 @@ def test_languages_are_estimated_from_function_words():
     }
 
 
+def script_by_every_character(text: str) -> str | None:
+    """The script rule read character by character (the definition the fast version must match)."""
+    import unicodedata
+    from collections import Counter
+
+    scripts: Counter[str] = Counter()
+    for char in text:
+        if char.isalpha():
+            name = unicodedata.name(char, "")
+            scripts[name.split(" ")[0] if name else "UNKNOWN"] += 1
+    if not scripts:
+        return None
+    script, count = scripts.most_common(1)[0]
+    return None if script == "LATIN" or count < sum(scripts.values()) / 2 else f"{script.title()} script"
+
+
+def test_the_script_of_a_text_is_the_character_by_character_rule_ties_included():
+    import random
+
+    from bertcls.data.languages import script_of
+
+    alphabet = [*"abcXYZ ,.1", *"абвгд", *"日本語", *"αβγ", *"éüñß", "🙂", "–"]
+    draw = random.Random(0)
+    texts = ["абв abc", "abc абв", "日本 ab", "αβγ δε abcde", "é", "", "–🙂"]
+    texts += ["".join(draw.choice(alphabet) for _ in range(draw.randint(0, 12))) for _ in range(20000)]
+    assert [script_of(t) for t in texts] == [script_by_every_character(t) for t in texts]
+
+
 @pytest.mark.slow
 def test_a_stopped_run_ends_killed_and_its_resumed_run_holds_the_whole_history(small_csv, tmp_path):
     from mlflow.tracking import MlflowClient

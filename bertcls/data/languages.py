@@ -22,21 +22,28 @@ WORDS = {language: frozenset(words.split()) for language, words in FUNCTION_WORD
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 _NOT_ASCII = re.compile(r"[^\x00-\x7f]")
 _NOT_ASCII_LETTER = re.compile(r"[^A-Za-z]+")
+_ASCII_LETTER = re.compile(r"[A-Za-z]")
 UNDETERMINED = "undetermined"
 
 
 def script_of(text: str) -> str | None:
-    """The main non-Latin script of a text (e.g. ``Cyrillic``), or None when its letters are mostly Latin."""
+    """The main non-Latin script of a text (e.g. ``Cyrillic``), or None when its letters are mostly Latin (a tie
+    goes to the script whose first letter comes first)."""
     if text.isascii():  # every letter is Latin
         return None
-    scripts: Counter[str] = Counter()
+    scripts: Counter[str] = Counter()  # in the order of each script's first letter
     latin_ascii = len(_NOT_ASCII_LETTER.sub("", text))
-    if latin_ascii:
-        scripts["LATIN"] = latin_ascii
-    for char in _NOT_ASCII.findall(text):  # only the non-ASCII characters are looked up by name
+    first_ascii = _ASCII_LETTER.search(text)
+    latin_from = first_ascii.start() if first_ascii else len(text)
+    for found in _NOT_ASCII.finditer(text):  # only the non-ASCII characters are looked up by name
+        if found.start() > latin_from and "LATIN" not in scripts:
+            scripts["LATIN"] = 0  # an ASCII letter came first
+        char = found.group()
         if char.isalpha():
             name = unicodedata.name(char, "")
             scripts[name.split(" ")[0] if name else "UNKNOWN"] += 1
+    if latin_ascii:
+        scripts["LATIN"] += latin_ascii
     if not scripts:
         return None
     script, count = scripts.most_common(1)[0]

@@ -205,6 +205,8 @@ def split_into_windows(
 ) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
     """The token windows of every text ([CLS] ... [SEP]), the text each window belongs to, and each text's
     untruncated token count (special tokens included). Needs only the tokenizer."""
+    if not texts:
+        return [], np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     ids = tokenizer(bounded(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
     windows, owner = [], []
     for index, tokens in enumerate(ids):
@@ -215,26 +217,30 @@ def split_into_windows(
     return windows, np.asarray(owner, dtype=np.int64), lengths
 
 
-def special_tokens_around(tokenizer) -> tuple[int, int]:
-    """How many special tokens the tokeniser puts before and after one text (BERT: [CLS] and [SEP], so 1 and 1)."""
+def special_tokens_around(tokenizer) -> tuple[int, int] | None:
+    """How many special tokens the tokeniser puts before and after one text (BERT: [CLS] and [SEP], so 1 and 1);
+    None when that cannot be read off a one-word text."""
     plain = tokenizer("a", add_special_tokens=False)["input_ids"]
     full = tokenizer("a", add_special_tokens=True)["input_ids"]
-    for head in range(len(full) - len(plain) + 1):
+    for head in range(len(full) - len(plain) + 1) if plain else ():
         if full[head : head + len(plain)] == plain:
             return head, len(full) - head - len(plain)
-    raise ValueError("the tokeniser's special tokens are not around the text")
+    return None
 
 
 def truncated_ids(tokenizer, texts: list[str], max_seq_len: int) -> tuple[list[list[int]], np.ndarray]:
     """Each text's input ids as the tokeniser truncates them at ``max_seq_len`` (special tokens kept) and its
     untruncated token count (special tokens included), from one tokeniser pass instead of two: the tokens kept
     are the first ones, then the closing special tokens, exactly what ``truncation=True`` keeps."""
+    if not texts:  # a rank's share of a small block can be empty (the tokeniser refuses an empty batch)
+        return [], np.zeros(0, dtype=np.int64)
     full = tokenizer(bounded(texts), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
     lengths = np.fromiter((len(x) for x in full), dtype=np.int64, count=len(full))
-    head, tail = special_tokens_around(tokenizer)
-    if getattr(tokenizer, "truncation_side", "right") != "right" or head + tail >= max_seq_len:
+    around = special_tokens_around(tokenizer)
+    if around is None or getattr(tokenizer, "truncation_side", "right") != "right" or sum(around) >= max_seq_len:
         short = tokenizer(bounded(texts), truncation=True, max_length=max_seq_len, verbose=False)["input_ids"]
         return short, lengths
+    tail = around[1]
     keep = max_seq_len - tail
     return [x if len(x) <= max_seq_len else x[:keep] + x[len(x) - tail :] for x in full], lengths
 
@@ -336,6 +342,8 @@ class Encoder(nn.Module):
 
     def token_lengths(self, texts: list[str]) -> np.ndarray:
         """Untruncated token counts (special tokens included)."""
+        if not texts:
+            return np.zeros(0, dtype=np.int64)
         ids = self.tokenizer(bounded(texts), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
         return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
 

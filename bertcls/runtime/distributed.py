@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -193,15 +194,22 @@ def init_from_env(device_type: str = "cpu") -> Parallel:
 
 
 def shutdown(*, together: bool = False) -> None:
-    """Leave the process group; ``together``: after a barrier (a peer that failed meanwhile ends the wait)."""
+    """Leave the process group; ``together``: once every rank has come this far. The wait polls, so that Ctrl-C
+    still reaches Python, and ends when a peer fails (its error says why) or the user interrupts: leaving cannot
+    fail or hang a command whose work is done."""
     if not (dist.is_available() and dist.is_initialized()):
         return
-    if together:
-        try:
-            dist.barrier()
-        except RuntimeError as exc:  # a peer failed and left: nothing to wait for
-            logger.debug("Leaving without the other ranks: %s", exc)
-    dist.destroy_process_group()
+    try:
+        if together:
+            arrived = dist.barrier(async_op=True)
+            while arrived is not None and not arrived.is_completed():
+                time.sleep(0.05)
+            if arrived is not None:
+                arrived.wait()
+    except (RuntimeError, KeyboardInterrupt) as exc:  # a peer failed and left, or Ctrl-C: nothing to wait for
+        logger.debug("Leaving without the other ranks: %r", exc)
+    finally:
+        dist.destroy_process_group()
 
 
 def check_same_settings(settings_dump: dict) -> None:

@@ -400,10 +400,12 @@ class Trainer:
     def load_resume_state(self, state: dict) -> None:
         """Continue from :meth:`resume_state` of a run with the same settings and data."""
         load_trainable_state(self.model, state["weights"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if "fused" in self.optimizer.defaults:  # a state saved without the fused kernel would turn it off
-            for group in self.optimizer.param_groups:
-                group["fused"] = self.optimizer.defaults["fused"]
+        saved = state["optimizer"]
+        if "fused" in self.optimizer.defaults:  # a state saved without the fused kernel would turn it off (and
+            # its step counters must be placed for this run's kernel, which load_state_dict reads from the groups)
+            groups = [{**group, "fused": self.optimizer.defaults["fused"]} for group in saved["param_groups"]]
+            saved = {**saved, "param_groups": groups}
+        self.optimizer.load_state_dict(saved)
         self.state.samples_seen, self.state.epoch = state["samples_seen"], state["epoch"]
         self.rng.bit_generator.state = state["rng"]["numpy"]
         torch.set_rng_state(state["rng"]["torch"])

@@ -6,8 +6,6 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from bertcls.config.settings import Settings
 from bertcls.data.labelled import DataReport, write_splits
 from bertcls.runtime.distributed import SINGLE, world
@@ -95,7 +93,8 @@ def train_tracked(
     if trainer.state.interrupted and not result.best_state:
         assert stop_request is not None and stop_request.signum is not None  # only a stop request interrupts
         raise Interrupted(stop_request.signum, "Interrupted before the first epoch finished; nothing was saved.")
-    if run.features.fine_tune and run.service.guard.pending and not trainer.state.interrupted:
+    stopping = trainer.state.interrupted or (stop_request is not None and stop_request.requested)
+    if run.features.fine_tune and run.service.guard.pending and not stopping:
         check_fine_tuned(settings, run, trainer)  # a stopped run saves at once, unchecked
     if run.features.fine_tune:
         tracking.set_tags({"bertcls.precision": describe_precision(run.service.guard.record())})
@@ -121,7 +120,9 @@ def check_fine_tuned(settings: Settings, run: PreparedRun, trainer: Trainer) -> 
     texts = guard_texts(run.splits.val, run.splits.train, settings.data.text_column, settings.model.seed)
     try:
         check = guard_fine_tuned(run.service, trainer.model, run.names, run.features, texts)
-    except (RuntimeError, torch.OutOfMemoryError) as exc:  # never lose a trained model to its check
+    except Interrupted:  # a second Ctrl-C stops at once, as everywhere (the resume state is still there)
+        raise
+    except Exception as exc:  # noqa: BLE001 - never lose a trained model to its check
         logger.warning("The precision guard failed (%s); the model is saved unchecked and checked on first use.", exc)
         return
     if check is not None and not check.passed:
