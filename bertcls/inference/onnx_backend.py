@@ -24,7 +24,7 @@ from bertcls.config.settings import DataSection, TaskName
 from bertcls.features.lexical import LexicalFeatures, LexicalSpec
 from bertcls.model.checkpoint import Checkpoint, now_iso
 from bertcls.model.classifier import Classifier
-from bertcls.model.encoder import bounded, pool_windows, split_into_windows, window_batches
+from bertcls.model.encoder import pool_windows, split_into_windows, truncated_ids, window_batches
 from bertcls.runtime.errors import BertclsError
 from bertcls.runtime.fileio import replace_dir, save_torch_atomic
 from bertcls.runtime.layout import RunLayout
@@ -282,7 +282,7 @@ class OnnxPredictor:
     def _windows(self, texts: list[str]) -> tuple[list[list[int]], np.ndarray]:
         spec, length = self.manifest.windowing, self.manifest.max_seq_len
         if spec is None:
-            windows = self.tokenizer(bounded(texts), truncation=True, max_length=length, verbose=False)["input_ids"]
+            windows, _ = truncated_ids(self.tokenizer, texts, length)  # the ids the torch encoder reads
             return windows, np.arange(len(texts))
         windows, owner, _ = split_into_windows(self.tokenizer, texts, length, spec["stride"], spec["max_chunks"])
         return windows, owner
