@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from bertcls.model.fast_dropout import ATTENTION, FastDropout, attention, fast_dropout, use_fast_dropout
+from bertcls.model.fast_dropout import ATTENTION, FastDropout, attention, fast_dropout, kept, use_fast_dropout
 
 
 def test_fast_dropout_drops_p_of_the_elements_and_scales_the_rest():
@@ -33,6 +33,19 @@ def test_the_seed_decides_the_mask_and_evaluation_drops_nothing():
     assert torch.equal(first, fast_dropout(x, 0.1))
     layer = FastDropout(0.1)
     assert torch.equal(layer.eval()(x), x) and not torch.equal(layer.train()(x), x)
+
+
+def test_the_mask_is_written_in_the_tensors_precision_and_bf16_is_scaled_exactly():
+    torch.manual_seed(4)
+    mask = kept(torch.Size([1000, 1000]), 0.25, torch.bfloat16)
+    assert mask.dtype == torch.bfloat16 and set(mask.unique().tolist()) == {0.0, 1.0}
+    assert abs(mask.float().mean().item() - 0.75) < 0.002
+    x = torch.randn(100_000).abs().add(0.1).bfloat16()
+    out = fast_dropout(x, 0.1)
+    kept_here = out != 0
+    # what fp32 would give, rounded once: a scaling held in a bf16 mask (1.109375 for 1/0.9) would miss it
+    assert torch.equal(out, (x.float() * kept_here * (1.0 / 0.9)).bfloat16())
+    assert abs(kept_here.float().mean().item() - 0.9) < 0.005
 
 
 def encoder_inputs():
