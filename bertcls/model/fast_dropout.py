@@ -71,16 +71,17 @@ def attention(module: nn.Module, query, key, value, attention_mask, dropout: flo
         return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, dropout=dropout,
                                               scaling=scaling, **kwargs)  # fmt: skip
     scale = scaling if scaling is not None else 1.0 / math.sqrt(query.size(-1))
-    # The scalings go on the small tensors (the query; the output), not on the scores, which are head_dim/tokens
-    # times larger: (q * s) k^T = s (q k^T), and dropping from the weights before scaling their product by
-    # 1 / (1 - p) is the same as scaling the kept weights.
+    # The scalings go on the small tensors (the query; the output), not on the scores, which are tokens / head_dim
+    # times larger (4x at 128 tokens): (q * s) k^T = s (q k^T), and dropping from the weights before scaling their
+    # product by 1 / (1 - p) is the same as scaling the kept weights.
     scores = torch.matmul(query * scale, key.transpose(2, 3)).float()  # the softmax in fp32, as SDPA's math path
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:  # the SDPA mask: True where a token may be attended to
             scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
         else:
             scores = scores + attention_mask
-    weights, rescale = scores.softmax(dim=-1), 1.0 / (1.0 - dropout) if dropout < _NOTHING_KEPT else 0.0
+    weights = scores.softmax(dim=-1)
+    rescale = 1.0 / (1.0 - dropout) if dropout < _NOTHING_KEPT else 0.0  # 0: nothing is kept
     if rescale:
         weights = weights * kept(scores.shape, dropout, weights.dtype)
     output = torch.matmul(weights.to(value.dtype), value).mul_(rescale).transpose(1, 2).contiguous()
