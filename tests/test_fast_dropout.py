@@ -15,11 +15,12 @@ def test_fast_dropout_drops_p_of_the_elements_and_scales_the_rest():
     x = torch.ones(1_000_000, requires_grad=True)
     for p in (0.1, 0.35):
         out = fast_dropout(x, p)
-        kept = out != 0
-        assert abs(kept.float().mean().item() - (1 - p)) < 0.002  # 1e6 draws: sd 0.0005
-        assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / (1 - p)))
+        survivors = out != 0
+        assert abs(survivors.float().mean().item() - (1 - p)) < 0.002  # 1e6 draws: sd 0.0005
+        assert torch.allclose(out[survivors], torch.full_like(out[survivors], 1 / (1 - p)))
     out.sum().backward()  # the gradient flows through the kept elements only, scaled as they are
-    assert torch.equal(x.grad != 0, kept) and torch.allclose(x.grad[kept], torch.full_like(x.grad[kept], 1 / 0.65))
+    assert torch.equal(x.grad != 0, survivors)
+    assert torch.allclose(x.grad[survivors], torch.full_like(x.grad[survivors], 1 / 0.65))
     assert fast_dropout(x, 0.0) is x and not fast_dropout(x, 1.0).any() and not fast_dropout(x, 0.999999).any()
     odd = torch.ones(7, 5).t()  # 35 elements (not a multiple of 4), not contiguous
     assert fast_dropout(odd, 0.5).shape == (5, 7)
@@ -99,3 +100,27 @@ def test_the_attention_takes_every_mask_and_keeps_the_softmax_in_fp32_under_bf16
     first, _ = attention(causal, q, k, v, None, dropout=0.5, scaling=None)
     torch.manual_seed(2)
     assert torch.equal(first, sdpa(causal, q, k, v, None, dropout=0.5, scaling=None)[0])
+
+
+def test_the_attention_drops_its_weights_as_the_textbook_formula_values_and_gradients():
+    torch.manual_seed(5)
+    q, k, v = (torch.randn(2, 12, 9, 32, requires_grad=True) for _ in range(3))
+    module = nn.Module()
+    module.is_causal = False  # an encoder's self-attention
+    additive = torch.zeros(2, 1, 9, 9)
+    additive[0, :, :, 6:] = torch.finfo(torch.float32).min  # the first sequence padded after 6 tokens
+    upstream = torch.randn(2, 9, 12, 32)
+    torch.manual_seed(11)
+    ours, _ = attention(module, q, k, v, additive, dropout=0.1, scaling=0.2)
+    ours_grads = torch.autograd.grad((ours * upstream).sum(), (q, k, v))
+    torch.manual_seed(11)  # the same seed draws the same mask (one torch draw seeds it)
+    mask = kept(torch.Size([2, 12, 9, 9]), 0.1, torch.float32)
+    assert 0.85 < mask.mean().item() < 0.95 and set(mask.unique().tolist()) == {0.0, 1.0}
+    weights = torch.softmax(q @ k.transpose(2, 3) * 0.2 + additive, dim=-1)
+    textbook = ((weights * mask / 0.9) @ v).transpose(1, 2)
+    textbook_grads = torch.autograd.grad((textbook * upstream).sum(), (q, k, v))
+    assert torch.allclose(ours, textbook, atol=1e-5)
+    for mine, theirs in zip(ours_grads, textbook_grads, strict=True):
+        assert torch.allclose(mine, theirs, atol=1e-4)
+    nothing, _ = attention(module, q, k, v, additive, dropout=1.0, scaling=0.2)
+    assert nothing.shape == ours.shape and not nothing.any()

@@ -5,7 +5,7 @@ torch's CPU dropout draws one random number per element (``bernoulli_``): in a M
 per layer). Here one 64-bit draw makes four 16-bit slices, each compared with ``p``: the same distribution to within
 1/65536 of ``p``, at a quarter of the draws, from numpy's PCG64DXSM seeded from torch's generator (so
 ``torch.manual_seed`` still decides it). The comparison writes a float mask directly, and the attention's scalings go
-on its small tensors: a further 7% off the step. Only training on a CPU takes this path; evaluation, and every other
+on its small tensors: a further 8% off the step. Only training on a CPU takes this path; evaluation, and every other
 device, run exactly as before."""
 
 from __future__ import annotations
@@ -35,14 +35,14 @@ def kept(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tensor:
     """A mask of ``shape`` in ``dtype`` on the CPU: 0 for each element dropped with probability ``p`` (to within
     1/65536), 1 for the others; the comparison writes the floats itself (a boolean mask converted after costs
     four times as much)."""
-    mask = torch.empty(shape, dtype=dtype)
+    mask = torch.empty(shape, dtype=dtype, device="cpu")
     return torch.ge(uniform16(math.prod(shape)).view(shape), round(p * _SLICES) - _SLICES // 2, out=mask)
 
 
 def fast_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     """Zero each element of a CPU tensor with probability ``p`` (to within 1/65536) and scale the rest by
-    ``1 / (1 - p)``. In fp32 the mask holds the scaling: one product, one pass over ``x`` forward and one backward;
-    in a lower precision the scaling is applied after (it would round in the mask)."""
+    ``1 / (1 - p)``. In fp32 the mask holds the scaling (scaling the mask, then one product with ``x``, forward and
+    backward); in a lower precision the scaling is applied after the product (it would round in the mask)."""
     if p <= 0.0:
         return x
     if p >= _NOTHING_KEPT:
@@ -61,13 +61,16 @@ class FastDropout(nn.Dropout):
 
 
 def attention(module: nn.Module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
-    """A transformers attention function: while training on a CPU with attention dropout, the eager computation
-    with :func:`fast_dropout`; otherwise PyTorch's scaled dot-product attention, as the model ran before."""
+    """A transformers attention function: while training on a CPU with attention dropout, the eager computation,
+    its weights multiplied by a :func:`kept` mask and its output by ``1 / (1 - p)``; otherwise PyTorch's scaled
+    dot-product attention, as the model ran before. Under bf16 the query's and the output's scalings round in bf16
+    (at most 2^-9 of each value, as in SDPA's math path, which scales the query and the key in their own dtype); the
+    softmax is taken in fp32."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     plain = getattr(module, "is_causal", True) is False and query.size(1) == key.size(1)  # as SDPA reads it; no GQA
     extras = kwargs.get("is_causal") or any(kwargs.get(k) is not None for k in ("position_bias", "softcap", "s_aux"))
-    if not dropout or query.device.type != "cpu" or not plain or extras:
+    if dropout <= 0.0 or query.device.type != "cpu" or not plain or extras:
         return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, dropout=dropout,
                                               scaling=scaling, **kwargs)  # fmt: skip
     scale = scaling if scaling is not None else 1.0 / math.sqrt(query.size(-1))
