@@ -12,7 +12,7 @@ test texts (a seeded sample) are explained for their predicted label, and the ex
   baseline) is within 5%, at the default steps and at ``--steps-grid`` on the first ``--grid-texts`` texts;
 - cost: seconds per text, and as a ratio to one prediction of the same text in the same run (2 cores, 128 tokens).
 
-    python benchmarks/bench_explain.py [--sets bbc,sms] [--texts 200] [--work DIR]
+    python benchmarks/bench_explain.py [--sets bbc,sms] [--texts 200] [--method presence] [--work DIR]
 
 Not a timed test: run it by hand. Writes benchmarks/results/explain.json.
 """
@@ -88,7 +88,7 @@ def run_set(name: str, work: Path, args) -> dict:
     ckpt = load_named_checkpoint(None, root)
     predictor = Predictor(ckpt, root, torch.device("cpu"), "fp32")
     predict = lambda texts: predictor.predict_proba(list(texts), 64)  # noqa: E731
-    explainer = Explainer(Classifier.load(ckpt, root), args.steps)
+    explainer = Explainer(Classifier.load(ckpt, root), args.steps, args.method)
     test = pd.read_csv(paths["test"], dtype=str, keep_default_na=False)
     texts = test["text"].sample(n=min(args.texts, len(test)), random_state=0).tolist()
     lime = LimeTextExplainer(class_names=ckpt.labels, random_state=0)
@@ -136,7 +136,7 @@ def completeness(name: str, work: Path, args) -> dict:
     root = work / name / "root"
     if not (root / "best_trials" / "best_model.pt").is_file():
         train_on_splits(paths, root)
-    explainer = Explainer(Classifier.load(load_named_checkpoint(None, root), root), args.steps)
+    explainer = Explainer(Classifier.load(load_named_checkpoint(None, root), root), args.steps, args.method)
     test = pd.read_csv(paths["test"], dtype=str, keep_default_na=False)
     texts = test["text"].sample(n=min(args.texts, len(test)), random_state=0).tolist()
     gaps = np.array([explainer.explain(text).explained[0].gap for text in texts])
@@ -206,6 +206,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=200)
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--lime-samples", type=int, default=100)
+    parser.add_argument("--method", choices=("presence", "embeddings"), default="presence", help="explain.method")
     parser.add_argument("--steps-grid", default="8,16,64")
     parser.add_argument("--grid-texts", type=int, default=40)
     parser.add_argument("--work", type=Path, default=None, help="keep the trained models here (reused when present)")
@@ -221,10 +222,11 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-explain-"))
     if args.completeness_only:
         gaps = {name: completeness(name, work, args) for name in args.sets.split(",")}
-        save_result("explain_completeness", {"cpu": cpu_line(), "steps": args.steps, **gaps})
+        save_result("explain_completeness", {"cpu": cpu_line(), "steps": args.steps, "method": args.method, **gaps})
         return
     results = {name: run_set(name, work, args) for name in args.sets.split(",")}
-    save_result("explain", {"cpu": cpu_line(), "steps": args.steps, "lime_samples": args.lime_samples, **results})
+    settings = {"cpu": cpu_line(), "steps": args.steps, "method": args.method, "lime_samples": args.lime_samples}
+    save_result("explain", {**settings, **results})
     print(cpu_line())
     print(table(results, args.steps))
     print("median seconds per text:", {n: round(r["seconds_per_text_median"], 2) for n, r in results.items()})

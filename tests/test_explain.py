@@ -96,6 +96,54 @@ def test_attributions_add_up_and_probabilities_are_predicts(trained_model, expla
         assert unread.any() and np.all(item.semantic[unread] == 0) and np.any(item.lexical[unread] != 0)
 
 
+def removed_words_score(explainer: Explainer, text: str, target: int) -> float:
+    """The explained score of ``text`` with every word piece taken out, computed without the explainer's presence
+    weights: the transformer reads [CLS] and [SEP] alone, at the positions they have in the text."""
+    encoder, scores = explainer.scores.encoder, explainer.scores
+    length = len(encoder.tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids = torch.tensor([[encoder.tokenizer.cls_token_id, encoder.tokenizer.sep_token_id]])
+    with torch.no_grad():
+        positions = torch.tensor([[0, length + 1]])  # with a mask given, transformers reads no packed sequences in them
+        hidden = encoder.transformer(
+            input_ids=ids, attention_mask=torch.ones(1, 2), position_ids=positions
+        ).last_hidden_state
+        logits = scores.head(encoder.sentence_vectors(hidden, torch.ones(1, 2)))
+    return float((logits @ scores.mix)[0, target])
+
+
+def test_presence_starts_from_the_words_removed_and_embeddings_from_pad(explainer):
+    """The default integrates each word piece's presence: its baseline is the text with its words removed; the
+    embeddings method starts from [PAD] instead. Both add up, and they rank words differently."""
+    from bertcls.explain.semantic import TokenWindows, endpoints
+
+    text = "I was charged twice for my order and want a refund"
+    assert explainer.method == "presence"  # MiniLM weighs its tokens by a float mask: no fallback
+    by_presence = explainer.explain(text).explained[0]
+    target = explainer.labels.index(by_presence.label)
+    embeddings = Explainer(explainer.classifier, steps=32, method="embeddings")
+    by_embeddings = embeddings.explain(text, by_presence.label).explained[0]
+    assert by_presence.gap <= MAX_GAP and by_embeddings.gap <= MAX_GAP
+    assert by_presence.score == pytest.approx(by_embeddings.score, abs=1e-5)  # the same model, the same score
+    assert not np.allclose(by_presence.semantic, by_embeddings.semantic, atol=1e-3)
+    windows = TokenWindows.of(explainer.scores.encoder, None, text)
+    baselines = {
+        method: float(endpoints(explainer.scores, windows, method).logits[1].numpy() @ explainer.mix[:, target])
+        for method in ("presence", "embeddings")
+    }
+    assert baselines["presence"] == pytest.approx(removed_words_score(explainer, text, target), abs=1e-4)
+    assert baselines["presence"] != pytest.approx(baselines["embeddings"], abs=1e-3)
+    # base = the semantic baseline + what the lexical layer gives no word: only the baseline differs
+    assert by_presence.base - by_embeddings.base == pytest.approx(baselines["presence"] - baselines["embeddings"])
+
+
+def test_an_encoder_that_cannot_weigh_tokens_is_explained_by_embeddings(trained_model, caplog):
+    classifier = Classifier.load(load_named_checkpoint(None, trained_model), trained_model)
+    classifier.text_encoder().pooling = "max"  # max pooling ignores a token's weight
+    explainer = Explainer(classifier, steps=16)
+    assert explainer.method == "embeddings" and "explaining by embeddings instead" in caplog.text
+    assert explainer.explain("charged twice for one order").explained[0].gap <= MAX_GAP
+
+
 @pytest.mark.slow
 def test_long_texts_read_as_windows_are_explained_whole(trained_model, explainer):
     """A model reading windows: the explanation covers every window's words and adds up to the pooled score."""
@@ -268,6 +316,7 @@ def test_evaluate_explains_its_most_confident_errors(trained_model, cli, tmp_pat
         (["--rows", "2", "--limit", "3"], "Give --rows or --limit, not both."),
         (["--text", "   "], "The text to explain is empty"),
         (["--output-file", "why.txt"], "should end in .csv"),
+        (["--method", "lime"], "explain.method"),
         (["--best-model", "export/model.onnx"], "is an ONNX export; explanations need the torch model"),
     ],
 )

@@ -55,6 +55,14 @@ def explain(
     steps: Annotated[
         Optional[int], option("--steps", help="Integrated-gradients steps per label (default 32).", min=2)
     ] = None,
+    method: Annotated[
+        Optional[str],
+        option(
+            "--method",
+            help="What integrated gradients integrate over: presence (each word piece faded in from removed; the "
+            "default, the more faithful in the benchmark) or embeddings (each word piece's embedding from [PAD]).",
+        ),
+    ] = None,
     text_column: TextColumnOption = None,
     encoding: Encoding = None,
     threads: Threads = None,
@@ -79,6 +87,7 @@ def explain(
             "data.encoding": encoding,
             "model.num_threads": threads,
             "explain.steps": steps,
+            "explain.method": method,
             "explain.limit": limit,
             "explain.label": label,
             "explain.output_file": output_file,
@@ -115,7 +124,7 @@ def explain(
         }
     )
     chosen = None if source is None else read_rows(RowsRequest(source, row_numbers, cfg.limit), data)
-    explainer = Explainer(Classifier.load(ckpt, settings.root), cfg.steps)
+    explainer = Explainer(Classifier.load(ckpt, settings.root), cfg.steps, cfg.method)
     if chosen is None:
         assert text is not None
         entries = [ExplainedText(explainer.explain(text, cfg.label))]

@@ -358,6 +358,7 @@ class ExplainSection(StrictModel):
     """``bertcls explain``: how many texts, how finely integrated gradients integrate, where the output goes."""
 
     steps: int = Field(32, ge=2, le=1024)  # integration steps (Gauss-Legendre) per explained label
+    method: Literal["presence", "embeddings"] = "presence"  # what integrated gradients integrate over
     limit: int = Field(20, ge=1)  # texts explained when --rows is not given
     label: str | None = None  # explain this label instead of the predicted one(s)
     output_file: str = "explanations.csv"  # the page is written beside it, as .html

@@ -150,7 +150,7 @@ def evaluate(
         if cfg.explain_errors:
             on_stage("Explaining the most confident errors")
             errors = report.errors_to_explain(texts, truth, probs, cfg.explain_errors)
-            outcome.explained_errors = explain_errors(ckpt, root, errors, settings_now.explain.steps)
+            outcome.explained_errors = explain_errors(ckpt, root, errors, settings_now.explain)
         page = report.page(data, analysis.summary, unseen, cv.table if cv else None, folds, trust, outcome, writer)
         write_text_atomic(writer.staging / "report.html", page)
         files = writer.files()

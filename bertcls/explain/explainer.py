@@ -10,7 +10,15 @@ import numpy as np
 import torch
 
 from bertcls.explain.lexical import LexicalPart, lexical_part
-from bertcls.explain.semantic import DocumentScores, SemanticPart, TokenWindows, endpoints, semantic_part
+from bertcls.explain.semantic import (
+    DocumentScores,
+    Method,
+    SemanticPart,
+    TokenWindows,
+    endpoints,
+    presence_works,
+    semantic_part,
+)
 from bertcls.explain.words import Words
 from bertcls.model.classifier import Classifier
 from bertcls.model.encoder import bounded
@@ -30,8 +38,8 @@ def completeness_gap(semantic: SemanticPart, lexical: LexicalPart) -> float:
 @dataclass(frozen=True)
 class LabelExplanation:
     """Why one label got its score: per word, the lexical and the semantic contributions; ``base``: what no word
-    carries (the lexical layer's bias, the score of the [PAD] baseline, and the rare n-gram or word piece that could
-    not be placed on a word)."""
+    carries (the lexical layer's bias, the score of the semantic baseline (the text with its words removed, or
+    [PAD] in their place), and the rare n-gram or word piece that could not be placed on a word)."""
 
     label: str
     probability: float
@@ -89,7 +97,9 @@ def label_index(name: str, labels: list[str]) -> int:
 class Explainer:
     """Explains texts with a saved model (the torch checkpoint: encoder, head and lexical layer), in fp32."""
 
-    def __init__(self, classifier: Classifier, steps: int = 32):
+    def __init__(self, classifier: Classifier, steps: int = 32, method: Method = "presence"):
+        """``method``: integrated gradients over each word piece's presence (from removed) or over its input
+        embedding (from [PAD]); see :mod:`bertcls.explain.semantic`."""
         encoder = classifier.text_encoder()
         if not encoder.tokenizer.is_fast:
             raise BertclsError(
@@ -105,6 +115,10 @@ class Explainer:
         self.steps = steps
         self.mix = classifier.task.score_mix(len(classifier.labels))
         self.scores = DocumentScores(encoder, classifier.windowing, network.head, torch.from_numpy(self.mix))
+        self.method = method
+        if method == "presence" and not presence_works(self.scores, TokenWindows.of(encoder, None, "a short text")):
+            logger.warning("This encoder cannot weigh its tokens by presence; explaining by embeddings instead.")
+            self.method = "embeddings"
 
     @property
     def labels(self) -> list[str]:
@@ -140,7 +154,7 @@ class Explainer:
         text = bounded([text])[0]  # the model reads no more of a cell; neither do the words and the page
         words = Words.of(text)
         windows = TokenWindows.of(self.scores.encoder, self.classifier.windowing, text)
-        ends = endpoints(self.scores, windows)
+        ends = endpoints(self.scores, windows, self.method)
         row = self.tfidf_row(text)
         logits = torch.from_numpy(ends.text_logits + self.lexical_logits(row))
         probs = self.classifier.network.probabilities(logits[None, :])[0].numpy()

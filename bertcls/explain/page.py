@@ -97,8 +97,8 @@ def legend(meaning: str) -> str:
         f"effect (hover a word for its lexical and semantic parts). The score is {escape(meaning)}. The bar shows "
         'the share of the <span style="background:#8e6bd8;color:#fff">lexical</span> part (TF-IDF n-grams, exact) '
         'and of the <span style="background:#3d8fd1;color:#fff">semantic</span> part (integrated gradients through '
-        "the encoder). Base: what no word carries (the score of the text with every word piece replaced by [PAD], "
-        "plus the lexical layer's bias).</span>"
+        "the encoder). Base: what no word carries (the score of the text with its words removed, or with [PAD] in "
+        "their place under <code>explain.method: embeddings</code>, plus the lexical layer's bias).</span>"
     )
 
 

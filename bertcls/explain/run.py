@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bertcls.config.settings import DataSection
+from bertcls.config.settings import DataSection, ExplainSection
 from bertcls.data.csvlines import csv_lines, row_list
 from bertcls.data.labelled import read_labelled_csv, with_source_rows
 from bertcls.explain.explainer import Explainer
@@ -135,11 +135,13 @@ def write_outputs(entries: list[ExplainedText], target: Path, model: str, meanin
     return target, page
 
 
-def explain_errors(ckpt: Checkpoint, root: Path, errors: list[ErrorToExplain], steps: int) -> list[ErrorToExplain]:
+def explain_errors(
+    ckpt: Checkpoint, root: Path, errors: list[ErrorToExplain], explain: ExplainSection
+) -> list[ErrorToExplain]:
     """``evaluate``'s most confident errors, each with the explanation of the label it got wrong."""
     if not errors:
         return []
-    explainer = Explainer(Classifier.load(ckpt, root), steps)
+    explainer = Explainer(Classifier.load(ckpt, root), explain.steps, explain.method)
     explained = []
     for error in errors:
         try:

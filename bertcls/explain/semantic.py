@@ -1,12 +1,20 @@
-"""The semantic part of an explanation: integrated gradients (Captum) over the encoder's input word embeddings,
-through pooling, the windows of a long text, standardisation and the head, to the explained label's score.
+"""The semantic part of an explanation: integrated gradients (Captum) through the encoder, pooling, the windows of a
+long text, standardisation and the head, to the explained label's score, over one of two inputs:
 
-The baseline keeps [CLS] and [SEP] and puts [PAD] in place of every word piece, so its attributions sum to the
-score of the text minus the score of the baseline (completeness); the residual is reported."""
+- ``presence`` (the default): each word piece's presence, which multiplies its weight in every attention and in
+  the pooling. The path fades every word piece in together, from removed (only [CLS] and [SEP] read) to the text,
+  so a word's attribution is what it adds as it appears: the deletion the faithfulness benchmark measures.
+- ``embeddings``: each word piece's input embedding, from the [PAD] embedding (the length and the mask kept) to
+  its own.
+
+Either way the attributions sum to the score of the text minus the score of the baseline (completeness); the
+residual is reported."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -14,7 +22,9 @@ from torch import nn
 
 from bertcls.model.encoder import Encoder, Windowing, text_windows
 
+logger = logging.getLogger(__name__)
 Span = tuple[int, int]
+Method = Literal["presence", "embeddings"]
 SEQUENCES_PER_PASS = 32  # token windows per forward and backward pass: 32 // windows steps, at least one
 
 
@@ -69,13 +79,16 @@ class DocumentScores(nn.Module):
         self.mask = windows.mask
         return self
 
-    def logits(self, embeds: torch.Tensor) -> torch.Tensor:
-        """The head's logits (the model's logits without the lexical layer's)."""
+    def logits(self, embeds: torch.Tensor, presence: torch.Tensor | None = None) -> torch.Tensor:
+        """The head's logits (the model's logits without the lexical layer's). ``presence`` (count*windows x width,
+        0 to 1) replaces the 0/1 mask: a position's weight in every attention (its key's softmax weight) and in the
+        mean pooling is multiplied by it, so 0 reads as the token removed."""
         count, (windows, width) = embeds.shape[0], self.mask.shape
         flat = embeds.reshape(count * windows, width, -1)
-        mask = self.mask.repeat(count, 1)
-        hidden = self.encoder.transformer(inputs_embeds=flat, attention_mask=mask, return_dict=True).last_hidden_state
-        vectors = self.encoder.sentence_vectors(hidden, mask).reshape(count, windows, -1)
+        mask = self.mask.repeat(count, 1) if presence is None else presence
+        attention = mask if presence is None else additive_mask(presence)
+        hidden = self.encoder.transformer(inputs_embeds=flat, attention_mask=attention, return_dict=True)
+        vectors = self.encoder.sentence_vectors(hidden.last_hidden_state, mask).reshape(count, windows, -1)
         if self.windowing is None:
             document = vectors[:, 0]
         else:
@@ -86,6 +99,37 @@ class DocumentScores(nn.Module):
 
     def forward(self, embeds: torch.Tensor) -> torch.Tensor:
         return self.logits(embeds) @ self.mix
+
+
+def additive_mask(presence: torch.Tensor) -> torch.Tensor:
+    """The attention mask (sequences x 1 x width x width) that multiplies each key's softmax weight by its presence
+    (log presence added to the scores; a presence of 0 removes the key)."""
+    floor = torch.finfo(presence.dtype).min
+    logs = torch.where(presence > 0, presence.clamp(min=1e-30).log(), torch.full_like(presence, floor))
+    width = presence.shape[1]
+    return logs[:, None, None, :].expand(-1, 1, width, width)
+
+
+class PresenceScores(nn.Module):
+    """The integration variable u of each window position (1 x windows*width) -> the explained scores, with the
+    text's word embeddings fixed. A word piece's presence is u squared: the same straight path from removed to
+    present, its steps closer together near removal, where the score moves fastest (at 32 steps this took the
+    texts within a 5% gap from 70% to 100% on SMS). [CLS], [SEP] and padding keep the mask's 1 and 0."""
+
+    def __init__(self, scores: DocumentScores, windows: TokenWindows, word_embeds: torch.Tensor):
+        super().__init__()
+        self.scores = scores
+        self.word_embeds = word_embeds
+        self.pieces = torch.from_numpy(windows.pieces >= 0).reshape(1, -1)
+        self.mask = windows.mask.reshape(1, -1).to(word_embeds.dtype)
+
+    def logits(self, root: torch.Tensor) -> torch.Tensor:
+        count, width = root.shape[0], self.scores.mask.shape[1]
+        presence = torch.where(self.pieces, root * root, self.mask).reshape(-1, width)
+        return self.scores.logits(self.word_embeds.expand(count, -1, -1), presence)
+
+    def forward(self, root: torch.Tensor) -> torch.Tensor:
+        return self.logits(root) @ self.scores.mix
 
 
 @dataclass(frozen=True)
@@ -105,8 +149,10 @@ class SemanticPart:
 
 @dataclass(frozen=True)
 class Endpoints:
-    """A text's word embeddings and its baseline's (1 x windows*width x hidden), and the head's logits at both."""
+    """What integrated gradients run on: the function of the input (``attributed``: word embeddings or presences),
+    the text's input and its baseline's, and the head's logits at both (the text's from the plain model)."""
 
+    attributed: nn.Module
     inputs: torch.Tensor
     baseline: torch.Tensor
     logits: torch.Tensor
@@ -116,14 +162,31 @@ class Endpoints:
         return self.logits[0].numpy()
 
 
-def endpoints(scores: DocumentScores, windows: TokenWindows) -> Endpoints:
+def endpoints(scores: DocumentScores, windows: TokenWindows, method: Method) -> Endpoints:
+    """The text and its baseline for ``method`` (see :func:`presence_works` before taking ``presence``)."""
     scores.read(windows)
     embed = scores.encoder.transformer.get_input_embeddings()
     with torch.no_grad():
-        inputs = embed(windows.ids).reshape(1, -1, embed.embedding_dim)
-        baseline = embed(windows.baseline_ids(scores.encoder.tokenizer.pad_token_id)).reshape(inputs.shape)
-        logits = scores.logits(torch.cat([inputs, baseline]))
-    return Endpoints(inputs, baseline, logits)
+        words = embed(windows.ids).reshape(1, -1, embed.embedding_dim)
+        if method == "presence":
+            present, ones = PresenceScores(scores, windows, words), torch.ones(1, windows.ids.numel())
+            text_removed = torch.cat([scores.logits(words), present.logits(torch.zeros_like(ones))])
+            return Endpoints(present, ones, torch.zeros_like(ones), text_removed)
+        pad = embed(windows.baseline_ids(scores.encoder.tokenizer.pad_token_id)).reshape(words.shape)
+        return Endpoints(scores, words, pad, scores.logits(torch.cat([words, pad])))
+
+
+def presence_works(scores: DocumentScores, windows: TokenWindows) -> bool:
+    """Whether this model can be explained by presence: its pooling weighs tokens (not max pooling) and its
+    transformer adds a float attention mask to its scores (a text fully present gives the plain model's logits)."""
+    if scores.encoder.pooling == "max":
+        return False
+    scores.read(windows)
+    embed = scores.encoder.transformer.get_input_embeddings()
+    with torch.no_grad():
+        words = embed(windows.ids).reshape(1, -1, embed.embedding_dim)
+        present = PresenceScores(scores, windows, words).logits(torch.ones(1, windows.ids.numel()))
+        return bool(torch.allclose(present, scores.logits(words), rtol=1e-4, atol=1e-4))
 
 
 def semantic_part(
@@ -133,14 +196,14 @@ def semantic_part(
     from captum.attr import IntegratedGradients
 
     scores.read(windows)
-    attribution = IntegratedGradients(scores).attribute(
+    attribution = IntegratedGradients(ends.attributed).attribute(
         ends.inputs,
         baselines=ends.baseline,
         target=target,
         n_steps=steps,
         internal_batch_size=max(1, SEQUENCES_PER_PASS // len(windows.ids)),
     )
-    per_position = attribution.sum(dim=-1).reshape(windows.ids.shape).detach().numpy()
+    per_position = attribution.reshape(*windows.ids.shape, -1).sum(dim=-1).detach().numpy()
     pieces = np.zeros(len(windows.spans), dtype=np.float64)
     inside = windows.pieces >= 0
     np.add.at(pieces, windows.pieces[inside], per_position[inside])

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
-from bertcls.config.settings import Settings
+from bertcls.config.settings import ExplainSection, Settings
 from bertcls.runtime.errors import CheckpointError, DataError
 from bertcls.runtime.layout import RunLayout
 from bertcls.task import DecisionRule, Task
@@ -60,7 +60,7 @@ class LoadedModel:
     separator: str
     checkpoint: Checkpoint | None = None  # the torch model's checkpoint (None for an ONNX export)
     root: Path | None = None
-    explain_steps: int = 32
+    explaining: ExplainSection = field(default_factory=ExplainSection)  # how explain() explains
     _explainer: Explainer | None = None
     _explaining: threading.Lock = field(default_factory=threading.Lock)
 
@@ -80,7 +80,8 @@ class LoadedModel:
                 from bertcls.explain.explainer import Explainer
                 from bertcls.model.classifier import Classifier
 
-                self._explainer = Explainer(Classifier.load(self.checkpoint, self.root), self.explain_steps)
+                model = Classifier.load(self.checkpoint, self.root)
+                self._explainer = Explainer(model, self.explaining.steps, self.explaining.method)
             if label is not None:
                 self._explainer.label_index(label)
             return [self._explainer.explain(text, label, steps) for text in texts]
@@ -132,7 +133,7 @@ def load_model(settings: Settings, best_model: str | None) -> LoadedModel:
     checkpoint = info.pop("_checkpoint", None)
     model = LoadedModel(
         predictor, info, settings.encoder.encode_batch_size, serve.min_confidence, separator, checkpoint, root,
-        settings.explain.steps,
+        settings.explain,
     )  # fmt: skip
     model.predict(warm_up_texts(RunLayout(root).split_file("val"), text_column))
     logger.info("Loaded %s (%s backend) from %s", model.name, serve.backend, root)
