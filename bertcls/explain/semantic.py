@@ -162,17 +162,23 @@ class Endpoints:
         return self.logits[0].numpy()
 
 
-def endpoints(scores: DocumentScores, windows: TokenWindows, method: Method) -> Endpoints:
-    """The text and its baseline for ``method`` (see :func:`presence_works` before taking ``presence``)."""
+def word_embeddings(scores: DocumentScores, windows: TokenWindows, ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The input embeddings of the windows' ids (or of ``ids`` of the same shape), 1 x windows*width x hidden;
+    ``scores`` is set to read these windows."""
     scores.read(windows)
     embed = scores.encoder.transformer.get_input_embeddings()
+    return embed(windows.ids if ids is None else ids).reshape(1, -1, embed.embedding_dim)
+
+
+def endpoints(scores: DocumentScores, windows: TokenWindows, method: Method) -> Endpoints:
+    """The text and its baseline for ``method`` (see :func:`presence_works` before taking ``presence``)."""
     with torch.no_grad():
-        words = embed(windows.ids).reshape(1, -1, embed.embedding_dim)
+        words = word_embeddings(scores, windows)
         if method == "presence":
             present, ones = PresenceScores(scores, windows, words), torch.ones(1, windows.ids.numel())
             text_removed = torch.cat([scores.logits(words), present.logits(torch.zeros_like(ones))])
             return Endpoints(present, ones, torch.zeros_like(ones), text_removed)
-        pad = embed(windows.baseline_ids(scores.encoder.tokenizer.pad_token_id)).reshape(words.shape)
+        pad = word_embeddings(scores, windows, windows.baseline_ids(scores.encoder.tokenizer.pad_token_id))
         return Endpoints(scores, words, pad, scores.logits(torch.cat([words, pad])))
 
 
@@ -181,10 +187,8 @@ def presence_works(scores: DocumentScores, windows: TokenWindows) -> bool:
     transformer adds a float attention mask to its scores (a text fully present gives the plain model's logits)."""
     if scores.encoder.pooling == "max":
         return False
-    scores.read(windows)
-    embed = scores.encoder.transformer.get_input_embeddings()
     with torch.no_grad():
-        words = embed(windows.ids).reshape(1, -1, embed.embedding_dim)
+        words = word_embeddings(scores, windows)
         present = PresenceScores(scores, windows, words).logits(torch.ones(1, windows.ids.numel()))
         return bool(torch.allclose(present, scores.logits(words), rtol=1e-4, atol=1e-4))
 
