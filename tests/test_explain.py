@@ -17,6 +17,7 @@ import torch
 from bertcls.config.settings import LexicalSection
 from bertcls.explain.explainer import MAX_GAP, Explainer
 from bertcls.explain.lexical import lexical_part
+from bertcls.explain.semantic import additive_mask
 from bertcls.explain.words import Words
 from bertcls.features.lexical import LexicalFeatures
 from bertcls.model.checkpoint import load_named_checkpoint
@@ -113,7 +114,7 @@ def removed_words_score(explainer: Explainer, text: str, target: int) -> float:
 
 def test_presence_starts_from_the_words_removed_and_embeddings_from_pad(explainer):
     """The default integrates each word piece's presence: its baseline is the text with its words removed; the
-    embeddings method starts from [PAD] instead. Both add up, and they rank words differently."""
+    embeddings method starts from [PAD] instead. Both add up, and they give different attributions."""
     from bertcls.explain.semantic import TokenWindows, endpoints
 
     text = "I was charged twice for my order and want a refund"
@@ -134,6 +135,90 @@ def test_presence_starts_from_the_words_removed_and_embeddings_from_pad(explaine
     assert baselines["presence"] != pytest.approx(baselines["embeddings"], abs=1e-3)
     # base = the semantic baseline + what the lexical layer gives no word: only the baseline differs
     assert by_presence.base - by_embeddings.base == pytest.approx(baselines["presence"] - baselines["embeddings"])
+
+
+def hand_presence_logits(explainer: Explainer, ids: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+    """The head's logits for one sequence whose tokens have the given presences, computed by hand from the
+    layers' weights: each key's softmax weight times its presence in every attention (exp(score) * p over the
+    sum of the same), then the mean of the last hidden states weighted by presence."""
+    encoder, scores = explainer.scores.encoder, explainer.scores
+    bert = encoder.transformer
+    with torch.no_grad():
+        hidden = bert.embeddings(input_ids=ids)
+        for layer in bert.encoder.layer:
+            attend = layer.attention.self
+            split = (1, -1, attend.num_attention_heads, attend.attention_head_size)
+            q, k, v = (part(hidden).view(split).transpose(1, 2) for part in (attend.query, attend.key, attend.value))
+            raw = torch.exp(q @ k.transpose(2, 3) / attend.attention_head_size**0.5) * presence[None, None, None, :]
+            mixed = ((raw / raw.sum(-1, keepdim=True)) @ v).transpose(1, 2).reshape(1, -1, bert.config.hidden_size)
+            attended = layer.attention.output.LayerNorm(layer.attention.output.dense(mixed) + hidden)
+            inner = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(attended))
+            hidden = layer.output.LayerNorm(layer.output.dense(inner) + attended)
+        pooled = (hidden[0] * presence[:, None]).sum(0) / presence.sum()
+        if encoder.normalize:
+            pooled = torch.nn.functional.normalize(pooled, dim=0)
+        return scores.head(pooled[None, :])
+
+
+def test_a_word_half_present_weighs_half_in_every_attention_and_the_pooling(explainer):
+    """Between the ends: presence 0.5 on one word piece, through the explainer's float mask, against the hand
+    computation; eager attention and SDPA alike."""
+    from bertcls.explain.semantic import PresenceScores, TokenWindows, word_embeddings
+
+    text = "please refund the second payment"
+    windows = TokenWindows.of(explainer.scores.encoder, None, text)
+    root = torch.ones(1, windows.ids.numel())
+    root[0, 2] = 0.5**0.5  # presence is the integration variable squared
+    presence = torch.ones(windows.ids.shape[1])
+    presence[2] = 0.5
+    expected = hand_presence_logits(explainer, windows.ids, presence)
+    bert = explainer.scores.encoder.transformer
+    kept = bert.config._attn_implementation
+    try:
+        for implementation in ("eager", "sdpa"):
+            bert.set_attn_implementation(implementation)
+            with torch.no_grad():
+                words = word_embeddings(explainer.scores, windows)
+                got = PresenceScores(explainer.scores, windows, words).logits(root)
+            assert torch.allclose(got, expected, atol=1e-5), implementation
+    finally:
+        bert.set_attn_implementation(kept)
+    plain = explainer.scores.logits(word_embeddings(explainer.scores, windows))
+    assert not torch.allclose(expected, plain, atol=1e-3)  # the half-present word moves the logits
+
+
+def test_fully_present_windows_give_the_plain_logits_padding_and_all(explainer):
+    """A long text's windows (the last one shorter, padded): presence 1 reads exactly as the 0/1 mask."""
+    from bertcls.explain.semantic import DocumentScores, PresenceScores, TokenWindows, word_embeddings
+
+    windowing = Windowing(stride=48, max_chunks=4, pooling="mean")
+    scores = DocumentScores(explainer.scores.encoder, windowing, explainer.scores.head, explainer.scores.mix)
+    windows = TokenWindows.of(scores.encoder, windowing, thread_subset(1, seed=8).text.iloc[0])
+    assert len(windows.ids) > 1 and (windows.mask[-1] == 0).any()
+    with torch.no_grad():
+        words = word_embeddings(scores, windows)
+        present = PresenceScores(scores, windows, words).logits(torch.ones(1, windows.ids.numel()))
+        assert torch.allclose(present, scores.logits(words), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("reading", "mask"),
+    [
+        ("ignored", lambda presence: torch.zeros(presence.shape[0], 1, presence.shape[1], presence.shape[1])),
+        ("read as 0/1", lambda presence: additive_mask((presence > 0).to(presence.dtype))),
+    ],
+)
+def test_a_transformer_that_misreads_the_presence_mask_is_explained_by_embeddings(
+    trained_model, monkeypatch, caplog, reading, mask
+):
+    """The check before explaining by presence runs the model: a mask the transformer ignores, or reads as 0/1
+    (the padding still right), fails it and the explainer falls back."""
+    from bertcls.explain import semantic
+
+    monkeypatch.setattr(semantic, "additive_mask", mask)
+    classifier = Classifier.load(load_named_checkpoint(None, trained_model), trained_model)
+    assert Explainer(classifier, steps=16).method == "embeddings", reading
+    assert "explaining by embeddings instead" in caplog.text
 
 
 def test_an_encoder_that_cannot_weigh_tokens_is_explained_by_embeddings(trained_model, caplog):
@@ -227,6 +312,7 @@ def test_cli_writes_the_csv_and_the_page(trained_model, cli, tmp_path):
     page = (tmp_path / "why.html").read_text()
     assert page.count('class="xpl"') == 2 and "<script" not in page and "http" not in page.split("<body>")[1]
     assert "why.csv" in out and "why.html" in out
+    assert set(rows.method) == {"presence"} and "from the text with its words removed (<code>presence</code>)" in page
     code, out, err = cli("explain", "--output-root", trained_model, "--text", "I was charged twice for my order",
                          "--steps", "16")  # fmt: skip
     assert code == 0, err
@@ -283,6 +369,12 @@ def test_the_server_explains_like_the_cli(trained_model):
     assert [w["word"] for w in record["words"]] == expected.word_list()
     assert np.allclose([w["semantic"] for w in record["words"]], item.semantic, atol=1e-6)
     assert body["score_meaning"].startswith("the label's logit")
+    assert body["explanations"][0]["method"] == "presence"
+    overrides = {"output_root": str(trained_model), "verbosity": 0, "explain.method": "embeddings"}
+    by_embeddings = resolve_settings(overrides).settings
+    with TestClient(create_app(ServerState(by_embeddings, None, load_model(by_embeddings, None)))) as client:
+        answer = client.post("/v1/explain", json={"texts": [text], "steps": 16})
+    assert answer.status_code == 200 and answer.json()["explanations"][0]["method"] == "embeddings"
     assert unknown.status_code == 422 and "Unknown label 'nonsense'" in unknown.json()["error"]
     assert empty.status_code == 422 and many.status_code == 413
     onnx_like = dataclasses.replace(load_model(settings, None), checkpoint=None)  # what an ONNX server holds
@@ -294,6 +386,7 @@ def test_the_server_explains_like_the_cli(trained_model):
 @pytest.mark.slow
 def test_evaluate_explains_its_most_confident_errors(trained_model, cli, tmp_path, monkeypatch):
     monkeypatch.setenv("BERTCLS_EXPLAIN__STEPS", "16")
+    monkeypatch.setenv("BERTCLS_EXPLAIN__METHOD", "embeddings")  # the config reaches the report's explanations
     data = tmp_path / "hard.csv"
     frame = read_csv(trained_model / "data" / "test.csv")
     names = sorted(set(frame.category))
@@ -304,6 +397,7 @@ def test_evaluate_explains_its_most_confident_errors(trained_model, cli, tmp_pat
     report = (trained_model / "evaluation_results" / "report.html").read_text()
     section = report.split("Most confident errors, explained")[1]
     assert section.count('class="xpl"') == 5 and "Error 1" in section and "true label" in section
+    assert "with [PAD] in place of its words (<code>embeddings</code>)" in section
 
 
 @pytest.mark.parametrize(

@@ -46,5 +46,6 @@ def explained_errors_section(errors: list[ErrorToExplain], meaning: str) -> Sect
     from bertcls.explain.page import STYLE, explanation_html, legend
 
     blocks = "".join(explanation_html(e.explanation, e.heading) for e in errors if e.explanation is not None)
-    text = f"Why the model made its {len(errors)} most confident errors. {legend(meaning)}"
+    methods = {e.explanation.explanation.method for e in errors if e.explanation is not None}
+    text = f"Why the model made its {len(errors)} most confident errors. {legend(meaning, methods)}"
     return Section("Most confident errors, explained", text=text, block=f"<style>{STYLE}</style>{blocks}")

@@ -74,7 +74,8 @@ class LabelExplanation:
 @dataclass(frozen=True)
 class Explanation:
     """A text, its words, every label's probability, and the explanations of the labels explained.
-    ``read_until``: the character where the encoder stopped reading (words after it carry no semantic part)."""
+    ``read_until``: the character where the encoder stopped reading (words after it carry no semantic part);
+    ``method``: what the semantic part integrated over (presence or embeddings), which sets its baseline."""
 
     text: str
     words: Words
@@ -82,6 +83,7 @@ class Explanation:
     probabilities: np.ndarray
     explained: list[LabelExplanation]
     read_until: int
+    method: Method = "presence"
 
     def word_list(self) -> list[str]:
         return [self.words.word(i) for i in range(len(self.words))]
@@ -116,7 +118,7 @@ class Explainer:
         self.mix = classifier.task.score_mix(len(classifier.labels))
         self.scores = DocumentScores(encoder, classifier.windowing, network.head, torch.from_numpy(self.mix))
         self.method = method
-        if method == "presence" and not presence_works(self.scores, TokenWindows.of(encoder, None, "a short text")):
+        if method == "presence" and not presence_works(self.scores):
             logger.warning("This encoder cannot weigh its tokens by presence; explaining by embeddings instead.")
             self.method = "embeddings"
 
@@ -170,7 +172,7 @@ class Explainer:
                 logger.warning("Completeness gap %.1f%% for label %s: approximate attributions.", gap, name)
         read = windows.pieces[windows.pieces >= 0]
         read_until = max((windows.spans[i][1] for i in np.unique(read)), default=0)
-        return Explanation(text, words, self.labels, probs, explained, int(read_until))
+        return Explanation(text, words, self.labels, probs, explained, int(read_until), self.method)
 
     def _combine(
         self, words: Words, windows: TokenWindows, semantic: SemanticPart, lexical: LexicalPart, probability: float

@@ -76,6 +76,7 @@ def explanation_rows(items: list[ExplainedText]) -> pd.DataFrame:
                     "top_negative": negative,
                     "completeness_gap": round(label.gap, 6),
                     "flagged": bool(label.flagged),
+                    "method": item.explanation.method,
                     "true_label": item.truth or "",
                     "text": item.explanation.text,
                 }
@@ -113,6 +114,7 @@ class LabelRecord(BaseModel):
 
 class ExplanationRecord(BaseModel):
     probabilities: dict[str, float]
+    method: str  # what the semantic part integrated over: presence (base: words removed) or embeddings ([PAD])
     explained: list[LabelRecord]
 
     @classmethod
@@ -120,6 +122,7 @@ class ExplanationRecord(BaseModel):
         words = explanation.words
         return cls(
             probabilities={n: float(p) for n, p in zip(explanation.labels, explanation.probabilities, strict=True)},
+            method=explanation.method,
             explained=[
                 LabelRecord(
                     label=item.label,

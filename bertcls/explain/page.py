@@ -4,6 +4,7 @@ and probability, and the lexical/semantic split. Self-contained (no scripts, fon
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from html import escape
 
 import numpy as np
@@ -90,15 +91,23 @@ def explanation_html(entry: ExplainedText, heading: str | None = None) -> str:
     return "\n".join(blocks)
 
 
-def legend(meaning: str) -> str:
+BASELINES = {
+    "presence": "integrated gradients over each word piece's presence, from the text with its words removed",
+    "embeddings": "integrated gradients over the input embeddings, from the text with [PAD] in place of its words",
+}
+
+
+def legend(meaning: str, methods: Collection[str]) -> str:
+    """The page's key: colours, the score's meaning, the two parts, and the semantic part's method(s) and base."""
+    how = "; ".join(f"{escape(BASELINES.get(m, m))} (<code>{escape(m)}</code>)" for m in sorted(methods))
     return (
         '<span class="xpl-legend">Words in <span style="background:rgba(22,163,74,.6)">green</span> raise the label\'s '
         'score, words in <span style="background:rgba(220,38,38,.6)">red</span> lower it; stronger colour, larger '
         f"effect (hover a word for its lexical and semantic parts). The score is {escape(meaning)}. The bar shows "
         'the share of the <span style="background:#8e6bd8;color:#fff">lexical</span> part (TF-IDF n-grams, exact) '
-        'and of the <span style="background:#3d8fd1;color:#fff">semantic</span> part (integrated gradients through '
-        "the encoder). Base: what no word carries (the score of the text with its words removed, or with [PAD] in "
-        "their place under <code>explain.method: embeddings</code>, plus the lexical layer's bias).</span>"
+        'and of the <span style="background:#3d8fd1;color:#fff">semantic</span> part, '
+        f"{how or 'integrated gradients through the encoder'}. Base: what no word carries (the score at that "
+        "starting text, plus the lexical layer's bias).</span>"
     )
 
 
@@ -115,7 +124,7 @@ h1 {{ font-size: 1.4rem; }}
 </style></head><body>
 <h1>Why the model decided</h1>
 <p class="meta">Model: {escape(model)} &middot; {len(entries)} text(s)</p>
-<p>{legend(meaning)}</p>
+<p>{legend(meaning, {entry.explanation.method for entry in entries})}</p>
 {body}
 </body></html>
 """
