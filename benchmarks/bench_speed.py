@@ -15,7 +15,7 @@ stratified 80/20 split (random_state 0) and 10% of the 80% as validation, same m
 4. which backend ``predict --backend auto`` runs for an fp32 and an int8 export, and its speed over the faster one.
 
     python benchmarks/bench_speed.py [--rounds 3] [--ft-rows 640] [--ft-rounds 2] [--cold-rounds 2]
-        [--skip predict,train,finetune]
+        [--skip predict,train,finetune] [--result speed_amx]
 
 Needs the onnx and bench extras (``pip install -e '.[onnx,bench]'``). Not a timed test: run it by hand.
 """
@@ -274,8 +274,8 @@ def backend_auto(root: Path, rates: dict[str, float]) -> dict:
     return out
 
 
-def earlier_results() -> dict:
-    path = REPO / "benchmarks" / "results" / "speed.json"
+def earlier_results(name: str) -> dict:
+    path = REPO / "benchmarks" / "results" / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -286,10 +286,14 @@ def main() -> None:
     parser.add_argument("--ft-rounds", type=int, default=2)
     parser.add_argument("--cold-rounds", type=int, default=2)
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: predict,train,finetune")
+    parser.add_argument(
+        "--result", default="speed", help="results file name (one per machine: speed = AMD EPYC, speed_amx = Xeon AMX)"
+    )
     args = parse_args(parser)
     skip = set(args.skip.split(","))
     work = Path(tempfile.mkdtemp(prefix="bench-speed-"))
-    results: dict = {**earlier_results(), "cpu": cpu_line()}  # a skipped part keeps its numbers (and CPU line)
+    # a skipped part keeps its numbers (and CPU line)
+    results: dict = {**earlier_results(args.result), "cpu": cpu_line()}
     print(results["cpu"], flush=True)
     try:
         paths = make_splits(work / "data")
@@ -308,7 +312,7 @@ def main() -> None:
         if "finetune" not in skip:
             results["fine_tune"] = {"cpu": cpu_line(), **fine_tune_speed(work, paths, args.ft_rows, args.ft_rounds)}
             print(results["fine_tune"], flush=True)
-        save_result("speed", results)
+        save_result(args.result, results)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -1,0 +1,168 @@
+"""Why ``explain`` stays a single integrated-gradients path (issue 24): other ways to rank the words, on the same
+test texts and deletion test as ``bench_explain.py`` (the top 10% of the words removed, the predicted label's
+probability drop, mean over texts), against LIME at ``--lime-calls`` model calls:
+
+- ``presence``: what ``bertcls explain`` gives (lexical + semantic parts, ``--steps`` steps);
+- ``occlusion``: each word's own drop when it alone is removed (one model call per word);
+- ``expected P x S``: expected gradients (Erion et al. 2021) over P baselines that each remove a random share of
+  the words (the share uniform, as LIME draws them), S steps each, so P x S steps in all; the attributions add up to
+  the score minus the mean score of the P baselines, and the gap is reported as ``explain`` reports its own.
+  Run with each of ``--seeds`` (the baselines are random).
+
+    python benchmarks/bench_explain_alternatives.py [--set sms] [--texts 200] [--expected 4x8,8x16] [--work DIR]
+
+Not a timed test: run it by hand. Writes benchmarks/results/explain_alternatives.json.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from bench_explain import TOP_REMOVED, lime_scores, spans_of, without
+from common import benchmark_parser, cpu_line, parse_args, save_result, train_on_splits
+from quality import make_splits
+
+
+def top_removed(text: str, words, scores: np.ndarray) -> str:
+    removed = max(1, math.ceil(TOP_REMOVED * len(words)))
+    return without(text, spans_of(words, np.argsort(-scores, kind="stable")[:removed]))
+
+
+def occlusion(predict, text: str, words, target: int) -> np.ndarray:
+    probs = predict([text, *(without(text, spans_of(words, [i])) for i in range(len(words)))])
+    return probs[0, target] - probs[1:, target]
+
+
+def expected_gradients(
+    explainer, text: str, words, target: int, paths: int, steps: int, rng
+) -> tuple[np.ndarray, float]:
+    """Per word, the semantic attribution averaged over ``paths`` random partial removals, and the gap."""
+    import torch
+    from captum.attr import IntegratedGradients
+
+    from bertcls.explain.semantic import PresenceScores, TokenWindows, word_embeddings
+
+    scores = explainer.scores
+    windows = TokenWindows.of(scores.encoder, explainer.classifier.windowing, text)
+    with torch.no_grad():
+        present = PresenceScores(scores, windows, word_embeddings(scores, windows))
+    inside = windows.pieces >= 0
+    word_of_piece = np.searchsorted(words.ends, [start for start, _ in windows.spans], side="right")
+    word_of_piece = np.minimum(word_of_piece, len(words) - 1)
+    ones = torch.ones(1, windows.ids.numel())
+    pieces, residual = np.zeros(len(windows.spans)), 0.0
+    for _ in range(paths):
+        kept = rng.random(len(words)) < rng.random()
+        start = np.ones(windows.pieces.shape)
+        start[inside] = kept[word_of_piece[windows.pieces[inside]]]
+        attribution, delta = IntegratedGradients(present).attribute(
+            ones,
+            baselines=torch.from_numpy(start.reshape(1, -1)).float(),
+            target=target,
+            n_steps=steps,
+            internal_batch_size=32,
+            return_convergence_delta=True,
+        )
+        per_position = attribution.reshape(windows.pieces.shape).detach().numpy()
+        np.add.at(pieces, windows.pieces[inside], per_position[inside])
+        residual += float(delta)
+    on_words = np.zeros(len(words))
+    for value, span in zip(pieces / paths, windows.spans, strict=True):
+        words.spread(on_words, *span, value)
+    return on_words, abs(residual / paths)
+
+
+def run(args, work: Path) -> dict:
+    import torch
+    from lime.lime_text import LimeTextExplainer
+
+    from bertcls.explain.explainer import Explainer
+    from bertcls.inference.prediction import Predictor
+    from bertcls.model.checkpoint import load_named_checkpoint
+    from bertcls.model.classifier import Classifier
+
+    paths = make_splits(args.set, work / args.set)
+    root = work / args.set / "root"
+    if not (root / "best_trials" / "best_model.pt").is_file():
+        train_on_splits(paths, root)
+    ckpt = load_named_checkpoint(None, root)
+    predictor = Predictor(ckpt, root, torch.device("cpu"), "fp32")
+    predict = lambda texts: predictor.predict_proba(list(texts), 64)  # noqa: E731
+    explainer = Explainer(Classifier.load(ckpt, root), args.steps)
+    test = pd.read_csv(paths["test"], dtype=str, keep_default_na=False)
+    texts = test["text"].sample(n=min(args.texts, len(test)), random_state=0).tolist()
+    lime = LimeTextExplainer(class_names=ckpt.labels, random_state=0)
+    removed: dict[str, list[str]] = {}
+    gaps: dict[str, list[float]] = {}
+    seconds: dict[str, float] = {}
+    rngs = {(p, s, seed): np.random.default_rng(seed) for p, s in args.expected for seed in args.seeds}
+    targets = []
+    for number, text in enumerate(texts):
+        started = time.perf_counter()
+        explanation = explainer.explain(text)
+        seconds["presence"] = seconds.get("presence", 0.0) + time.perf_counter() - started
+        item, words = explanation.explained[0], explanation.words
+        target = ckpt.labels.index(item.label)
+        targets.append(target)
+        ranked = {
+            "presence": item.words,
+            "occlusion": occlusion(predict, text, words, target),
+            f"LIME {args.lime_calls} calls": lime_scores(lime, predict, text, words, target, args.lime_calls),
+        }
+        gaps.setdefault("presence", []).append(item.gap)
+        for (count, steps, seed), rng in rngs.items():
+            name = f"expected {count}x{steps} seed {seed}"
+            started = time.perf_counter()
+            semantic, residual = expected_gradients(explainer, text, words, target, count, steps, rng)
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
+            ranked[name] = semantic + item.lexical
+            gaps.setdefault(name, []).append(residual / max(abs(semantic.sum()) + abs(item.lexical.sum()), 1e-3))
+        for name, values in ranked.items():
+            removed.setdefault(name, []).append(top_removed(text, words, np.asarray(values)))
+        if number % 20 == 0:
+            print(f"{args.set}: {number + 1}/{len(texts)} texts", flush=True)
+    base = predict(texts)[np.arange(len(texts)), targets]
+    found = {}
+    for name, cut in removed.items():
+        drops = base - predict(cut)[np.arange(len(texts)), targets]
+        found[name] = {
+            "drop_top10": float(drops.mean()),
+            "within_5pct": float(np.mean(np.array(gaps[name]) <= 0.05)) if name in gaps else None,
+            "seconds_per_text": seconds[name] / len(texts) if name in seconds else None,
+        }
+    return found
+
+
+def main() -> None:
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--set", default="sms")
+    parser.add_argument("--texts", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--lime-calls", type=int, default=100)
+    parser.add_argument("--expected", default="4x8,8x16", help="baselines x steps, comma-separated")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--work", type=Path, default=None, help="keep the trained model here (reused when present)")
+    args = parse_args(parser)
+    args.expected = [tuple(int(n) for n in pair.split("x")) for pair in args.expected.split(",") if pair]
+    args.seeds = [int(seed) for seed in args.seeds.split(",") if seed]
+    import torch
+
+    torch.set_num_threads(2)
+    print(cpu_line(), flush=True)
+    found = run(args, args.work or Path(tempfile.mkdtemp(prefix="bench-explain-alt-")))
+    save_result("explain_alternatives", {"cpu": cpu_line(), "set": args.set, "texts": args.texts, **found})
+    print(cpu_line())
+    print("| ranking | drop, top 10% | gap <= 5% | s / text |\n|---|---:|---:|---:|")
+    for name, row in found.items():
+        within = "-" if row["within_5pct"] is None else f"{row['within_5pct']:.0%}"
+        cost = "-" if row["seconds_per_text"] is None else f"{row['seconds_per_text']:.2f}"
+        print(f"| {name} | {row['drop_top10']:.4f} | {within} | {cost} |")
+
+
+if __name__ == "__main__":
+    main()
