@@ -2,14 +2,16 @@
 test texts and deletion test as ``bench_explain.py`` (the top 10% of the words removed, the predicted label's
 probability drop, mean over texts), against LIME at ``--lime-calls`` model calls:
 
-- ``presence``: what ``bertcls explain`` gives (lexical + semantic parts, ``--steps`` steps);
+- ``presence``: what ``bertcls explain`` gives (lexical + semantic parts, ``--steps`` steps; its cost is the
+  semantic part's, timed as the alternatives' are);
 - ``occlusion``: each word's own drop when it alone is removed (one model call per word);
 - ``expected P x S``: expected gradients (Erion et al. 2021) over P baselines that each remove a random share of
   the words (the share uniform, as LIME draws them), S steps each, so P x S steps in all; the attributions add up to
-  the score minus the mean score of the P baselines, and the gap is reported as ``explain`` reports its own.
-  Run with each of ``--seeds`` (the baselines are random).
+  the score minus the mean score of the P baselines; the gap is the residual over that difference plus the
+  lexical words, as ``explain`` reports its own. Run with each of ``--seeds`` (the baselines are random).
 
-    python benchmarks/bench_explain_alternatives.py [--set sms] [--texts 200] [--expected 4x8,8x16] [--work DIR]
+    python benchmarks/bench_explain_alternatives.py [--set sms] [--texts 200] [--steps 32] [--lime-calls 100]
+        [--expected 4x8,8x16] [--seeds 0,1,2] [--work DIR]
 
 Not a timed test: run it by hand. Writes benchmarks/results/explain_alternatives.json.
 """
@@ -41,7 +43,8 @@ def occlusion(predict, text: str, words, target: int) -> np.ndarray:
 def expected_gradients(
     explainer, text: str, words, target: int, paths: int, steps: int, rng
 ) -> tuple[np.ndarray, float]:
-    """Per word, the semantic attribution averaged over ``paths`` random partial removals, and the gap."""
+    """Per word, the semantic attribution averaged over ``paths`` random partial removals (a word piece is removed
+    when any word it covers is), and the mean completeness residual (signed)."""
     import torch
     from captum.attr import IntegratedGradients
 
@@ -52,14 +55,14 @@ def expected_gradients(
     with torch.no_grad():
         present = PresenceScores(scores, windows, word_embeddings(scores, windows))
     inside = windows.pieces >= 0
-    word_of_piece = np.searchsorted(words.ends, [start for start, _ in windows.spans], side="right")
-    word_of_piece = np.minimum(word_of_piece, len(words) - 1)
+    covered = [words.covering(*span) for span in windows.spans]
     ones = torch.ones(1, windows.ids.numel())
     pieces, residual = np.zeros(len(windows.spans)), 0.0
     for _ in range(paths):
         kept = rng.random(len(words)) < rng.random()
+        piece_kept = np.array([bool(kept[words_of].all()) for words_of in covered])
         start = np.ones(windows.pieces.shape)
-        start[inside] = kept[word_of_piece[windows.pieces[inside]]]
+        start[inside] = piece_kept[windows.pieces[inside]]
         attribution, delta = IntegratedGradients(present).attribute(
             ones,
             baselines=torch.from_numpy(start.reshape(1, -1)).float(),
@@ -74,7 +77,18 @@ def expected_gradients(
     on_words = np.zeros(len(words))
     for value, span in zip(pieces / paths, windows.spans, strict=True):
         words.spread(on_words, *span, value)
-    return on_words, abs(residual / paths)
+    return on_words, residual / paths
+
+
+def semantic_seconds(explainer, text: str, target: int) -> float:
+    """The time of ``explain``'s semantic part alone (windows, both ends, integrated gradients), as the alternatives
+    are timed."""
+    from bertcls.explain.semantic import TokenWindows, endpoints, semantic_part
+
+    started = time.perf_counter()
+    windows = TokenWindows.of(explainer.scores.encoder, explainer.classifier.windowing, text)
+    semantic_part(explainer.scores, windows, endpoints(explainer.scores, windows, "presence"), target, explainer.steps)
+    return time.perf_counter() - started
 
 
 def run(args, work: Path) -> dict:
@@ -103,11 +117,10 @@ def run(args, work: Path) -> dict:
     rngs = {(p, s, seed): np.random.default_rng(seed) for p, s in args.expected for seed in args.seeds}
     targets = []
     for number, text in enumerate(texts):
-        started = time.perf_counter()
         explanation = explainer.explain(text)
-        seconds["presence"] = seconds.get("presence", 0.0) + time.perf_counter() - started
         item, words = explanation.explained[0], explanation.words
         target = ckpt.labels.index(item.label)
+        seconds["presence"] = seconds.get("presence", 0.0) + semantic_seconds(explainer, text, target)
         targets.append(target)
         ranked = {
             "presence": item.words,
@@ -121,7 +134,8 @@ def run(args, work: Path) -> dict:
             semantic, residual = expected_gradients(explainer, text, words, target, count, steps, rng)
             seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
             ranked[name] = semantic + item.lexical
-            gaps.setdefault(name, []).append(residual / max(abs(semantic.sum()) + abs(item.lexical.sum()), 1e-3))
+            explained = abs(semantic.sum() - residual) + abs(item.lexical.sum())  # the score minus the mean baseline's
+            gaps.setdefault(name, []).append(abs(residual) / max(explained, 1e-3))
         for name, values in ranked.items():
             removed.setdefault(name, []).append(top_removed(text, words, np.asarray(values)))
         if number % 20 == 0:

@@ -201,24 +201,57 @@ def test_fully_present_windows_give_the_plain_logits_padding_and_all(explainer):
         assert torch.allclose(present, scores.logits(words), atol=1e-5)
 
 
+def refuse_float_masks(presence: torch.Tensor) -> torch.Tensor:
+    raise ValueError("Wrong shape for attention_mask")  # as transformers 4.x can for a 4D float mask
+
+
 @pytest.mark.parametrize(
-    ("reading", "mask"),
+    ("reading", "mask", "reason"),
     [
-        ("ignored", lambda presence: torch.zeros(presence.shape[0], 1, presence.shape[1], presence.shape[1])),
-        ("read as 0/1", lambda presence: additive_mask((presence > 0).to(presence.dtype))),
+        (
+            "ignored",
+            lambda presence: torch.zeros(presence.shape[0], 1, presence.shape[1], presence.shape[1]),
+            "a text fully present does not give the model's own logits",  # padding read too
+        ),
+        ("0/1 near removal", lambda presence: additive_mask((presence > 0).to(presence.dtype)), "as 0 or 1"),
+        ("0/1 near presence", lambda presence: additive_mask((presence >= 1).to(presence.dtype)), "as 0 or 1"),
+        ("refused", refuse_float_masks, "does not take a float attention mask (ValueError"),
     ],
 )
 def test_a_transformer_that_misreads_the_presence_mask_is_explained_by_embeddings(
-    trained_model, monkeypatch, caplog, reading, mask
+    trained_model, monkeypatch, caplog, reading, mask, reason
 ):
-    """The check before explaining by presence runs the model: a mask the transformer ignores, or reads as 0/1
-    (the padding still right), fails it and the explainer falls back."""
+    """The check before explaining by presence runs the model: a mask the transformer ignores, reads as 0/1 (the
+    padding and both ends still right: only the presence just short of an end shows it) or refuses fails it, and
+    the explainer falls back, saying why."""
     from bertcls.explain import semantic
 
     monkeypatch.setattr(semantic, "additive_mask", mask)
     classifier = Classifier.load(load_named_checkpoint(None, trained_model), trained_model)
     assert Explainer(classifier, steps=16).method == "embeddings", reading
-    assert "explaining by embeddings instead" in caplog.text
+    assert "explaining by embeddings instead" in caplog.text and reason in caplog.text
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "mpnet"])
+def test_other_transformer_families_pass_the_presence_check(explainer, family):
+    """RoBERTa numbers its positions from the padding index and MPNet adds a relative-position bias: presence still
+    works for them (tiny random models built from a config, the tokenizer's ids within their vocabulary)."""
+    import copy
+
+    from transformers import AutoConfig, AutoModel
+
+    from bertcls.explain.semantic import DocumentScores, presence_problem
+
+    torch.manual_seed(0)
+    tokenizer = explainer.scores.encoder.tokenizer
+    config = AutoConfig.for_model(
+        family, vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    encoder = copy.deepcopy(explainer.scores.encoder)
+    encoder.transformer = AutoModel.from_config(config).eval()
+    scores = DocumentScores(encoder, None, torch.nn.Linear(32, 3), torch.eye(3))
+    assert presence_problem(scores) is None
 
 
 def test_an_encoder_that_cannot_weigh_tokens_is_explained_by_embeddings(trained_model, caplog):

@@ -16,7 +16,7 @@ from bertcls.explain.semantic import (
     SemanticPart,
     TokenWindows,
     endpoints,
-    presence_works,
+    presence_problem,
     semantic_part,
 )
 from bertcls.explain.words import Words
@@ -83,7 +83,7 @@ class Explanation:
     probabilities: np.ndarray
     explained: list[LabelExplanation]
     read_until: int
-    method: Method = "presence"
+    method: Method
 
     def word_list(self) -> list[str]:
         return [self.words.word(i) for i in range(len(self.words))]
@@ -118,8 +118,11 @@ class Explainer:
         self.mix = classifier.task.score_mix(len(classifier.labels))
         self.scores = DocumentScores(encoder, classifier.windowing, network.head, torch.from_numpy(self.mix))
         self.method = method
-        if method == "presence" and not presence_works(self.scores):
-            logger.warning("This encoder cannot weigh its tokens by presence; explaining by embeddings instead.")
+        problem = presence_problem(self.scores) if method == "presence" else None
+        if problem is not None:
+            logger.warning(
+                "This encoder cannot weigh its tokens by presence (%s); explaining by embeddings instead.", problem
+            )
             self.method = "embeddings"
 
     @property

@@ -9,6 +9,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from bertcls.explain.explainer import Explanation, LabelExplanation
+from bertcls.explain.semantic import Method
 from bertcls.runtime.fileio import write_csv_atomic
 from bertcls.runtime.formulas import escape_table
 
@@ -114,7 +115,7 @@ class LabelRecord(BaseModel):
 
 class ExplanationRecord(BaseModel):
     probabilities: dict[str, float]
-    method: str  # what the semantic part integrated over: presence (base: words removed) or embeddings ([PAD])
+    method: Method  # what the semantic part integrated over: presence (base: words removed) or embeddings ([PAD])
     explained: list[LabelRecord]
 
     @classmethod

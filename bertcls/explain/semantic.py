@@ -178,7 +178,7 @@ def word_embeddings(scores: DocumentScores, windows: TokenWindows, ids: torch.Te
 
 
 def endpoints(scores: DocumentScores, windows: TokenWindows, method: Method) -> Endpoints:
-    """The text and its baseline for ``method`` (see :func:`presence_works` before taking ``presence``)."""
+    """The text and its baseline for ``method`` (see :func:`presence_problem` before taking ``presence``)."""
     with torch.no_grad():
         words = word_embeddings(scores, windows)
         if method == "presence":
@@ -189,28 +189,32 @@ def endpoints(scores: DocumentScores, windows: TokenWindows, method: Method) -> 
         return Endpoints(scores, words, pad, scores.logits(torch.cat([words, pad])))
 
 
-def presence_works(scores: DocumentScores) -> bool:
-    """Whether this model can be explained by presence: its pooling weighs tokens (not max pooling) and its
-    transformer adds a float attention mask to its scores. Checked on two padded probe texts: fully present gives
-    the plain model's logits, removed gives the model reading [CLS] and [SEP] alone at their places, and a presence
-    just short of either end gives nearly the same (a mask read as 0/1 jumps there)."""
+def presence_problem(scores: DocumentScores) -> str | None:
+    """Why this model cannot be explained by presence, or None when it can: its pooling must weigh tokens (not max
+    pooling) and its transformer must add a float attention mask to its scores. Checked on two probe texts of
+    different lengths (the shorter padded): fully present must give the plain model's logits, removed must give the
+    model reading only [CLS] and [SEP] (its own 0/1 mask on the same windows), and a presence just short of either
+    end must give nearly the same (a mask read as 0/1 jumps there)."""
     if scores.encoder.pooling == "max":
-        return False
-    windows = probe_windows(scores.encoder)
+        return "its max pooling ignores a token's weight"
     try:
+        windows = probe_windows(scores.encoder)
         with torch.no_grad():
             words = word_embeddings(scores, windows)
             present = PresenceScores(scores, windows, words)
             ends = [present.logits(torch.full((1, windows.ids.numel()), u)) for u in (1.0, 0.0, 0.999, 0.001)]
-            expected = torch.cat([scores.logits(words), specials_alone(scores, windows)])
-    except (RuntimeError, ValueError, TypeError) as exc:  # a transformer that refuses a float 4D mask
-        logger.debug("Presence check failed: %s", exc)
-        return False
-    if not torch.allclose(torch.cat(ends[:2]), expected, rtol=1e-4, atol=1e-4):
-        return False
+            expected = torch.cat([scores.logits(words), specials_alone(scores, windows, words)])
+    except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:  # e.g. a 4D float mask refused
+        return f"its transformer does not take a float attention mask ({type(exc).__name__}: {exc})"
+    if not torch.allclose(ends[0], expected[:1], rtol=1e-4, atol=1e-4):
+        return "a text fully present does not give the model's own logits"
+    if not torch.allclose(ends[1], expected[1:], rtol=1e-4, atol=1e-4):
+        return "a text with its words at presence 0 is not read as [CLS] and [SEP] alone"
     span = float((expected[0] - expected[1]).abs().max())
     jumps = [float((near - end).abs().max()) for near, end in zip(ends[2:], ends[:2], strict=True)]
-    return max(jumps) <= 0.05 * span + 1e-4
+    if max(jumps) > 0.05 * span + 1e-4:
+        return "its attention reads the presence as 0 or 1"
+    return None
 
 
 def probe_windows(encoder: Encoder) -> TokenWindows:
@@ -230,22 +234,14 @@ def probe_windows(encoder: Encoder) -> TokenWindows:
     return TokenWindows(torch.from_numpy(rows), torch.from_numpy(mask), pieces, spans)
 
 
-def specials_alone(scores: DocumentScores, windows: TokenWindows) -> torch.Tensor:
-    """The head's logits (1 x labels) for the windows with their word pieces removed, computed without presence:
-    each window's [CLS] and [SEP] alone, at the positions they hold in the window."""
-    keep = torch.from_numpy(windows.pieces < 0) & (windows.mask > 0)
-    ids = [row[kept] for row, kept in zip(windows.ids, keep, strict=True)]
-    positions = [torch.nonzero(kept).ravel() for kept in keep]
-    count = len(ids[0])  # two in every window: [CLS] and [SEP]
-    embeds = scores.encoder.transformer.get_input_embeddings()(torch.stack(ids))
+def specials_alone(scores: DocumentScores, windows: TokenWindows, words: torch.Tensor) -> torch.Tensor:
+    """The head's logits (1 x labels) for the windows with their word pieces removed, computed the model's own way:
+    the same embeddings ``words`` and positions, with a 0/1 mask that keeps only [CLS] and [SEP]."""
+    keep = (torch.from_numpy(windows.pieces < 0) & (windows.mask > 0)).long()
     hidden = scores.encoder.transformer(
-        inputs_embeds=embeds,
-        attention_mask=torch.ones(len(ids), count, dtype=torch.long),
-        position_ids=torch.stack(positions),
-        return_dict=True,
+        inputs_embeds=words.reshape(*windows.ids.shape, -1), attention_mask=keep, return_dict=True
     ).last_hidden_state
-    mask = torch.ones(len(ids), count)
-    vectors = scores.encoder.sentence_vectors(hidden, mask).reshape(1, len(ids), -1)
+    vectors = scores.encoder.sentence_vectors(hidden, keep.to(hidden.dtype)).reshape(1, len(windows.ids), -1)
     return scores.head(scores.pool_windows(vectors))
 
 
