@@ -23,7 +23,10 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -73,9 +76,19 @@ def deletion_scores(predict, text: str, words, scores: np.ndarray, target: int, 
     }
 
 
-def run_set(name: str, work: Path, args) -> dict:
+@dataclass(frozen=True)
+class ExplainedSet:
+    """A set's default model (trained on the fixed split under ``--work``, or reused), its explainer, a predict
+    function (probabilities, fp32) and the seeded sample of test texts."""
+
+    labels: list[str]
+    explainer: Any
+    predict: Callable[[list[str]], np.ndarray]
+    texts: list[str]
+
+
+def explained_set(name: str, work: Path, texts: int, steps: int, method: str = "presence") -> ExplainedSet:
     import torch
-    from lime.lime_text import LimeTextExplainer
 
     from bertcls.explain.explainer import Explainer
     from bertcls.inference.prediction import Predictor
@@ -88,11 +101,18 @@ def run_set(name: str, work: Path, args) -> dict:
         train_on_splits(paths, root)
     ckpt = load_named_checkpoint(None, root)
     predictor = Predictor(ckpt, root, torch.device("cpu"), "fp32")
-    predict = lambda texts: predictor.predict_proba(list(texts), 64)  # noqa: E731
-    explainer = Explainer(Classifier.load(ckpt, root), args.steps, args.method)
+    explainer = Explainer(Classifier.load(ckpt, root), steps, method)
     test = pd.read_csv(paths["test"], dtype=str, keep_default_na=False)
-    texts = test["text"].sample(n=min(args.texts, len(test)), random_state=0).tolist()
-    limes = {calls: LimeTextExplainer(class_names=ckpt.labels, random_state=0) for calls in args.lime_samples}
+    sample = test["text"].sample(n=min(texts, len(test)), random_state=0).tolist()
+    return ExplainedSet(ckpt.labels, explainer, lambda rows: predictor.predict_proba(list(rows), 64), sample)
+
+
+def run_set(name: str, work: Path, args) -> dict:
+    from lime.lime_text import LimeTextExplainer
+
+    chosen = explained_set(name, work, args.texts, args.steps, args.method)
+    explainer, predict, texts = chosen.explainer, chosen.predict, chosen.texts
+    limes = {calls: LimeTextExplainer(class_names=chosen.labels, random_state=0) for calls in args.lime_samples}
     rng, lime_rng = np.random.default_rng(0), np.random.default_rng(1)  # ours' random draws, whatever LIME runs
     rows = []
     for number, text in enumerate(texts):
@@ -103,7 +123,7 @@ def run_set(name: str, work: Path, args) -> dict:
         predict([text])
         predict_seconds = time.perf_counter() - started
         item, words = explanation.explained[0], explanation.words
-        target = ckpt.labels.index(item.label)
+        target = chosen.labels.index(item.label)
         ours = deletion_scores(predict, text, words, item.words, target, rng)
         theirs = {}
         for calls, lime in limes.items():
@@ -132,18 +152,10 @@ def run_set(name: str, work: Path, args) -> dict:
 
 
 def completeness(name: str, work: Path, args) -> dict:
-    """The gaps alone: every text at ``--steps``, then the step grid (the models must exist under ``--work``)."""
-    from bertcls.explain.explainer import Explainer
-    from bertcls.model.checkpoint import load_named_checkpoint
-    from bertcls.model.classifier import Classifier
-
-    paths = make_splits(name, work / name)
-    root = work / name / "root"
-    if not (root / "best_trials" / "best_model.pt").is_file():
-        train_on_splits(paths, root)
-    explainer = Explainer(Classifier.load(load_named_checkpoint(None, root), root), args.steps, args.method)
-    test = pd.read_csv(paths["test"], dtype=str, keep_default_na=False)
-    texts = test["text"].sample(n=min(args.texts, len(test)), random_state=0).tolist()
+    """The gaps alone: every text at ``--steps``, then the step grid (the model is trained when ``--work`` has
+    none)."""
+    chosen = explained_set(name, work, args.texts, args.steps, args.method)
+    explainer, texts = chosen.explainer, chosen.texts
     gaps = np.array([explainer.explain(text).explained[0].gap for text in texts])
     return {
         "texts": len(texts),

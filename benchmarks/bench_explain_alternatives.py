@@ -24,10 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-from bench_explain import TOP_REMOVED, lime_scores, spans_of, without
-from common import benchmark_parser, cpu_line, parse_args, save_result, train_on_splits
-from quality import make_splits
+from bench_explain import TOP_REMOVED, explained_set, lime_scores, spans_of, without
+from common import benchmark_parser, cpu_line, parse_args, save_result
 
 
 def top_removed(text: str, words, scores: np.ndarray) -> str:
@@ -92,25 +90,11 @@ def semantic_seconds(explainer, text: str, target: int) -> float:
 
 
 def run(args, work: Path) -> dict:
-    import torch
     from lime.lime_text import LimeTextExplainer
 
-    from bertcls.explain.explainer import Explainer
-    from bertcls.inference.prediction import Predictor
-    from bertcls.model.checkpoint import load_named_checkpoint
-    from bertcls.model.classifier import Classifier
-
-    paths = make_splits(args.set, work / args.set)
-    root = work / args.set / "root"
-    if not (root / "best_trials" / "best_model.pt").is_file():
-        train_on_splits(paths, root)
-    ckpt = load_named_checkpoint(None, root)
-    predictor = Predictor(ckpt, root, torch.device("cpu"), "fp32")
-    predict = lambda texts: predictor.predict_proba(list(texts), 64)  # noqa: E731
-    explainer = Explainer(Classifier.load(ckpt, root), args.steps)
-    test = pd.read_csv(paths["test"], dtype=str, keep_default_na=False)
-    texts = test["text"].sample(n=min(args.texts, len(test)), random_state=0).tolist()
-    lime = LimeTextExplainer(class_names=ckpt.labels, random_state=0)
+    chosen = explained_set(args.set, work, args.texts, args.steps)
+    explainer, predict, texts = chosen.explainer, chosen.predict, chosen.texts
+    lime = LimeTextExplainer(class_names=chosen.labels, random_state=0)
     removed: dict[str, list[str]] = {}
     gaps: dict[str, list[float]] = {}
     seconds: dict[str, float] = {}
@@ -119,7 +103,7 @@ def run(args, work: Path) -> dict:
     for number, text in enumerate(texts):
         explanation = explainer.explain(text)
         item, words = explanation.explained[0], explanation.words
-        target = ckpt.labels.index(item.label)
+        target = chosen.labels.index(item.label)
         seconds["presence"] = seconds.get("presence", 0.0) + semantic_seconds(explainer, text, target)
         targets.append(target)
         ranked = {

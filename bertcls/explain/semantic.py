@@ -41,20 +41,22 @@ class TokenWindows:
 
     @classmethod
     def of(cls, encoder: Encoder, windowing: Windowing | None, text: str) -> TokenWindows:
-        tokenizer = encoder.tokenizer
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-        ids, spans = encoded["input_ids"], [tuple(span) for span in encoded["offset_mapping"]]
+        ids, spans = word_pieces(encoder, text)
         stride = windowing.stride if windowing else encoder.max_seq_len
         chunks = windowing.max_chunks if windowing else 1
-        bounds = text_windows(ids, encoder.max_seq_len, stride, chunks)
+        return cls.within(encoder, ids, spans, text_windows(ids, encoder.max_seq_len, stride, chunks))
+
+    @classmethod
+    def within(cls, encoder: Encoder, ids: list[int], spans: list[Span], bounds: list[Span]) -> TokenWindows:
+        """The windows ``bounds`` (start and end in ``ids``), each between [CLS] and [SEP], padded to the widest."""
+        tokenizer = encoder.tokenizer
         width = max(end - start for start, end in bounds) + 2
         rows = np.full((len(bounds), width), tokenizer.pad_token_id, dtype=np.int64)
         pieces = np.full((len(bounds), width), -1, dtype=np.int64)
+        mask = np.zeros_like(rows)
         for row, (start, end) in enumerate(bounds):
             rows[row, : end - start + 2] = [tokenizer.cls_token_id, *ids[start:end], tokenizer.sep_token_id]
             pieces[row, 1 : end - start + 1] = np.arange(start, end)
-        mask = np.zeros_like(rows)
-        for row, (start, end) in enumerate(bounds):
             mask[row, : end - start + 2] = 1
         return cls(torch.from_numpy(rows), torch.from_numpy(mask), pieces, spans)
 
@@ -201,37 +203,32 @@ def presence_problem(scores: DocumentScores) -> str | None:
         windows = probe_windows(scores.encoder)
         with torch.no_grad():
             words = word_embeddings(scores, windows)
-            present = PresenceScores(scores, windows, words)
-            ends = [present.logits(torch.full((1, windows.ids.numel()), u)) for u in (1.0, 0.0, 0.999, 0.001)]
+            roots = torch.tensor([[1.0], [0.0], [0.999], [0.001]]).expand(-1, windows.ids.numel())
+            ends = PresenceScores(scores, windows, words).logits(roots)  # present, removed, and just short of each
             expected = torch.cat([scores.logits(words), specials_alone(scores, windows, words)])
     except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:  # e.g. a 4D float mask refused
         return f"its transformer does not take a float attention mask ({type(exc).__name__}: {exc})"
-    if not torch.allclose(ends[0], expected[:1], rtol=1e-4, atol=1e-4):
+    if not torch.allclose(ends[:1], expected[:1], rtol=1e-4, atol=1e-4):
         return "a text fully present does not give the model's own logits"
-    if not torch.allclose(ends[1], expected[1:], rtol=1e-4, atol=1e-4):
+    if not torch.allclose(ends[1:2], expected[1:], rtol=1e-4, atol=1e-4):
         return "a text with its words at presence 0 is not read as [CLS] and [SEP] alone"
     span = float((expected[0] - expected[1]).abs().max())
-    jumps = [float((near - end).abs().max()) for near, end in zip(ends[2:], ends[:2], strict=True)]
-    if max(jumps) > 0.05 * span + 1e-4:
+    if float((ends[2:] - ends[:2]).abs().max()) > 0.05 * span + 1e-4:
         return "its attention reads the presence as 0 or 1"
     return None
 
 
+def word_pieces(encoder: Encoder, text: str) -> tuple[list[int], list[Span]]:
+    """The text's word piece ids (no [CLS] or [SEP]) and each one's character span."""
+    encoded = encoder.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    return encoded["input_ids"], [tuple(span) for span in encoded["offset_mapping"]]
+
+
 def probe_windows(encoder: Encoder) -> TokenWindows:
-    """Two windows of different lengths (the shorter padded), as a long text's windows are read."""
-    tokenizer = encoder.tokenizer
-    texts = ["a short probe text", "a longer probe text, with more words in it to read"]
-    ids = [tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] for text in texts]
-    width = max(len(row) for row in ids) + 2
-    rows = np.full((2, width), tokenizer.pad_token_id, dtype=np.int64)
-    mask, pieces = np.zeros_like(rows), np.full_like(rows, -1)
-    spans: list[Span] = []
-    for row, piece_ids in enumerate(ids):
-        rows[row, : len(piece_ids) + 2] = [tokenizer.cls_token_id, *piece_ids, tokenizer.sep_token_id]
-        mask[row, : len(piece_ids) + 2] = 1
-        pieces[row, 1 : len(piece_ids) + 1] = np.arange(len(spans), len(spans) + len(piece_ids))
-        spans.extend((0, 0) for _ in piece_ids)
-    return TokenWindows(torch.from_numpy(rows), torch.from_numpy(mask), pieces, spans)
+    """A probe text read as two windows of different lengths (the shorter padded), as a long text's are."""
+    ids, spans = word_pieces(encoder, "a short probe text, then a longer probe text with more words in it to read")
+    short = len(ids) // 3
+    return TokenWindows.within(encoder, ids, spans, [(0, short), (short, len(ids))])
 
 
 def specials_alone(scores: DocumentScores, windows: TokenWindows, words: torch.Tensor) -> torch.Tensor:
