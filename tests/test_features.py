@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -9,11 +11,12 @@ from conftest import thread_subset
 
 from bertcls.config.settings import EncoderSection, LexicalSection
 from bertcls.config.sources import resolve_settings
+from bertcls.features.ahead import PARALLELISM, TokensAhead
 from bertcls.features.lexical import LexicalFeatures
 from bertcls.features.service import EmbeddingService
 from bertcls.inference.prediction import Predictor
 from bertcls.model.checkpoint import build_classifier, load_checkpoint, save_checkpoint
-from bertcls.model.encoder import pool_windows, split_into_windows, text_windows, truncated_ids
+from bertcls.model.encoder import pool_windows, split_into_windows, text_windows, truncated_ids, window_batches
 from bertcls.task import SingleLabel
 from bertcls.training.workflow import run_training
 
@@ -102,6 +105,71 @@ def test_one_tokeniser_pass_gives_the_truncated_ids_lengths_and_vectors_of_two(w
     assert np.abs(vectors - expected).max() < 1e-5
     empty_vectors, empty_lengths = encoder.embed_with_lengths([], 3, DEVICE)  # a rank's empty share of a block
     assert empty_vectors.shape == (0, encoder.dim) and empty_lengths.shape == (0,)
+
+
+def test_window_batches_hold_fewer_rows_where_the_windows_are_wide():
+    windows = [[7] * n for n in (3, 100, 8, 90, 5, 10, 7)]
+    batches = list(window_batches(windows, 4, 0, rows_for=lambda width: 256 // width))
+    assert [ids.shape for _, ids, _ in batches] == [(2, 100), (4, 10), (1, 3)]  # longest first, 256 tokens a batch
+    assert sorted(i for indices, _, _ in batches for i in indices) == list(range(len(windows)))
+    for indices, ids, mask in batches:
+        for row, i in enumerate(indices):
+            assert ids[row, : len(windows[i])].tolist() == windows[i] and mask[row].sum() == len(windows[i])
+    assert [len(i) for i, _, _ in window_batches(windows, 4, 0)] == [4, 3]  # no bound: batch_size rows
+    assert [len(i) for i, _, _ in window_batches(windows, 4, 0, rows_for=lambda _width: 0)] == [1] * 7
+
+
+def test_the_encoders_batches_stay_under_the_activation_bound(workspace):
+    encoder = EmbeddingService(EncoderSection(), 128, workspace / "rows", DEVICE).encoder
+    for width in (16, 128, 256):
+        for precision, size in (("fp32", 4), ("bf16", 2)):
+            rows = encoder.rows_for(width, precision)
+            config = encoder.transformer.config
+            widest = max(config.intermediate_size, config.num_attention_heads * width)
+            assert rows * width * widest * size <= 8 * 2**20 < (rows + 1) * width * widest * size
+    assert (encoder.rows_for(128, "fp32"), encoder.rows_for(128, "bf16")) == (10, 21)  # MiniLM: 1536 wide
+
+
+def test_tokens_made_ahead_are_the_tokenizers_own_and_its_parallelism_comes_back(workspace, monkeypatch):
+    tokenizer = EmbeddingService(EncoderSection(), 32, workspace / "ahead", DEVICE).tokenizer
+    texts = [" ".join(thread_subset(1)["text"]), "", "short", "naïve café 東京 🙂 " * 9, "word " * 40, "short"]
+    expected_ids, expected_lengths = truncated_ids(tokenizer, texts, 32)
+    monkeypatch.delenv(PARALLELISM, raising=False)
+    with TokensAhead(tokenizer, texts[:3], 32) as ahead:
+        assert os.environ[PARALLELISM] == "false"  # one core for the tokenizer, the other for the main thread
+        assert len(ahead) == 3
+        ids, lengths = ahead.take(texts)  # the last three were not given ahead: tokenized now
+    assert PARALLELISM not in os.environ
+    assert [row.tolist() for row in ids] == expected_ids and lengths.tolist() == expected_lengths.tolist()
+    monkeypatch.setenv(PARALLELISM, "true")  # the user's own setting is left alone
+    with TokensAhead(tokenizer, texts, 32):
+        assert os.environ[PARALLELISM] == "true"
+    assert os.environ[PARALLELISM] == "true"
+
+
+def test_a_tokenizer_that_fails_ahead_fails_the_take(workspace):
+    class Refusing:
+        def __call__(self, *args, **kwargs):
+            raise ValueError("this tokenizer refuses")
+
+    with TokensAhead(Refusing(), ["a text"], 32) as ahead, pytest.raises(ValueError, match="refuses"):
+        ahead.take(["a text"])
+
+
+def test_encoding_beside_tokens_ahead_gives_the_same_rows_and_skips_cached_texts(workspace):
+    texts = thread_subset(2)["text"].tolist() + ["word " * 50]
+    plain = EmbeddingService(EncoderSection(), 32, workspace / "plain_tokens", DEVICE)
+    expected, expected_lengths = plain.embed(texts)
+    service = EmbeddingService(EncoderSection(), 32, workspace / "tokens_ahead", DEVICE)
+    service.embed(texts[:3])
+    with service.tokens_ahead(texts):
+        assert len(service._ahead) == len(texts) - 3  # the cached ones are not tokenized again
+        vectors, lengths = service.embed(texts)
+    assert service._ahead is None and service.stats.misses == len(texts)
+    assert np.abs(vectors - expected).max() < 1e-5 and np.array_equal(lengths, expected_lengths)
+    chunked = EmbeddingService(EncoderSection(long_texts="chunks"), 32, workspace / "chunks_ahead", DEVICE)
+    with chunked.tokens_ahead(texts):  # windows are tokenized when they are encoded
+        assert chunked._ahead is None
 
 
 @pytest.mark.slow

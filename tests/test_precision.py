@@ -9,6 +9,7 @@ import torch
 
 from bertcls.config.settings import EncoderSection
 from bertcls.features.service import EmbeddingService
+from bertcls.model.encoder import truncated_ids, window_batches
 from bertcls.runtime.precision import (
     MIN_COSINE,
     Hardware,
@@ -153,6 +154,32 @@ def test_a_damaged_verdict_cache_is_ignored_with_a_warning(tmp_path, monkeypatch
     assert service.guard_source == "measured" and check.requested == "bf16"
     assert any("Ignoring" in r.getMessage() and "guard" in r.getMessage() for r in caplog.records)
     assert MachineVerdicts(tmp_path).get(service.verdict_key()) == check  # rewritten whole
+
+
+def test_embedding_below_fp32_runs_a_copy_of_the_weights_in_that_dtype_made_again_when_they_change(workspace):
+    service = EmbeddingService(EncoderSection(), 40, workspace / "held", CPU, precision="bf16")
+    encoder = service.encoder
+    texts, _ = texts_and_labels(1)
+    ids, _ = truncated_ids(encoder.tokenizer, texts, 40)
+    held = encoder.held_transformer(CPU)
+    assert {p.dtype for p in held.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in encoder.parameters()} == {torch.float32}  # the weights training moves stay fp32
+    assert set(encoder.state_dict()) == {f"transformer.{k}" for k in encoder.transformer.state_dict()}  # not saved
+    vectors = encoder.embed_windows(ids, 4, CPU)
+    assert encoder.held_transformer(CPU) is held  # made once
+    batch = next(window_batches(ids, len(ids), encoder.tokenizer.pad_token_id))
+    with torch.inference_mode():
+        mask = torch.from_numpy(batch[2])
+        hidden = held(input_ids=torch.from_numpy(batch[1]), attention_mask=mask).last_hidden_state
+        by_hand = encoder.sentence_vectors(hidden.float(), mask).numpy()
+    in_one_batch = encoder.embed_windows(ids, len(ids), CPU)  # the copy's numbers, not autocast's (1e-3 away)
+    assert np.abs(in_one_batch[batch[0]] - by_hand).max() < 1e-6 and np.abs(vectors - in_one_batch).max() < 1e-2
+    with torch.no_grad():
+        encoder.transformer.embeddings.word_embeddings.weight.mul_(3.0)  # a training step moves the weights
+    assert encoder.held_transformer(CPU) is not held
+    assert not np.allclose(encoder.embed_windows(ids, 4, CPU), vectors, atol=1e-3)
+    encoder.precision = "fp32"
+    assert encoder.held_transformer(CPU) is encoder.transformer
 
 
 def test_cache_keeps_fp32_and_bf16_embeddings_apart(workspace):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 
 from bertcls.config.settings import EncoderSection
+from bertcls.features.ahead import TokensAhead
 from bertcls.features.cache import (
     CacheStats,
     EmbeddingCache,
@@ -31,6 +33,7 @@ from bertcls.model.encoder import (
     pool_windows,
     resolve_encoder_folder,
     split_into_windows,
+    truncated_ids,
 )
 from bertcls.runtime.distributed import world
 from bertcls.runtime.errors import ConfigError
@@ -100,6 +103,7 @@ class EmbeddingService:
         self.progress: ProgressFn | None = None
         self.stop_check: Callable[[], bool] | None = None  # polled between encoding blocks (a training run's Ctrl-C)
         self.guard_source: str | None = None  # "measured" or "machine cache", once the guard has run
+        self._ahead: TokensAhead | None = None  # texts being tokenized in the background (tokens_ahead)
 
     @property
     def tokenizer(self):
@@ -194,12 +198,36 @@ class EmbeddingService:
         here = world()  # under torchrun each rank encodes every size-th text; every rank gets all of them back
 
         def encode_block(block: list[str], progress: ProgressFn | None) -> tuple[np.ndarray, np.ndarray]:
-            size = self.cfg.encode_batch_size
-            return here.map_sharded(
-                lambda part: self.encoder.embed_with_lengths(part, size, self.device, progress), block
-            )
+            return here.map_sharded(lambda part: self._embed_truncated(part, progress), block)
 
         return self._encode_in_blocks(texts, encode_block)
+
+    def _embed_truncated(self, texts: list[str], progress: ProgressFn | None) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings of the first ``max_seq_len`` tokens, and untruncated lengths; the ids come from
+        :meth:`tokens_ahead` where it made them (the encoder loads first, while they are still being made)."""
+        encoder = self.encoder
+        if self._ahead is not None:
+            ids, lengths = self._ahead.take(texts)
+        else:
+            ids, lengths = truncated_ids(self.tokenizer, texts, self.max_seq_len)
+        return encoder.embed_windows(ids, self.cfg.encode_batch_size, self.device, progress), lengths
+
+    @contextlib.contextmanager
+    def tokens_ahead(self, texts: list[str]) -> Iterator[None]:
+        """Tokenize the ``texts`` that are not cached in a background thread (:mod:`bertcls.features.ahead`) while
+        the ``with`` block does other work; encoding inside the block takes their ids from there. Texts read as
+        windows (``long_texts: chunks``) are tokenized when they are encoded, as before."""
+        found = self.cache.lookup_arrays([text_hash(t) for t in texts])[0]
+        fresh = [text for text, hit in zip(texts, found, strict=True) if not hit]
+        if self.cfg.long_texts != "truncate" or not fresh or self._ahead is not None:
+            yield
+            return
+        self._ahead = TokensAhead(self.tokenizer, fresh, self.max_seq_len)
+        try:
+            yield
+        finally:
+            self._ahead.close()
+            self._ahead = None
 
     def _encode_in_blocks(self, items: list, encode_block: BlockFn) -> tuple[np.ndarray, np.ndarray]:
         """Encode ``ENCODE_BLOCK`` items at a time; between blocks a requested stop raises

@@ -50,22 +50,24 @@ def build_features(
     service: EmbeddingService, splits: Splits, names: list[str], settings: Settings, *, fine_tune: bool
 ) -> FeatureSet:
     cfg, task = settings.data, task_for(settings.model.task)
-    lexical, matrices = None, {}
-    if settings.classifier.lexical_features:
-        lexical, matrices["train"] = LexicalFeatures.fit_transform(
-            splits.train[cfg.text_column].tolist(), settings.lexical
-        )
-    sources: dict[str, BatchSource] = {}
-    all_lengths = []
-    for split_name, frame in splits.items():
-        texts = frame[cfg.text_column].tolist()
-        labels = task.encode(frame, cfg, names, split_name)
-        if lexical is not None and split_name not in matrices:
-            matrices[split_name] = lexical.transform(texts)
-        sources[split_name], lengths = batch_source(
-            service, texts, labels, fine_tune=fine_tune, matrix=matrices.get(split_name)
-        )
-        all_lengths.append(lengths)
+    every_text = [] if fine_tune else [t for _, frame in splits.items() for t in frame[cfg.text_column].tolist()]
+    with service.tokens_ahead(every_text):  # the tokenizer runs beside TF-IDF fitting and the encoder's loading
+        lexical, matrices = None, {}
+        if settings.classifier.lexical_features:
+            lexical, matrices["train"] = LexicalFeatures.fit_transform(
+                splits.train[cfg.text_column].tolist(), settings.lexical
+            )
+        sources: dict[str, BatchSource] = {}
+        all_lengths = []
+        for split_name, frame in splits.items():
+            texts = frame[cfg.text_column].tolist()
+            labels = task.encode(frame, cfg, names, split_name)
+            if lexical is not None and split_name not in matrices:
+                matrices[split_name] = lexical.transform(texts)
+            sources[split_name], lengths = batch_source(
+                service, texts, labels, fine_tune=fine_tune, matrix=matrices.get(split_name)
+            )
+            all_lengths.append(lengths)
     truncation = truncation_summary(np.concatenate(all_lengths), service.max_seq_len)
     chunks = not fine_tune and settings.encoder.long_texts == "chunks"
     if chunks:

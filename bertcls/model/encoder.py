@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -21,13 +22,18 @@ from bertcls.config.settings import DEFAULT_ENCODER, EncoderSection
 from bertcls.runtime.errors import BertclsError
 from bertcls.runtime.interrupts import Interrupted
 from bertcls.runtime.layout import RunLayout
-from bertcls.runtime.precision import autocast
+from bertcls.runtime.precision import DTYPES, autocast
 
 logger = logging.getLogger(__name__)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 BUNDLED_ALIASES = {DEFAULT_ENCODER.lower(), "sentence-transformers/all-minilm-l6-v2"}
 ProgressFn = Callable[[int, int], None]
 MAX_TEXT_CHARS = 100_000  # work per cell is bounded: no window, TF-IDF or length report reads past this
+# The largest activation one encoding batch may make. Larger tensors come from fresh pages (glibc's mmap threshold)
+# and the page faults cost more than the bigger batch saves: on 2 cores, MiniLM at 128 tokens embeds 1.2x faster at
+# 10 rows than at 64 in fp32 and 1.4x faster at 21 rows than at 64 in bf16 (short texts still get 64-row batches).
+MAX_ACTIVATION_BYTES = 8 * 2**20
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def bounded(texts: list[str]) -> list[str]:
@@ -245,13 +251,19 @@ def truncated_ids(tokenizer, texts: list[str], max_seq_len: int) -> tuple[list[l
     return [x if len(x) <= max_seq_len else x[:keep] + x[len(x) - tail :] for x in full], lengths
 
 
-def window_batches(windows: list[list[int]], batch_size: int, pad_id: int):
+def window_batches(
+    windows: list[list[int]], batch_size: int, pad_id: int, rows_for: Callable[[int], int] | None = None
+):
     """``(indices, input_ids, attention_mask)`` per batch of token windows, longest first, padded to the longest
-    window of the batch (numpy int64, for torch and onnxruntime alike)."""
+    window of the batch (numpy int64, for torch and onnxruntime alike). A batch holds ``batch_size`` windows, or
+    fewer where ``rows_for(width)`` says fewer of that width fit."""
     order = np.argsort([-len(w) for w in windows], kind="stable")
-    for start in range(0, len(windows), batch_size):
-        indices = order[start : start + batch_size]
-        width = len(windows[indices[0]])
+    start = 0
+    while start < len(windows):
+        width = len(windows[order[start]])
+        rows = batch_size if rows_for is None else max(1, min(batch_size, rows_for(width)))
+        indices = order[start : start + rows]
+        start += len(indices)
         ids = np.full((len(indices), width), pad_id, dtype=np.int64)
         mask = np.zeros((len(indices), width), dtype=np.int64)
         for row, i in enumerate(indices):
@@ -318,7 +330,8 @@ class Encoder(nn.Module):
         self.max_seq_len = max_seq_len
         self.pooling = pooling
         self.normalize = has_normalize(folder)
-        self.precision = "fp32"  # the transformer runs under autocast to this; its weights stay fp32
+        self.precision = "fp32"  # training runs under autocast to this (fp32 weights); embedding uses a copy in it
+        self._held: tuple[tuple, nn.Module] | None = None  # (what it was made from, the copy): not a submodule
 
     @property
     def dim(self) -> int:
@@ -348,10 +361,34 @@ class Encoder(nn.Module):
         return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        inputs = {k: v for k, v in features.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         with autocast(features["input_ids"].device, self.precision):
-            output = self.transformer(**inputs, return_dict=True)
+            output = self.transformer(**{k: v for k, v in features.items() if k in MODEL_INPUTS}, return_dict=True)
         return self.sentence_vectors(output.last_hidden_state.float(), features["attention_mask"])
+
+    def held_transformer(self, device: torch.device) -> nn.Module:
+        """The transformer that embedding runs: itself at fp32; at a reduced precision, a copy with its weights held
+        in that dtype, which skips autocast's casts of every weight at every call (on 2 AMX cores, MiniLM embeds
+        1.3x faster than under autocast, at a mean cosine of 0.99996 to fp32 against autocast's 0.99999; the
+        precision guard checks the copy). The copy is made again when the weights change (fine-tuning, a loaded
+        state dict: their version counters move) or the device or precision does."""
+        if self.precision == "fp32":
+            return self.transformer
+        params = list(self.transformer.parameters())
+        versions = tuple(0 if p.is_inference() else p._version for p in params)  # inference tensors have none
+        made_from = (self.precision, str(device), params[0].data_ptr(), versions)
+        if self._held is None or self._held[0] != made_from:
+            self._held = None  # free the old copy before making the new one
+            with torch.inference_mode(mode=False), torch.no_grad():
+                held = copy.deepcopy(self.transformer).to(device=device, dtype=DTYPES[self.precision])
+            self._held = (made_from, held.requires_grad_(requires_grad=False).eval())
+        return self._held[1]
+
+    def rows_for(self, width: int, precision: str) -> int:
+        """How many windows of ``width`` tokens one encoding batch may hold: its largest activation (the
+        feed-forward layer's, or the attention scores') stays under ``MAX_ACTIVATION_BYTES``."""
+        config = self.transformer.config
+        widest = max(int(getattr(config, "intermediate_size", 4 * self.dim)), config.num_attention_heads * width)
+        return MAX_ACTIVATION_BYTES // (width * widest * (4 if precision == "fp32" else 2))
 
     def sentence_vectors(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The last hidden states pooled into one vector per sequence (L2-normalised where the folder says so)."""
@@ -383,14 +420,14 @@ class Encoder(nn.Module):
         """Embed token windows (from :func:`split_into_windows`) in length-sorted batches, in input order."""
         self.eval()
         self.to(device)
+        transformer, precision = self.held_transformer(device), self.precision
         out = np.zeros((len(windows), self.dim), dtype=np.float32)
         done = 0
-        for indices, ids, mask in window_batches(windows, batch_size, self.tokenizer.pad_token_id):
-            features = {
-                "input_ids": torch.from_numpy(ids).to(device),
-                "attention_mask": torch.from_numpy(mask).to(device),
-            }
-            out[indices] = self(features).float().cpu().numpy()
+        pad = self.tokenizer.pad_token_id
+        for indices, ids, mask in window_batches(windows, batch_size, pad, lambda w: self.rows_for(w, precision)):
+            attention = torch.from_numpy(mask).to(device)
+            output = transformer(input_ids=torch.from_numpy(ids).to(device), attention_mask=attention, return_dict=True)
+            out[indices] = self.sentence_vectors(output.last_hidden_state.float(), attention).cpu().numpy()
             done += len(indices)
             if progress:
                 progress(done, len(windows))

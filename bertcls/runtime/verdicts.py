@@ -23,6 +23,9 @@ from bertcls.runtime.precision import PrecisionCheck
 logger = logging.getLogger(__name__)
 
 VERDICTS_FILE = "guard_verdicts.json"
+# How embedding computes at a reduced precision; a verdict measured another way does not apply (verdicts without it
+# were measured with the fp32 weights under autocast).
+REDUCED_COMPUTE = "weights held in the reduced dtype"
 
 
 def user_cache_dir() -> Path:
@@ -52,7 +55,7 @@ def processor_model(device: torch.device) -> str:
 
 
 def verdict_key(fingerprint: str, precision: str, max_seq_len: int, pooling: str, device: torch.device) -> str:
-    payload = json.dumps([fingerprint, precision, max_seq_len, pooling, processor_model(device)])
+    payload = json.dumps([fingerprint, precision, max_seq_len, pooling, processor_model(device), REDUCED_COMPUTE])
     return hashlib.blake2b(payload.encode("utf-8"), digest_size=12).hexdigest()
 
 
