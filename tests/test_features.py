@@ -11,6 +11,7 @@ from conftest import thread_subset
 
 from bertcls.config.settings import EncoderSection, LexicalSection
 from bertcls.config.sources import resolve_settings
+from bertcls.features import service as service_module
 from bertcls.features.ahead import PARALLELISM, TokensAhead
 from bertcls.features.lexical import LexicalFeatures
 from bertcls.features.service import EmbeddingService
@@ -121,13 +122,13 @@ def test_window_batches_hold_fewer_rows_where_the_windows_are_wide():
 
 def test_the_encoders_batches_stay_under_the_activation_bound(workspace):
     encoder = EmbeddingService(EncoderSection(), 128, workspace / "rows", DEVICE).encoder
+    wide = encoder.transformer.config.intermediate_size  # MiniLM: 1536
     for width in (16, 128, 256):
         for precision, size in (("fp32", 4), ("bf16", 2)):
             rows = encoder.rows_for(width, precision)
-            config = encoder.transformer.config
-            widest = max(config.intermediate_size, config.num_attention_heads * width)
-            assert rows * width * widest * size <= 8 * 2**20 < (rows + 1) * width * widest * size
-    assert (encoder.rows_for(128, "fp32"), encoder.rows_for(128, "bf16")) == (10, 21)  # MiniLM: 1536 wide
+            assert rows * width * wide * size <= 8 * 2**20 < (rows + 1) * width * wide * size
+    assert (encoder.rows_for(128, "fp32"), encoder.rows_for(128, "bf16")) == (10, 21)
+    assert encoder.rows_for(4096, "fp32") == 1 and encoder.rows_for(0, "fp32") > 0  # at least a row; no division by 0
 
 
 def test_tokens_made_ahead_are_the_tokenizers_own_and_its_parallelism_comes_back(workspace, monkeypatch):
@@ -135,13 +136,21 @@ def test_tokens_made_ahead_are_the_tokenizers_own_and_its_parallelism_comes_back
     texts = [" ".join(thread_subset(1)["text"]), "", "short", "naïve café 東京 🙂 " * 9, "word " * 40, "short"]
     expected_ids, expected_lengths = truncated_ids(tokenizer, texts, 32)
     monkeypatch.delenv(PARALLELISM, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     with TokensAhead(tokenizer, texts[:3], 32) as ahead:
         assert os.environ[PARALLELISM] == "false"  # one core for the tokenizer, the other for the main thread
         assert len(ahead) == 3
         ids, lengths = ahead.take(texts)  # the last three were not given ahead: tokenized now
     assert PARALLELISM not in os.environ
     assert [row.tolist() for row in ids] == expected_ids and lengths.tolist() == expected_lengths.tolist()
+    with pytest.raises(RuntimeError, match="inside"), TokensAhead(tokenizer, texts, 32):
+        raise RuntimeError("an error inside the block")
+    assert PARALLELISM not in os.environ  # given back on the way out of a failure too
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)  # many cores: the tokenizer keeps its threads
+    with TokensAhead(tokenizer, texts, 32):
+        assert PARALLELISM not in os.environ
     monkeypatch.setenv(PARALLELISM, "true")  # the user's own setting is left alone
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     with TokensAhead(tokenizer, texts, 32):
         assert os.environ[PARALLELISM] == "true"
     assert os.environ[PARALLELISM] == "true"
@@ -156,14 +165,19 @@ def test_a_tokenizer_that_fails_ahead_fails_the_take(workspace):
         ahead.take(["a text"])
 
 
-def test_encoding_beside_tokens_ahead_gives_the_same_rows_and_skips_cached_texts(workspace):
+def test_encoding_beside_tokens_ahead_gives_the_same_rows_and_skips_cached_texts(workspace, monkeypatch):
     texts = thread_subset(2)["text"].tolist() + ["word " * 50]
     plain = EmbeddingService(EncoderSection(), 32, workspace / "plain_tokens", DEVICE)
     expected, expected_lengths = plain.embed(texts)
     service = EmbeddingService(EncoderSection(), 32, workspace / "tokens_ahead", DEVICE)
     service.embed(texts[:3])
+
+    def not_here(*_args):
+        raise AssertionError("tokenized in the main thread")
+
     with service.tokens_ahead(texts):
         assert len(service._ahead) == len(texts) - 3  # the cached ones are not tokenized again
+        monkeypatch.setattr(service_module, "truncated_ids", not_here)  # every id comes from the thread
         vectors, lengths = service.embed(texts)
     assert service._ahead is None and service.stats.misses == len(texts)
     assert np.abs(vectors - expected).max() < 1e-5 and np.array_equal(lengths, expected_lengths)

@@ -175,9 +175,16 @@ def test_embedding_below_fp32_runs_a_copy_of_the_weights_in_that_dtype_made_agai
     in_one_batch = encoder.embed_windows(ids, len(ids), CPU)  # the copy's numbers, not autocast's (1e-3 away)
     assert np.abs(in_one_batch[batch[0]] - by_hand).max() < 1e-6 and np.abs(vectors - in_one_batch).max() < 1e-2
     with torch.no_grad():
-        encoder.transformer.embeddings.word_embeddings.weight.mul_(3.0)  # a training step moves the weights
+        encoder.transformer.embeddings.word_embeddings.weight.mul_(3.0)  # as a loaded state dict moves them
     assert encoder.held_transformer(CPU) is not held
-    assert not np.allclose(encoder.embed_windows(ids, 4, CPU), vectors, atol=1e-3)
+    moved = encoder.embed_windows(ids, 4, CPU)
+    assert not np.allclose(moved, vectors, atol=1e-3)
+    encoder.train()  # a fused optimizer's step moves the weights without moving their version counters
+    optimizer = torch.optim.AdamW(encoder.transformer.parameters(), lr=0.05, fused=True)
+    batch = next(window_batches(ids, len(ids), encoder.tokenizer.pad_token_id))
+    encoder({"input_ids": torch.from_numpy(batch[1]), "attention_mask": torch.from_numpy(batch[2])}).sum().backward()
+    optimizer.step()
+    assert not np.allclose(encoder.embed_windows(ids, 4, CPU), moved, atol=1e-3)
     encoder.precision = "fp32"
     assert encoder.held_transformer(CPU) is encoder.transformer
 

@@ -156,6 +156,15 @@ class EmbeddingCache:
             found[targets] = True
         return found, vectors, lengths
 
+    def found(self, hashes: list[bytes]) -> np.ndarray:
+        """Which of ``hashes`` are cached (their keys alone are read, not their vectors)."""
+        query = as_hash_array(hashes) if hashes else np.zeros((0, HASH_BYTES), np.uint8)
+        keys, found = hash_keys(query), np.zeros(len(query), dtype=bool)
+        for shard in self._load():
+            todo = np.flatnonzero(~found)
+            found[todo[shard.find(keys[todo], query[todo])[0]]] = True
+        return found
+
     def lookup(self, hashes: list[bytes]) -> list[tuple[np.ndarray, int] | None]:
         """Per hash, (vector, untruncated length) or None (convenient for a few rows; use lookup_arrays for many)."""
         found, vectors, lengths = self.lookup_arrays(hashes)

@@ -216,18 +216,22 @@ class EmbeddingService:
     def tokens_ahead(self, texts: list[str]) -> Iterator[None]:
         """Tokenize the ``texts`` that are not cached in a background thread (:mod:`bertcls.features.ahead`) while
         the ``with`` block does other work; encoding inside the block takes their ids from there. Texts read as
-        windows (``long_texts: chunks``) are tokenized when they are encoded, as before."""
-        found = self.cache.lookup_arrays([text_hash(t) for t in texts])[0]
+        windows (``long_texts: chunks``) are tokenized when they are encoded, as before, and so is everything under
+        torchrun (each rank tokenizes only its share)."""
+        if self.cfg.long_texts != "truncate" or world().size > 1 or self._ahead is not None:
+            yield
+            return
+        found = self.cache.found([text_hash(t) for t in texts])
         fresh = [text for text, hit in zip(texts, found, strict=True) if not hit]
-        if self.cfg.long_texts != "truncate" or not fresh or self._ahead is not None:
+        if not fresh:
             yield
             return
         self._ahead = TokensAhead(self.tokenizer, fresh, self.max_seq_len)
         try:
             yield
         finally:
-            self._ahead.close()
-            self._ahead = None
+            ahead, self._ahead = self._ahead, None
+            ahead.close()
 
     def _encode_in_blocks(self, items: list, encode_block: BlockFn) -> tuple[np.ndarray, np.ndarray]:
         """Encode ``ENCODE_BLOCK`` items at a time; between blocks a requested stop raises

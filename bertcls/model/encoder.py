@@ -29,9 +29,10 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 BUNDLED_ALIASES = {DEFAULT_ENCODER.lower(), "sentence-transformers/all-minilm-l6-v2"}
 ProgressFn = Callable[[int, int], None]
 MAX_TEXT_CHARS = 100_000  # work per cell is bounded: no window, TF-IDF or length report reads past this
-# The largest activation one encoding batch may make. Larger tensors come from fresh pages (glibc's mmap threshold)
-# and the page faults cost more than the bigger batch saves: on 2 cores, MiniLM at 128 tokens embeds 1.2x faster at
-# 10 rows than at 64 in fp32 and 1.4x faster at 21 rows than at 64 in bf16 (short texts still get 64-row batches).
+# The largest activation one encoding batch on a CPU may make. Larger tensors come from fresh pages (glibc's mmap
+# threshold) and the page faults cost more than the bigger batch saves: on 2 cores, MiniLM at 128 tokens embeds 1.2x
+# faster at 10 rows than at 64 in fp32 and 1.4x faster at 21 rows than at 64 in bf16 (short texts still get 64 rows).
+# A GPU's caching allocator has no such cost: there batches hold encode_batch_size rows.
 MAX_ACTIVATION_BYTES = 8 * 2**20
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -368,9 +369,10 @@ class Encoder(nn.Module):
     def held_transformer(self, device: torch.device) -> nn.Module:
         """The transformer that embedding runs: itself at fp32; at a reduced precision, a copy with its weights held
         in that dtype, which skips autocast's casts of every weight at every call (on 2 AMX cores, MiniLM embeds
-        1.3x faster than under autocast, at a mean cosine of 0.99996 to fp32 against autocast's 0.99999; the
-        precision guard checks the copy). The copy is made again when the weights change (fine-tuning, a loaded
-        state dict: their version counters move) or the device or precision does."""
+        1.2x faster than under autocast, at a mean cosine of 0.99996 to fp32 against autocast's 0.99999; the
+        precision guard checks the copy). The copy is dropped when training starts (:meth:`train`: a fused
+        optimizer's step moves the weights without moving their version counters) and made again when the weights
+        change otherwise (a loaded state dict moves the counters) or the device or precision does."""
         if self.precision == "fp32":
             return self.transformer
         params = list(self.transformer.parameters())
@@ -383,12 +385,17 @@ class Encoder(nn.Module):
             self._held = (made_from, held.requires_grad_(requires_grad=False).eval())
         return self._held[1]
 
+    def train(self, mode: bool = True) -> Encoder:  # noqa: FBT001, FBT002 - nn.Module's own signature
+        if mode:
+            self._held = None  # the weights are about to move
+        return super().train(mode)
+
     def rows_for(self, width: int, precision: str) -> int:
-        """How many windows of ``width`` tokens one encoding batch may hold: its largest activation (the
-        feed-forward layer's, or the attention scores') stays under ``MAX_ACTIVATION_BYTES``."""
+        """How many windows of ``width`` tokens one encoding batch on a CPU may hold: the feed-forward layer's
+        activation stays under ``MAX_ACTIVATION_BYTES`` (at least one row)."""
         config = self.transformer.config
-        widest = max(int(getattr(config, "intermediate_size", 4 * self.dim)), config.num_attention_heads * width)
-        return MAX_ACTIVATION_BYTES // (width * widest * (4 if precision == "fp32" else 2))
+        widest = getattr(config, "intermediate_size", None) or 4 * self.dim
+        return max(1, MAX_ACTIVATION_BYTES // (max(width, 1) * widest * (4 if precision == "fp32" else 2)))
 
     def sentence_vectors(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The last hidden states pooled into one vector per sequence (L2-normalised where the folder says so)."""
@@ -424,7 +431,8 @@ class Encoder(nn.Module):
         out = np.zeros((len(windows), self.dim), dtype=np.float32)
         done = 0
         pad = self.tokenizer.pad_token_id
-        for indices, ids, mask in window_batches(windows, batch_size, pad, lambda w: self.rows_for(w, precision)):
+        rows_for = (lambda w: self.rows_for(w, precision)) if device.type == "cpu" else None  # a CPU's page faults
+        for indices, ids, mask in window_batches(windows, batch_size, pad, rows_for):
             attention = torch.from_numpy(mask).to(device)
             output = transformer(input_ids=torch.from_numpy(ids).to(device), attention_mask=attention, return_dict=True)
             out[indices] = self.sentence_vectors(output.last_hidden_state.float(), attention).cpu().numpy()
