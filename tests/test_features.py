@@ -11,11 +11,11 @@ from conftest import thread_subset
 
 from bertcls.config.settings import EncoderSection, LexicalSection
 from bertcls.config.sources import resolve_settings
-from bertcls.features import service as service_module
 from bertcls.features.ahead import PARALLELISM, TokensAhead
 from bertcls.features.lexical import LexicalFeatures
 from bertcls.features.service import EmbeddingService
 from bertcls.inference.prediction import Predictor
+from bertcls.model import encoder as encoder_module
 from bertcls.model.checkpoint import build_classifier, load_checkpoint, save_checkpoint
 from bertcls.model.encoder import pool_windows, split_into_windows, text_windows, truncated_ids, window_batches
 from bertcls.task import SingleLabel
@@ -177,7 +177,7 @@ def test_encoding_beside_tokens_ahead_gives_the_same_rows_and_skips_cached_texts
 
     with service.tokens_ahead(texts):
         assert len(service._ahead) == len(texts) - 3  # the cached ones are not tokenized again
-        monkeypatch.setattr(service_module, "truncated_ids", not_here)  # every id comes from the thread
+        monkeypatch.setattr(encoder_module, "truncated_ids", not_here)  # every id comes from the thread
         vectors, lengths = service.embed(texts)
     assert service._ahead is None and service.stats.misses == len(texts)
     assert np.abs(vectors - expected).max() < 1e-5 and np.array_equal(lengths, expected_lengths)

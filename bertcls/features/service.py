@@ -33,7 +33,6 @@ from bertcls.model.encoder import (
     pool_windows,
     resolve_encoder_folder,
     split_into_windows,
-    truncated_ids,
 )
 from bertcls.runtime.distributed import world
 from bertcls.runtime.errors import ConfigError
@@ -205,12 +204,11 @@ class EmbeddingService:
     def _embed_truncated(self, texts: list[str], progress: ProgressFn | None) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings of the first ``max_seq_len`` tokens, and untruncated lengths; the ids come from
         :meth:`tokens_ahead` where it made them (the encoder loads first, while they are still being made)."""
-        encoder = self.encoder
-        if self._ahead is not None:
-            ids, lengths = self._ahead.take(texts)
-        else:
-            ids, lengths = truncated_ids(self.tokenizer, texts, self.max_seq_len)
-        return encoder.embed_windows(ids, self.cfg.encode_batch_size, self.device, progress), lengths
+        encoder, size = self.encoder, self.cfg.encode_batch_size
+        if self._ahead is None:
+            return encoder.embed_with_lengths(texts, size, self.device, progress)
+        ids, lengths = self._ahead.take(texts)
+        return encoder.embed_windows(ids, size, self.device, progress), lengths
 
     @contextlib.contextmanager
     def tokens_ahead(self, texts: list[str]) -> Iterator[None]:
@@ -218,11 +216,10 @@ class EmbeddingService:
         the ``with`` block does other work; encoding inside the block takes their ids from there. Texts read as
         windows (``long_texts: chunks``) are tokenized when they are encoded, as before, and so is everything under
         torchrun (each rank tokenizes only its share)."""
-        if self.cfg.long_texts != "truncate" or world().size > 1 or self._ahead is not None:
-            yield
-            return
-        found = self.cache.found([text_hash(t) for t in texts])
-        fresh = [text for text, hit in zip(texts, found, strict=True) if not hit]
+        fresh: list[str] = []
+        if self.cfg.long_texts == "truncate" and world().size == 1 and self._ahead is None:
+            found = self.cache.found([text_hash(t) for t in texts])
+            fresh = [text for text, hit in zip(texts, found, strict=True) if not hit]
         if not fresh:
             yield
             return
