@@ -8,12 +8,16 @@ probability drop, mean over texts), against LIME at ``--lime-calls`` model calls
 - ``expected P x S``: expected gradients (Erion et al. 2021) over P baselines that each remove a random share of
   the words (the share uniform, as LIME draws them), S steps each, so P x S steps in all; the attributions add up to
   the score minus the mean score of the P baselines; the gap is the residual over that difference plus the
-  lexical words, as ``explain`` reports its own. Run with each of ``--seeds`` (the baselines are random).
+  lexical words, as ``explain`` reports its own. Run with each of ``--seeds`` (the baselines are random);
+- ``coalition P x S``: P paths from removed to present, each through a random partial removal (the share kept
+  uniform): the kept words fade in first (S / 2 steps), then the rest (S / 2 steps); unlike expected gradients,
+  the attributions add up to the score minus the removed text's, as ``presence``'s do. Seeded the same way.
 
-    python benchmarks/bench_explain_alternatives.py [--set sms] [--texts 200] [--steps 32] [--lime-calls 100]
-        [--expected 4x8,8x16] [--seeds 0,1,2] [--work DIR]
+    python benchmarks/bench_explain_alternatives.py [--set sms] [--texts 200] [--steps 32] [--lime-calls 100,130]
+        [--expected 4x8,8x16] [--coalition 8x16,4x16,4x8] [--seeds 0,1,2] [--work DIR] [--result NAME]
 
-Not a timed test: run it by hand. Writes benchmarks/results/explain_alternatives.json.
+Not a timed test: run it by hand. Writes benchmarks/results/explain_alternatives.json (or ``--result``.json); each
+LIME call count has its own explainer seeded 0.
 """
 
 from __future__ import annotations
@@ -38,11 +42,11 @@ def occlusion(predict, text: str, words, target: int) -> np.ndarray:
     return probs[0, target] - probs[1:, target]
 
 
-def expected_gradients(
-    explainer, text: str, words, target: int, paths: int, steps: int, rng
-) -> tuple[np.ndarray, float]:
-    """Per word, the semantic attribution averaged over ``paths`` random partial removals (a word piece is removed
-    when any word it covers is), and the mean completeness residual (signed)."""
+def random_paths(explainer, text: str, words, target: int, paths: int, rng, legs) -> tuple[np.ndarray, float]:
+    """Per word, the semantic attribution averaged over ``paths`` integrations, each drawing a random partial removal
+    (a uniform random share of the words kept; a word piece is removed when any word it covers is) and integrating
+    ``presence`` along the legs ``legs(kept, removed, present)`` gives as (start, end, steps); and the mean
+    completeness residual (signed)."""
     import torch
     from captum.attr import IntegratedGradients
 
@@ -51,31 +55,58 @@ def expected_gradients(
     scores = explainer.scores
     windows = TokenWindows.of(scores.encoder, explainer.classifier.windowing, text)
     with torch.no_grad():
-        present = PresenceScores(scores, windows, word_embeddings(scores, windows))
+        attributed = IntegratedGradients(PresenceScores(scores, windows, word_embeddings(scores, windows)))
     inside = windows.pieces >= 0
     covered = [words.covering(*span) for span in windows.spans]
     ones = torch.ones(1, windows.ids.numel())
+    removed = torch.from_numpy(np.where(inside, 0.0, 1.0).reshape(1, -1)).float()
     pieces, residual = np.zeros(len(windows.spans)), 0.0
     for _ in range(paths):
-        kept = rng.random(len(words)) < rng.random()
-        piece_kept = np.array([bool(kept[words_of].all()) for words_of in covered])
-        start = np.ones(windows.pieces.shape)
-        start[inside] = piece_kept[windows.pieces[inside]]
-        attribution, delta = IntegratedGradients(present).attribute(
-            ones,
-            baselines=torch.from_numpy(start.reshape(1, -1)).float(),
-            target=target,
-            n_steps=steps,
-            internal_batch_size=32,
-            return_convergence_delta=True,
-        )
-        per_position = attribution.reshape(windows.pieces.shape).detach().numpy()
-        np.add.at(pieces, windows.pieces[inside], per_position[inside])
-        residual += float(delta)
+        kept_words = rng.random(len(words)) < rng.random()
+        piece_kept = np.array([bool(kept_words[words_of].all()) for words_of in covered])
+        kept = np.ones(windows.pieces.shape)
+        kept[inside] = piece_kept[windows.pieces[inside]]
+        for start, end, steps in legs(torch.from_numpy(kept.reshape(1, -1)).float(), removed, ones):
+            if torch.equal(start, end):
+                continue
+            attribution, delta = attributed.attribute(
+                end,
+                baselines=start,
+                target=target,
+                n_steps=steps,
+                internal_batch_size=32,
+                return_convergence_delta=True,
+            )
+            per_position = attribution.reshape(windows.pieces.shape).detach().numpy()
+            np.add.at(pieces, windows.pieces[inside], per_position[inside])
+            residual += float(delta)
     on_words = np.zeros(len(words))
     for value, span in zip(pieces / paths, windows.spans, strict=True):
         words.spread(on_words, *span, value)
     return on_words, residual / paths
+
+
+def expected_gradients(
+    explainer, text: str, words, target: int, paths: int, steps: int, rng
+) -> tuple[np.ndarray, float]:
+    """Expected gradients: from each random partial removal to the text, ``steps`` steps."""
+    return random_paths(explainer, text, words, target, paths, rng, lambda kept, _, present: [(kept, present, steps)])
+
+
+def coalition_paths(explainer, text: str, words, target: int, paths: int, steps: int, rng) -> tuple[np.ndarray, float]:
+    """Random-coalition paths: from removed to each random partial removal S (S's word pieces fade in), then to the
+    text (the others fade in), ``steps // 2`` steps each; each path adds up to the score minus the removed text's,
+    as ``presence`` does."""
+    half = max(1, steps // 2)
+    return random_paths(
+        explainer,
+        text,
+        words,
+        target,
+        paths,
+        rng,
+        lambda kept, removed, present: [(removed, kept, half), (kept, present, half)],
+    )
 
 
 def semantic_seconds(explainer, text: str, target: int) -> float:
@@ -94,11 +125,19 @@ def run(args, work: Path) -> dict:
 
     chosen = explained_set(args.set, work, args.texts, args.steps)
     explainer, predict, texts = chosen.explainer, chosen.predict, chosen.texts
-    lime = LimeTextExplainer(class_names=chosen.labels, random_state=0)
+    limes = {calls: LimeTextExplainer(class_names=chosen.labels, random_state=0) for calls in args.lime_calls}
     removed: dict[str, list[str]] = {}
     gaps: dict[str, list[float]] = {}
     seconds: dict[str, float] = {}
-    rngs = {(p, s, seed): np.random.default_rng(seed) for p, s in args.expected for seed in args.seeds}
+    variants = {  # name -> the ranking, its paths and steps, and its own random draws
+        f"{kind} {count}x{steps} seed {seed}": (ranking, count, steps, np.random.default_rng(seed))
+        for kind, ranking, sizes in (
+            ("expected", expected_gradients, args.expected),
+            ("coalition", coalition_paths, args.coalition),
+        )
+        for count, steps in sizes
+        for seed in args.seeds
+    }
     targets = []
     for number, text in enumerate(texts):
         explanation = explainer.explain(text)
@@ -106,19 +145,16 @@ def run(args, work: Path) -> dict:
         target = chosen.labels.index(item.label)
         seconds["presence"] = seconds.get("presence", 0.0) + semantic_seconds(explainer, text, target)
         targets.append(target)
-        ranked = {
-            "presence": item.words,
-            "occlusion": occlusion(predict, text, words, target),
-            f"LIME {args.lime_calls} calls": lime_scores(lime, predict, text, words, target, args.lime_calls),
-        }
+        ranked = {"presence": item.words, "occlusion": occlusion(predict, text, words, target)}
+        for calls, lime in limes.items():
+            ranked[f"LIME {calls} calls"] = lime_scores(lime, predict, text, words, target, calls)
         gaps.setdefault("presence", []).append(item.gap)
-        for (count, steps, seed), rng in rngs.items():
-            name = f"expected {count}x{steps} seed {seed}"
+        for name, (ranking, count, steps, rng) in variants.items():
             started = time.perf_counter()
-            semantic, residual = expected_gradients(explainer, text, words, target, count, steps, rng)
+            semantic, residual = ranking(explainer, text, words, target, count, steps, rng)
             seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
             ranked[name] = semantic + item.lexical
-            explained = abs(semantic.sum() - residual) + abs(item.lexical.sum())  # the score minus the mean baseline's
+            explained = abs(semantic.sum() - residual) + abs(item.lexical.sum())  # the score minus the start's
             gaps.setdefault(name, []).append(abs(residual) / max(explained, 1e-3))
         for name, values in ranked.items():
             removed.setdefault(name, []).append(top_removed(text, words, np.asarray(values)))
@@ -141,19 +177,23 @@ def main() -> None:
     parser.add_argument("--set", default="sms")
     parser.add_argument("--texts", type=int, default=200)
     parser.add_argument("--steps", type=int, default=32)
-    parser.add_argument("--lime-calls", type=int, default=100)
+    parser.add_argument("--lime-calls", default="100")
+    parser.add_argument("--coalition", default="", help="paths x steps, comma-separated")
     parser.add_argument("--expected", default="4x8,8x16", help="baselines x steps, comma-separated")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--result", default="explain_alternatives", help="results file name under benchmarks/results")
     parser.add_argument("--work", type=Path, default=None, help="keep the trained model here (reused when present)")
     args = parse_args(parser)
     args.expected = [tuple(int(n) for n in pair.split("x")) for pair in args.expected.split(",") if pair]
+    args.coalition = [tuple(int(n) for n in pair.split("x")) for pair in args.coalition.split(",") if pair]
+    args.lime_calls = [int(calls) for calls in args.lime_calls.split(",") if calls]
     args.seeds = [int(seed) for seed in args.seeds.split(",") if seed]
     import torch
 
     torch.set_num_threads(2)
     print(cpu_line(), flush=True)
     found = run(args, args.work or Path(tempfile.mkdtemp(prefix="bench-explain-alt-")))
-    save_result("explain_alternatives", {"cpu": cpu_line(), "set": args.set, "texts": args.texts, **found})
+    save_result(args.result, {"cpu": cpu_line(), "set": args.set, "texts": args.texts, **found})
     print(cpu_line())
     print("| ranking | drop, top 10% | gap <= 5% | s / text |\n|---|---:|---:|---:|")
     for name, row in found.items():
