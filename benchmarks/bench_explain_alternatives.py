@@ -45,7 +45,7 @@ def occlusion(predict, text: str, words, target: int) -> np.ndarray:
 def random_paths(explainer, text: str, words, target: int, paths: int, rng, legs) -> tuple[np.ndarray, float]:
     """Per word, the semantic attribution averaged over ``paths`` integrations, each drawing a random partial removal
     (a uniform random share of the words kept; a word piece is removed when any word it covers is) and integrating
-    ``presence`` along the legs ``legs(kept, removed, present)`` gives as (start, end, steps); and the mean
+    ``presence`` along the legs that ``legs(kept, removed, present)`` returns as (start, end, steps); and the mean
     completeness residual (signed)."""
     import torch
     from captum.attr import IntegratedGradients
