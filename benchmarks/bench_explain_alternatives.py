@@ -14,7 +14,7 @@ probability drop, mean over texts), against LIME at ``--lime-calls`` model calls
   the attributions add up to the score minus the removed text's, as ``presence``'s do. Seeded the same way.
 
     python benchmarks/bench_explain_alternatives.py [--set sms] [--texts 200] [--steps 32] [--lime-calls 100,130]
-        [--expected 4x8,8x16] [--coalition 8x16,4x16,4x8] [--seeds 0,1,2] [--work DIR] [--result NAME]
+        [--expected 4x8,8x16] [--coalition 8x16,4x16,4x8] [--seeds 0,1,2] [--no-occlusion] [--work DIR] [--result NAME]
 
 Not a timed test: run it by hand. Writes benchmarks/results/explain_alternatives.json (or ``--result``.json); each
 LIME call count has its own explainer seeded 0.
@@ -145,7 +145,9 @@ def run(args, work: Path) -> dict:
         target = chosen.labels.index(item.label)
         seconds["presence"] = seconds.get("presence", 0.0) + semantic_seconds(explainer, text, target)
         targets.append(target)
-        ranked = {"presence": item.words, "occlusion": occlusion(predict, text, words, target)}
+        ranked = {"presence": item.words}
+        if args.occlusion:
+            ranked["occlusion"] = occlusion(predict, text, words, target)
         for calls, lime in limes.items():
             ranked[f"LIME {calls} calls"] = lime_scores(lime, predict, text, words, target, calls)
         gaps.setdefault("presence", []).append(item.gap)
@@ -181,6 +183,7 @@ def main() -> None:
     parser.add_argument("--coalition", default="", help="paths x steps, comma-separated")
     parser.add_argument("--expected", default="4x8,8x16", help="baselines x steps, comma-separated")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--no-occlusion", dest="occlusion", action="store_false", help="skip it (a call per word)")
     parser.add_argument("--result", default="explain_alternatives", help="results file name under benchmarks/results")
     parser.add_argument("--work", type=Path, default=None, help="keep the trained model here (reused when present)")
     args = parse_args(parser)
