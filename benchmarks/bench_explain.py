@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from common import benchmark_parser, cpu_line, parse_args, save_result, train_on_splits
+from common import benchmark_parser, comma_ints, cpu_line, parse_args, save_result, train_on_splits
 from quality import make_splits
 
 TOP_REMOVED, TOP_KEPT = 0.10, 0.20
@@ -244,17 +244,17 @@ def main() -> None:
     parser.add_argument("--sets", default="bbc,sms")
     parser.add_argument("--texts", type=int, default=200)
     parser.add_argument("--steps", type=int, default=32)
-    parser.add_argument("--lime-samples", default="34,100", help="LIME's model calls per text, comma-separated")
+    parser.add_argument(
+        "--lime-samples", type=comma_ints, default="34,100", help="LIME's model calls per text, comma-separated"
+    )
     parser.add_argument("--method", choices=("presence", "embeddings"), default="presence", help="explain.method")
-    parser.add_argument("--steps-grid", default="8,16,64")
+    parser.add_argument("--steps-grid", type=comma_ints, default="8,16,64")
     parser.add_argument("--grid-texts", type=int, default=40)
     parser.add_argument("--work", type=Path, default=None, help="keep the trained models here (reused when present)")
     parser.add_argument(
         "--completeness-only", action="store_true", help="only the gaps (all texts, then the step grid); no deletion"
     )
     args = parse_args(parser)
-    args.steps_grid = [int(s) for s in args.steps_grid.split(",") if s]
-    args.lime_samples = [int(s) for s in args.lime_samples.split(",") if s]
     import torch
 
     torch.set_num_threads(2)

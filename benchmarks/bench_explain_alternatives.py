@@ -29,7 +29,12 @@ from pathlib import Path
 
 import numpy as np
 from bench_explain import TOP_REMOVED, explained_set, lime_scores, spans_of, without
-from common import benchmark_parser, cpu_line, parse_args, save_result
+from common import benchmark_parser, comma_ints, cpu_line, parse_args, save_result
+
+
+def paths_by_steps(text: str) -> list[tuple[int, int]]:
+    """An argparse ``type``: "4x8,8x16" -> [(4, 8), (8, 16)]."""
+    return [(int(paths), int(steps)) for paths, steps in (pair.split("x") for pair in text.split(",") if pair)]
 
 
 def top_removed(text: str, words, scores: np.ndarray) -> str:
@@ -179,18 +184,16 @@ def main() -> None:
     parser.add_argument("--set", default="sms")
     parser.add_argument("--texts", type=int, default=200)
     parser.add_argument("--steps", type=int, default=32)
-    parser.add_argument("--lime-calls", default="100")
-    parser.add_argument("--coalition", default="", help="paths x steps, comma-separated")
-    parser.add_argument("--expected", default="4x8,8x16", help="baselines x steps, comma-separated")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--lime-calls", type=comma_ints, default="100")
+    parser.add_argument("--coalition", type=paths_by_steps, default="", help="paths x steps, comma-separated")
+    parser.add_argument(
+        "--expected", type=paths_by_steps, default="4x8,8x16", help="baselines x steps, comma-separated"
+    )
+    parser.add_argument("--seeds", type=comma_ints, default="0,1,2")
     parser.add_argument("--no-occlusion", dest="occlusion", action="store_false", help="skip it (a call per word)")
     parser.add_argument("--result", default="explain_alternatives", help="results file name under benchmarks/results")
     parser.add_argument("--work", type=Path, default=None, help="keep the trained model here (reused when present)")
     args = parse_args(parser)
-    args.expected = [tuple(int(n) for n in pair.split("x")) for pair in args.expected.split(",") if pair]
-    args.coalition = [tuple(int(n) for n in pair.split("x")) for pair in args.coalition.split(",") if pair]
-    args.lime_calls = [int(calls) for calls in args.lime_calls.split(",") if calls]
-    args.seeds = [int(seed) for seed in args.seeds.split(",") if seed]
     import torch
 
     torch.set_num_threads(2)

@@ -28,6 +28,11 @@ def benchmark_parser(description: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def comma_ints(text: str) -> list[int]:
+    """An argparse ``type``: "34,100" -> [34, 100] (empty items skipped)."""
+    return [int(item) for item in text.split(",") if item]
+
+
 def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
     global _data_dir
     args = parser.parse_args()
