@@ -1,21 +1,25 @@
 """Faithfulness and cost of ``bertcls explain`` (issue 24) on the BBC and SMS test splits of ``quality.py``.
 
 For each set: the default frozen model is trained on the fixed split (or reused from ``--work``), then ``--texts``
-test texts (a seeded sample) are explained for their predicted label, and the explanation is checked by deletion:
+test texts (a seeded sample) are explained for their predicted label with the ``explain:`` settings the flags give
+(the defaults: ``expected``, 4 random partial removals, 8 steps per path doubled up to 64 while the gap is over 5%),
+once per ``--seeds`` value, and the explanation is checked by deletion:
 
 - comprehensiveness (ERASER, DeYoung et al. 2020): the predicted label's probability drop when the top 10% of the
-  words by attribution are removed, against removing a random 10% (mean of 3 draws) and against LIME's top 10%
-  (``lime`` on PyPI, benchmark only) with each of ``--lime-samples`` model calls per text: 34 is as many model calls
-  as integrated gradients make at 32 steps (the 32 steps and the two ends), 100 about as much work (each step is a
-  forward and a backward pass); the paired difference per text to the most-called LIME, with its standard error;
+  words by attribution are removed, per seed, against removing a random 10% (mean of 3 draws) and against LIME's
+  top 10% (``lime`` on PyPI, benchmark only) with each of ``--lime-samples`` model calls per text: at 4 x 8 steps
+  integrated gradients make 32 forward and backward passes and 5 forward ones (the text and the starts), so 34
+  LIME calls are about as many model calls and 100 about as much work; the paired difference per text of the
+  first seed to the most-called LIME, with its standard error;
 - sufficiency: the share of texts whose prediction stays when only the top 20% of the words are kept;
 - completeness: the share of texts whose gap (sum of semantic attributions against the score difference to the
-  baseline) is within 5%, at the default steps and at ``--steps-grid`` on the first ``--grid-texts`` texts;
+  baseline) is within 5%, at the default steps (with their doubling) and at the fixed steps of ``--steps-grid`` on
+  the first ``--grid-texts`` texts;
 - cost: seconds per text, and as a ratio to one prediction of the same text in the same run (2 cores, 128 tokens).
 
-    python benchmarks/bench_explain.py [--sets bbc,sms] [--texts 200] [--method presence] [--work DIR]
+    python benchmarks/bench_explain.py [--sets bbc,sms] [--texts 200] [--method expected] [--seeds 0,1,2] [--work DIR]
 
-Not a timed test: run it by hand. Writes benchmarks/results/explain.json.
+Not a timed test: run it by hand. Writes benchmarks/results/explain.json (or ``--result``).
 """
 
 from __future__ import annotations
@@ -87,9 +91,11 @@ class ExplainedSet:
     texts: list[str]
 
 
-def explained_set(name: str, work: Path, texts: int, steps: int, method: str = "presence") -> ExplainedSet:
+def explained_set(name: str, work: Path, texts: int, explaining: dict[str, Any]) -> ExplainedSet:
+    """``explaining``: the ``explain:`` settings to build the explainer with (the defaults where absent)."""
     import torch
 
+    from bertcls.config.settings import ExplainSection
     from bertcls.explain.explainer import Explainer
     from bertcls.inference.prediction import Predictor
     from bertcls.model.checkpoint import load_named_checkpoint
@@ -101,29 +107,48 @@ def explained_set(name: str, work: Path, texts: int, steps: int, method: str = "
         train_on_splits(paths, root)
     ckpt = load_named_checkpoint(None, root)
     predictor = Predictor(ckpt, root, torch.device("cpu"), "fp32")
-    explainer = Explainer(Classifier.load(ckpt, root), steps, method)
+    explainer = Explainer.configured(Classifier.load(ckpt, root), ExplainSection(**explaining))
     test = pd.read_csv(paths["test"], dtype=str, keep_default_na=False)
     sample = test["text"].sample(n=min(texts, len(test)), random_state=0).tolist()
     return ExplainedSet(ckpt.labels, explainer, lambda rows: predictor.predict_proba(list(rows), 64), sample)
 
 
+def explaining(args) -> dict[str, Any]:
+    """The ``explain:`` settings the flags give (the first seed)."""
+    return {
+        "method": args.method,
+        "steps": args.steps,
+        "max_steps": args.max_steps,
+        "baselines": args.baselines,
+        "seed": args.seeds[0],
+    }
+
+
 def run_set(name: str, work: Path, args) -> dict:
+    """Every text explained with each seed (the first seed's explanation is the one compared in full; the others
+    give their drop, gap and cost), LIME once per call count."""
     from lime.lime_text import LimeTextExplainer
 
-    chosen = explained_set(name, work, args.texts, args.steps, args.method)
+    chosen = explained_set(name, work, args.texts, explaining(args))
     explainer, predict, texts = chosen.explainer, chosen.predict, chosen.texts
     limes = {calls: LimeTextExplainer(class_names=chosen.labels, random_state=0) for calls in args.lime_samples}
     rng, lime_rng = np.random.default_rng(0), np.random.default_rng(1)  # ours' random draws, whatever LIME runs
     rows = []
     for number, text in enumerate(texts):
-        started = time.perf_counter()
-        explanation = explainer.explain(text)
-        seconds = time.perf_counter() - started
+        row: dict[str, Any] = {}
+        for seed in reversed(args.seeds):  # the first seed last, so that its explanation is the one kept
+            explainer.seed = seed
+            started = time.perf_counter()
+            explanation = explainer.explain(text)
+            seconds = time.perf_counter() - started
+            item, words = explanation.explained[0], explanation.words
+            target = chosen.labels.index(item.label)
+            ours = deletion_scores(predict, text, words, item.words, target, np.random.default_rng(seed))
+            row.update({f"drop_seed_{seed}": ours["drop_top"], f"gap_seed_{seed}": item.gap})
+            row.update({f"seconds_seed_{seed}": seconds, f"steps_seed_{seed}": item.steps})
         started = time.perf_counter()
         predict([text])
         predict_seconds = time.perf_counter() - started
-        item, words = explanation.explained[0], explanation.words
-        target = chosen.labels.index(item.label)
         ours = deletion_scores(predict, text, words, item.words, target, rng)
         theirs = {}
         for calls, lime in limes.items():
@@ -132,9 +157,11 @@ def run_set(name: str, work: Path, args) -> dict:
         most = theirs[max(args.lime_samples)]
         rows.append(
             {
+                **row,
                 "seconds": seconds,
                 "predict_seconds": predict_seconds,
                 "gap": item.gap,
+                "steps": item.steps,
                 "drop_top": ours["drop_top"],
                 "drop_random": ours["drop_random"],
                 "drop_lime": most["drop_top"],
@@ -148,13 +175,26 @@ def run_set(name: str, work: Path, args) -> dict:
             print(f"{name}: {number + 1}/{len(texts)} texts, {seconds:.2f} s", flush=True)
     frame = pd.DataFrame(rows)
     grid = steps_grid(explainer, texts[: args.grid_texts], args.steps_grid)
-    return summarise(frame, grid)
+    return {**summarise(frame, grid), "by_seed": by_seed(frame, args.seeds)}
+
+
+def by_seed(frame: pd.DataFrame, seeds: list[int]) -> dict[str, dict[str, float]]:
+    """Per seed of the random removals: the top 10%'s drop, the share within a 5% gap, seconds and steps per text."""
+    return {
+        str(seed): {
+            "comprehensiveness_top10": float(frame[f"drop_seed_{seed}"].mean()),
+            "completeness_within_5pct": float((frame[f"gap_seed_{seed}"] <= 0.05).mean()),
+            "seconds_per_text": float(frame[f"seconds_seed_{seed}"].mean()),
+            "mean_steps": float(frame[f"steps_seed_{seed}"].mean()),
+        }
+        for seed in seeds
+    }
 
 
 def completeness(name: str, work: Path, args) -> dict:
     """The gaps alone: every text at ``--steps``, then the step grid (the model is trained when ``--work`` has
     none)."""
-    chosen = explained_set(name, work, args.texts, args.steps, args.method)
+    chosen = explained_set(name, work, args.texts, explaining(args))
     explainer, texts = chosen.explainer, chosen.texts
     gaps = np.array([explainer.explain(text).explained[0].gap for text in texts])
     return {
@@ -166,10 +206,10 @@ def completeness(name: str, work: Path, args) -> dict:
 
 
 def steps_grid(explainer, texts: list[str], grid: list[int]) -> dict[str, dict[str, float]]:
-    """Completeness and cost at other step counts (on the first texts), to choose the default."""
+    """Completeness and cost at other fixed step counts (no doubling; on the first texts), to choose the default."""
     found = {}
     for steps in grid:
-        explainer.steps = steps
+        explainer.steps = explainer.max_steps = steps
         gaps, seconds = [], []
         for text in texts:
             started = time.perf_counter()
@@ -210,6 +250,7 @@ def summarise(frame: pd.DataFrame, grid: dict) -> dict:
         "median_gap": float(frame.gap.median()),
         "seconds_per_text": float(frame.seconds.mean()),
         "seconds_per_text_median": float(frame.seconds.median()),
+        "mean_steps": float(frame.steps.mean()),
         "ratio_to_predict": float(frame.seconds.sum() / frame.predict_seconds.sum()),
         "lexical_share": float(frame.lexical_share.mean()),
         "steps_grid": grid,
@@ -224,10 +265,10 @@ def lime_cell(result: dict) -> str:
     return ", ".join(f"{drop:.3f} ({calls})" for calls, drop in result["comprehensiveness_lime10_by_samples"].items())
 
 
-def table(results: dict[str, dict], steps: int) -> str:
+def table(results: dict[str, dict], steps: str) -> str:
     lines = [
         "| set | texts | drop top 10% | drop random 10% | top / random | drop LIME top 10% (by calls) | "
-        f"kept with top 20% | gap <= 5% ({steps} steps) | s / text | x one predict |",
+        f"kept with top 20% | gap <= 5% ({steps}) | s / text | x one predict |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
@@ -243,12 +284,18 @@ def main() -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--sets", default="bbc,sms")
     parser.add_argument("--texts", type=int, default=200)
-    parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=8, help="explain.steps (per path, to start with)")
+    parser.add_argument("--max-steps", type=int, default=64, help="explain.max_steps (the doubling's cap)")
+    parser.add_argument("--baselines", type=int, default=4, help="explain.baselines (expected)")
+    parser.add_argument("--seeds", type=comma_ints, default="0,1,2", help="explain.seed values, each run (expected)")
     parser.add_argument(
         "--lime-samples", type=comma_ints, default="34,100", help="LIME's model calls per text, comma-separated"
     )
-    parser.add_argument("--method", choices=("presence", "embeddings"), default="presence", help="explain.method")
-    parser.add_argument("--steps-grid", type=comma_ints, default="8,16,64")
+    parser.add_argument(
+        "--method", choices=("expected", "presence", "embeddings"), default="expected", help="explain.method"
+    )
+    parser.add_argument("--result", default="explain", help="results file name under benchmarks/results")
+    parser.add_argument("--steps-grid", type=comma_ints, default="8,16,32", help="fixed steps per path (no doubling)")
     parser.add_argument("--grid-texts", type=int, default=40)
     parser.add_argument("--work", type=Path, default=None, help="keep the trained models here (reused when present)")
     parser.add_argument(
@@ -262,14 +309,16 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-explain-"))
     if args.completeness_only:
         gaps = {name: completeness(name, work, args) for name in args.sets.split(",")}
-        save_result("explain_completeness", {"cpu": cpu_line(), "steps": args.steps, "method": args.method, **gaps})
+        save_result("explain_completeness", {"cpu": cpu_line(), **explaining(args), **gaps})
         return
     results = {name: run_set(name, work, args) for name in args.sets.split(",")}
-    settings = {"cpu": cpu_line(), "steps": args.steps, "method": args.method, "lime_samples": args.lime_samples}
-    save_result("explain", {**settings, **results})
+    settings = {"cpu": cpu_line(), **explaining(args), "seeds": args.seeds, "lime_samples": args.lime_samples}
+    save_result(args.result, {**settings, **results})
     print(cpu_line())
-    print(table(results, args.steps))
+    print(table(results, f"{args.steps} steps, doubled up to {args.max_steps}"))
     print("median seconds per text:", {n: round(r["seconds_per_text_median"], 2) for n, r in results.items()})
+    for name, result in results.items():
+        print(f"{name} by seed:", result["by_seed"])
 
 
 if __name__ == "__main__":

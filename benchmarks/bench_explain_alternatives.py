@@ -128,7 +128,9 @@ def semantic_seconds(explainer, text: str, target: int) -> float:
 def run(args, work: Path) -> dict:
     from lime.lime_text import LimeTextExplainer
 
-    chosen = explained_set(args.set, work, args.texts, args.steps)
+    chosen = explained_set(
+        args.set, work, args.texts, {"method": "presence", "steps": args.steps, "max_steps": args.steps}
+    )
     explainer, predict, texts = chosen.explainer, chosen.predict, chosen.texts
     limes = {calls: LimeTextExplainer(class_names=chosen.labels, random_state=0) for calls in args.lime_calls}
     removed: dict[str, list[str]] = {}

@@ -169,7 +169,7 @@ def assert_served_like_predict(root: Path, best_model: str | None, texts: list[s
     assert np.abs(served - expected).max() <= 1e-6
 
 
-def assert_explained(root: Path, best_model: str | None, text: str, steps: int = 32) -> None:
+def assert_explained(root: Path, best_model: str | None, text: str, steps: int = 8) -> None:
     """``explain`` reads the model as ``predict`` does (the same probabilities) and its parts add up: every
     producer of a model is checked by ``explain`` too."""
     import torch

@@ -28,7 +28,7 @@ from tests.conftest import assert_explained, read_csv, thread_subset
 
 @pytest.fixture(scope="module")
 def explainer(trained_model) -> Explainer:
-    return Explainer(Classifier.load(load_named_checkpoint(None, trained_model), trained_model), steps=32)
+    return Explainer(Classifier.load(load_named_checkpoint(None, trained_model), trained_model), steps=16)
 
 
 def test_lexical_contributions_match_a_hand_computation():
@@ -112,29 +112,150 @@ def removed_words_score(explainer: Explainer, text: str, target: int) -> float:
     return float((logits @ scores.mix)[0, target])
 
 
-def test_presence_starts_from_the_words_removed_and_embeddings_from_pad(explainer):
-    """The default integrates each word piece's presence: its baseline is the text with its words removed; the
-    embeddings method starts from [PAD] instead. Both add up, and they give different attributions."""
+def kept_words_score(explainer: Explainer, windows, roots: torch.Tensor, target: int) -> torch.Tensor:
+    """The explained score of the text with the word pieces that ``roots`` (count x positions, 0 or 1) remove taken
+    out, computed the model's own way: a 0/1 attention mask that leaves them out, the positions kept."""
+    from bertcls.explain.semantic import word_embeddings
+
+    encoder, scores = explainer.scores.encoder, explainer.scores
+    words = word_embeddings(scores, windows).reshape(*windows.ids.shape, -1)
+    found = []
+    with torch.no_grad():
+        for root in roots:
+            keep = (root.reshape(windows.ids.shape) * windows.mask).long()
+            hidden = encoder.transformer(inputs_embeds=words, attention_mask=keep).last_hidden_state
+            vectors = encoder.sentence_vectors(hidden, keep.to(hidden.dtype)).reshape(1, len(windows.ids), -1)
+            found.append(float((scores.head(scores.pool_windows(vectors)) @ scores.mix)[0, target]))
+    return torch.tensor(found)
+
+
+def test_each_method_starts_from_its_own_baseline(explainer):
+    """The default (expected) starts from random partial removals of the words and its base is their mean score;
+    presence starts from the text with its words removed; embeddings from [PAD]. All add up, and they give
+    different attributions."""
     from bertcls.explain.semantic import TokenWindows, endpoints
 
     text = "I was charged twice for my order and want a refund"
-    assert explainer.method == "presence"  # MiniLM weighs its tokens by a float mask: no fallback
-    by_presence = explainer.explain(text).explained[0]
-    target = explainer.labels.index(by_presence.label)
-    embeddings = Explainer(explainer.classifier, steps=32, method="embeddings")
-    by_embeddings = embeddings.explain(text, by_presence.label).explained[0]
-    assert by_presence.gap <= MAX_GAP and by_embeddings.gap <= MAX_GAP
-    assert by_presence.score == pytest.approx(by_embeddings.score, abs=1e-5)  # the same model, the same score
-    assert not np.allclose(by_presence.semantic, by_embeddings.semantic, atol=1e-3)
+    assert explainer.method == "expected"  # MiniLM weighs its tokens by a float mask: no fallback
+    by_method = {"expected": explainer.explain(text).explained[0]}
+    label = by_method["expected"].label
+    target = explainer.labels.index(label)
+    for method in ("presence", "embeddings"):
+        other = Explainer(explainer.classifier, steps=16, method=method)
+        by_method[method] = other.explain(text, label).explained[0]
+    assert all(item.gap <= MAX_GAP for item in by_method.values())
+    assert by_method["presence"].score == pytest.approx(by_method["embeddings"].score, abs=1e-5)  # the same model
+    assert by_method["expected"].score == pytest.approx(by_method["presence"].score, abs=1e-5)
+    assert not np.allclose(by_method["presence"].semantic, by_method["embeddings"].semantic, atol=1e-3)
+    assert not np.allclose(by_method["expected"].semantic, by_method["presence"].semantic, atol=1e-3)
     windows = TokenWindows.of(explainer.scores.encoder, None, text)
+    words = Words.of(text)
+    starts = explainer.random_starts(text, words, windows)
+    assert starts is not None and starts.shape == (4, windows.ids.numel())
     baselines = {
-        method: float(endpoints(explainer.scores, windows, method).logits[1].numpy() @ explainer.mix[:, target])
-        for method in ("presence", "embeddings")
+        method: float(
+            endpoints(explainer.scores, windows, method, starts).logits[1:].mean(0).numpy() @ explainer.mix[:, target]
+        )
+        for method in ("expected", "presence", "embeddings")
     }
+    hand = kept_words_score(explainer, windows, starts, target)
+    assert baselines["expected"] == pytest.approx(float(hand.mean()), abs=1e-4)
     assert baselines["presence"] == pytest.approx(removed_words_score(explainer, text, target), abs=1e-4)
-    assert baselines["presence"] != pytest.approx(baselines["embeddings"], abs=1e-3)
+    assert len({round(value, 3) for value in baselines.values()}) == 3
     # base = the semantic baseline + what the lexical layer gives no word: only the baseline differs
-    assert by_presence.base - by_embeddings.base == pytest.approx(baselines["presence"] - baselines["embeddings"])
+    for method in ("expected", "embeddings"):
+        moved = by_method[method].base - by_method["presence"].base
+        assert moved == pytest.approx(baselines[method] - baselines["presence"], abs=1e-5)
+
+
+def test_random_removals_take_whole_words_and_keep_the_special_tokens(explainer):
+    from bertcls.explain.semantic import TokenWindows, random_removals
+
+    text = "Unbelievably, the reimbursement arrived twice: antidisestablishmentarianism!"
+    words, windows = Words.of(text), TokenWindows.of(explainer.scores.encoder, None, text)
+    roots = random_removals(windows, words, 64, np.random.default_rng(5)).reshape(64, -1)
+    inside = torch.from_numpy(windows.pieces.ravel() >= 0)
+    assert set(roots.unique().tolist()) <= {0.0, 1.0} and bool((roots[:, ~inside] == 1).all())
+    covered = [tuple(words.covering(*span)) for span in windows.spans]
+    pieces = windows.pieces.ravel()[inside.numpy()]
+    for row in roots[:, inside]:
+        by_word: dict[tuple, set] = {}
+        for piece, value in zip(pieces, row.tolist(), strict=True):
+            by_word.setdefault(covered[piece], set()).add(value)
+        assert all(len(values) == 1 for values in by_word.values())  # every piece of a word goes with it
+    shares = roots[:, inside].mean(dim=1)
+    assert shares.min() < 0.3 and shares.max() > 0.7  # a uniform random share kept, not always about half
+
+
+def test_expected_gradients_are_seeded_by_the_seed_and_the_text(explainer):
+    """The same text gives the same explanation whatever was explained before it; another seed draws other
+    removals (other attributions, still complete)."""
+    classifier = explainer.classifier
+    text, other = "I was charged twice for my order", "The app crashes when I open settings"
+    first = explainer.explain(text).explained[0]
+    explainer.explain(other)
+    again = explainer.explain(text).explained[0]
+    assert np.array_equal(first.semantic, again.semantic) and first.base == again.base
+    from bertcls.explain.semantic import TokenWindows
+
+    same_length = "I was billed twice for my order"  # as many words and pieces: only the text differs
+    drawn = [
+        explainer.random_starts(t, Words.of(t), TokenWindows.of(explainer.scores.encoder, None, t))
+        for t in (text, same_length)
+    ]
+    assert drawn[0] is not None and drawn[1] is not None and drawn[0].shape == drawn[1].shape
+    assert not torch.equal(drawn[0], drawn[1])
+    reseeded = Explainer(classifier, steps=16, seed=1).explain(text).explained[0]
+    assert not np.allclose(first.semantic, reseeded.semantic, atol=1e-4) and reseeded.gap <= MAX_GAP
+    assert first.score == pytest.approx(reseeded.score, abs=1e-6)
+
+
+def test_steps_double_while_the_gap_is_over_five_percent(explainer):
+    """From 2 steps the gap of this text is over 5%: the steps double until it is within, and the result is the
+    one a fixed run at that step count gives; a cap at 2 keeps the 2 steps and flags the label."""
+    classifier, text = explainer.classifier, "I was charged twice for my order and want a refund"
+    capped = Explainer(classifier, steps=2, max_steps=2).explain(text).explained[0]
+    assert capped.steps == 2 and capped.flagged
+    doubled = Explainer(classifier, steps=2, max_steps=64).explain(text).explained[0]
+    assert doubled.steps > 2 and doubled.gap <= MAX_GAP
+    fixed = Explainer(classifier, steps=doubled.steps, max_steps=doubled.steps).explain(text).explained[0]
+    assert np.allclose(doubled.semantic, fixed.semantic, atol=1e-9) and doubled.gap == pytest.approx(fixed.gap)
+
+
+def test_paths_of_long_texts_are_split_over_passes_without_changing_the_result(explainer, monkeypatch):
+    """16 paths over 3 windows do not fit one pass of 32 windows: they run in groups, and give what one pass
+    gives."""
+    from bertcls.explain import semantic
+
+    windowing = Windowing(stride=48, max_chunks=4, pooling="mean")
+    classifier = dataclasses.replace(explainer.classifier, windowing=windowing)
+    grouped = Explainer(classifier, steps=2, max_steps=2, baselines=16)
+    text = thread_subset(1, seed=8).text.iloc[0]
+    windows = semantic.TokenWindows.of(grouped.scores.encoder, windowing, text)
+    assert len(windows.ids) == 3  # so the steps of 32 // 3 = 10 paths per pass: two groups
+    calls = []
+    attribute = semantic_attribute_spy(monkeypatch, calls)
+    in_groups = grouped.explain(text).explained[0]
+    assert [len(inputs) for inputs in calls] == [10, 6], attribute
+    monkeypatch.setattr(semantic, "SEQUENCES_PER_PASS", 4096)
+    calls.clear()
+    at_once = grouped.explain(text).explained[0]
+    assert [len(inputs) for inputs in calls] == [16]
+    assert np.allclose(in_groups.semantic, at_once.semantic, atol=1e-6) and in_groups.base == at_once.base
+
+
+def semantic_attribute_spy(monkeypatch, calls: list) -> object:
+    """Record the inputs of each call of Captum's IntegratedGradients.attribute (the real one runs)."""
+    from captum.attr import IntegratedGradients
+
+    real = IntegratedGradients.attribute
+
+    def recorded(self, inputs, *args, **kwargs):
+        calls.append(inputs)
+        return real(self, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(IntegratedGradients, "attribute", recorded)
+    return real
 
 
 def hand_presence_logits(explainer: Explainer, ids: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
@@ -345,12 +466,17 @@ def test_cli_writes_the_csv_and_the_page(trained_model, cli, tmp_path):
     page = (tmp_path / "why.html").read_text()
     assert page.count('class="xpl"') == 2 and "<script" not in page and "http" not in page.split("<body>")[1]
     assert "why.csv" in out and "why.html" in out
-    assert set(rows.method) == {"presence"} and "from the text with its words removed (<code>presence</code>)" in page
-    code, out, err = cli("explain", "--output-root", trained_model, "--text", "I was charged twice for my order",
-                         "--steps", "16")  # fmt: skip
-    assert code == 0, err
-    single = read_csv(trained_model / "explanations" / "explanations.csv")
-    assert len(single) == 1 and single.source_row.iloc[0] == "" and single.label.iloc[0] == "billing"
+    assert set(rows.method) == {"expected"} and "to the text, averaged (<code>expected</code>)" in page
+    assert set(rows.steps.astype(int)) <= {16, 32, 64}
+    semantic = {}
+    for seed in ("0", "1", "0"):
+        code, out, err = cli("explain", "--output-root", trained_model, "--text", "I was charged twice for my order",
+                             "--steps", "16", "--baselines", "2", "--seed", seed)  # fmt: skip
+        assert code == 0, err
+        single = read_csv(trained_model / "explanations" / "explanations.csv")
+        assert len(single) == 1 and single.source_row.iloc[0] == "" and single.label.iloc[0] == "billing"
+        semantic.setdefault(seed, set()).add(single.semantic_part.iloc[0])
+    assert len(semantic["0"]) == 1 and semantic["0"] != semantic["1"]  # the seed decides the random removals
 
 
 @pytest.mark.slow
@@ -396,13 +522,14 @@ def test_the_server_explains_like_the_cli(trained_model):
     assert answer.status_code == 200, answer.text
     body = answer.json()
     record = body["explanations"][0]["explained"][0]
-    expected = Explainer(Classifier.load(load_named_checkpoint(None, trained_model), trained_model), 16).explain(text)
+    classifier = Classifier.load(load_named_checkpoint(None, trained_model), trained_model)
+    expected = Explainer.configured(classifier, settings.explain).explain(text, steps=16)
     item = expected.explained[0]
     assert record["label"] == item.label and record["probability"] == pytest.approx(item.probability, abs=1e-6)
     assert [w["word"] for w in record["words"]] == expected.word_list()
     assert np.allclose([w["semantic"] for w in record["words"]], item.semantic, atol=1e-6)
     assert body["score_meaning"].startswith("the label's logit")
-    assert body["explanations"][0]["method"] == "presence"
+    assert body["explanations"][0]["method"] == "expected" and record["steps"] == item.steps
     overrides = {"output_root": str(trained_model), "verbosity": 0, "explain.method": "embeddings"}
     by_embeddings = resolve_settings(overrides).settings
     with TestClient(create_app(ServerState(by_embeddings, None, load_model(by_embeddings, None)))) as client:
@@ -444,6 +571,8 @@ def test_evaluate_explains_its_most_confident_errors(trained_model, cli, tmp_pat
         (["--text", "   "], "The text to explain is empty"),
         (["--output-file", "why.txt"], "should end in .csv"),
         (["--method", "lime"], "explain.method"),
+        (["--baselines", "0"], "--baselines"),
+        (["--steps", "100"], "explain.steps (100) must be at most explain.max_steps (64)"),
         (["--best-model", "export/model.onnx"], "is an ONNX export; explanations need the torch model"),
     ],
 )

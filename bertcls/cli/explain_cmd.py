@@ -53,15 +53,32 @@ def explain(
         ),
     ] = None,
     steps: Annotated[
-        Optional[int], option("--steps", help="Integrated-gradients steps per label (default 32).", min=2)
+        Optional[int],
+        option(
+            "--steps",
+            help="Integrated-gradients steps per path to start with (default 8; doubled up to explain.max_steps, "
+            "64, while a label's completeness gap is over 5%).",
+            min=2,
+        ),
     ] = None,
     method: Annotated[
         Optional[str],
         option(
             "--method",
-            help="What integrated gradients integrate over: presence (each word piece faded in from removed; the "
-            "default, the more faithful in the benchmark) or embeddings (each word piece's embedding from [PAD]).",
+            help="The paths integrated gradients take: expected (each word piece faded in from a few random partial "
+            "removals of the words, averaged; the default, the most faithful in the benchmark), presence (from all "
+            "words removed) or embeddings (each word piece's embedding from [PAD]).",
         ),
+    ] = None,
+    max_steps: Annotated[
+        Optional[int], option("--max-steps", help="The most steps per path the doubling may reach (default 64).", min=2)
+    ] = None,
+    baselines: Annotated[
+        Optional[int],
+        option("--baselines", help="expected: random partial removals per text (default 4).", min=1, max=64),
+    ] = None,
+    seed: Annotated[
+        Optional[int], option("--seed", help="expected: the random removals' seed (default 0).", min=0)
     ] = None,
     text_column: TextColumnOption = None,
     encoding: Encoding = None,
@@ -88,6 +105,9 @@ def explain(
             "model.num_threads": threads,
             "explain.steps": steps,
             "explain.method": method,
+            "explain.max_steps": max_steps,
+            "explain.baselines": baselines,
+            "explain.seed": seed,
             "explain.limit": limit,
             "explain.label": label,
             "explain.output_file": output_file,
@@ -124,7 +144,7 @@ def explain(
         }
     )
     chosen = None if source is None else read_rows(RowsRequest(source, row_numbers, cfg.limit), data)
-    explainer = Explainer(Classifier.load(ckpt, settings.root), cfg.steps, cfg.method)
+    explainer = Explainer.configured(Classifier.load(ckpt, settings.root), cfg)
     if chosen is None:
         assert text is not None
         entries = [ExplainedText(explainer.explain(text, cfg.label))]

@@ -78,6 +78,7 @@ def explanation_rows(items: list[ExplainedText]) -> pd.DataFrame:
                     "completeness_gap": round(label.gap, 6),
                     "flagged": bool(label.flagged),
                     "method": item.explanation.method,
+                    "steps": label.steps,
                     "true_label": item.truth or "",
                     "text": item.explanation.text,
                 }
@@ -110,12 +111,15 @@ class LabelRecord(BaseModel):
     semantic_part: float
     completeness_gap: float
     flagged: bool
+    steps: int  # integration steps per path that reached the gap
     words: list[WordRecord]
 
 
 class ExplanationRecord(BaseModel):
     probabilities: dict[str, float]
-    method: Method  # what the semantic part integrated over: presence (base: words removed) or embeddings ([PAD])
+    # the paths the semantic part integrated along: expected (base: the mean over random partial removals),
+    # presence (base: the words removed) or embeddings (base: [PAD] in their place)
+    method: Method
     explained: list[LabelRecord]
 
     @classmethod
@@ -134,6 +138,7 @@ class ExplanationRecord(BaseModel):
                     semantic_part=item.semantic_total,
                     completeness_gap=item.gap,
                     flagged=item.flagged,
+                    steps=item.steps,
                     words=[
                         WordRecord(
                             word=words.word(i),

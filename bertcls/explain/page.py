@@ -92,6 +92,8 @@ def explanation_html(entry: ExplainedText, heading: str | None = None) -> str:
 
 
 BASELINES = {
+    "expected": "expected gradients: integrated gradients over each word piece's presence, from each of a few random "
+    "partial removals of the words to the text, averaged",
     "presence": "integrated gradients over each word piece's presence, from the text with its words removed",
     "embeddings": "integrated gradients over the input embeddings, from the text with [PAD] in place of its words",
 }
@@ -106,8 +108,8 @@ def legend(meaning: str, methods: Collection[str]) -> str:
         f"effect (hover a word for its lexical and semantic parts). The score is {escape(meaning)}. The bar shows "
         'the share of the <span style="background:#8e6bd8;color:#fff">lexical</span> part (TF-IDF n-grams, exact) '
         'and of the <span style="background:#3d8fd1;color:#fff">semantic</span> part, '
-        f"{how or 'integrated gradients through the encoder'}. Base: what no word carries (the score at that "
-        "starting text, plus the lexical layer's bias).</span>"
+        f"{how or 'integrated gradients through the encoder'}. Base: what no word carries (the score at the "
+        "starting text, the mean over the random ones for expected gradients, plus the lexical layer's bias).</span>"
     )
 
 

@@ -141,7 +141,7 @@ def explain_errors(
     """``evaluate``'s most confident errors, each with the explanation of the label it got wrong."""
     if not errors:
         return []
-    explainer = Explainer(Classifier.load(ckpt, root), explain.steps, explain.method)
+    explainer = Explainer.configured(Classifier.load(ckpt, root), explain)
     explained = []
     for error in errors:
         try:

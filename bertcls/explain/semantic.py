@@ -1,15 +1,18 @@
 """The semantic part of an explanation: integrated gradients (Captum) through the encoder, pooling, the windows of a
-long text, standardisation and the head, to the explained label's score, over one of two inputs:
+long text, standardisation and the head, to the explained label's score, over one of three paths:
 
-- ``presence`` (the default): each word piece's presence, which multiplies its weight in every attention and in
-  the pooling. The path fades every word piece in together, from removed (only [CLS] and [SEP] read, at their
-  places) to the text, so a word's attribution is what it adds as it appears: removal with the positions kept
-  (the faithfulness benchmark deletes words and reads the text again, so the later words move up).
+- ``expected`` (the default; expected gradients, Erion et al. 2021): over each word piece's presence, which
+  multiplies its weight in every attention and in the pooling, from each of a few random partial removals of the
+  words (a uniform random share of them kept) to the text, averaged. A word's attribution is what it adds as it
+  appears beside random others, so a word the rest of the text makes redundant still gets its part.
+- ``presence``: the same presence, every word piece faded in together from removed (only [CLS] and [SEP] read, at
+  their places) to the text: removal with the positions kept (the faithfulness benchmark deletes words and reads
+  the text again, so the later words move up).
 - ``embeddings``: each word piece's input embedding, from the [PAD] embedding (the length and the mask kept) to
   its own.
 
-Either way the attributions sum to the score of the text minus the score of the baseline (completeness); the
-residual is reported."""
+Either way the attributions sum to the score of the text minus the (mean) score of the baseline(s) (completeness);
+the residual is reported."""
 
 from __future__ import annotations
 
@@ -21,12 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from bertcls.explain.words import Words
 from bertcls.model.encoder import Encoder, Windowing, text_windows
 
 logger = logging.getLogger(__name__)
 Span = tuple[int, int]
-Method = Literal["presence", "embeddings"]
-SEQUENCES_PER_PASS = 32  # token windows per forward and backward pass: 32 // windows steps, at least one
+Method = Literal["expected", "presence", "embeddings"]
+PRESENCE_METHODS: tuple[Method, ...] = ("expected", "presence")  # the methods that need presence_problem None
+SEQUENCES_PER_PASS = 32  # token windows per forward and backward pass (at least one step of one path)
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,7 @@ def additive_mask(presence: torch.Tensor) -> torch.Tensor:
 
 
 class PresenceScores(nn.Module):
-    """The integration variable u of each window position (1 x windows*width) -> the explained scores, with the
+    """The integration variable u of each window position (count x windows*width) -> the explained scores, with the
     text's word embeddings fixed. A word piece's presence is u squared: the same straight path from removed to
     present, its steps closer together near removal, where the score moves fastest (on the first 40 SMS test
     texts at 32 steps, a linear presence left 30% of them with a gap over 5%). [CLS], [SEP] and padding keep the
@@ -159,7 +164,8 @@ class SemanticPart:
 @dataclass(frozen=True)
 class Endpoints:
     """What integrated gradients run on: the function of the input (``attributed``: word embeddings or presences),
-    the text's input and its baseline's, and the head's logits at both (the text's from the plain model)."""
+    the text's input and its baselines' (one row each, the input repeated to match), and the head's logits at the
+    text (first row, from the plain model) and at each baseline."""
 
     attributed: nn.Module
     inputs: torch.Tensor
@@ -179,16 +185,39 @@ def word_embeddings(scores: DocumentScores, windows: TokenWindows, ids: torch.Te
     return embed(windows.ids if ids is None else ids).reshape(1, -1, embed.embedding_dim)
 
 
-def endpoints(scores: DocumentScores, windows: TokenWindows, method: Method) -> Endpoints:
-    """The text and its baseline for ``method`` (see :func:`presence_problem` before taking ``presence``)."""
+def endpoints(
+    scores: DocumentScores, windows: TokenWindows, method: Method, removals: torch.Tensor | None = None
+) -> Endpoints:
+    """The text and its baseline(s) for ``method`` (see :func:`presence_problem` before taking ``expected`` or
+    ``presence``); ``expected`` starts from ``removals`` (see :func:`random_removals`)."""
     with torch.no_grad():
         words = word_embeddings(scores, windows)
-        if method == "presence":
+        if method in PRESENCE_METHODS:
             present, ones = PresenceScores(scores, windows, words), torch.ones(1, windows.ids.numel())
-            text_removed = torch.cat([scores.logits(words), present.logits(torch.zeros_like(ones))])
-            return Endpoints(present, ones, torch.zeros_like(ones), text_removed)
+            starts = torch.zeros_like(ones) if method == "presence" else removals
+            if starts is None:
+                raise ValueError("expected gradients start from random removals; pass them (random_removals)")
+            text_starts = torch.cat([scores.logits(words), present.logits(starts)])
+            return Endpoints(present, ones.expand(len(starts), -1), starts, text_starts)
         pad = word_embeddings(scores, windows, windows.baseline_ids(scores.encoder.tokenizer.pad_token_id))
         return Endpoints(scores, words, pad, scores.logits(torch.cat([words, pad])))
+
+
+def random_removals(windows: TokenWindows, words: Words, count: int, rng: np.random.Generator) -> torch.Tensor:
+    """``count`` random partial removals of the text's words, as presence roots (count x windows*width): each keeps
+    a uniform random share of the words; a word piece is removed (0) when any word it covers is, kept (1) otherwise;
+    [CLS], [SEP] and padding read 1 (their mask decides them)."""
+    inside = windows.pieces >= 0
+    read = windows.pieces[inside]  # the word pieces read, by position
+    starts = np.array([windows.spans[i][0] for i in read], dtype=np.int64)
+    ends = np.array([windows.spans[i][1] for i in read], dtype=np.int64)
+    first = np.searchsorted(words.ends, starts, side="right")  # the words each piece covers: [first, last)
+    last = np.maximum(first, np.searchsorted(words.starts, ends, side="left"))
+    roots = np.ones((count, windows.pieces.size), dtype=np.float32)
+    for row in roots:
+        removed = np.concatenate([[0], np.cumsum(rng.random(len(words)) >= rng.random())])
+        row[inside.ravel()] = removed[last] == removed[first]  # no word of the piece removed
+    return torch.from_numpy(roots)
 
 
 def presence_problem(scores: DocumentScores) -> str | None:
@@ -245,21 +274,30 @@ def specials_alone(scores: DocumentScores, windows: TokenWindows, words: torch.T
 def semantic_part(
     scores: DocumentScores, windows: TokenWindows, ends: Endpoints, target: int, steps: int
 ) -> SemanticPart:
-    """Integrated gradients of one explained score over the word pieces (summed where windows overlap)."""
+    """Integrated gradients of one explained score over the word pieces (summed where windows overlap), averaged
+    over the baselines; the baseline score is their mean."""
     from captum.attr import IntegratedGradients
 
     scores.read(windows)
-    attribution = IntegratedGradients(ends.attributed).attribute(
-        ends.inputs,
-        baselines=ends.baseline,
-        target=target,
-        n_steps=steps,
-        internal_batch_size=max(1, SEQUENCES_PER_PASS // len(windows.ids)),
+    paths_per_pass = max(1, SEQUENCES_PER_PASS // len(windows.ids))  # a pass holds steps of this many paths at most
+    integrated = IntegratedGradients(ends.attributed)
+    attribution = torch.cat(
+        [
+            integrated.attribute(
+                ends.inputs[group : group + paths_per_pass],
+                baselines=ends.baseline[group : group + paths_per_pass],
+                target=target,
+                n_steps=steps,
+                internal_batch_size=paths_per_pass,
+            )
+            for group in range(0, len(ends.baseline), paths_per_pass)
+        ]
     )
-    per_position = attribution.reshape(*windows.ids.shape, -1).sum(dim=-1).detach().numpy()
+    starts = len(ends.baseline)
+    per_position = attribution.reshape(starts, *windows.ids.shape, -1).sum(dim=-1).mean(dim=0).detach().numpy()
     pieces = np.zeros(len(windows.spans), dtype=np.float64)
     inside = windows.pieces >= 0
     np.add.at(pieces, windows.pieces[inside], per_position[inside])
     mixed = ends.logits @ scores.mix
-    score, base = float(mixed[0, target]), float(mixed[1, target])
+    score, base = float(mixed[0, target]), float(mixed[1:, target].mean())
     return SemanticPart(target, pieces, score, base)

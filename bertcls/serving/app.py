@@ -66,7 +66,8 @@ class PredictResponse(BaseModel):
 
 class ExplainRequest(PredictRequest):
     label: str | None = None  # explain this label (default: the predicted label, or labels)
-    steps: int | None = Field(None, ge=2, le=256)  # integrated-gradients steps (default: explain.steps)
+    # integrated-gradients steps per path to start with (default: explain.steps), doubled up to explain.max_steps
+    steps: int | None = Field(None, ge=2, le=64)
 
 
 Asked = TypeVar("Asked", bound=PredictRequest)

@@ -81,7 +81,7 @@ class LoadedModel:
                 from bertcls.model.classifier import Classifier
 
                 model = Classifier.load(self.checkpoint, self.root)
-                self._explainer = Explainer(model, self.explaining.steps, self.explaining.method)
+                self._explainer = Explainer.configured(model, self.explaining)
             if label is not None:
                 self._explainer.label_index(label)
             return [self._explainer.explain(text, label, steps) for text in texts]
