@@ -209,10 +209,8 @@ def random_removals(windows: TokenWindows, words: Words, count: int, rng: np.ran
     [CLS], [SEP] and padding read 1 (their mask decides them)."""
     inside = windows.pieces >= 0
     read = windows.pieces[inside]  # the word pieces read, by position
-    starts = np.array([windows.spans[i][0] for i in read], dtype=np.int64)
-    ends = np.array([windows.spans[i][1] for i in read], dtype=np.int64)
-    first = np.searchsorted(words.ends, starts, side="right")  # the words each piece covers: [first, last)
-    last = np.maximum(first, np.searchsorted(words.starts, ends, side="left"))
+    spans = np.array([windows.spans[i] for i in read], dtype=np.int64).reshape(-1, 2)
+    first, last = words.covered_ranges(spans[:, 0], spans[:, 1])  # the words each piece covers
     roots = np.ones((count, windows.pieces.size), dtype=np.float32)
     for row in roots:
         removed = np.concatenate([[0], np.cumsum(rng.random(len(words)) >= rng.random())])

@@ -34,11 +34,16 @@ class Words:
     def word_list(self) -> list[str]:
         return [self.word(i) for i in range(len(self))]
 
+    def covered_ranges(self, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each character span ``[start, end)``, the words that overlap it: indices ``first`` up to ``last``
+        (exclusive; equal when none does). Words are sorted and disjoint."""
+        first = np.searchsorted(self.ends, starts, side="right")
+        return first, np.maximum(first, np.searchsorted(self.starts, ends, side="left"))
+
     def covering(self, start: int, end: int) -> np.ndarray:
-        """Indices of the words that overlap the characters ``[start, end)`` (words are sorted and disjoint)."""
-        first = int(np.searchsorted(self.ends, start, side="right"))
-        last = int(np.searchsorted(self.starts, end, side="left"))
-        return np.arange(first, max(first, last))
+        """Indices of the words that overlap the characters ``[start, end)``."""
+        first, last = self.covered_ranges(np.array([start]), np.array([end]))
+        return np.arange(first[0], last[0])
 
     def spread(self, scores: np.ndarray, start: int, end: int, value: float) -> bool:
         """Add ``value`` to the words overlapping ``[start, end)``, shared equally; False when none does."""
