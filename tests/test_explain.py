@@ -389,7 +389,7 @@ def test_long_texts_read_as_windows_are_explained_whole(trained_model, explainer
     from bertcls.model.encoder import embed_documents
 
     classifier = dataclasses.replace(explainer.classifier, windowing=Windowing(stride=64, max_chunks=4, pooling="mean"))
-    windowed = Explainer(classifier, steps=32)
+    windowed = Explainer(classifier, steps=8)
     text = thread_subset(1, seed=8).text.iloc[0]
     explanation = windowed.explain(text)
     vectors = embed_documents(classifier.text_encoder(), [text], 8, torch.device("cpu"), classifier.windowing)
