@@ -19,7 +19,8 @@ once per ``--seeds`` value, and the explanation is checked by deletion:
 
     python benchmarks/bench_explain.py [--sets bbc,sms] [--texts 200] [--method expected] [--seeds 0,1,2] [--work DIR]
 
-Not a timed test: run it by hand. Writes benchmarks/results/explain.json (or ``--result``).
+Not a timed test: run it by hand. Writes benchmarks/results/explain.json (or ``--result``.json;
+``--completeness-only``: explain_completeness.json, or ``--result``_completeness.json).
 """
 
 from __future__ import annotations
@@ -192,8 +193,8 @@ def by_seed(frame: pd.DataFrame, seeds: list[int]) -> dict[str, dict[str, float]
 
 
 def completeness(name: str, work: Path, args) -> dict:
-    """The gaps alone: every text at ``--steps``, then the step grid (the model is trained when ``--work`` has
-    none)."""
+    """The gaps alone: every text at ``--steps`` (doubled up to ``--max-steps``), then the step grid (the model is
+    trained when ``--work`` has none)."""
     chosen = explained_set(name, work, args.texts, explaining(args))
     explainer, texts = chosen.explainer, chosen.texts
     gaps = np.array([explainer.explain(text).explained[0].gap for text in texts])
@@ -309,7 +310,7 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-explain-"))
     if args.completeness_only:
         gaps = {name: completeness(name, work, args) for name in args.sets.split(",")}
-        save_result("explain_completeness", {"cpu": cpu_line(), **explaining(args), **gaps})
+        save_result(f"{args.result}_completeness", {"cpu": cpu_line(), **explaining(args), **gaps})
         return
     results = {name: run_set(name, work, args) for name in args.sets.split(",")}
     settings = {"cpu": cpu_line(), **explaining(args), "seeds": args.seeds, "lime_samples": args.lime_samples}

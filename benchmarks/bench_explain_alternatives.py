@@ -1,9 +1,9 @@
-"""Why ``explain`` stays a single integrated-gradients path (issue 24): other ways to rank the words, on the same
-test texts and deletion test as ``bench_explain.py`` (the top 10% of the words removed, the predicted label's
-probability drop, mean over texts), against LIME at ``--lime-calls`` model calls:
+"""Other ways to rank the words (issue 24), the measurements that made expected gradients ``explain``'s default:
+on the same test texts and deletion test as ``bench_explain.py`` (the top 10% of the words removed, the predicted
+label's probability drop, mean over texts), against LIME at ``--lime-calls`` model calls:
 
-- ``presence``: what ``bertcls explain`` gives (lexical + semantic parts, ``--steps`` steps; its cost is the
-  semantic part's, timed as the alternatives' are);
+- ``presence``: what ``bertcls explain --method presence`` gives (lexical + semantic parts, ``--steps`` steps; its
+  cost is the semantic part's, timed as the alternatives' are);
 - ``occlusion``: each word's own drop when it alone is removed (one model call per word);
 - ``expected P x S``: expected gradients (Erion et al. 2021) over P baselines that each remove a random share of
   the words (the share uniform, as LIME draws them), S steps each, so P x S steps in all; the attributions add up to

@@ -531,10 +531,12 @@ def test_the_server_explains_like_the_cli(trained_model):
     assert body["score_meaning"].startswith("the label's logit")
     assert body["explanations"][0]["method"] == "expected" and record["steps"] == item.steps
     overrides = {"output_root": str(trained_model), "verbosity": 0, "explain.method": "embeddings"}
-    by_embeddings = resolve_settings(overrides).settings
+    by_embeddings = resolve_settings({**overrides, "explain.max_steps": 16}).settings
     with TestClient(create_app(ServerState(by_embeddings, None, load_model(by_embeddings, None)))) as client:
         answer = client.post("/v1/explain", json={"texts": [text], "steps": 16})
+        past_cap = client.post("/v1/explain", json={"texts": [text], "steps": 32})
     assert answer.status_code == 200 and answer.json()["explanations"][0]["method"] == "embeddings"
+    assert past_cap.status_code == 422 and "must be at most explain.max_steps (16)" in past_cap.json()["error"]
     assert unknown.status_code == 422 and "Unknown label 'nonsense'" in unknown.json()["error"]
     assert empty.status_code == 422 and many.status_code == 413
     onnx_like = dataclasses.replace(load_model(settings, None), checkpoint=None)  # what an ONNX server holds

@@ -11,7 +11,7 @@ long text, standardisation and the head, to the explained label's score, over on
 - ``embeddings``: each word piece's input embedding, from the [PAD] embedding (the length and the mask kept) to
   its own.
 
-Either way the attributions sum to the score of the text minus the (mean) score of the baseline(s) (completeness);
+For each method the attributions sum to the score of the text minus the (mean) score of the baseline(s) (completeness);
 the residual is reported."""
 
 from __future__ import annotations

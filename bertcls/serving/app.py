@@ -66,7 +66,8 @@ class PredictResponse(BaseModel):
 
 class ExplainRequest(PredictRequest):
     label: str | None = None  # explain this label (default: the predicted label, or labels)
-    # integrated-gradients steps per path to start with (default: explain.steps), doubled up to explain.max_steps
+    # integrated-gradients steps per path to start with (default: explain.steps), doubled up to explain.max_steps;
+    # more than explain.max_steps is a 422
     steps: int | None = Field(None, ge=2, le=64)
 
 

@@ -75,6 +75,8 @@ class LoadedModel:
             raise CheckpointError(
                 "Explanations need the torch model; this server runs the ONNX export (serve --backend torch explains)."
             )
+        if steps is not None and steps > self.explaining.max_steps:
+            raise DataError(f"steps ({steps}) must be at most explain.max_steps ({self.explaining.max_steps}).")
         with self._explaining:  # one explanation at a time, also when a cancelled request's thread runs on
             if self._explainer is None:
                 from bertcls.explain.explainer import Explainer
