@@ -362,16 +362,15 @@ class ExplainSection(StrictModel):
     method: Literal["expected", "presence", "embeddings"] = "expected"  # the paths integrated gradients take
     baselines: int = Field(4, ge=1, le=64)  # expected: random partial removals per text (one path from each)
     seed: int = Field(0, ge=0, lt=2**32)  # expected: the removals' seed (with the text itself)
+    limit: int = Field(20, ge=1)  # texts explained when --rows is not given
+    label: str | None = None  # explain this label instead of the predicted one(s)
+    output_file: str = "explanations.csv"  # the page is written beside it, as .html
 
     @model_validator(mode="after")
     def _steps_within_cap(self) -> ExplainSection:
         if self.steps > self.max_steps:
             raise ValueError(f"explain.steps ({self.steps}) must be at most explain.max_steps ({self.max_steps})")
         return self
-
-    limit: int = Field(20, ge=1)  # texts explained when --rows is not given
-    label: str | None = None  # explain this label instead of the predicted one(s)
-    output_file: str = "explanations.csv"  # the page is written beside it, as .html
 
 
 class SuggestSection(StrictModel):
