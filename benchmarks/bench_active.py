@@ -7,12 +7,13 @@ default frozen model on the texts labelled so far (``bertcls train``'s own workf
 set so the embedding cache is shared), scores macro F1 on the test set, then adds 20 texts chosen by the strategy
 (``suggest``'s own code, with the pool file and the labelled data of the round) or at random, up to ``--budget``
 labels (the whole pool for the tickets). Reported per set and strategy, as means over ``--seeds``: the area under the
-macro-F1 learning curve (mean F1 over the rounds, in points) and the labels needed to reach 97% of the full-data F1
-of ``benchmarks/results/quality.json``; plus the seconds of one suggestion round on a 10,000-text pool. Writes
-benchmarks/results/active.json and active_curves.png.
+macro-F1 learning curve (mean F1, in points, over the label counts random selection was scored at) and the labels
+needed to reach 97% of the full-data F1 of ``benchmarks/results/quality.json``; plus the seconds of one suggestion
+round on a 10,000-text pool. Writes benchmarks/results/active.json and active_curves.png (or ``--result``.json and
+``--result``_curves.png).
 
-    python benchmarks/bench_active.py [--sets tickets,bbc,sms] [--strategies diverse,random,uncertainty]
-                                      [--seeds 0,1,2] [--budget 500] [--work DIR]
+    python benchmarks/bench_active.py [--sets tickets,bbc,sms] [--strategies diverse,random,margin,uncertainty]
+                                      [--seeds 0,1,2] [--budget 500] [--work DIR] [--result active]
 """
 
 from __future__ import annotations
@@ -124,14 +125,15 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--budget", type=int, default=500)
     parser.add_argument("--work", type=Path, default=None)
-    parser.add_argument("--resume", action="store_true", help="keep the curves of benchmarks/results/active.json")
+    parser.add_argument("--resume", action="store_true", help="keep the curves already in the --result file")
     parser.add_argument("--round-seconds", action="store_true", help="also time one round on a 10,000-text pool")
+    parser.add_argument("--result", default="active", help="results file name under benchmarks/results (and its PNG)")
     args = parse_args(parser)
     logging.disable(logging.WARNING)
     print(cpu_line(), flush=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-active-"))
     full = full_data_f1()
-    previous = RESULTS / "active.json"
+    previous = RESULTS / f"{args.result}.json"
     done = json.loads(previous.read_text()).get("curves", {}) if args.resume and previous.is_file() else {}
     results: dict = {"cpu": cpu_line(), "full_data_f1": full, "curves": done}
     for name in args.sets.split(","):
@@ -142,24 +144,39 @@ def main() -> None:
                 started = time.perf_counter()
                 points = curve(name, strategy, seed, work, args.budget)
                 results["curves"].setdefault(name, {}).setdefault(strategy, {})[str(seed)] = points
-                area, seconds = 100 * np.mean([f for _, f in points]), time.perf_counter() - started
-                print(f"{name} {seed} {strategy}: {len(points)} rounds, area {area:.2f}, {seconds:.0f} s", flush=True)
-                save_result("active", results)
+                mean_f1, seconds = 100 * np.mean([f for _, f in points]), time.perf_counter() - started
+                line = f"{name} {seed} {strategy}: {len(points)} rounds, mean F1 {mean_f1:.2f}, {seconds:.0f} s"
+                print(line, flush=True)
+                save_result(args.result, results)
     if "bbc" in args.sets.split(",") and args.round_seconds:
         results["round_seconds_10k"] = round_seconds("bbc", work)
     results["summary"] = summarise(results["curves"], full)
-    save_result("active", results)
-    plot(results["curves"], RESULTS / "active_curves.png")
+    save_result(args.result, results)
+    plot(results["curves"], RESULTS / f"{args.result}_curves.png")
     print(table(results["summary"]))
+
+
+def area(points: list[tuple[int, float]], grid: list[int]) -> float:
+    """Mean macro F1 (points) over the label counts of ``grid``, each read at the curve's last round at or below it:
+    a strategy whose round came back short (near-copies skipped) gets no extra round near the end."""
+    counts = np.asarray([n for n, _ in points])
+    scores = [points[int(np.searchsorted(counts, n, side="right")) - 1][1] for n in grid]
+    return 100 * float(np.mean(scores))
+
+
+def common_grid(strategies: dict) -> list[int]:
+    """The label counts every round of random selection (or, without it, the first strategy) was scored at."""
+    seeds = strategies.get("random") or next(iter(strategies.values()))
+    return [n for n, _ in next(iter(seeds.values()))]
 
 
 def summarise(curves: dict, full: dict[str, float]) -> dict:
     summary = {}
     for name, strategies in curves.items():
-        target = 0.97 * full.get(name, 1.0)
+        target, grid = 0.97 * full.get(name, 1.0), common_grid(strategies)
         summary[name] = {
             strategy: {
-                "area": float(np.mean([100 * np.mean([f for _, f in pts]) for pts in seeds.values()])),
+                "area": float(np.mean([area(pts, grid) for pts in seeds.values()])),
                 "labels_to_97pct": [labels_to_reach(pts, target) for pts in seeds.values()],
                 "seeds": len(seeds),
             }

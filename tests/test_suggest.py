@@ -22,6 +22,15 @@ def test_each_strategy_ranks_the_ambiguous_texts_first():
         assert set(chosen.rows.tolist()) == {1, 3}, strategy
     assert select("margin", probs, vectors, 1, SingleLabel(), DecisionRule()).rows.tolist() == [3]  # 0.01 apart
     assert select("uncertainty", probs, vectors, 1, SingleLabel(), DecisionRule()).rows.tolist() == [1]  # top 0.4
+    assert select("diverse", probs, vectors, 1, SingleLabel(), DecisionRule()).rows.tolist() == [3]  # by margin
+
+
+def test_diverse_takes_a_multi_label_texts_least_sure_label():
+    rule = DecisionRule(thresholds=(0.5, 0.5, 0.5))
+    probs = np.array([[0.5, 0.99, 0.01], [0.4, 0.4, 0.6], [0.99, 0.01, 0.99], [0.97, 0.02, 0.98]])
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.1, 1.0]])
+    assert select("diverse", probs, vectors, 1, MultiLabel(), rule).rows.tolist() == [0]  # one label at 0.5
+    assert select("margin", probs, vectors, 1, MultiLabel(), rule).rows.tolist() == [1]  # the mean closeness
 
 
 def test_multi_label_uncertainty_is_closeness_to_each_labels_threshold():

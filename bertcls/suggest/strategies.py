@@ -69,12 +69,18 @@ def activelab(probs: np.ndarray, task: Task, rule: DecisionRule) -> np.ndarray: 
 SCORERS = {"uncertainty": least_confidence, "margin": margin, "entropy": entropy, "activelab": activelab}
 
 
+def diverse_uncertainty(probs: np.ndarray, task: Task, rule: DecisionRule) -> np.ndarray:
+    """What ``diverse`` ranks by: the margin for one label per text (measured best of margin and least confidence,
+    README), the least sure label for several."""
+    return least_confidence(probs, task, rule) if task.per_label_thresholds else margin(probs, task, rule)
+
+
 def diverse(probs: np.ndarray, vectors: np.ndarray, count: int, task: Task, rule: DecisionRule, seed: int) -> Selection:
     """The most uncertain text of each of ``count`` k-means clusters of the ``5 x count`` most uncertain texts'
     vectors: uncertain, and spread over the embedding space instead of near-copies of one confusing text."""
     from sklearn.cluster import KMeans
 
-    scores = least_confidence(probs, task, rule)
+    scores = diverse_uncertainty(probs, task, rule)
     candidates = np.argsort(-scores, kind="stable")[: CANDIDATES_PER_PICK * count]
     if len(candidates) <= count:
         return Selection(candidates, scores[candidates], ["uncertain"] * len(candidates))
