@@ -121,7 +121,7 @@ def round_seconds(name: str, work: Path) -> float:
 def main() -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--sets", default="tickets,bbc,sms")
-    parser.add_argument("--strategies", default="diverse,random,uncertainty")
+    parser.add_argument("--strategies", default="diverse,random,margin,uncertainty")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--budget", type=int, default=500)
     parser.add_argument("--work", type=Path, default=None)
@@ -160,14 +160,20 @@ def area(points: list[tuple[int, float]], grid: list[int]) -> float:
     """Mean macro F1 (points) over the label counts of ``grid``, each read at the curve's last round at or below it:
     a strategy whose round came back short (near-copies skipped) gets no extra round near the end."""
     counts = np.asarray([n for n, _ in points])
-    scores = [points[int(np.searchsorted(counts, n, side="right")) - 1][1] for n in grid]
-    return 100 * float(np.mean(scores))
+    at = np.searchsorted(counts, grid, side="right") - 1
+    if not len(grid) or (at < 0).any():
+        raise ValueError(f"a curve starting at {counts[0]} labels cannot be read on the grid {grid}")
+    return 100 * float(np.mean([points[i][1] for i in at]))
 
 
 def common_grid(strategies: dict) -> list[int]:
-    """The label counts every round of random selection (or, without it, the first strategy) was scored at."""
+    """The label counts random selection was scored at (the same for every seed; without random, the first
+    strategy's, which may include a short round's count)."""
     seeds = strategies.get("random") or next(iter(strategies.values()))
-    return [n for n, _ in next(iter(seeds.values()))]
+    grids = {tuple(n for n, _ in points) for points in seeds.values()}
+    if len(grids) != 1:
+        raise ValueError(f"the seeds' rounds differ in their label counts: {sorted(grids)}")
+    return list(grids.pop())
 
 
 def summarise(curves: dict, full: dict[str, float]) -> dict:
@@ -186,12 +192,14 @@ def summarise(curves: dict, full: dict[str, float]) -> dict:
 
 
 def table(summary: dict) -> str:
-    lines = ["| set | strategy | seeds | area (mean F1 over rounds) | labels to 97% of full-data F1 (per seed) |",
-             "|---|---|---:|---:|---|"]  # fmt: skip
+    lines = ["| set | strategy | seeds | area (mean F1 on random's label counts) | against random "
+             "| labels to 97% of full-data F1 (per seed) |", "|---|---|---:|---:|---:|---|"]  # fmt: skip
     for name, strategies in summary.items():
+        random = strategies.get("random", {}).get("area")
         for strategy, row in strategies.items():
             reach = ", ".join("never" if n is None else str(n) for n in row["labels_to_97pct"])
-            lines.append(f"| {name} | {strategy} | {row['seeds']} | {row['area']:.2f} | {reach} |")
+            gain = "" if random is None or strategy == "random" else f"{row['area'] - random:+.2f}"
+            lines.append(f"| {name} | {strategy} | {row['seeds']} | {row['area']:.2f} | {gain} | {reach} |")
     return "\n".join(lines)
 
 

@@ -70,8 +70,8 @@ SCORERS = {"uncertainty": least_confidence, "margin": margin, "entropy": entropy
 
 
 def diverse_uncertainty(probs: np.ndarray, task: Task, rule: DecisionRule) -> np.ndarray:
-    """What ``diverse`` ranks by: the margin for one label per text (measured best of margin and least confidence,
-    README), the least sure label for several."""
+    """What ``diverse`` ranks by: the margin for one label per text (measured ahead of least confidence, README),
+    the least sure label for several."""
     return least_confidence(probs, task, rule) if task.per_label_thresholds else margin(probs, task, rule)
 
 
