@@ -11,7 +11,7 @@ stratified 80/20 split (random_state 0) and 10% of the 80% as validation, same m
    reference), interleaved rounds, medians; the ST process's in-process encode seconds are reported too;
 3. ``bertcls train --fine-tune --num-epochs 1`` samples/s (the epoch's training steps, in process) over HF
    ``Trainer`` samples/s (``train_samples_per_second``), at fp32 and at bf16 (HF: ``bf16=True``), both at batch 16
-   and 128 tokens on the same training rows, interleaved rounds, medians;
+   and 128 tokens on the same training rows, each run in a process of its own, interleaved rounds, medians;
 4. which backend ``predict --backend auto`` runs for an fp32 and an int8 export, and its speed over the faster one.
 
     python benchmarks/bench_speed.py [--rounds 3] [--ft-rows 640] [--ft-rounds 2] [--cold-rounds 2]
@@ -22,6 +22,7 @@ Needs the onnx and bench extras (``pip install -e '.[onnx,bench]'``). Not a time
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import statistics
@@ -221,25 +222,45 @@ def bertcls_fine_tune(root: Path, paths: dict[str, Path], precision: str) -> tup
     return rows / (clock.ended - clock.started), outcome.metrics["test"]["f1"], outcome.metrics["test"]["loss"]
 
 
+def fine_tune_once(kind: str, precision: str, train_file: Path, splits: Path, root: Path) -> dict:
+    """One fine-tuning epoch in this (fresh) process: ``--fine-tune-once``'s work."""
+    train = pd.read_csv(train_file)
+    if kind == "hf":
+        return {"rate": hf_trainer_samples_per_s(train, bf16=precision == "bf16")}
+    paths = {name: splits / f"{name}.csv" for name in ("val", "test")} | {"train": train_file}
+    rate, score, loss = bertcls_fine_tune(root, paths, precision)
+    return {"rate": rate, "f1": score, "loss": loss}
+
+
+def fine_tune_in_fresh_process(kind: str, precision: str, train_file: Path, splits: Path, root: Path) -> dict:
+    """Each run in a process of its own, as a user runs it: bertcls's CPU fine-tuning sets a process-wide allocator
+    option (it keeps freed memory for the next step) that would otherwise carry over into the HF ``Trainer``'s runs."""
+    flags = ["--fine-tune-once", kind, "--precision", precision, "--train-file", str(train_file), "--splits",
+             str(splits), "--root", str(root), "--data-dir", str(data_file("bbc-text.csv").parent)]  # fmt: skip
+    _, done = timed([sys.executable, str(Path(__file__).resolve()), *flags])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def fine_tune_speed(work: Path, paths: dict[str, Path], rows: int, rounds: int) -> dict:
-    """Interleaved rounds of HF Trainer and bertcls at fp32 and bf16 on the same rows; medians."""
+    """Interleaved rounds of HF Trainer and bertcls at fp32 and bf16 on the same rows, each run in its own process;
+    medians."""
     import statistics
 
     train = pd.read_csv(paths["train"]).sample(rows, random_state=0)
-    subset = dict(paths, train=work / "ft_train.csv")
-    train.to_csv(subset["train"], index=False)
+    train_file = work / "ft_train.csv"
+    train.to_csv(train_file, index=False)
     rates: dict[str, list[float]] = {}
     f1: dict[str, float] = {}
     losses: dict[str, float] = {}
     for number in range(rounds):
         for precision in ("fp32", "bf16"):
-            rates.setdefault(f"hf_trainer_{precision}", []).append(
-                hf_trainer_samples_per_s(train, bf16=precision == "bf16")
-            )
-            rate, score, loss = bertcls_fine_tune(work / f"ft-{precision}-{number}", subset, precision)
-            rates.setdefault(f"bertcls_{precision}", []).append(rate)
-            f1[f"bertcls_{precision}"] = round(score, 4)
-            losses[f"bertcls_{precision}"] = round(loss, 4)
+            hf = fine_tune_in_fresh_process("hf", precision, train_file, paths["train"].parent, work)
+            rates.setdefault(f"hf_trainer_{precision}", []).append(hf["rate"])
+            root = work / f"ft-{precision}-{number}"
+            ours = fine_tune_in_fresh_process("bertcls", precision, train_file, paths["train"].parent, root)
+            rates.setdefault(f"bertcls_{precision}", []).append(ours["rate"])
+            f1[f"bertcls_{precision}"] = round(ours["f1"], 4)
+            losses[f"bertcls_{precision}"] = round(ours["loss"], 4)
             print(precision, {k: round(v[-1], 2) for k, v in rates.items()}, flush=True)
     median = {name: round(statistics.median(values), 2) for name, values in rates.items()}
     return {
@@ -289,7 +310,15 @@ def main() -> None:
     parser.add_argument(
         "--result", default="speed", help="results file name (one per machine: speed = AMD EPYC, speed_amx = Xeon AMX)"
     )
+    parser.add_argument("--fine-tune-once", choices=("hf", "bertcls"), help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--train-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--splits", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = parse_args(parser)
+    if args.fine_tune_once:
+        print(json.dumps(fine_tune_once(args.fine_tune_once, args.precision, args.train_file, args.splits, args.root)))
+        return
     skip = set(args.skip.split(","))
     work = Path(tempfile.mkdtemp(prefix="bench-speed-"))
     # a skipped part keeps its numbers (and CPU line)

@@ -57,6 +57,7 @@ def test_embeddings_equal_sentence_transformers(trained_model):
 def test_fine_tuning_lowers_the_loss_and_round_trips(workspace, tmp_path):
     from bertcls.model.checkpoint import build_classifier, save_checkpoint
     from bertcls.model.network import trainable_state
+    from bertcls.runtime.memory import reuse_freed_memory
     from bertcls.training.saving import TrainedModel, checkpoint_meta
 
     data = tmp_path / "ft.csv"
@@ -76,7 +77,9 @@ def test_fine_tuning_lowers_the_loss_and_round_trips(workspace, tmp_path):
     )
     run = prepare(settings, WorkflowHooks())
     names, service, features = run.names, run.service, run.features
+    reuse_freed_memory.cache_clear()
     trainer = make_trainer(settings, features, service, len(names))
+    assert reuse_freed_memory.cache_info().currsize == 1  # CPU fine-tuning keeps freed memory for its next step
     train = features.sources["train"]
     before = score_source(trainer.model, train, service.device)["loss"]
     trainable = {n for n, p in trainer.model.encoder.named_parameters() if p.requires_grad}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
+import os
 from collections.abc import Callable
 
 import psutil
@@ -12,6 +15,29 @@ from bertcls.config.settings import MemorySection
 
 logger = logging.getLogger(__name__)
 MemoryProbe = Callable[[], float]
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+HEAP_BLOCKS_UP_TO = 32 << 20  # glibc's largest mmap threshold: blocks up to 32 MiB come from the heap
+KEEP_FREED_UP_TO = 1 << 30  # freed memory at the heap's top, up to 1 GiB, stays for the next step
+
+
+@functools.cache
+def reuse_freed_memory() -> bool:
+    """CPU fine-tuning allocates and frees activation blocks of a few MB every step. glibc's defaults serve many of
+    them from fresh mappings and hand freed memory back at once, so each step pays its pages again as faults. Keep
+    them in the heap instead (process-wide, once): fp32 fine-tuning measured 3% to 7% more samples/s (README). False
+    where the C library is not glibc or refuses."""
+    if "CS_GNU_LIBC_VERSION" not in getattr(os, "confstr_names", {}):
+        return False
+    if not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    kept = libc.mallopt(M_MMAP_THRESHOLD, HEAP_BLOCKS_UP_TO) == 1
+    kept = libc.mallopt(M_TRIM_THRESHOLD, KEEP_FREED_UP_TO) == 1 and kept
+    logger.debug("Freed memory kept in the heap for reuse: %s", kept)
+    return kept
 
 
 def system_memory_fraction() -> float:

@@ -17,7 +17,7 @@ from bertcls.model.fast_dropout import use_fast_dropout
 from bertcls.model.network import HeadSpec, LexicalLayer, MLPHead, TextClassifier, load_trainable_state
 from bertcls.runtime.distributed import SINGLE, Parallel
 from bertcls.runtime.errors import ConfigError
-from bertcls.runtime.memory import MemoryManager, default_probe
+from bertcls.runtime.memory import MemoryManager, default_probe, reuse_freed_memory
 from bertcls.task import DecisionRule, Task, task_for
 from bertcls.training.convex import ConvexTrainer
 from bertcls.training.trainer import Trainer, TrainingPlan
@@ -53,6 +53,7 @@ def make_trainer(
         encoder = service.encoder
         encoder.set_trainable(freeze=False, unfreeze_last_n_layers=settings.encoder.unfreeze_last_n_layers)
         if device.type == "cpu":
+            reuse_freed_memory()
             swapped = use_fast_dropout(encoder.transformer)
             logger.debug("Fine-tuning with bertcls's CPU dropout%s", " and attention" if swapped else "")
     lexical = None
