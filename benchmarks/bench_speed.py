@@ -224,21 +224,34 @@ def bertcls_fine_tune(root: Path, paths: dict[str, Path], precision: str) -> tup
 
 def fine_tune_once(kind: str, precision: str, train_file: Path, splits: Path, root: Path) -> dict:
     """One fine-tuning epoch in this (fresh) process: ``--fine-tune-once``'s work."""
+    import resource
+
     train = pd.read_csv(train_file)
     if kind == "hf":
-        return {"rate": hf_trainer_samples_per_s(train, bf16=precision == "bf16")}
-    paths = {name: splits / f"{name}.csv" for name in ("val", "test")} | {"train": train_file}
-    rate, score, loss = bertcls_fine_tune(root, paths, precision)
-    return {"rate": rate, "f1": score, "loss": loss}
+        result = {"rate": hf_trainer_samples_per_s(train, bf16=precision == "bf16")}
+    else:
+        paths = {name: splits / f"{name}.csv" for name in ("val", "test")} | {"train": train_file}
+        rate, score, loss = bertcls_fine_tune(root, paths, precision)
+        result = {"rate": rate, "f1": score, "loss": loss}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return result | {"page_faults": usage.ru_minflt, "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
 
 
-def fine_tune_in_fresh_process(kind: str, precision: str, train_file: Path, splits: Path, root: Path) -> dict:
+RESULT = "fine-tune-once result: "
+
+
+def fine_tune_in_fresh_process(
+    kind: str, precision: str, train_file: Path, splits: Path, root: Path, env: dict[str, str] | None = None
+) -> dict:
     """Each run in a process of its own, as a user runs it: bertcls's CPU fine-tuning sets a process-wide allocator
-    option (it keeps freed memory for the next step) that would otherwise carry over into the HF ``Trainer``'s runs."""
+    option (it keeps freed memory for the next step) that would otherwise carry over into the HF ``Trainer``'s runs.
+    ``env``: extra environment variables for that process."""
     flags = ["--fine-tune-once", kind, "--precision", precision, "--train-file", str(train_file), "--splits",
-             str(splits), "--root", str(root), "--data-dir", str(data_file("bbc-text.csv").parent)]  # fmt: skip
-    _, done = timed([sys.executable, str(Path(__file__).resolve()), *flags])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+             str(splits), "--root", str(root)]  # fmt: skip
+    command = [sys.executable, str(Path(__file__).resolve()), *flags]
+    _, done = timed(command, env_extra=env)
+    line = next(line for line in reversed(done.stdout.splitlines()) if line.startswith(RESULT))
+    return json.loads(line.removeprefix(RESULT))
 
 
 def fine_tune_speed(work: Path, paths: dict[str, Path], rows: int, rounds: int) -> dict:
@@ -317,7 +330,8 @@ def main() -> None:
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = parse_args(parser)
     if args.fine_tune_once:
-        print(json.dumps(fine_tune_once(args.fine_tune_once, args.precision, args.train_file, args.splits, args.root)))
+        once = fine_tune_once(args.fine_tune_once, args.precision, args.train_file, args.splits, args.root)
+        print(RESULT + json.dumps(once))
         return
     skip = set(args.skip.split(","))
     work = Path(tempfile.mkdtemp(prefix="bench-speed-"))

@@ -52,9 +52,11 @@ def data_file(name: str) -> Path:
     return path
 
 
-def timed(cmd: list[str], **kwargs) -> tuple[float, subprocess.CompletedProcess]:
-    """Wall time of a whole process (imports and model loading included)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+def timed(
+    cmd: list[str], env_extra: dict[str, str] | None = None, **kwargs
+) -> tuple[float, subprocess.CompletedProcess]:
+    """Wall time of a whole process (imports and model loading included); ``env_extra`` adds to its environment."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, **kwargs)
     elapsed = time.perf_counter() - started

@@ -19,7 +19,7 @@ from bertcls.config.settings import (
 )
 from bertcls.inference.batches import EmbeddingBatches
 from bertcls.model.network import HeadSpec, MLPHead, TextClassifier
-from bertcls.runtime.memory import MemoryManager
+from bertcls.runtime.memory import USER_ALLOCATOR_SETTINGS, MemoryManager
 from bertcls.task import SingleLabel
 from bertcls.training.trainer import Trainer, TrainingPlan
 
@@ -98,8 +98,8 @@ def test_trainer_recovers_from_out_of_memory_by_halving():
 ALLOCATING = """
 import resource, sys
 import numpy as np
+from bertcls.runtime.memory import reuse_freed_memory
 if sys.argv[1] == "keep":
-    from bertcls.runtime.memory import reuse_freed_memory
     assert reuse_freed_memory()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 rng = np.random.default_rng(0)
@@ -117,9 +117,17 @@ def glibc() -> bool:
 
 @pytest.mark.skipif(not glibc(), reason="keeping freed memory is a glibc setting")
 def test_keeping_freed_memory_cuts_the_page_faults_of_repeated_large_blocks():
+    env = {k: v for k, v in os.environ.items() if k not in USER_ALLOCATOR_SETTINGS}
     faults = {
         mode: int(subprocess.run([sys.executable, "-c", ALLOCATING, mode], capture_output=True, text=True,
-                                 check=True).stdout)
+                                 check=True, env=env).stdout)
         for mode in ("default", "keep")
     }  # fmt: skip
     assert faults["keep"] * 3 < faults["default"], faults
+
+
+def test_an_allocator_set_through_the_environment_is_left_alone():
+    script = "from bertcls.runtime.memory import reuse_freed_memory; print(reuse_freed_memory())"
+    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "131072"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env)
+    assert done.stdout.strip() == "False"
