@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from common import RESULTS, benchmark_parser, cpu_line, parse_args, save_result
+from common import RESULTS, benchmark_parser, comma_ints, cpu_line, parse_args, save_result
 from quality import make_splits
 
 START_PER_CLASS, PER_ROUND = 5, 20
@@ -122,7 +122,7 @@ def main() -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--sets", default="tickets,bbc,sms")
     parser.add_argument("--strategies", default="diverse,random,margin,uncertainty")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--seeds", type=comma_ints, default="0,1,2")
     parser.add_argument("--budget", type=int, default=500)
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--resume", action="store_true", help="keep the curves already in the --result file")
@@ -137,7 +137,7 @@ def main() -> None:
     done = json.loads(previous.read_text()).get("curves", {}) if args.resume and previous.is_file() else {}
     results: dict = {"cpu": cpu_line(), "full_data_f1": full, "curves": done}
     for name in args.sets.split(","):
-        for seed in [int(s) for s in args.seeds.split(",")]:
+        for seed in args.seeds:
             for strategy in args.strategies.split(","):
                 if str(seed) in results["curves"].get(name, {}).get(strategy, {}):
                     continue  # --resume: measured in an earlier run

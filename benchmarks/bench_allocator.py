@@ -16,10 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pandas as pd
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_speed import fine_tune_in_fresh_process, make_splits
+from bench_speed import fine_tune_in_fresh_process, fine_tune_rows, make_splits
 from common import benchmark_parser, cpu_line, parse_args, save_result
 
 UNCHANGED = {"GLIBC_TUNABLES": "glibc.malloc.perturb=0"}  # glibc's default: bertcls then keeps its hands off
@@ -36,13 +34,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-allocator-"))
     try:
         paths = make_splits(work / "data")
-        train_file = work / "ft_train.csv"
-        pd.read_csv(paths["train"]).sample(args.rows, random_state=0).to_csv(train_file, index=False)
+        train_file, splits = fine_tune_rows(work, paths, args.rows), paths["train"].parent
         runs: dict[str, list[dict]] = {"glibc_defaults": [], "freed_memory_kept": []}
         for number in range(args.pairs):
             for mode, env in (("glibc_defaults", UNCHANGED), ("freed_memory_kept", None)):
                 root = work / f"{mode}-{number}"
-                splits = paths["train"].parent
                 run = fine_tune_in_fresh_process("bertcls", args.precision, train_file, splits, root, env)
                 runs[mode].append(run)
                 print(mode, {k: round(v, 3) for k, v in run.items()}, flush=True)

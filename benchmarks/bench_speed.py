@@ -254,14 +254,17 @@ def fine_tune_in_fresh_process(
     return json.loads(line.removeprefix(RESULT))
 
 
+def fine_tune_rows(work: Path, paths: dict[str, Path], rows: int) -> Path:
+    """The fine-tuning runs' training rows: a seeded sample of ``rows`` of the training split, in ``work``."""
+    train_file = work / "ft_train.csv"
+    pd.read_csv(paths["train"]).sample(rows, random_state=0).to_csv(train_file, index=False)
+    return train_file
+
+
 def fine_tune_speed(work: Path, paths: dict[str, Path], rows: int, rounds: int) -> dict:
     """Interleaved rounds of HF Trainer and bertcls at fp32 and bf16 on the same rows, each run in its own process;
     medians."""
-    import statistics
-
-    train = pd.read_csv(paths["train"]).sample(rows, random_state=0)
-    train_file = work / "ft_train.csv"
-    train.to_csv(train_file, index=False)
+    train_file = fine_tune_rows(work, paths, rows)
     rates: dict[str, list[float]] = {}
     f1: dict[str, float] = {}
     losses: dict[str, float] = {}

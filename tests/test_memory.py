@@ -19,7 +19,7 @@ from bertcls.config.settings import (
 )
 from bertcls.inference.batches import EmbeddingBatches
 from bertcls.model.network import HeadSpec, MLPHead, TextClassifier
-from bertcls.runtime.memory import USER_ALLOCATOR_SETTINGS, MemoryManager
+from bertcls.runtime.memory import USER_ALLOCATOR_SETTINGS, MemoryManager, is_glibc
 from bertcls.task import SingleLabel
 from bertcls.training.trainer import Trainer, TrainingPlan
 
@@ -110,12 +110,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def glibc() -> bool:
-    names = getattr(os, "confstr_names", {})
-    return "CS_GNU_LIBC_VERSION" in names and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
-
-
-@pytest.mark.skipif(not glibc(), reason="keeping freed memory is a glibc setting")
+@pytest.mark.skipif(not is_glibc(), reason="keeping freed memory is a glibc setting")
 def test_keeping_freed_memory_cuts_the_page_faults_of_repeated_large_blocks():
     env = {k: v for k, v in os.environ.items() if k not in USER_ALLOCATOR_SETTINGS}
     faults = {

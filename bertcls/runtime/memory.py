@@ -22,6 +22,13 @@ KEEP_FREED_UP_TO = 1 << 30  # freed memory at the top of a heap (per allocator a
 USER_ALLOCATOR_SETTINGS = ("GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")
 
 
+def is_glibc() -> bool:
+    """Whether this process's C library is glibc (``mallopt``'s parameters below are glibc's)."""
+    if "CS_GNU_LIBC_VERSION" not in getattr(os, "confstr_names", {}):
+        return False
+    return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+
+
 @functools.cache
 def reuse_freed_memory() -> bool:
     """CPU fine-tuning allocates and frees activation blocks of a few MB every step. With glibc's defaults many of
@@ -29,11 +36,7 @@ def reuse_freed_memory() -> bool:
     as faults. Keep them in the heap instead (process-wide, once): fp32 fine-tuning measured 8% to 16% more
     samples/s (README). The memory kept counts in this process's RSS, which the memory manager reads. False where
     the C library is not glibc, refuses, or the user set its allocator through the environment."""
-    if any(name in os.environ for name in USER_ALLOCATOR_SETTINGS):
-        return False
-    if "CS_GNU_LIBC_VERSION" not in getattr(os, "confstr_names", {}):
-        return False
-    if not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
+    if any(name in os.environ for name in USER_ALLOCATOR_SETTINGS) or not is_glibc():
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
